@@ -1,0 +1,93 @@
+/*
+ * The host's configuration (SPEC section 6): parsed from JSON with cJSON,
+ * strictly (unknown keys are errors), into plain C structs. Nothing outside
+ * host/app sees cJSON: the engine gets numbers and addresses, plugins get
+ * their settings as JSON text.
+ */
+#ifndef IOCPHOST_CONFIG_H
+#define IOCPHOST_CONFIG_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "engine/address.h"
+
+typedef enum config_service_type {
+  CONFIG_SERVICE_SERVER = 1,
+  CONFIG_SERVICE_CLIENT = 2
+} config_service_type_t;
+
+typedef enum config_framing {
+  CONFIG_FRAMING_RAW = 1,
+  CONFIG_FRAMING_PACKET = 2
+} config_framing_t;
+
+typedef struct config_core {
+  char *name;
+  int threads; /* as written; 0 = one per CPU (resolved by the host) */
+} config_core_t;
+
+typedef struct config_plugin {
+  char *name;
+  char *path_given;    /* as written in the file */
+  char *path;          /* resolved: absolute, platform suffix found */
+  char *settings_json; /* the "settings" object printed unformatted; "{}" */
+} config_plugin_t;
+
+typedef struct config_service {
+  char *name;
+  config_service_type_t type;
+  char *core;   /* name of a core in config_t.cores */
+  char *plugin; /* name of a plugin in config_t.plugins */
+  int core_index;
+  int plugin_index;
+  char *address_text;
+  address_t address;
+  config_framing_t framing;
+  uint32_t max_recv_bytes;
+  uint32_t max_packet_bytes; /* 4..65535 */
+  uint64_t send_queue_limit_bytes;
+  uint32_t idle_timeout_ms; /* 0 = never */
+  int tcp_nodelay;          /* 0 or 1 */
+  /* server only */
+  uint32_t max_sessions;
+  int backlog;
+  /* client only */
+  uint32_t sessions;
+  uint32_t connect_timeout_ms;
+  int reconnect; /* 0 when "reconnect": false */
+  uint32_t reconnect_min_delay_ms;
+  uint32_t reconnect_max_delay_ms;
+  double reconnect_jitter; /* 0..1 */
+} config_service_t;
+
+typedef struct config {
+  char *file;       /* the path the config was read from, as given */
+  char *dir;        /* absolute folder of the file: base of relative paths */
+  char *name;
+  int log_level;    /* iocphost_log_level_t */
+  char *log_file;   /* absolute, or NULL for stderr */
+  char *runtime_dir; /* absolute */
+  uint32_t drain_timeout_ms;
+  config_core_t *cores;
+  size_t core_count;
+  config_plugin_t *plugins;
+  size_t plugin_count;
+  config_service_t *services;
+  size_t service_count;
+} config_t;
+
+/* Reads and validates a config file. On success returns 0 and *out owns a
+ * config to free with config_free. On failure returns -1 and writes into
+ * err one line naming the file, the JSON path (services[1].address) and,
+ * for syntax errors, line and column, and what to do about it. */
+int config_load(const char *file, config_t **out, char *err, size_t err_len);
+
+/* The same from text already in memory; file names it in messages and its
+ * folder is the base of relative paths. Used by tests and the fuzzer. */
+int config_parse(const char *file, const char *text, size_t len,
+                 config_t **out, char *err, size_t err_len);
+
+void config_free(config_t *config);
+
+#endif /* IOCPHOST_CONFIG_H */

@@ -1,0 +1,256 @@
+/*
+ * iocphost plugin ABI: the one header a content plugin includes.
+ *
+ * A plugin is a shared library (.so / .dll) that exports one symbol,
+ * IOCPHOST_PLUGIN_ENTRY (iocphost_plugin_entry), returning a pointer to a
+ * static, constant descriptor (iocphost_plugin_t). The host checks that
+ * descriptor before it runs any other code of the plugin; then it calls
+ * on_load with a table of host functions (iocphost_api_t). The plugin never
+ * links against the host.
+ *
+ * Evolution is append-only: new host functions and new plugin callbacks are
+ * added at the end of their struct and bump IOCPHOST_ABI_MINOR. Both structs
+ * start with struct_size, so either side can tell whether a field exists
+ * (IOCPHOST_API_HAS). A change that is not append-only bumps the major.
+ *
+ * Nothing platform-, compiler- or cJSON-specific crosses this boundary: only
+ * fixed-width integers, size_t, char strings and opaque pointers.
+ *
+ * Guarantees to plugins (SPEC section 3):
+ *  - For every session, callbacks run one at a time, in order: on_connected
+ *    once, then on_recv / on_packet / on_send any number of times, then
+ *    on_disconnected exactly once. Timers and posted functions of a session
+ *    run in that same serial order and never after on_disconnected.
+ *    Different sessions run in parallel on the core's worker threads.
+ *  - Every host function is safe to call from any callback, timer or a
+ *    thread the plugin owns. On a session that has ended it returns
+ *    IOCPHOST_E_CLOSED; it never crashes.
+ *  - Sends of one session reach the peer in the order they were made. Bytes
+ *    accepted by a send call are delivered, or the session ends with a reason
+ *    saying why they were not.
+ *  - The plugin never frees host memory; the host never frees plugin memory.
+ */
+#ifndef IOCPHOST_PLUGIN_H
+#define IOCPHOST_PLUGIN_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define IOCPHOST_ABI_MAJOR 1
+#define IOCPHOST_ABI_MINOR 0
+
+/* The exported entry symbol's name, as a string for the host's loader. */
+#define IOCPHOST_PLUGIN_ENTRY_NAME "iocphost_plugin_entry"
+
+#if defined(_WIN32)
+#define IOCPHOST_EXPORT __declspec(dllexport)
+#elif defined(__GNUC__)
+#define IOCPHOST_EXPORT __attribute__((visibility("default")))
+#else
+#define IOCPHOST_EXPORT
+#endif
+
+/* Declares the entry point. Use it once per plugin:
+ *   IOCPHOST_PLUGIN_ENTRY { return &my_plugin; }
+ * The body must only return the descriptor: the host calls it before it has
+ * checked anything, so it must not allocate, start threads or log. */
+#ifdef __cplusplus
+#define IOCPHOST_PLUGIN_ENTRY                                                  \
+  extern "C" IOCPHOST_EXPORT const iocphost_plugin_t *iocphost_plugin_entry(void)
+#else
+#define IOCPHOST_PLUGIN_ENTRY                                                  \
+  IOCPHOST_EXPORT const iocphost_plugin_t *iocphost_plugin_entry(void)
+#endif
+
+/* Result codes: 0 is success, errors are negative. */
+#define IOCPHOST_RESULTS(X)                                                    \
+  X(OK, 0, "ok")                                                               \
+  X(E_CLOSED, -1, "session has ended")                                         \
+  X(E_INVAL, -2, "invalid argument")                                           \
+  X(E_NOMEM, -3, "out of memory")                                              \
+  X(E_QUEUE_FULL, -4, "send queue limit reached; the session is closing")      \
+  X(E_NOTFOUND, -5, "not found")                                               \
+  X(E_TOOBIG, -6, "packet larger than max_packet_bytes or 65535")             \
+  X(E_FRAMING, -7, "wrong call for this service's framing")
+
+enum iocphost_result {
+#define IOCPHOST_RESULT_ENUM(name, value, text) IOCPHOST_##name = value,
+  IOCPHOST_RESULTS(IOCPHOST_RESULT_ENUM)
+#undef IOCPHOST_RESULT_ENUM
+};
+
+/* Why a session ended; passed to on_disconnected. */
+#define IOCPHOST_REASONS(X)                                                    \
+  X(PEER_CLOSED, 1, "peer_closed")       /* the peer closed (FIN) */           \
+  X(PEER_RESET, 2, "peer_reset")         /* reset or network error */          \
+  X(LOCAL, 3, "local")                   /* the plugin called disconnect */    \
+  X(PROTOCOL_ERROR, 4, "protocol_error") /* malformed frame, buffer limit */   \
+  X(SEND_QUEUE_FULL, 5, "send_queue_full") /* slow reader */                   \
+  X(IDLE_TIMEOUT, 6, "idle_timeout")     /* nothing received for too long */   \
+  X(HOST_STOPPING, 7, "host_stopping")   /* graceful stop of the host */       \
+  X(CONNECT_FAILED, 8, "connect_failed") /* client service: never connected */ \
+  X(IO_ERROR, 9, "io_error")             /* local failure (e.g. no memory) */
+
+typedef enum iocphost_reason {
+#define IOCPHOST_REASON_ENUM(name, value, text) IOCPHOST_REASON_##name = value,
+  IOCPHOST_REASONS(IOCPHOST_REASON_ENUM)
+#undef IOCPHOST_REASON_ENUM
+} iocphost_reason_t;
+
+typedef enum iocphost_log_level {
+  IOCPHOST_LOG_DEBUG = 0,
+  IOCPHOST_LOG_INFO = 1,
+  IOCPHOST_LOG_WARN = 2,
+  IOCPHOST_LOG_ERROR = 3
+} iocphost_log_level_t;
+
+/* Opaque handles. A session pointer passed to a callback is valid for that
+ * callback; keep it longer only with session_acquire / session_release. */
+typedef struct iocphost_session iocphost_session_t;
+typedef struct iocphost_service iocphost_service_t;
+
+/* One buffer of a gathered send. */
+typedef struct iocphost_buf {
+  const void *data;
+  size_t len;
+} iocphost_buf_t;
+
+/* Timer and posted-function callback: runs in the session's serial order,
+ * with the session's state. Never runs after on_disconnected. */
+typedef void (*iocphost_session_fn)(iocphost_session_t *session, void *state,
+                                    void *arg);
+
+typedef struct iocphost_api iocphost_api_t;
+
+/* Host functions, passed to on_load. Valid until on_unload returns. */
+struct iocphost_api {
+  uint32_t struct_size; /* sizeof(iocphost_api_t) of the host */
+  uint16_t abi_major;
+  uint16_t abi_minor;
+  const char *host_version; /* e.g. "0.1.0" */
+
+  /* Log one line, prefixed with time, level and the plugin's name. */
+  void (*log)(const iocphost_api_t *api, iocphost_log_level_t level,
+              const char *fmt, ...)
+#if defined(__GNUC__)
+      __attribute__((format(printf, 3, 4)))
+#endif
+      ;
+
+  /* Queue bytes for sending (copied). Raw framing: the bytes as given.
+   * Packet framing: these bytes too (they must be whole packets). */
+  int (*send)(iocphost_session_t *session, const void *data, size_t len);
+  /* Queue several buffers as one send (copied, in order). */
+  int (*sendv)(iocphost_session_t *session, const iocphost_buf_t *bufs,
+               size_t count);
+  /* Queue one packet: 4-byte header (uint16 size incl. header, uint16 id,
+   * little-endian) then the payload. IOCPHOST_E_TOOBIG if it exceeds the
+   * service's max_packet_bytes. */
+  int (*send_packet)(iocphost_session_t *session, uint16_t id,
+                     const void *payload, size_t len);
+  /* Flush what was queued, then close with FIN. on_disconnected follows
+   * with IOCPHOST_REASON_LOCAL. Safe to call more than once. */
+  int (*disconnect)(iocphost_session_t *session);
+
+  uint64_t (*session_id)(iocphost_session_t *session); /* unique, never 0 */
+  /* Writes "ip:port" or "[v6]:port" into buf; returns the length or < 0. */
+  int (*session_peer)(iocphost_session_t *session, char *buf, size_t len);
+  const char *(*session_service_name)(iocphost_session_t *session);
+  /* The plugin's per-session state: session_size zeroed bytes. */
+  void *(*session_state)(iocphost_session_t *session);
+  /* Keep a session beyond a callback. Every acquire needs one release. */
+  iocphost_session_t *(*session_acquire)(iocphost_session_t *session);
+  void (*session_release)(iocphost_session_t *session);
+  /* Find a live session of a service by id; returns it acquired, or NULL. */
+  iocphost_session_t *(*session_find)(iocphost_service_t *service,
+                                      uint64_t id);
+  /* The service a session belongs to (valid while the session is held). */
+  iocphost_service_t *(*session_service)(iocphost_session_t *session);
+
+  /* Services live as long as the host; NULL if there is no such name. */
+  iocphost_service_t *(*service_find)(const iocphost_api_t *api,
+                                      const char *name);
+  const char *(*service_name)(iocphost_service_t *service);
+  /* Send one copy of the data, shared by every open session of the service
+   * (not N copies). Returns how many sessions it was queued to, or < 0. */
+  int (*broadcast)(iocphost_service_t *service, const void *data, size_t len);
+  int (*broadcast_packet)(iocphost_service_t *service, uint16_t id,
+                          const void *payload, size_t len);
+
+  /* Run fn after delay_ms, then every repeat_ms if repeat_ms > 0, in the
+   * session's serial order. Returns a timer id (> 0) or 0 if the session
+   * has ended. The timer dies with the session. */
+  uint64_t (*timer_start)(iocphost_session_t *session, uint32_t delay_ms,
+                          uint32_t repeat_ms, iocphost_session_fn fn,
+                          void *arg);
+  /* Stop a timer; IOCPHOST_E_NOTFOUND if it already fired or was stopped. */
+  int (*timer_stop)(iocphost_session_t *session, uint64_t timer_id);
+  /* Run fn soon, in the session's serial order (e.g. from a plugin thread). */
+  int (*post)(iocphost_session_t *session, iocphost_session_fn fn, void *arg);
+
+  /* The text of a result code or of a reason. */
+  const char *(*result_text)(int result);
+  const char *(*reason_text)(iocphost_reason_t reason);
+};
+
+/* True if the host's table has the member (append-only evolution). */
+#define IOCPHOST_API_HAS(api, member)                                          \
+  ((api)->struct_size >=                                                       \
+   offsetof(iocphost_api_t, member) + sizeof(((iocphost_api_t *)0)->member))
+
+/* The plugin's descriptor: a static constant in the plugin. */
+typedef struct iocphost_plugin {
+  uint32_t struct_size; /* sizeof(iocphost_plugin_t) the plugin was built with */
+  uint16_t abi_major;   /* IOCPHOST_ABI_MAJOR */
+  uint16_t abi_minor;   /* IOCPHOST_ABI_MINOR */
+  const char *name;     /* required; matches "name" in the config */
+  const char *version;  /* required; shown by status */
+  uint32_t session_size; /* bytes of per-session state the host allocates */
+
+  /* Plugin lifecycle. on_load gets the settings object of the config as
+   * JSON text ("{}" if none); return 0, or non-zero after writing a reason
+   * into err. Optional. */
+  int (*on_load)(const iocphost_api_t *api, const char *settings_json,
+                 char *err, size_t err_len);
+  void (*on_unload)(void);   /* optional: after the last session ended */
+  void (*on_stopping)(void); /* optional: the host begins a graceful stop */
+
+  /* Session callbacks. on_connected and on_disconnected are required;
+   * on_recv is required for "raw" services, on_packet for "packet" ones. */
+  void (*on_connected)(iocphost_session_t *session, void *state);
+  /* Raw framing: return how many bytes were consumed; the rest is kept and
+   * presented again, in front of the next bytes. */
+  size_t (*on_recv)(iocphost_session_t *session, void *state,
+                    const uint8_t *data, size_t len);
+  /* Packet framing: one whole packet, header removed. */
+  void (*on_packet)(iocphost_session_t *session, void *state, uint16_t id,
+                    const uint8_t *payload, size_t len);
+  /* Optional: bytes of this session were handed to the network. */
+  void (*on_send)(iocphost_session_t *session, void *state, size_t bytes);
+  void (*on_disconnected)(iocphost_session_t *session, void *state,
+                          iocphost_reason_t reason);
+} iocphost_plugin_t;
+
+/* The smallest descriptor the host accepts: everything up to on_disconnected. */
+#define IOCPHOST_PLUGIN_MIN_SIZE                                               \
+  (offsetof(iocphost_plugin_t, on_disconnected) +                             \
+   sizeof(((iocphost_plugin_t *)0)->on_disconnected))
+
+/* Fills the header fields of a descriptor:
+ *   static const iocphost_plugin_t my_plugin = {
+ *     IOCPHOST_PLUGIN_HEADER, .name = "echo", .version = "1.0.0", ... };   */
+#define IOCPHOST_PLUGIN_HEADER                                                 \
+  .struct_size = sizeof(iocphost_plugin_t), .abi_major = IOCPHOST_ABI_MAJOR,   \
+  .abi_minor = IOCPHOST_ABI_MINOR
+
+typedef const iocphost_plugin_t *(*iocphost_plugin_entry_fn)(void);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* IOCPHOST_PLUGIN_H */
