@@ -1,0 +1,155 @@
+/*
+ * The contract every platform backend fulfils (epoll today, IOCP next): a
+ * proactor. The engine issues an operation on a handle and later receives
+ * its completion, with a status (0 or a negative errno-style code) and a
+ * byte count. The operation record (io_op_t) embeds what the OS needs (the
+ * OVERLAPPED on Windows) and the completion recovers the op from it; the
+ * owner is found from the op with container_of, never from a lookup table.
+ *
+ * Rules both backends keep:
+ *  - Every issued op completes exactly once, through op->complete, also when
+ *    it failed at once or was cancelled (status IO_ECANCELED). Completions
+ *    are never delivered from inside io_submit: a caller never handles the
+ *    same result in two places, and never re-enters itself.
+ *  - Every completion of ops on one handle is delivered on that handle's
+ *    worker, one at a time. This is what gives a session its serial order
+ *    (SPEC section 3) without a lock on the hot path.
+ *  - io_submit, io_post and io_timer_start may be called from any thread;
+ *    io_handle_close, io_timer_cancel and io_handle_shutdown_write only on
+ *    the handle's worker (from inside a completion).
+ *  - Receives read into a per-worker buffer that is valid only during the
+ *    completion (IOCP: zero-byte WSARecv, then a non-blocking read into the
+ *    same per-thread buffer). An idle session costs no receive buffer.
+ */
+#ifndef IOCPHOST_BACKEND_H
+#define IOCPHOST_BACKEND_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "engine/address.h"
+
+#ifdef _WIN32
+#include <winsock2.h>
+typedef SOCKET io_socket_t;
+#define IO_INVALID_SOCKET INVALID_SOCKET
+typedef WSABUF io_buf_t; /* ULONG len; CHAR *buf */
+#else
+#include <sys/uio.h>
+typedef int io_socket_t;
+#define IO_INVALID_SOCKET (-1)
+typedef struct iovec io_buf_t;
+#endif
+
+/* Status codes besides 0 and -errno. */
+#define IO_ECANCELED (-125)
+
+#ifndef container_of
+#define container_of(ptr, type, member)                                        \
+  ((type *)((char *)(ptr)-offsetof(type, member)))
+#endif
+
+typedef struct io_core io_core_t;
+typedef struct io_worker io_worker_t;
+typedef struct io_op io_op_t;
+typedef struct io_handle io_handle_t;
+
+typedef enum io_op_type {
+  IO_OP_ACCEPT = 1,
+  IO_OP_CONNECT,
+  IO_OP_RECV,
+  IO_OP_SEND,
+  IO_OP_POST,
+  IO_OP_TIMER,
+  IO_OP_STOP /* backend-internal: ends a worker */
+} io_op_type_t;
+
+typedef void (*io_complete_fn)(io_op_t *op, int status, size_t bytes);
+
+struct io_op {
+#ifdef _WIN32
+  OVERLAPPED overlapped;
+#endif
+  io_complete_fn complete;
+  io_op_t *next;       /* backend queues */
+  io_handle_t *handle; /* issued on; routes the op to its worker */
+  uint8_t type;        /* io_op_type_t */
+  int status;          /* result, or for IO_OP_POST the status to deliver */
+  union {
+    struct {
+      io_socket_t socket; /* out: the accepted socket */
+      address_t *peer;    /* out: the peer's address */
+    } accept;
+    struct {
+      const address_t *to;
+    } connect;
+    struct {
+      uint8_t *data; /* out: the bytes, valid during the completion */
+    } recv;
+    struct {
+      io_buf_t *bufs;
+      int count;
+    } send;
+  } u;
+};
+
+/* A socket (or, with IO_INVALID_SOCKET, just a place in a worker's serial
+ * order for timers and posts). Embedded in its owner. */
+struct io_handle {
+  io_socket_t socket;
+  io_worker_t *worker;
+  io_op_t *pending_read;  /* accept or recv ops waiting for readiness */
+  io_op_t *pending_write; /* send or connect op waiting for readiness */
+  uint8_t readable;
+  uint8_t writable;
+  uint8_t closed;
+};
+
+typedef struct io_timer {
+  io_op_t op; /* completes with 0 when due, IO_ECANCELED when cancelled */
+  uint64_t due_ms;
+  uint32_t heap_index; /* UINT32_MAX when not armed */
+} io_timer_t;
+
+/* Cores: threads workers (>= 1), each its own thread. */
+int io_core_create(int threads, io_core_t **out, char *err, size_t err_len);
+/* Ends the workers. Every handle must be closed and every op completed. */
+void io_core_destroy(io_core_t *core);
+int io_core_thread_count(const io_core_t *core);
+uint64_t io_core_completions(const io_core_t *core);
+
+/* Binds a handle to a worker: hint < 0 picks round-robin, otherwise the
+ * worker hint % thread count. With a socket, registers it for readiness
+ * (the socket must already be non-blocking). Returns 0 or -errno. */
+int io_handle_open(io_core_t *core, io_handle_t *h, io_socket_t socket,
+                   int hint);
+/* Index of the handle's worker, to bind a companion handle to it. */
+int io_handle_worker_index(const io_handle_t *h);
+/* True when called on the handle's worker thread. */
+int io_handle_on_worker(const io_handle_t *h);
+/* Closes the socket and completes its pending ops with IO_ECANCELED. */
+void io_handle_close(io_handle_t *h);
+/* Sends FIN after what was written; reading goes on. */
+void io_handle_shutdown_write(io_handle_t *h);
+
+/* Issues op (type and arguments set, complete set) on op->handle. */
+void io_submit(io_op_t *op);
+/* Delivers op's completion with status in h's serial order. */
+void io_post(io_handle_t *h, io_op_t *op, int status);
+
+/* Arms a timer on h's worker: completes after delay_ms. */
+void io_timer_init(io_timer_t *t, io_handle_t *h, io_complete_fn complete);
+void io_timer_start(io_timer_t *t, uint64_t delay_ms);
+/* If still armed, completes it with IO_ECANCELED; otherwise nothing. */
+void io_timer_cancel(io_timer_t *t);
+
+/* Sockets. */
+io_socket_t io_socket_tcp(int family); /* non-blocking, close-on-exec */
+void io_socket_close(io_socket_t s);
+/* Binds and listens; returns 0 or -errno. */
+int io_socket_listen(io_socket_t s, const address_t *addr, int backlog);
+void io_socket_set_nodelay(io_socket_t s, int on);
+/* Text of a status code, for logs. */
+const char *io_strerror(int status);
+
+#endif /* IOCPHOST_BACKEND_H */

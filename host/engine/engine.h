@@ -1,0 +1,209 @@
+/*
+ * The engine: cores, services (server and client), sessions, timers.
+ * It knows nothing of JSON or plugins; the host wires those on through the
+ * session factory and handler below.
+ *
+ * Lifetime (SPEC section 2): sessions and listeners are reference-counted.
+ * Every pending operation holds a reference to its owner, released exactly
+ * once when its completion has been processed; an accept also holds the
+ * session it will hand over. A session's memory (and the extra state that
+ * rides with it) is freed only when the last reference is gone.
+ *
+ * Threads: every function here may be called from any thread, except where
+ * a comment says otherwise. A session's callbacks, timers and posted
+ * functions run one at a time on the session's worker.
+ */
+#ifndef IOCPHOST_ENGINE_H
+#define IOCPHOST_ENGINE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "engine/address.h"
+
+typedef struct core core_t;
+typedef struct service service_t;
+typedef struct session session_t;
+typedef struct shared_buf shared_buf_t;
+
+/* Results: 0 or one of these (they match iocphost_result in the SDK). */
+enum {
+  ENGINE_OK = 0,
+  ENGINE_E_CLOSED = -1,
+  ENGINE_E_INVAL = -2,
+  ENGINE_E_NOMEM = -3,
+  ENGINE_E_QUEUE_FULL = -4,
+  ENGINE_E_NOTFOUND = -5
+};
+
+/* Why a session ended (values match iocphost_reason_t). */
+typedef enum session_reason {
+  REASON_PEER_CLOSED = 1,
+  REASON_PEER_RESET = 2,
+  REASON_LOCAL = 3,
+  REASON_PROTOCOL_ERROR = 4,
+  REASON_SEND_QUEUE_FULL = 5,
+  REASON_IDLE_TIMEOUT = 6,
+  REASON_HOST_STOPPING = 7,
+  REASON_CONNECT_FAILED = 8,
+  REASON_IO_ERROR = 9
+} session_reason_t;
+const char *session_reason_name(int reason);
+
+/* ---- cores ---- */
+
+/* threads <= 0 means one per CPU. */
+int core_create(const char *name, int threads, core_t **out, char *err,
+                size_t err_len);
+/* Every service of the core must be destroyed first. */
+void core_destroy(core_t *core);
+const char *core_name(const core_t *core);
+int core_thread_count(const core_t *core);
+uint64_t core_completions(const core_t *core);
+
+/* Sessions, listeners, timers and posts alive in the process; tests check
+ * it returns to 0. */
+long engine_live_objects(void);
+
+/* ---- what a session is: decided by the layer above ---- */
+
+typedef struct session_handler {
+  /* Required. */
+  void (*on_connected)(session_t *s);
+  /* Returns how many bytes it consumed; the rest is presented again. */
+  size_t (*on_recv)(session_t *s, const uint8_t *data, size_t len);
+  void (*on_disconnected)(session_t *s, session_reason_t reason);
+  /* Optional. */
+  void (*on_sent)(session_t *s, size_t bytes);
+  /* Optional: the last reference is gone, right before the memory is. */
+  void (*on_free)(session_t *s);
+} session_handler_t;
+
+typedef struct session_factory {
+  const session_handler_t *handler;
+  void *ctx;
+  /* Called for every new session before it is allocated: returns how many
+   * bytes of extra state ride with it (zeroed; session_extra) and sets the
+   * session's context (session_context). Returns (size_t)-1 to refuse. */
+  size_t (*prepare)(void *ctx, void **session_context);
+} session_factory_t;
+
+/* ---- services ---- */
+
+typedef enum service_type { SERVICE_SERVER = 1, SERVICE_CLIENT = 2 } service_type_t;
+
+typedef struct service_options {
+  const char *name;
+  service_type_t type;
+  address_t address;
+  session_factory_t factory;
+  uint32_t max_recv_bytes;         /* unconsumed bytes kept; default 65536 */
+  uint64_t send_queue_limit_bytes; /* default 1 MiB */
+  uint32_t idle_timeout_ms;        /* 0 = none */
+  int tcp_nodelay;
+  uint32_t close_timeout_ms; /* flush + FIN before giving up; default 5000 */
+  /* server */
+  uint32_t max_sessions;
+  int backlog;
+  int accepts_pending; /* accepts kept in flight; default 8 */
+  /* client */
+  uint32_t client_sessions;
+  uint32_t connect_timeout_ms;
+  int reconnect;
+  uint32_t reconnect_min_delay_ms;
+  uint32_t reconnect_max_delay_ms;
+  double reconnect_jitter;
+} service_options_t;
+
+/* Fills the documented defaults. */
+void service_options_init(service_options_t *opt);
+
+typedef struct service_stats {
+  uint64_t sessions_now;
+  uint64_t sessions_max;
+  uint64_t accepted;
+  uint64_t rejected;
+  uint64_t connects;
+  uint64_t connect_failures;
+  uint64_t bytes_in;
+  uint64_t bytes_out;
+  uint64_t accept_errors;
+  uint64_t disconnects[10]; /* by session_reason_t */
+} service_stats_t;
+
+int service_create(core_t *core, const service_options_t *opt,
+                   service_t **out, char *err, size_t err_len);
+/* Server: bind and listen (errors like "address in use" are returned);
+ * client: start connecting. */
+int service_start(service_t *svc, char *err, size_t err_len);
+/* Stops accepting (server) or reconnecting (client). Sessions go on. */
+void service_stop_accepting(service_t *svc);
+/* Asks every session to flush and close with reason. */
+void service_disconnect_all(service_t *svc, session_reason_t reason);
+/* Closes every session at once, discarding what is queued. */
+void service_abort_all(service_t *svc, session_reason_t reason);
+/* Waits until no session of the service is open and nothing of it is
+ * pending; returns 0, or -1 after timeout_ms. */
+int service_wait_closed(service_t *svc, uint32_t timeout_ms);
+/* Stops, waits and frees. Sessions still referenced from outside keep their
+ * memory until released. */
+void service_destroy(service_t *svc);
+
+const char *service_name(const service_t *svc);
+core_t *service_core(const service_t *svc);
+void service_get_stats(service_t *svc, service_stats_t *out);
+/* Bound address (useful with port 0). */
+int service_local_address(service_t *svc, address_t *out);
+/* A live session by id, acquired; NULL if none. */
+session_t *service_find_session(service_t *svc, uint64_t id);
+/* Queues one shared buffer on every open session; returns the count. */
+int service_broadcast(service_t *svc, shared_buf_t *buf);
+/* The layer above's pointer for this service (e.g. the host's record). */
+void service_set_user(service_t *svc, void *user);
+void *service_user(const service_t *svc);
+
+/* ---- shared buffers: one copy queued on many sessions ---- */
+
+shared_buf_t *shared_buf_new(size_t len);
+uint8_t *shared_buf_data(shared_buf_t *buf);
+size_t shared_buf_len(const shared_buf_t *buf);
+void shared_buf_release(shared_buf_t *buf);
+
+/* ---- sessions ---- */
+
+typedef void (*session_fn)(session_t *s, void *arg);
+
+typedef struct session_buf {
+  const void *data;
+  size_t len;
+} session_buf_t;
+
+int session_send(session_t *s, const void *data, size_t len);
+int session_sendv(session_t *s, const session_buf_t *bufs, size_t count);
+int session_send_shared(session_t *s, shared_buf_t *buf);
+/* Flush, FIN, then on_disconnected(reason). The first reason wins. */
+int session_disconnect(session_t *s, session_reason_t reason);
+/* Close now, discarding the queue (RST if unread data). */
+int session_abort(session_t *s, session_reason_t reason);
+
+session_t *session_acquire(session_t *s);
+void session_release(session_t *s);
+
+uint64_t session_id(const session_t *s);
+const address_t *session_peer(const session_t *s);
+service_t *session_service(const session_t *s);
+void *session_extra(session_t *s);
+void *session_context(const session_t *s);
+/* 1 while the session is open (between on_connected and disconnect). */
+int session_is_open(session_t *s);
+
+/* Timers run fn in the session's serial order; repeat_ms 0 = once.
+ * Returns an id > 0, or 0 if the session has ended or memory ran out. */
+uint64_t session_timer_start(session_t *s, uint32_t delay_ms,
+                             uint32_t repeat_ms, session_fn fn, void *arg);
+/* ENGINE_E_NOTFOUND if it already ended. */
+int session_timer_stop(session_t *s, uint64_t timer_id);
+/* Runs fn in the session's serial order, if the session is still open. */
+int session_post(session_t *s, session_fn fn, void *arg);
+
+#endif /* IOCPHOST_ENGINE_H */

@@ -1,0 +1,87 @@
+/*
+ * Engine internals shared by core.c, session.c and service.c. Nothing here
+ * is visible above the engine.
+ */
+#ifndef IOCPHOST_ENGINE_INTERNAL_H
+#define IOCPHOST_ENGINE_INTERNAL_H
+
+#include <pthread.h>
+#include <stdatomic.h>
+
+#include "engine/backend.h"
+#include "engine/engine.h"
+
+struct core {
+  char *name;
+  io_core_t *io;
+};
+
+typedef struct send_chunk send_chunk_t;
+typedef struct session_timer session_timer_t;
+typedef struct client_slot client_slot_t;
+
+typedef enum session_state {
+  SESSION_NEW = 0,     /* allocated, not yet connected */
+  SESSION_OPENING = 1, /* socket attached, on_connected not yet run */
+  SESSION_OPEN = 2,
+  SESSION_CLOSING = 3, /* flushing what was queued */
+  SESSION_CLOSED = 4   /* on_disconnected has run */
+} session_state_t;
+
+struct session {
+  atomic_int refs;
+  uint8_t state;           /* session_state_t; written on the worker only */
+  uint8_t close_started;   /* worker only */
+  uint8_t sending;         /* under lock: a send op is in flight */
+  uint8_t kick_pending;    /* under lock: the kick op is queued */
+  uint8_t peer_eof;        /* worker only: the peer sent FIN */
+  uint8_t lingering;       /* worker only: FIN sent, draining input */
+  uint8_t close_request;   /* under lock: reason asked from any thread */
+  uint8_t close_abort;     /* under lock: abort rather than flush */
+  uint8_t reason;          /* the reason on_disconnected gets */
+  uint8_t registered;      /* counted in the service */
+  uint64_t id;
+  service_t *service;
+  void *context;
+  client_slot_t *slot; /* client sessions: the slot that keeps it */
+  io_handle_t handle;
+  io_op_t recv_op;
+  io_op_t send_op; /* also carries the connect */
+  io_op_t kick_op; /* start, flush and close requests, in serial order */
+  pthread_mutex_t lock;
+  /* Send queue (under lock). */
+  send_chunk_t *queue_head;
+  send_chunk_t *queue_tail;
+  uint64_t queued_bytes;
+  io_buf_t *send_bufs; /* gather list while a send is in flight */
+  /* Unconsumed received bytes, allocated only while there are some. */
+  uint8_t *pending_in;
+  uint32_t pending_in_len;
+  uint32_t pending_in_cap;
+  session_timer_t *timers; /* under lock */
+  uint64_t last_recv_ms;
+  session_t *service_prev, *service_next, *hash_next; /* service lock */
+  address_t peer;
+  /* extra state follows, aligned */
+};
+
+/* session.c, for service.c */
+session_t *session__new(service_t *svc);
+void session__free_unattached(session_t *s);
+/* Takes ownership of the socket; on_connected follows on its worker. */
+int session__attach(session_t *s, io_socket_t sock, int worker_hint);
+void session__connect(session_t *s, io_socket_t sock, int worker_hint);
+void session__ref(session_t *s);
+
+/* service.c, for session.c */
+const service_options_t *service__options(const service_t *svc);
+void service__register(service_t *svc, session_t *s);
+void service__unregister(service_t *svc, session_t *s, int reason);
+void service__count_bytes(service_t *svc, uint64_t in, uint64_t out);
+void service__connect_done(client_slot_t *slot, session_t *s, int status);
+void service__client_closed(client_slot_t *slot, session_t *s);
+void service__object_gone(service_t *svc);
+
+void engine__live_add(long delta);
+
+#endif /* IOCPHOST_ENGINE_INTERNAL_H */

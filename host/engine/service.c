@@ -1,0 +1,733 @@
+/*
+ * Services: a server service owns a listener; a client service keeps N
+ * outbound sessions alive. Both keep the set of their open sessions (a list
+ * for broadcast and stop, a hash by id for lookup) and their counters.
+ *
+ * Listener: several accepts stay in flight (accepts_pending), each holding a
+ * reference to the listener and the session it will hand over, so a burst of
+ * connections is taken in one wake-up. An accept that fails for lack of
+ * descriptors or memory is not retried at once (the listening socket stays
+ * readable and would spin): the slot waits for a backoff timer, 10 ms
+ * doubling to 1 s, and the failure is logged at most once a second. An error
+ * about one connection (aborted before accept) is retried at once.
+ *
+ * Client slots: each slot lives on one worker with its session, so its
+ * connect, timeout and backoff never race. The delay before a reconnect
+ * doubles from min_delay_ms to max_delay_ms, with jitter, and returns to the
+ * minimum after a successful connect.
+ */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "engine/internal.h"
+#include "engine/log.h"
+
+#define BACKOFF_MIN_MS 10
+#define BACKOFF_MAX_MS 1000
+
+typedef struct listener listener_t;
+
+typedef struct accept_slot {
+  io_op_t op;
+  listener_t *listener;
+  session_t *session; /* the session this accept will hand over */
+  uint8_t waiting;    /* waits for the backoff timer */
+} accept_slot_t;
+
+struct listener {
+  atomic_int refs;
+  service_t *service;
+  io_handle_t handle;
+  accept_slot_t *slots;
+  int slot_count;
+  io_timer_t backoff;
+  uint32_t backoff_ms;
+  uint8_t backoff_armed;
+  uint8_t stopped;
+  io_op_t stop_op;
+  uint64_t log_last_ms, log_suppressed;
+  uint64_t reject_log_last_ms, reject_log_suppressed;
+};
+
+typedef enum slot_state {
+  SLOT_IDLE,
+  SLOT_CONNECTING,
+  SLOT_CONNECTED,
+  SLOT_WAITING
+} slot_state_t;
+
+struct client_slot {
+  service_t *service;
+  int index;
+  io_handle_t handle; /* no socket: a place in a worker's serial order */
+  io_timer_t connect_timer;
+  io_timer_t retry_timer;
+  io_op_t start_op;
+  io_op_t stop_op;
+  session_t *session;
+  uint32_t delay_ms;
+  uint8_t state;
+  uint8_t stopping;
+  uint64_t rng;
+  uint64_t log_last_ms, log_suppressed;
+};
+
+struct service {
+  core_t *core;
+  char *name;
+  service_options_t opt;
+  void *user;
+  pthread_mutex_t lock;
+  pthread_cond_t changed;
+  long objects; /* sessions, the listener, slot ops in flight */
+  uint64_t open_sessions;
+  session_t *sessions;
+  session_t **buckets;
+  size_t bucket_count;
+  int started;
+  int stopping;
+  listener_t *listener;
+  client_slot_t *slots;
+  atomic_uint_fast64_t accepted, rejected, connects, connect_failures,
+      bytes_in, bytes_out, accept_errors;
+  atomic_uint_fast64_t disconnects[10];
+  atomic_uint_fast64_t sessions_now;
+};
+
+static void objects_add(service_t *svc, long delta) {
+  pthread_mutex_lock(&svc->lock);
+  svc->objects += delta;
+  if (svc->objects == 0)
+    pthread_cond_broadcast(&svc->changed);
+  pthread_mutex_unlock(&svc->lock);
+}
+
+void service__object_gone(service_t *svc) { objects_add(svc, -1); }
+
+void service_options_init(service_options_t *o) {
+  memset(o, 0, sizeof *o);
+  o->type = SERVICE_SERVER;
+  o->max_recv_bytes = 65536;
+  o->send_queue_limit_bytes = 1048576;
+  o->tcp_nodelay = 1;
+  o->close_timeout_ms = 5000;
+  o->max_sessions = 10000;
+  o->backlog = 511;
+  o->accepts_pending = 8;
+  o->client_sessions = 1;
+  o->connect_timeout_ms = 5000;
+  o->reconnect = 1;
+  o->reconnect_min_delay_ms = 100;
+  o->reconnect_max_delay_ms = 10000;
+  o->reconnect_jitter = 0.2;
+}
+
+const service_options_t *service__options(const service_t *svc) {
+  return &svc->opt;
+}
+
+const char *service_name(const service_t *svc) { return svc->name; }
+core_t *service_core(const service_t *svc) { return svc->core; }
+void service_set_user(service_t *svc, void *user) { svc->user = user; }
+void *service_user(const service_t *svc) { return svc->user; }
+
+/* ---- the set of open sessions ---- */
+
+static size_t bucket_of(const service_t *svc, uint64_t id) {
+  return (size_t)(id * 0x9E3779B97F4A7C15ULL >> 7) & (svc->bucket_count - 1);
+}
+
+static void rehash_locked(service_t *svc) {
+  size_t count = svc->bucket_count ? svc->bucket_count * 2 : 64;
+  session_t **buckets = calloc(count, sizeof *buckets);
+  if (!buckets)
+    return; /* keep the old table: longer chains, still correct */
+  session_t **old = svc->buckets;
+  size_t old_count = svc->bucket_count;
+  svc->buckets = buckets;
+  svc->bucket_count = count;
+  for (size_t i = 0; i < old_count; i++) {
+    session_t *s = old[i];
+    while (s) {
+      session_t *next = s->hash_next;
+      size_t b = bucket_of(svc, s->id);
+      s->hash_next = buckets[b];
+      buckets[b] = s;
+      s = next;
+    }
+  }
+  free(old);
+}
+
+void service__register(service_t *svc, session_t *s) {
+  pthread_mutex_lock(&svc->lock);
+  if (svc->open_sessions + 1 > svc->bucket_count)
+    rehash_locked(svc);
+  if (svc->bucket_count) {
+    size_t b = bucket_of(svc, s->id);
+    s->hash_next = svc->buckets[b];
+    svc->buckets[b] = s;
+  }
+  s->service_prev = NULL;
+  s->service_next = svc->sessions;
+  if (svc->sessions)
+    svc->sessions->service_prev = s;
+  svc->sessions = s;
+  s->registered = 1;
+  svc->open_sessions++;
+  atomic_store(&svc->sessions_now, svc->open_sessions);
+  pthread_mutex_unlock(&svc->lock);
+}
+
+void service__unregister(service_t *svc, session_t *s, int reason) {
+  pthread_mutex_lock(&svc->lock);
+  if (s->registered) {
+    s->registered = 0;
+    session_t **p = &svc->buckets[bucket_of(svc, s->id)];
+    while (*p && *p != s)
+      p = &(*p)->hash_next;
+    if (*p)
+      *p = s->hash_next;
+    if (s->service_prev)
+      s->service_prev->service_next = s->service_next;
+    else
+      svc->sessions = s->service_next;
+    if (s->service_next)
+      s->service_next->service_prev = s->service_prev;
+    svc->open_sessions--;
+    atomic_store(&svc->sessions_now, svc->open_sessions);
+    if (reason > 0 && reason < 10)
+      atomic_fetch_add(&svc->disconnects[reason], 1);
+    pthread_cond_broadcast(&svc->changed);
+  }
+  pthread_mutex_unlock(&svc->lock);
+}
+
+void service__count_bytes(service_t *svc, uint64_t in, uint64_t out) {
+  if (in)
+    atomic_fetch_add_explicit(&svc->bytes_in, in, memory_order_relaxed);
+  if (out)
+    atomic_fetch_add_explicit(&svc->bytes_out, out, memory_order_relaxed);
+}
+
+session_t *service_find_session(service_t *svc, uint64_t id) {
+  session_t *found = NULL;
+  pthread_mutex_lock(&svc->lock);
+  if (svc->bucket_count) {
+    for (session_t *s = svc->buckets[bucket_of(svc, id)]; s; s = s->hash_next) {
+      if (s->id == id) {
+        found = session_acquire(s);
+        break;
+      }
+    }
+  }
+  pthread_mutex_unlock(&svc->lock);
+  return found;
+}
+
+int service_broadcast(service_t *svc, shared_buf_t *buf) {
+  int count = 0;
+  pthread_mutex_lock(&svc->lock);
+  for (session_t *s = svc->sessions; s; s = s->service_next)
+    if (session_send_shared(s, buf) == ENGINE_OK)
+      count++;
+  pthread_mutex_unlock(&svc->lock);
+  return count;
+}
+
+void service_disconnect_all(service_t *svc, session_reason_t reason) {
+  pthread_mutex_lock(&svc->lock);
+  for (session_t *s = svc->sessions; s; s = s->service_next)
+    session_disconnect(s, reason);
+  pthread_mutex_unlock(&svc->lock);
+}
+
+void service_abort_all(service_t *svc, session_reason_t reason) {
+  pthread_mutex_lock(&svc->lock);
+  for (session_t *s = svc->sessions; s; s = s->service_next)
+    session_abort(s, reason);
+  pthread_mutex_unlock(&svc->lock);
+}
+
+void service_get_stats(service_t *svc, service_stats_t *out) {
+  memset(out, 0, sizeof *out);
+  out->sessions_now = atomic_load(&svc->sessions_now);
+  out->sessions_max = svc->opt.type == SERVICE_SERVER ? svc->opt.max_sessions
+                                                      : svc->opt.client_sessions;
+  out->accepted = atomic_load(&svc->accepted);
+  out->rejected = atomic_load(&svc->rejected);
+  out->connects = atomic_load(&svc->connects);
+  out->connect_failures = atomic_load(&svc->connect_failures);
+  out->bytes_in = atomic_load(&svc->bytes_in);
+  out->bytes_out = atomic_load(&svc->bytes_out);
+  out->accept_errors = atomic_load(&svc->accept_errors);
+  for (int i = 0; i < 10; i++)
+    out->disconnects[i] = atomic_load(&svc->disconnects[i]);
+}
+
+/* ---- listener ---- */
+
+static void listener_release(listener_t *l) {
+  if (atomic_fetch_sub_explicit(&l->refs, 1, memory_order_acq_rel) != 1)
+    return;
+  service_t *svc = l->service;
+  for (int i = 0; i < l->slot_count; i++)
+    if (l->slots[i].session)
+      session__free_unattached(l->slots[i].session);
+  free(l->slots);
+  free(l);
+  engine__live_add(-1);
+  service__object_gone(svc);
+}
+
+static void on_accept_done(io_op_t *op, int status, size_t bytes);
+
+static void issue_accept(listener_t *l, accept_slot_t *slot) {
+  if (!slot->session) {
+    slot->session = session__new(l->service);
+    if (!slot->session) {
+      /* The factory refused or memory ran out: try again later. */
+      slot->waiting = 1;
+      return;
+    }
+  }
+  atomic_fetch_add_explicit(&l->refs, 1, memory_order_relaxed);
+  slot->op.type = IO_OP_ACCEPT;
+  slot->op.handle = &l->handle;
+  slot->op.status = 0;
+  slot->op.complete = on_accept_done;
+  slot->op.u.accept.socket = IO_INVALID_SOCKET;
+  slot->op.u.accept.peer = &slot->session->peer;
+  io_submit(&slot->op);
+}
+
+static void on_backoff(io_op_t *op, int status, size_t bytes) {
+  listener_t *l = container_of(op, listener_t, backoff.op);
+  l->backoff_armed = 0;
+  if (status == 0 && !l->stopped) {
+    for (int i = 0; i < l->slot_count; i++) {
+      if (l->slots[i].waiting) {
+        l->slots[i].waiting = 0;
+        issue_accept(l, &l->slots[i]);
+      }
+    }
+    int still_waiting = 0;
+    for (int i = 0; i < l->slot_count; i++)
+      still_waiting |= l->slots[i].waiting;
+    if (still_waiting && !l->backoff_armed) {
+      l->backoff_armed = 1;
+      atomic_fetch_add_explicit(&l->refs, 1, memory_order_relaxed);
+      io_timer_start(&l->backoff, l->backoff_ms ? l->backoff_ms : BACKOFF_MIN_MS);
+    }
+  }
+  listener_release(l);
+}
+
+static void arm_backoff(listener_t *l) {
+  l->backoff_ms = l->backoff_ms ? l->backoff_ms * 2 : BACKOFF_MIN_MS;
+  if (l->backoff_ms > BACKOFF_MAX_MS)
+    l->backoff_ms = BACKOFF_MAX_MS;
+  if (l->backoff_armed)
+    return;
+  l->backoff_armed = 1;
+  atomic_fetch_add_explicit(&l->refs, 1, memory_order_relaxed);
+  io_timer_start(&l->backoff, l->backoff_ms);
+}
+
+static int error_is_per_connection(int status) {
+  switch (-status) {
+  case ECONNABORTED:
+  case EPROTO:
+  case EPERM:
+  case ENETDOWN:
+  case ENOPROTOOPT:
+  case EHOSTDOWN:
+  case ENONET:
+  case EHOSTUNREACH:
+  case EOPNOTSUPP:
+  case ENETUNREACH:
+  case ECONNRESET:
+  case EINTR:
+    return 1;
+  default:
+    return 0;
+  }
+}
+
+static void on_accept_done(io_op_t *op, int status, size_t bytes) {
+  accept_slot_t *slot = container_of(op, accept_slot_t, op);
+  listener_t *l = slot->listener;
+  service_t *svc = l->service;
+  if (status == IO_ECANCELED || l->stopped) {
+    if (status == 0)
+      io_socket_close(op->u.accept.socket);
+    listener_release(l);
+    return;
+  }
+  if (status < 0) {
+    atomic_fetch_add(&svc->accept_errors, 1);
+    if (error_is_per_connection(status)) {
+      issue_accept(l, slot);
+    } else {
+      if (log_ratelimit(&l->log_last_ms, &l->log_suppressed))
+        log_write(LOG_ERROR, "listener",
+                  "service %s: accept failed: %s; the listener keeps serving "
+                  "and retries in %u ms (if descriptors ran out, raise the "
+                  "limit: ulimit -n / LimitNOFILE)",
+                  svc->name, io_strerror(status),
+                  l->backoff_ms ? l->backoff_ms * 2 : BACKOFF_MIN_MS);
+      slot->waiting = 1;
+      arm_backoff(l);
+    }
+    listener_release(l);
+    return;
+  }
+  l->backoff_ms = 0;
+  io_socket_t sock = op->u.accept.socket;
+  if (atomic_load(&svc->sessions_now) >= svc->opt.max_sessions) {
+    io_socket_close(sock);
+    atomic_fetch_add(&svc->rejected, 1);
+    if (log_ratelimit(&l->reject_log_last_ms, &l->reject_log_suppressed))
+      log_write(LOG_WARN, "listener",
+                "service %s: max_sessions %u reached: connection refused "
+                "(counted as rejected)",
+                svc->name, svc->opt.max_sessions);
+    issue_accept(l, slot);
+    listener_release(l);
+    return;
+  }
+  session_t *s = slot->session;
+  slot->session = NULL;
+  atomic_fetch_add(&svc->accepted, 1);
+  session__attach(s, sock, -1);
+  issue_accept(l, slot);
+  listener_release(l);
+}
+
+static void on_listener_stop(io_op_t *op, int status, size_t bytes) {
+  listener_t *l = container_of(op, listener_t, stop_op);
+  l->stopped = 1;
+  io_timer_cancel(&l->backoff);
+  io_handle_close(&l->handle);
+  listener_release(l);
+}
+
+static int listener_start(service_t *svc, char *err, size_t err_len) {
+  char addr[ADDRESS_TEXT_MAX];
+  address_format(&svc->opt.address, addr, sizeof addr);
+  io_socket_t sock = io_socket_tcp(address_family(&svc->opt.address));
+  if (sock == IO_INVALID_SOCKET) {
+    snprintf(err, err_len, "service %s: cannot create a socket for %s: %s",
+             svc->name, addr, strerror(errno));
+    return -1;
+  }
+  int rc = io_socket_listen(sock, &svc->opt.address, svc->opt.backlog);
+  if (rc < 0) {
+    io_socket_close(sock);
+    snprintf(err, err_len, "service %s: cannot listen on %s: %s%s", svc->name,
+             addr, io_strerror(rc),
+             rc == -EADDRINUSE
+                 ? " (another process has it: stop it or choose another "
+                   "address)"
+                 : rc == -EADDRNOTAVAIL ? " (no interface has this address)"
+                                        : "");
+    return -1;
+  }
+  listener_t *l = calloc(1, sizeof *l);
+  int count = svc->opt.accepts_pending > 0 ? svc->opt.accepts_pending : 1;
+  if (l)
+    l->slots = calloc((size_t)count, sizeof *l->slots);
+  if (!l || !l->slots) {
+    free(l);
+    io_socket_close(sock);
+    snprintf(err, err_len, "service %s: out of memory", svc->name);
+    return -1;
+  }
+  atomic_init(&l->refs, 1); /* the service's reference */
+  l->service = svc;
+  l->slot_count = count;
+  rc = io_handle_open(svc->core->io, &l->handle, sock, -1);
+  if (rc < 0) {
+    io_socket_close(sock);
+    free(l->slots);
+    free(l);
+    snprintf(err, err_len, "service %s: cannot register %s: %s", svc->name,
+             addr, io_strerror(rc));
+    return -1;
+  }
+  io_timer_init(&l->backoff, &l->handle, on_backoff);
+  l->stop_op.complete = on_listener_stop;
+  engine__live_add(1);
+  objects_add(svc, 1);
+  svc->listener = l;
+  for (int i = 0; i < count; i++) {
+    l->slots[i].listener = l;
+    issue_accept(l, &l->slots[i]);
+  }
+  return 0;
+}
+
+int service_local_address(service_t *svc, address_t *out) {
+  if (!svc->listener)
+    return -1;
+  struct sockaddr_storage ss;
+  socklen_t len = sizeof ss;
+  if (getsockname(svc->listener->handle.socket, (struct sockaddr *)&ss,
+                  &len) != 0)
+    return -1;
+  address_from_sockaddr(out, (struct sockaddr *)&ss, len);
+  return 0;
+}
+
+/* ---- client slots ---- */
+
+static void slot_connect(client_slot_t *slot);
+
+static double slot_random(client_slot_t *slot) {
+  uint64_t x = slot->rng;
+  x ^= x >> 12;
+  x ^= x << 25;
+  x ^= x >> 27;
+  slot->rng = x;
+  return (double)((x * 0x2545F4914F6CDD1DULL) >> 11) / 9007199254740992.0;
+}
+
+static void slot_timer_start(client_slot_t *slot, io_timer_t *t,
+                             uint64_t delay) {
+  objects_add(slot->service, 1);
+  io_timer_start(t, delay);
+}
+
+static void schedule_retry(client_slot_t *slot) {
+  service_t *svc = slot->service;
+  if (slot->stopping || !svc->opt.reconnect) {
+    slot->state = SLOT_IDLE;
+    return;
+  }
+  uint32_t min = svc->opt.reconnect_min_delay_ms;
+  uint32_t max = svc->opt.reconnect_max_delay_ms;
+  uint64_t delay = slot->delay_ms ? (uint64_t)slot->delay_ms * 2 : min;
+  if (delay > max)
+    delay = max;
+  if (delay < min)
+    delay = min;
+  slot->delay_ms = (uint32_t)delay;
+  double jitter = svc->opt.reconnect_jitter;
+  double factor = 1.0 + jitter * (2.0 * slot_random(slot) - 1.0);
+  uint64_t wait = (uint64_t)((double)delay * factor);
+  slot->state = SLOT_WAITING;
+  slot_timer_start(slot, &slot->retry_timer, wait);
+}
+
+void service__connect_done(client_slot_t *slot, session_t *s, int status) {
+  service_t *svc = slot->service;
+  io_timer_cancel(&slot->connect_timer);
+  char addr[ADDRESS_TEXT_MAX];
+  address_format(&svc->opt.address, addr, sizeof addr);
+  if (status < 0) {
+    atomic_fetch_add(&svc->connect_failures, 1);
+    slot->session = NULL;
+    if (log_ratelimit(&slot->log_last_ms, &slot->log_suppressed))
+      log_write(LOG_WARN, "client",
+                "service %s: cannot connect to %s: %s; retrying with backoff",
+                svc->name, addr,
+                status == IO_ECANCELED ? "timed out or stopped"
+                                       : io_strerror(status));
+    schedule_retry(slot);
+    return;
+  }
+  atomic_fetch_add(&svc->connects, 1);
+  slot->delay_ms = 0;
+  slot->state = SLOT_CONNECTED;
+  log_write(LOG_INFO, "client", "service %s: connected to %s", svc->name, addr);
+}
+
+void service__client_closed(client_slot_t *slot, session_t *s) {
+  if (slot->session == s)
+    slot->session = NULL;
+  schedule_retry(slot);
+}
+
+static void on_connect_timeout(io_op_t *op, int status, size_t bytes) {
+  client_slot_t *slot = container_of(op, client_slot_t, connect_timer.op);
+  if (status == 0 && slot->state == SLOT_CONNECTING && slot->session)
+    session_abort(slot->session, REASON_CONNECT_FAILED);
+  objects_add(slot->service, -1);
+}
+
+static void on_retry(io_op_t *op, int status, size_t bytes) {
+  client_slot_t *slot = container_of(op, client_slot_t, retry_timer.op);
+  if (status == 0 && !slot->stopping && slot->state == SLOT_WAITING)
+    slot_connect(slot);
+  objects_add(slot->service, -1);
+}
+
+static void slot_connect(client_slot_t *slot) {
+  service_t *svc = slot->service;
+  if (slot->stopping)
+    return;
+  session_t *s = session__new(svc);
+  io_socket_t sock = IO_INVALID_SOCKET;
+  if (s)
+    sock = io_socket_tcp(address_family(&svc->opt.address));
+  if (!s || sock == IO_INVALID_SOCKET) {
+    if (s)
+      session__free_unattached(s);
+    atomic_fetch_add(&svc->connect_failures, 1);
+    schedule_retry(slot);
+    return;
+  }
+  s->slot = slot;
+  slot->session = s;
+  slot->state = SLOT_CONNECTING;
+  objects_add(svc, 0);
+  if (svc->opt.connect_timeout_ms)
+    slot_timer_start(slot, &slot->connect_timer, svc->opt.connect_timeout_ms);
+  session__connect(s, sock, io_handle_worker_index(&slot->handle));
+}
+
+static void on_slot_start(io_op_t *op, int status, size_t bytes) {
+  client_slot_t *slot = container_of(op, client_slot_t, start_op);
+  slot_connect(slot);
+  objects_add(slot->service, -1);
+}
+
+static void on_slot_stop(io_op_t *op, int status, size_t bytes) {
+  client_slot_t *slot = container_of(op, client_slot_t, stop_op);
+  slot->stopping = 1;
+  io_timer_cancel(&slot->retry_timer);
+  io_timer_cancel(&slot->connect_timer);
+  if (slot->state == SLOT_CONNECTING && slot->session)
+    session_abort(slot->session, REASON_HOST_STOPPING);
+  objects_add(slot->service, -1);
+}
+
+static int client_start(service_t *svc, char *err, size_t err_len) {
+  uint32_t n = svc->opt.client_sessions ? svc->opt.client_sessions : 1;
+  svc->slots = calloc(n, sizeof *svc->slots);
+  if (!svc->slots) {
+    snprintf(err, err_len, "service %s: out of memory", svc->name);
+    return -1;
+  }
+  for (uint32_t i = 0; i < n; i++) {
+    client_slot_t *slot = &svc->slots[i];
+    slot->service = svc;
+    slot->index = (int)i;
+    slot->rng = 0x9E3779B97F4A7C15ULL ^ ((uint64_t)(uintptr_t)slot << 1) ^
+                clock_now_ms();
+    if (!slot->rng)
+      slot->rng = 1;
+    io_handle_open(svc->core->io, &slot->handle, IO_INVALID_SOCKET, -1);
+    io_timer_init(&slot->connect_timer, &slot->handle, on_connect_timeout);
+    io_timer_init(&slot->retry_timer, &slot->handle, on_retry);
+    slot->start_op.complete = on_slot_start;
+    slot->stop_op.complete = on_slot_stop;
+    objects_add(svc, 1);
+    io_post(&slot->handle, &slot->start_op, 0);
+  }
+  return 0;
+}
+
+/* ---- lifecycle ---- */
+
+int service_create(core_t *core, const service_options_t *opt,
+                   service_t **out, char *err, size_t err_len) {
+  if (!opt->factory.handler || !opt->factory.handler->on_connected ||
+      !opt->factory.handler->on_recv || !opt->factory.handler->on_disconnected) {
+    snprintf(err, err_len, "service %s: the session handler is incomplete",
+             opt->name ? opt->name : "?");
+    return -1;
+  }
+  service_t *svc = calloc(1, sizeof *svc);
+  if (!svc || !(svc->name = strdup(opt->name ? opt->name : "service"))) {
+    free(svc);
+    snprintf(err, err_len, "out of memory");
+    return -1;
+  }
+  svc->core = core;
+  svc->opt = *opt;
+  svc->opt.name = svc->name;
+  if (svc->opt.max_recv_bytes == 0)
+    svc->opt.max_recv_bytes = 65536;
+  if (svc->opt.close_timeout_ms == 0)
+    svc->opt.close_timeout_ms = 5000;
+  pthread_mutex_init(&svc->lock, NULL);
+  pthread_cond_init(&svc->changed, NULL);
+  *out = svc;
+  return 0;
+}
+
+int service_start(service_t *svc, char *err, size_t err_len) {
+  if (svc->started) {
+    snprintf(err, err_len, "service %s: already started", svc->name);
+    return -1;
+  }
+  int rc = svc->opt.type == SERVICE_SERVER ? listener_start(svc, err, err_len)
+                                           : client_start(svc, err, err_len);
+  if (rc == 0)
+    svc->started = 1;
+  return rc;
+}
+
+void service_stop_accepting(service_t *svc) {
+  pthread_mutex_lock(&svc->lock);
+  int first = !svc->stopping;
+  svc->stopping = 1;
+  pthread_mutex_unlock(&svc->lock);
+  if (!first || !svc->started)
+    return;
+  if (svc->listener) {
+    io_post(&svc->listener->handle, &svc->listener->stop_op, 0);
+    svc->listener = NULL; /* its stop op carries the service's reference */
+  }
+  if (svc->slots) {
+    for (uint32_t i = 0; i < svc->opt.client_sessions; i++) {
+      objects_add(svc, 1);
+      io_post(&svc->slots[i].handle, &svc->slots[i].stop_op, 0);
+    }
+  }
+}
+
+int service_wait_closed(service_t *svc, uint32_t timeout_ms) {
+  struct timespec deadline;
+  clock_gettime(CLOCK_REALTIME, &deadline);
+  deadline.tv_sec += timeout_ms / 1000;
+  deadline.tv_nsec += (long)(timeout_ms % 1000) * 1000000L;
+  if (deadline.tv_nsec >= 1000000000L) {
+    deadline.tv_sec++;
+    deadline.tv_nsec -= 1000000000L;
+  }
+  int rc = 0;
+  pthread_mutex_lock(&svc->lock);
+  while (svc->objects > 0 && rc == 0)
+    if (pthread_cond_timedwait(&svc->changed, &svc->lock, &deadline) != 0)
+      rc = -1;
+  if (svc->objects == 0)
+    rc = 0;
+  pthread_mutex_unlock(&svc->lock);
+  return rc;
+}
+
+void service_destroy(service_t *svc) {
+  if (!svc)
+    return;
+  service_stop_accepting(svc);
+  service_abort_all(svc, REASON_HOST_STOPPING);
+  if (service_wait_closed(svc, 10000) != 0) {
+    /* Something (usually a plugin) still holds a session: keep the memory
+     * it may reach rather than free it under it. */
+    log_write(LOG_ERROR, "service",
+              "service %s: %ld objects still referenced after stop; leaking "
+              "them (a plugin kept a session without releasing it)",
+              svc->name, svc->objects);
+    return;
+  }
+  free(svc->buckets);
+  free(svc->slots);
+  pthread_mutex_destroy(&svc->lock);
+  pthread_cond_destroy(&svc->changed);
+  free(svc->name);
+  free(svc);
+}

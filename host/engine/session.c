@@ -1,0 +1,930 @@
+/*
+ * Sessions: one TCP connection, its send queue, its unconsumed input, its
+ * timers, and the serial order its callbacks run in.
+ *
+ * Everything that changes a session's state runs on its worker, inside a
+ * completion: the receive, the send, the "kick" (start, flush, close
+ * requests from any thread) and timers. Other threads only append to the
+ * send queue or record a close request under the session's lock, then post
+ * the kick. So callbacks never overlap and need no lock of their own.
+ *
+ * References (SPEC section 2): the session is born with one, the "open"
+ * reference, dropped when its socket is closed. Every op in flight (recv,
+ * send or connect, kick, each timer, each post) holds one more, taken when
+ * it is issued and released at the end of its completion. The plugin's
+ * acquire/release add to the same count. Memory goes at zero.
+ *
+ * Receiving costs no buffer while idle: the backend reads into its worker's
+ * buffer, the handler consumes what it can, and only a remainder is copied
+ * into a per-session buffer that is freed again once consumed.
+ *
+ * Closing is graceful unless the peer failed: stop delivering input, flush
+ * the queue, send FIN, call on_disconnected, then keep reading (and
+ * discarding) until the peer's FIN, so the close never turns into a reset
+ * because of unread input; a timer bounds both the flush and the linger.
+ */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "engine/internal.h"
+#include "engine/log.h"
+
+#define SEND_BUFS_MAX 64
+#define CHUNK_MIN_ROOM 512
+#define LINGER_MS 2000
+
+struct send_chunk {
+  send_chunk_t *next;
+  shared_buf_t *shared; /* when the bytes belong to a shared buffer */
+  uint8_t *data;        /* next unsent byte */
+  size_t len;           /* unsent bytes */
+  size_t room;          /* free bytes after data + len (private chunks) */
+  uint8_t bytes[];
+};
+
+struct shared_buf {
+  atomic_int refs;
+  size_t len;
+  uint8_t data[];
+};
+
+struct session_timer {
+  io_timer_t timer;
+  session_t *session;
+  session_timer_t *next;
+  uint64_t id;
+  uint32_t repeat_ms;
+  session_fn fn;
+  void *arg;
+  uint8_t stopped;  /* under the session's lock */
+  uint8_t internal; /* the engine's own: runs while closing too */
+};
+
+typedef struct session_post_op {
+  io_op_t op;
+  session_t *session;
+  session_fn fn;
+  void *arg;
+  int internal;
+} session_post_op_t;
+
+static atomic_uint_fast64_t next_session_id = 1;
+static atomic_uint_fast64_t next_timer_id = 1;
+
+static void begin_close(session_t *s, int reason, int graceful);
+static void on_kick(io_op_t *op, int status, size_t bytes);
+static void flush(session_t *s);
+static void start_recv(session_t *s);
+static uint64_t timer_start(session_t *s, uint32_t delay_ms,
+                            uint32_t repeat_ms, session_fn fn, void *arg,
+                            int internal);
+
+static size_t extra_offset(void) {
+  return (sizeof(session_t) + 15) & ~(size_t)15;
+}
+
+static const service_options_t *opts_of(const session_t *s) {
+  return service__options(s->service);
+}
+
+/* ---- references ---- */
+
+void session__ref(session_t *s) {
+  atomic_fetch_add_explicit(&s->refs, 1, memory_order_relaxed);
+}
+
+static void free_chunk(send_chunk_t *c) {
+  if (c->shared)
+    shared_buf_release(c->shared);
+  free(c);
+}
+
+static void destroy(session_t *s) {
+  service_t *svc = s->service;
+  const session_handler_t *h = opts_of(s)->factory.handler;
+  if (h && h->on_free)
+    h->on_free(s);
+  send_chunk_t *c = s->queue_head;
+  while (c) {
+    send_chunk_t *next = c->next;
+    free_chunk(c);
+    c = next;
+  }
+  free(s->send_bufs);
+  free(s->pending_in);
+  pthread_mutex_destroy(&s->lock);
+  free(s);
+  engine__live_add(-1);
+  service__object_gone(svc);
+}
+
+session_t *session_acquire(session_t *s) {
+  session__ref(s);
+  return s;
+}
+
+void session_release(session_t *s) {
+  if (atomic_fetch_sub_explicit(&s->refs, 1, memory_order_acq_rel) == 1)
+    destroy(s);
+}
+
+/* ---- creation ---- */
+
+session_t *session__new(service_t *svc) {
+  const service_options_t *o = service__options(svc);
+  void *context = NULL;
+  size_t extra = 0;
+  if (o->factory.prepare) {
+    extra = o->factory.prepare(o->factory.ctx, &context);
+    if (extra == (size_t)-1)
+      return NULL;
+  }
+  session_t *s = calloc(1, extra_offset() + extra);
+  if (!s)
+    return NULL;
+  atomic_init(&s->refs, 1); /* the open reference */
+  s->id = atomic_fetch_add_explicit(&next_session_id, 1, memory_order_relaxed);
+  s->service = svc;
+  s->context = context;
+  s->handle.socket = IO_INVALID_SOCKET;
+  s->kick_op.complete = on_kick;
+  pthread_mutex_init(&s->lock, NULL);
+  engine__live_add(1);
+  return s;
+}
+
+void session__free_unattached(session_t *s) { session_release(s); }
+
+static void post_kick_locked(session_t *s) {
+  if (s->kick_pending || s->sending)
+    return;
+  s->kick_pending = 1;
+  session__ref(s);
+  io_post(&s->handle, &s->kick_op, 0);
+}
+
+/* Drops the socket and the open reference; s may be gone afterwards. */
+static void drop_socket(session_t *s) {
+  io_handle_close(&s->handle);
+  session_release(s);
+}
+
+/* ---- timers ---- */
+
+/* Worker only. Cancelling completes armed timers with IO_ECANCELED (they
+ * unlink and free themselves then); one already fired finds itself stopped. */
+static void cancel_timers(session_t *s) {
+  pthread_mutex_lock(&s->lock);
+  for (session_timer_t *t = s->timers; t; t = t->next) {
+    t->stopped = 1;
+    io_timer_cancel(&t->timer);
+  }
+  pthread_mutex_unlock(&s->lock);
+}
+
+static void unlink_timer(session_t *s, session_timer_t *t) {
+  pthread_mutex_lock(&s->lock);
+  for (session_timer_t **p = &s->timers; *p; p = &(*p)->next) {
+    if (*p == t) {
+      *p = t->next;
+      break;
+    }
+  }
+  pthread_mutex_unlock(&s->lock);
+}
+
+static void on_timer(io_op_t *op, int status, size_t bytes) {
+  session_timer_t *t = container_of(op, session_timer_t, timer.op);
+  session_t *s = t->session;
+  pthread_mutex_lock(&s->lock);
+  int run = status == 0 && !t->stopped &&
+            (t->internal || (s->state == SESSION_OPEN && !s->close_request));
+  pthread_mutex_unlock(&s->lock);
+  if (run) {
+    t->fn(s, t->arg);
+    pthread_mutex_lock(&s->lock);
+    int again = t->repeat_ms > 0 && !t->stopped &&
+                (t->internal || (s->state == SESSION_OPEN && !s->close_request));
+    pthread_mutex_unlock(&s->lock);
+    if (again) {
+      io_timer_start(&t->timer, t->repeat_ms);
+      return;
+    }
+  }
+  unlink_timer(s, t);
+  free(t);
+  engine__live_add(-1);
+  session_release(s);
+}
+
+static uint64_t timer_start(session_t *s, uint32_t delay_ms,
+                            uint32_t repeat_ms, session_fn fn, void *arg,
+                            int internal) {
+  session_timer_t *t = calloc(1, sizeof *t);
+  if (!t)
+    return 0;
+  t->session = s;
+  t->fn = fn;
+  t->arg = arg;
+  t->repeat_ms = repeat_ms;
+  t->internal = (uint8_t)internal;
+  t->id = atomic_fetch_add_explicit(&next_timer_id, 1, memory_order_relaxed);
+  io_timer_init(&t->timer, &s->handle, on_timer);
+  pthread_mutex_lock(&s->lock);
+  if (!internal && (s->close_request || s->state >= SESSION_CLOSING)) {
+    pthread_mutex_unlock(&s->lock);
+    free(t);
+    return 0;
+  }
+  t->next = s->timers;
+  s->timers = t;
+  session__ref(s);
+  engine__live_add(1);
+  uint64_t id = t->id;
+  io_timer_start(&t->timer, delay_ms);
+  pthread_mutex_unlock(&s->lock);
+  return id;
+}
+
+uint64_t session_timer_start(session_t *s, uint32_t delay_ms,
+                             uint32_t repeat_ms, session_fn fn, void *arg) {
+  if (!fn)
+    return 0;
+  return timer_start(s, delay_ms, repeat_ms, fn, arg, 0);
+}
+
+static void cancel_timer_on_worker(session_t *s, void *arg) {
+  uint64_t id = (uint64_t)(uintptr_t)arg;
+  pthread_mutex_lock(&s->lock);
+  for (session_timer_t *t = s->timers; t; t = t->next) {
+    if (t->id == id) {
+      io_timer_cancel(&t->timer);
+      break;
+    }
+  }
+  pthread_mutex_unlock(&s->lock);
+}
+
+static int post(session_t *s, session_fn fn, void *arg, int internal);
+
+int session_timer_stop(session_t *s, uint64_t timer_id) {
+  pthread_mutex_lock(&s->lock);
+  session_timer_t *t = s->timers;
+  while (t && t->id != timer_id)
+    t = t->next;
+  if (!t || t->stopped || t->internal) {
+    pthread_mutex_unlock(&s->lock);
+    return ENGINE_E_NOTFOUND;
+  }
+  t->stopped = 1;
+  pthread_mutex_unlock(&s->lock);
+  /* Give the memory back now rather than when it would have fired. */
+  if (io_handle_on_worker(&s->handle))
+    cancel_timer_on_worker(s, (void *)(uintptr_t)timer_id);
+  else
+    post(s, cancel_timer_on_worker, (void *)(uintptr_t)timer_id, 1);
+  return ENGINE_OK;
+}
+
+/* ---- posted functions ---- */
+
+static void on_post(io_op_t *op, int status, size_t bytes) {
+  session_post_op_t *p = container_of(op, session_post_op_t, op);
+  session_t *s = p->session;
+  pthread_mutex_lock(&s->lock);
+  int run = p->internal || (s->state == SESSION_OPEN && !s->close_request);
+  pthread_mutex_unlock(&s->lock);
+  if (run)
+    p->fn(s, p->arg);
+  free(p);
+  engine__live_add(-1);
+  session_release(s);
+}
+
+static int post(session_t *s, session_fn fn, void *arg, int internal) {
+  session_post_op_t *p = calloc(1, sizeof *p);
+  if (!p)
+    return ENGINE_E_NOMEM;
+  p->session = s;
+  p->fn = fn;
+  p->arg = arg;
+  p->internal = internal;
+  p->op.complete = on_post;
+  pthread_mutex_lock(&s->lock);
+  if (!internal && (s->close_request || s->state >= SESSION_CLOSING)) {
+    pthread_mutex_unlock(&s->lock);
+    free(p);
+    return ENGINE_E_CLOSED;
+  }
+  session__ref(s);
+  engine__live_add(1);
+  io_post(&s->handle, &p->op, 0);
+  pthread_mutex_unlock(&s->lock);
+  return ENGINE_OK;
+}
+
+int session_post(session_t *s, session_fn fn, void *arg) {
+  if (!fn)
+    return ENGINE_E_INVAL;
+  return post(s, fn, arg, 0);
+}
+
+/* ---- idle timeout ---- */
+
+static void check_idle(session_t *s, void *arg) {
+  uint32_t idle = opts_of(s)->idle_timeout_ms;
+  if (s->state != SESSION_OPEN)
+    return;
+  uint64_t now = clock_now_ms();
+  uint64_t deadline = s->last_recv_ms + idle;
+  if (now >= deadline)
+    begin_close(s, REASON_IDLE_TIMEOUT, 1);
+  else
+    timer_start(s, (uint32_t)(deadline - now), 0, check_idle, NULL, 1);
+}
+
+/* ---- the kick: start, flush and close requests ---- */
+
+static void open_session(session_t *s) {
+  const service_options_t *o = opts_of(s);
+  pthread_mutex_lock(&s->lock);
+  s->state = SESSION_OPEN;
+  pthread_mutex_unlock(&s->lock);
+  s->last_recv_ms = clock_now_ms();
+  if (o->idle_timeout_ms)
+    timer_start(s, o->idle_timeout_ms, 0, check_idle, NULL, 1);
+  o->factory.handler->on_connected(s);
+  start_recv(s);
+}
+
+static void on_kick(io_op_t *op, int status, size_t bytes) {
+  session_t *s = container_of(op, session_t, kick_op);
+  pthread_mutex_lock(&s->lock);
+  s->kick_pending = 0;
+  int request = s->close_request;
+  int abort_now = s->close_abort;
+  pthread_mutex_unlock(&s->lock);
+  if (s->state == SESSION_OPENING && !request) {
+    open_session(s);
+    pthread_mutex_lock(&s->lock);
+    request = s->close_request;
+    abort_now = s->close_abort;
+    pthread_mutex_unlock(&s->lock);
+  }
+  if (request)
+    begin_close(s, request, !abort_now);
+  flush(s);
+  session_release(s);
+}
+
+static int request_close(session_t *s, int reason, int abort_now) {
+  if (!reason)
+    return ENGINE_E_INVAL;
+  pthread_mutex_lock(&s->lock);
+  if (s->state >= SESSION_CLOSED ||
+      (s->close_request && (!abort_now || s->close_abort))) {
+    pthread_mutex_unlock(&s->lock);
+    return s->state >= SESSION_CLOSED ? ENGINE_E_CLOSED : ENGINE_OK;
+  }
+  if (!s->close_request)
+    s->close_request = (uint8_t)reason;
+  if (abort_now)
+    s->close_abort = 1;
+  /* The kick must run even while a send is in flight. */
+  if (!s->kick_pending) {
+    s->kick_pending = 1;
+    session__ref(s);
+    io_post(&s->handle, &s->kick_op, 0);
+  }
+  pthread_mutex_unlock(&s->lock);
+  return ENGINE_OK;
+}
+
+int session_disconnect(session_t *s, session_reason_t reason) {
+  return request_close(s, reason, 0);
+}
+
+int session_abort(session_t *s, session_reason_t reason) {
+  return request_close(s, reason, 1);
+}
+
+/* ---- attaching and connecting ---- */
+
+int session__attach(session_t *s, io_socket_t sock, int worker_hint) {
+  const service_options_t *o = opts_of(s);
+  int rc = io_handle_open(service_core(s->service)->io, &s->handle, sock,
+                          worker_hint);
+  if (rc < 0) {
+    io_socket_close(sock);
+    s->handle.socket = IO_INVALID_SOCKET;
+    s->handle.closed = 1;
+    session_release(s);
+    return rc;
+  }
+  if (o->tcp_nodelay)
+    io_socket_set_nodelay(sock, 1);
+  s->state = SESSION_OPENING;
+  service__register(s->service, s);
+  pthread_mutex_lock(&s->lock);
+  post_kick_locked(s);
+  pthread_mutex_unlock(&s->lock);
+  return 0;
+}
+
+static void on_connect_done(io_op_t *op, int status, size_t bytes) {
+  session_t *s = container_of(op, session_t, send_op);
+  pthread_mutex_lock(&s->lock);
+  if (status == 0 && s->close_request)
+    status = IO_ECANCELED;
+  pthread_mutex_unlock(&s->lock);
+  if (status < 0) {
+    pthread_mutex_lock(&s->lock);
+    s->close_request = REASON_CONNECT_FAILED;
+    s->state = SESSION_CLOSED;
+    pthread_mutex_unlock(&s->lock);
+    s->close_started = 1;
+    service__connect_done(s->slot, s, status);
+    if (!s->handle.closed)
+      drop_socket(s);
+    else
+      session_release(s); /* the open reference */
+    session_release(s);   /* the connect's reference */
+    return;
+  }
+  if (opts_of(s)->tcp_nodelay)
+    io_socket_set_nodelay(s->handle.socket, 1);
+  s->state = SESSION_OPENING;
+  service__register(s->service, s);
+  service__connect_done(s->slot, s, 0);
+  pthread_mutex_lock(&s->lock);
+  post_kick_locked(s);
+  pthread_mutex_unlock(&s->lock);
+  session_release(s);
+}
+
+void session__connect(session_t *s, io_socket_t sock, int worker_hint) {
+  s->send_op.complete = on_connect_done;
+  session__ref(s); /* the connect's reference */
+  int rc = io_handle_open(service_core(s->service)->io, &s->handle, sock,
+                          worker_hint);
+  if (rc < 0) {
+    io_socket_close(sock);
+    s->handle.socket = IO_INVALID_SOCKET;
+    s->handle.closed = 1;
+    io_post(&s->handle, &s->send_op, rc);
+    return;
+  }
+  s->send_op.type = IO_OP_CONNECT;
+  s->send_op.handle = &s->handle;
+  s->send_op.status = 0;
+  s->send_op.u.connect.to = &opts_of(s)->address;
+  io_submit(&s->send_op);
+}
+
+/* ---- receiving ---- */
+
+static void deliver_input(session_t *s, const uint8_t *in, size_t n);
+
+static void on_recv_done(io_op_t *op, int status, size_t bytes) {
+  session_t *s = container_of(op, session_t, recv_op);
+  if (status == IO_ECANCELED) {
+    session_release(s);
+    return;
+  }
+  if (s->lingering) {
+    if (status < 0 || bytes == 0) {
+      s->lingering = 0;
+      cancel_timers(s);
+      drop_socket(s);
+    } else {
+      start_recv(s);
+    }
+    session_release(s);
+    return;
+  }
+  if (status < 0) {
+    begin_close(s, REASON_PEER_RESET, 0);
+  } else if (bytes == 0) {
+    s->peer_eof = 1;
+    begin_close(s, REASON_PEER_CLOSED, 1);
+  } else if (s->state == SESSION_OPEN && session_is_open(s)) {
+    service__count_bytes(s->service, bytes, 0);
+    s->last_recv_ms = clock_now_ms();
+    deliver_input(s, op->u.recv.data, bytes);
+    if (session_is_open(s))
+      start_recv(s);
+  } else if (s->state <= SESSION_CLOSING) {
+    /* Closing: input is no longer delivered, but keep the socket drained so
+     * the close ends with FIN rather than a reset. */
+    start_recv(s);
+  }
+  session_release(s);
+}
+
+static void start_recv(session_t *s) {
+  session__ref(s);
+  s->recv_op.type = IO_OP_RECV;
+  s->recv_op.handle = &s->handle;
+  s->recv_op.status = 0;
+  s->recv_op.complete = on_recv_done;
+  io_submit(&s->recv_op);
+}
+
+static int keep_pending(session_t *s, const uint8_t *data, size_t len) {
+  if (len == 0) {
+    free(s->pending_in);
+    s->pending_in = NULL;
+    s->pending_in_len = s->pending_in_cap = 0;
+    return 0;
+  }
+  if (data >= s->pending_in && data < s->pending_in + s->pending_in_cap) {
+    memmove(s->pending_in, data, len);
+  } else {
+    if (len > s->pending_in_cap) {
+      uint8_t *grown = realloc(s->pending_in, len);
+      if (!grown)
+        return -1;
+      s->pending_in = grown;
+      s->pending_in_cap = (uint32_t)len;
+    }
+    memcpy(s->pending_in, data, len);
+  }
+  s->pending_in_len = (uint32_t)len;
+  return 0;
+}
+
+static void deliver_input(session_t *s, const uint8_t *in, size_t n) {
+  const service_options_t *o = opts_of(s);
+  const uint8_t *data = in;
+  size_t len = n;
+  if (s->pending_in_len > 0) {
+    size_t need = (size_t)s->pending_in_len + n;
+    if (need > s->pending_in_cap) {
+      size_t cap = (size_t)s->pending_in_cap * 2;
+      if (cap < need)
+        cap = need;
+      uint8_t *grown = realloc(s->pending_in, cap);
+      if (!grown) {
+        begin_close(s, REASON_IO_ERROR, 0);
+        return;
+      }
+      s->pending_in = grown;
+      s->pending_in_cap = (uint32_t)cap;
+    }
+    memcpy(s->pending_in + s->pending_in_len, in, n);
+    data = s->pending_in;
+    len = need;
+  }
+  for (;;) {
+    size_t used = o->factory.handler->on_recv(s, data, len);
+    if (used > len)
+      used = len;
+    data += used;
+    len -= used;
+    if (len == 0 || !session_is_open(s))
+      break;
+    if (len < o->max_recv_bytes)
+      break;
+    if (used == 0) {
+      char peer[ADDRESS_TEXT_MAX] = "?";
+      address_format(&s->peer, peer, sizeof peer);
+      log_write(LOG_WARN, "session",
+                "service %s: session %llu (%s) left %zu unconsumed bytes, "
+                "reaching max_recv_bytes %u: disconnecting (protocol_error)",
+                service_name(s->service), (unsigned long long)s->id, peer, len,
+                o->max_recv_bytes);
+      begin_close(s, REASON_PROTOCOL_ERROR, 1);
+      break;
+    }
+    /* Something was consumed and a full buffer remains: present it again
+     * before reading more, so the kept input never grows past the limit. */
+  }
+  if (!session_is_open(s))
+    len = 0;
+  if (keep_pending(s, data, len) != 0)
+    begin_close(s, REASON_IO_ERROR, 0);
+}
+
+/* ---- sending ---- */
+
+static void on_send_done(io_op_t *op, int status, size_t bytes);
+
+static void flush(session_t *s) {
+  pthread_mutex_lock(&s->lock);
+  if (s->sending || s->handle.closed || s->state == SESSION_NEW) {
+    pthread_mutex_unlock(&s->lock);
+    return;
+  }
+  if (!s->queue_head) {
+    pthread_mutex_unlock(&s->lock);
+    if (s->state == SESSION_CLOSING && s->close_started)
+      begin_close(s, s->reason, 1); /* drained: go on closing */
+    return;
+  }
+  if (!s->send_bufs) {
+    s->send_bufs = malloc(SEND_BUFS_MAX * sizeof *s->send_bufs);
+    if (!s->send_bufs) {
+      pthread_mutex_unlock(&s->lock);
+      begin_close(s, REASON_IO_ERROR, 0);
+      return;
+    }
+  }
+  int count = 0;
+  for (send_chunk_t *c = s->queue_head; c && count < SEND_BUFS_MAX;
+       c = c->next) {
+#ifdef _WIN32
+    s->send_bufs[count].buf = (CHAR *)c->data;
+    s->send_bufs[count].len = (ULONG)c->len;
+#else
+    s->send_bufs[count].iov_base = c->data;
+    s->send_bufs[count].iov_len = c->len;
+#endif
+    count++;
+  }
+  s->sending = 1;
+  session__ref(s);
+  s->send_op.type = IO_OP_SEND;
+  s->send_op.handle = &s->handle;
+  s->send_op.status = 0;
+  s->send_op.complete = on_send_done;
+  s->send_op.u.send.bufs = s->send_bufs;
+  s->send_op.u.send.count = count;
+  pthread_mutex_unlock(&s->lock);
+  io_submit(&s->send_op);
+}
+
+static void on_send_done(io_op_t *op, int status, size_t bytes) {
+  session_t *s = container_of(op, session_t, send_op);
+  pthread_mutex_lock(&s->lock);
+  s->sending = 0;
+  size_t left = status == 0 ? bytes : 0;
+  while (left > 0 && s->queue_head) {
+    send_chunk_t *c = s->queue_head;
+    if (left < c->len) {
+      c->data += left;
+      c->len -= left;
+      left = 0;
+      break;
+    }
+    left -= c->len;
+    s->queue_head = c->next;
+    if (!s->queue_head)
+      s->queue_tail = NULL;
+    free_chunk(c);
+  }
+  if (status == 0)
+    s->queued_bytes -= bytes;
+  int more = s->queue_head != NULL;
+  if (!more) {
+    free(s->send_bufs);
+    s->send_bufs = NULL;
+  }
+  pthread_mutex_unlock(&s->lock);
+  if (status < 0) {
+    if (status != IO_ECANCELED)
+      begin_close(s, REASON_PEER_RESET, 0);
+    session_release(s);
+    return;
+  }
+  service__count_bytes(s->service, 0, bytes);
+  const session_handler_t *h = opts_of(s)->factory.handler;
+  if (h->on_sent && s->state == SESSION_OPEN)
+    h->on_sent(s, bytes);
+  flush(s);
+  session_release(s);
+}
+
+/* Appends under the lock; the caller has checked the limit. */
+static int append_locked(session_t *s, const session_buf_t *bufs, size_t count,
+                         size_t total) {
+  send_chunk_t *tail = s->queue_tail;
+  if (tail && !tail->shared && tail->room >= total) {
+    uint8_t *end = tail->data + tail->len;
+    for (size_t i = 0; i < count; i++) {
+      memcpy(end, bufs[i].data, bufs[i].len);
+      end += bufs[i].len;
+    }
+    tail->len += total;
+    tail->room -= total;
+    return 0;
+  }
+  size_t cap = total < CHUNK_MIN_ROOM ? CHUNK_MIN_ROOM : total;
+  send_chunk_t *c = malloc(sizeof *c + cap);
+  if (!c)
+    return -1;
+  c->next = NULL;
+  c->shared = NULL;
+  c->data = c->bytes;
+  c->len = 0;
+  for (size_t i = 0; i < count; i++) {
+    memcpy(c->bytes + c->len, bufs[i].data, bufs[i].len);
+    c->len += bufs[i].len;
+  }
+  c->room = cap - total;
+  if (tail)
+    tail->next = c;
+  else
+    s->queue_head = c;
+  s->queue_tail = c;
+  return 0;
+}
+
+static int enqueue(session_t *s, const session_buf_t *bufs, size_t count,
+                   shared_buf_t *shared) {
+  size_t total = 0;
+  if (shared) {
+    total = shared->len;
+  } else {
+    for (size_t i = 0; i < count; i++) {
+      if (!bufs[i].data && bufs[i].len)
+        return ENGINE_E_INVAL;
+      total += bufs[i].len;
+    }
+  }
+  if (total == 0)
+    return ENGINE_OK;
+  pthread_mutex_lock(&s->lock);
+  if (s->close_request || s->state >= SESSION_CLOSING) {
+    pthread_mutex_unlock(&s->lock);
+    return ENGINE_E_CLOSED;
+  }
+  if (s->queued_bytes + total > opts_of(s)->send_queue_limit_bytes) {
+    pthread_mutex_unlock(&s->lock);
+    char peer[ADDRESS_TEXT_MAX] = "?";
+    address_format(&s->peer, peer, sizeof peer);
+    log_write(LOG_WARN, "session",
+              "service %s: session %llu (%s) would queue more than "
+              "send_queue_limit_bytes %llu (a slow reader): disconnecting "
+              "(send_queue_full)",
+              service_name(s->service), (unsigned long long)s->id, peer,
+              (unsigned long long)opts_of(s)->send_queue_limit_bytes);
+    session_abort(s, REASON_SEND_QUEUE_FULL);
+    return ENGINE_E_QUEUE_FULL;
+  }
+  int rc;
+  if (shared) {
+    send_chunk_t *c = malloc(sizeof *c);
+    rc = c ? 0 : -1;
+    if (c) {
+      atomic_fetch_add_explicit(&shared->refs, 1, memory_order_relaxed);
+      c->next = NULL;
+      c->shared = shared;
+      c->data = shared->data;
+      c->len = shared->len;
+      c->room = 0;
+      if (s->queue_tail)
+        s->queue_tail->next = c;
+      else
+        s->queue_head = c;
+      s->queue_tail = c;
+    }
+  } else {
+    rc = append_locked(s, bufs, count, total);
+  }
+  if (rc != 0) {
+    pthread_mutex_unlock(&s->lock);
+    return ENGINE_E_NOMEM;
+  }
+  s->queued_bytes += total;
+  post_kick_locked(s);
+  pthread_mutex_unlock(&s->lock);
+  return ENGINE_OK;
+}
+
+int session_send(session_t *s, const void *data, size_t len) {
+  session_buf_t b = {data, len};
+  return enqueue(s, &b, 1, NULL);
+}
+
+int session_sendv(session_t *s, const session_buf_t *bufs, size_t count) {
+  return enqueue(s, bufs, count, NULL);
+}
+
+int session_send_shared(session_t *s, shared_buf_t *buf) {
+  return enqueue(s, NULL, 0, buf);
+}
+
+/* ---- closing ---- */
+
+static void on_close_timeout(session_t *s, void *arg) {
+  if (s->lingering) {
+    s->lingering = 0;
+    drop_socket(s);
+  } else if (s->state == SESSION_CLOSING) {
+    begin_close(s, s->reason, 0);
+  }
+}
+
+static void finish_close(session_t *s, int graceful) {
+  const service_options_t *o = opts_of(s);
+  if (graceful)
+    io_handle_shutdown_write(&s->handle);
+  pthread_mutex_lock(&s->lock);
+  s->state = SESSION_CLOSED;
+  pthread_mutex_unlock(&s->lock);
+  cancel_timers(s);
+  o->factory.handler->on_disconnected(s, (session_reason_t)s->reason);
+  service__unregister(s->service, s, s->reason);
+  if (s->slot)
+    service__client_closed(s->slot, s);
+  if (graceful && !s->peer_eof) {
+    /* Our FIN is out; read until the peer's, bounded in time. */
+    s->lingering = 1;
+    timer_start(s, LINGER_MS, 0, on_close_timeout, NULL, 1);
+  } else {
+    drop_socket(s);
+  }
+}
+
+static void begin_close(session_t *s, int reason, int graceful) {
+  pthread_mutex_lock(&s->lock);
+  if (!s->close_request)
+    s->close_request = (uint8_t)reason;
+  if (!graceful)
+    s->close_abort = 1;
+  pthread_mutex_unlock(&s->lock);
+  if (s->state >= SESSION_CLOSED)
+    return;
+  if (s->state == SESSION_NEW) {
+    /* A connect in flight: cancelling it ends the session through
+     * on_connect_done, which tells the client slot. */
+    io_handle_close(&s->handle);
+    return;
+  }
+  if (!s->close_started) {
+    s->close_started = 1;
+    s->reason = (uint8_t)reason;
+    if (s->state == SESSION_OPENING) {
+      /* Never reached on_connected: end quietly, no callbacks. */
+      pthread_mutex_lock(&s->lock);
+      s->state = SESSION_CLOSED;
+      pthread_mutex_unlock(&s->lock);
+      service__unregister(s->service, s, reason);
+      if (s->slot)
+        service__client_closed(s->slot, s);
+      drop_socket(s);
+      return;
+    }
+    pthread_mutex_lock(&s->lock);
+    s->state = SESSION_CLOSING;
+    pthread_mutex_unlock(&s->lock);
+    cancel_timers(s);
+    if (graceful)
+      timer_start(s, opts_of(s)->close_timeout_ms, 0, on_close_timeout, NULL, 1);
+  }
+  if (!graceful) {
+    pthread_mutex_lock(&s->lock);
+    send_chunk_t *c = s->queue_head;
+    s->queue_head = s->queue_tail = NULL;
+    s->queued_bytes = 0;
+    pthread_mutex_unlock(&s->lock);
+    while (c) {
+      send_chunk_t *next = c->next;
+      free_chunk(c);
+      c = next;
+    }
+    finish_close(s, 0);
+    return;
+  }
+  pthread_mutex_lock(&s->lock);
+  int drained = !s->queue_head && !s->sending;
+  pthread_mutex_unlock(&s->lock);
+  if (drained)
+    finish_close(s, 1);
+}
+
+/* ---- accessors ---- */
+
+uint64_t session_id(const session_t *s) { return s->id; }
+const address_t *session_peer(const session_t *s) { return &s->peer; }
+service_t *session_service(const session_t *s) { return s->service; }
+void *session_extra(session_t *s) { return (char *)s + extra_offset(); }
+void *session_context(const session_t *s) { return s->context; }
+
+int session_is_open(session_t *s) {
+  pthread_mutex_lock(&s->lock);
+  int open = s->state == SESSION_OPEN && !s->close_request;
+  pthread_mutex_unlock(&s->lock);
+  return open;
+}
+
+/* ---- shared buffers ---- */
+
+shared_buf_t *shared_buf_new(size_t len) {
+  shared_buf_t *b = malloc(sizeof *b + len);
+  if (!b)
+    return NULL;
+  atomic_init(&b->refs, 1);
+  b->len = len;
+  return b;
+}
+
+uint8_t *shared_buf_data(shared_buf_t *buf) { return buf->data; }
+size_t shared_buf_len(const shared_buf_t *buf) { return buf->len; }
+
+void shared_buf_release(shared_buf_t *buf) {
+  if (atomic_fetch_sub_explicit(&buf->refs, 1, memory_order_acq_rel) == 1)
+    free(buf);
+}

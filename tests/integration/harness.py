@@ -1,0 +1,460 @@
+"""Harness for the integration tests: the real host binary, real plugins and
+real loopback sockets.
+
+Where things are comes from the environment (ctest sets it; see
+tests/integration/CMakeLists.txt), so the same tests can run against another
+build of the host:
+
+  IOCPHOST_BIN            the host command line, split like a shell would
+                          (e.g. "build/bin/iocphost", later "wine x/iocphost.exe")
+  IOCPHOST_BUILD_DIR      build tree holding the plugins (default: <source>/build)
+  IOCPHOST_SOURCE_DIR     source tree (default: two folders up from here)
+  IOCPHOST_PLUGIN_SUFFIX  ".so" or ".dll" (default: by platform)
+  IOCPHOST_PLUGIN_DIR     optional extra folder searched first for plugins
+  IOCPHOST_TIMEOUT_SCALE  multiplies every timeout (slow machines, sanitizers)
+  IOCPHOST_KEEP_TEMP      "1" keeps each test's temp folder (config and logs)
+
+Rules every test keeps: every socket operation has a timeout, every wait is a
+bounded poll loop (never a fixed sleep), only loopback addresses are used,
+and a host's log is printed when its test fails.
+"""
+
+import json
+import os
+import re
+import select
+import shlex
+import shutil
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import unittest
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+SOURCE_DIR = os.path.abspath(
+    os.environ.get("IOCPHOST_SOURCE_DIR") or os.path.join(HERE, "..", ".."))
+BUILD_DIR = os.path.abspath(
+    os.environ.get("IOCPHOST_BUILD_DIR") or os.path.join(SOURCE_DIR, "build"))
+PLUGIN_SUFFIX = os.environ.get("IOCPHOST_PLUGIN_SUFFIX") or (
+    ".dll" if os.name == "nt" else ".so")
+TIMEOUT_SCALE = float(os.environ.get("IOCPHOST_TIMEOUT_SCALE") or "1")
+KEEP_TEMP = os.environ.get("IOCPHOST_KEEP_TEMP") == "1"
+
+LOOPBACK = "127.0.0.1"
+POLL_INTERVAL = 0.02  # seconds between two looks of a bounded poll loop
+
+
+class WaitTimeout(AssertionError):
+    """A bounded wait ran out of time."""
+
+
+def scaled(seconds):
+    return seconds * TIMEOUT_SCALE
+
+
+def host_command():
+    """The host binary as an argv prefix."""
+    text = os.environ.get("IOCPHOST_BIN")
+    if text:
+        return shlex.split(text)
+    return [os.path.join(BUILD_DIR, "bin", "iocphost")]
+
+
+def plugin_path(name):
+    """Absolute path of a built plugin, with its platform suffix."""
+    file = name + PLUGIN_SUFFIX
+    folders = []
+    if os.environ.get("IOCPHOST_PLUGIN_DIR"):
+        extra = os.environ["IOCPHOST_PLUGIN_DIR"]
+        folders += [extra, os.path.join(extra, name)]
+    folders += [
+        os.path.join(BUILD_DIR, "plugins", name),
+        os.path.join(BUILD_DIR, "tests", "integration", "plugins", name),
+    ]
+    for folder in folders:
+        candidate = os.path.join(folder, file)
+        if os.path.isfile(candidate):
+            return os.path.abspath(candidate)
+    raise AssertionError("plugin %s not built; looked in: %s" %
+                         (file, ", ".join(folders)))
+
+
+# --- ports and sockets ------------------------------------------------------
+
+_ports_lock = threading.Lock()
+_ports_given = set()
+
+
+def free_port():
+    """A loopback TCP port that nothing listens on right now. Ports handed
+    out by this process are not handed out twice."""
+    for _ in range(100):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind((LOOPBACK, 0))
+            port = s.getsockname()[1]
+        with _ports_lock:
+            if port not in _ports_given:
+                _ports_given.add(port)
+                return port
+    raise AssertionError("no free loopback port found")
+
+
+def connect(port, timeout=5.0):
+    """A connected loopback socket whose every operation times out."""
+    s = socket.create_connection((LOOPBACK, port), timeout=scaled(timeout))
+    s.settimeout(scaled(timeout))
+    s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return s
+
+
+def port_accepts(port, timeout=0.2):
+    try:
+        with socket.create_connection((LOOPBACK, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def abort(sock):
+    """Close with a reset (RST) instead of a FIN."""
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
+                        struct.pack("ii", 1, 0))
+    except OSError:
+        pass
+    sock.close()
+
+
+def wait_until(predicate, timeout, what):
+    """Polls predicate() until it returns a true value, at most `timeout`
+    seconds (scaled); returns that value or fails naming `what`."""
+    deadline = time.monotonic() + scaled(timeout)
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise WaitTimeout("timed out after %.1fs waiting for %s" %
+                                 (scaled(timeout), what))
+        time.sleep(POLL_INTERVAL)
+
+
+def exchange(sock, data, expect_len=None, timeout=30.0):
+    """Sends data while reading what comes back (so neither side's buffers
+    can deadlock us) until at least expect_len (default len(data)) bytes came
+    back; returns everything received."""
+    expect_len = len(data) if expect_len is None else expect_len
+    deadline = time.monotonic() + scaled(timeout)
+    view = memoryview(data)
+    sent = 0
+    received = bytearray()
+    while sent < len(data) or len(received) < expect_len:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise AssertionError(
+                "exchange timed out: sent %d/%d, received %d/%d bytes" %
+                (sent, len(data), len(received), expect_len))
+        writers = [sock] if sent < len(data) else []
+        readable, writable, _ = select.select([sock], writers, [],
+                                              min(left, 1.0))
+        if writable:
+            sent += sock.send(view[sent:sent + 65536])
+        if readable:
+            chunk = sock.recv(262144)
+            if not chunk:
+                raise AssertionError(
+                    "connection closed: sent %d/%d, received %d/%d bytes" %
+                    (sent, len(data), len(received), expect_len))
+            received += chunk
+    return bytes(received)
+
+
+def read_until_eof(sock, timeout=10.0, limit=64 << 20):
+    """Everything the peer sends until it closes (bounded in time and size)."""
+    deadline = time.monotonic() + scaled(timeout)
+    data = bytearray()
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise AssertionError("no EOF within %.1fs (got %d bytes)" %
+                                 (scaled(timeout), len(data)))
+        sock.settimeout(left)
+        chunk = sock.recv(65536)
+        if not chunk:
+            return bytes(data)
+        data += chunk
+        if len(data) > limit:
+            raise AssertionError("more than %d bytes before EOF" % limit)
+
+
+# --- packet framing (SPEC section 5) ----------------------------------------
+
+def pack(packet_id, payload=b""):
+    if isinstance(payload, str):
+        payload = payload.encode()
+    return struct.pack("<HH", 4 + len(payload), packet_id) + payload
+
+
+class PacketClient:
+    """A loopback client of a "packet" service."""
+
+    def __init__(self, port, timeout=5.0):
+        self.sock = connect(port, timeout)
+        self.buffer = bytearray()
+
+    def send(self, packet_id, payload=b"", timeout=5.0):
+        self.sock.settimeout(scaled(timeout))
+        self.sock.sendall(pack(packet_id, payload))
+
+    def recv(self, timeout=5.0):
+        """The next packet as (id, payload bytes); None at EOF."""
+        return self._recv_before(time.monotonic() + scaled(timeout))
+
+    def recv_matching(self, accept, timeout=5.0, what="a packet"):
+        """Skips packets until accept(id, payload) is true; returns it."""
+        deadline = time.monotonic() + scaled(timeout)
+        while True:
+            packet = self._recv_before(deadline, what)
+            if packet is None:
+                raise AssertionError("EOF while waiting for %s" % what)
+            if accept(*packet):
+                return packet
+
+    def _recv_before(self, deadline, what="a packet"):
+        while True:
+            if len(self.buffer) >= 4:
+                size, packet_id = struct.unpack_from("<HH", self.buffer)
+                if size < 4:
+                    raise AssertionError("malformed packet size %d" % size)
+                if len(self.buffer) >= size:
+                    payload = bytes(self.buffer[4:size])
+                    del self.buffer[:size]
+                    return packet_id, payload
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise WaitTimeout("timed out waiting for %s" % what)
+            self.sock.settimeout(left)
+            try:
+                chunk = self.sock.recv(65536)
+            except socket.timeout:
+                raise WaitTimeout("timed out waiting for %s" % what)
+            if not chunk:
+                if self.buffer:
+                    raise AssertionError("EOF inside a packet")
+                return None
+            self.buffer += chunk
+
+    def close(self):
+        self.sock.close()
+
+
+# --- the host ---------------------------------------------------------------
+
+def server_service(name, plugin, port, framing="raw", **extra):
+    service = {"name": name, "type": "server", "core": "main",
+               "plugin": plugin, "address": "%s:%d" % (LOOPBACK, port),
+               "framing": framing}
+    service.update(extra)
+    return service
+
+
+def client_service(name, plugin, port, framing="packet", **extra):
+    service = {"name": name, "type": "client", "core": "main",
+               "plugin": plugin, "address": "%s:%d" % (LOOPBACK, port),
+               "framing": framing}
+    service.update(extra)
+    return service
+
+
+def make_config(plugins, services, threads=2, name="iocphost-test",
+                log_level="info", drain_timeout_ms=5000):
+    """A config dict. plugins: {name: settings}; each plugin's path is the
+    absolute path of the built plugin."""
+    return {
+        "name": name,
+        "log": {"level": log_level, "file": None},
+        "shutdown": {"drain_timeout_ms": drain_timeout_ms},
+        "cores": [{"name": "main", "threads": threads}],
+        "plugins": [{"name": plugin, "path": plugin_path(plugin),
+                     "settings": settings}
+                    for plugin, settings in plugins.items()],
+        "services": services,
+    }
+
+
+def run_cli(args, timeout=20.0, cwd=None):
+    """Runs the host command to completion; returns CompletedProcess with
+    text stdout/stderr."""
+    return subprocess.run(host_command() + list(args), cwd=cwd,
+                          stdin=subprocess.DEVNULL, capture_output=True,
+                          text=True, errors="replace",
+                          timeout=scaled(timeout))
+
+
+class Host:
+    """One host process running a generated config in its own temp folder
+    (so runtime_dir, the default "run", is private to it too)."""
+
+    def __init__(self, test, config, label="host"):
+        self.test = test
+        self.label = label
+        self.config = config
+        self.dir = tempfile.mkdtemp(prefix="iocphost-%s-" % label)
+        self.config_path = os.path.join(self.dir, "config.json")
+        self.stdout_path = os.path.join(self.dir, "stdout.log")
+        self.stderr_path = os.path.join(self.dir, "stderr.log")
+        with open(self.config_path, "w") as f:
+            json.dump(config, f, indent=2)
+        self.process = None
+        self.probe_connections = 0
+        test.track_host(self)
+
+    def ports(self):
+        """Ports of the config's server services."""
+        return [int(s["address"].rsplit(":", 1)[1])
+                for s in self.config["services"] if s["type"] == "server"]
+
+    def start(self, timeout=20.0):
+        """Starts the host and waits until every server port accepts. Each
+        successful probe is one session the plugin sees (probe_connections)."""
+        with open(self.stdout_path, "ab") as out, \
+                open(self.stderr_path, "ab") as err:
+            self.process = subprocess.Popen(
+                host_command() + ["run", "-c", self.config_path],
+                cwd=self.dir, stdin=subprocess.DEVNULL, stdout=out,
+                stderr=err)
+        pending = list(self.ports())
+
+        def ready():
+            if self.process.poll() is not None:
+                raise AssertionError(
+                    "%s exited with %s before its ports accepted" %
+                    (self.label, self.process.returncode))
+            while pending and port_accepts(pending[0]):
+                self.probe_connections += 1
+                pending.pop(0)
+            return not pending
+
+        wait_until(ready, timeout, "%s to accept on %s" %
+                   (self.label, self.ports()))
+        return self
+
+    def running(self):
+        return self.process is not None and self.process.poll() is None
+
+    def stop(self, timeout=30.0):
+        """SIGTERM (graceful stop); the host must exit 0 in time."""
+        assert self.process is not None, "not started"
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        try:
+            code = self.process.wait(timeout=scaled(timeout))
+        except subprocess.TimeoutExpired:
+            self.kill()
+            raise AssertionError("%s did not exit within %.1fs of SIGTERM" %
+                                 (self.label, scaled(timeout)))
+        if code != 0:
+            raise AssertionError("%s exited with %d after SIGTERM, not 0" %
+                                 (self.label, code))
+        return code
+
+    def kill(self):
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            try:
+                self.process.wait(timeout=scaled(10))
+            except subprocess.TimeoutExpired:
+                pass
+
+    def log(self):
+        """What the host wrote so far, stderr then stdout."""
+        parts = []
+        for path in (self.stderr_path, self.stdout_path):
+            try:
+                with open(path, "r", errors="replace") as f:
+                    parts.append(f.read())
+            except FileNotFoundError:
+                pass
+        return "".join(parts)
+
+    def dump(self, stream=sys.stderr, limit=200000):
+        text = self.log()
+        if len(text) > limit:
+            text = "[... %d bytes cut ...]\n" % (len(text) - limit) + \
+                text[-limit:]
+        stream.write("\n----- %s log (%s) -----\n%s\n----- end of %s log "
+                     "-----\n" % (self.label, self.dir, text, self.label))
+        stream.flush()
+
+    def remove(self):
+        if KEEP_TEMP:
+            return
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class HostTestCase(unittest.TestCase):
+    """Base class: hosts started by a test are killed if still running at its
+    end, their logs printed if the test failed, their temp folders removed."""
+
+    def track_host(self, host):
+        self._hosts.append(host)
+
+    def run(self, result=None):
+        self._hosts = []
+        result = result or self.defaultTestResult()
+        problems = len(result.failures) + len(result.errors)
+        try:
+            return super().run(result)
+        finally:
+            for host in self._hosts:
+                host.kill()
+            if len(result.failures) + len(result.errors) > problems:
+                for host in self._hosts:
+                    host.dump()
+            for host in self._hosts:
+                host.remove()
+
+
+def run_parallel(function, argument_lists, timeout):
+    """Runs function(*args) for each args in its own thread; waits at most
+    `timeout` seconds (scaled) for all; re-raises the first failure and
+    returns the results in order."""
+    results = [None] * len(argument_lists)
+    errors = []
+
+    def body(index, args):
+        try:
+            results[index] = function(*args)
+        except BaseException as error:  # reported to the caller
+            errors.append((index, error))
+
+    threads = [threading.Thread(target=body, args=(i, args), daemon=True)
+               for i, args in enumerate(argument_lists)]
+    for thread in threads:
+        thread.start()
+    deadline = time.monotonic() + scaled(timeout)
+    for thread in threads:
+        thread.join(max(0.0, deadline - time.monotonic()))
+    alive = sum(thread.is_alive() for thread in threads)
+    if errors:
+        index, error = errors[0]
+        raise AssertionError("worker %d of %d failed (%d failed in all): %r" %
+                             (index, len(threads), len(errors), error)) \
+            from error
+    if alive:
+        raise AssertionError("%d of %d workers still running after %.1fs" %
+                             (alive, len(threads), scaled(timeout)))
+    return results
+
+
+def summary_fields(line_regex, text):
+    """The key=value integers of the last log line matching line_regex."""
+    matches = re.findall(line_regex + r"[^\n]*", text)
+    if not matches:
+        return None
+    return {k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", matches[-1])}
