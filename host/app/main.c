@@ -1,2 +1,232 @@
-/* Placeholder until the host is wired (replaced by the engine owner). */
-int main(void) { return 2; }
+/*
+ * iocphost: the command line (SPEC section 8).
+ *
+ * Exit codes: 0 ok, 1 invalid config or plugin, 2 usage, 3 runtime failure.
+ * Signals are blocked in every thread and taken by the main thread with
+ * sigwait, so no handler ever runs inside a worker's callback.
+ */
+#include <errno.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
+
+#include "config.h"
+#include "engine/log.h"
+#include "host.h"
+#include "iocphost/plugin.h"
+#include "version.h"
+
+#define DEFAULT_CONFIG "conf/iocphost.json"
+
+enum { EXIT_OK = 0, EXIT_INVALID = 1, EXIT_USAGE = 2, EXIT_RUNTIME = 3 };
+
+static void print_help(FILE *out) {
+  fprintf(out,
+          "iocphost %s - a plugin-hosting TCP server for game servers\n"
+          "\n"
+          "usage:\n"
+          "  iocphost run     [-c FILE]            run in the foreground\n"
+          "  iocphost check   [-c FILE]            validate the config, load "
+          "and ABI-check every plugin\n"
+          "  iocphost status  [-c FILE] [--json]   ask the running instance "
+          "(not available yet)\n"
+          "  iocphost reload  [-c FILE]            redeploy changed plugins "
+          "(not available yet)\n"
+          "  iocphost stop    [-c FILE]            stop the running instance "
+          "(not available yet)\n"
+          "  iocphost service install|uninstall|start|stop [-c FILE] [--name "
+          "NAME] (not available yet)\n"
+          "  iocphost --version | --help\n"
+          "\n"
+          "FILE defaults to %s. Exit codes: 0 ok, 1 invalid config or "
+          "plugin,\n2 usage, 3 runtime failure (e.g. address in use).\n"
+          "Plugin ABI %d.%d.\n",
+          IOCPHOST_VERSION, DEFAULT_CONFIG, IOCPHOST_ABI_MAJOR,
+          IOCPHOST_ABI_MINOR);
+}
+
+static int usage_error(const char *fmt, const char *arg) {
+  fprintf(stderr, "iocphost: ");
+  fprintf(stderr, fmt, arg);
+  fprintf(stderr, "\nRun 'iocphost --help' for usage.\n");
+  return EXIT_USAGE;
+}
+
+static int mkdir_p(const char *path) {
+  char buf[4096];
+  size_t len = strlen(path);
+  if (len == 0 || len >= sizeof buf)
+    return -1;
+  memcpy(buf, path, len + 1);
+  for (char *p = buf + 1; *p; p++) {
+    if (*p == '/') {
+      *p = '\0';
+      if (mkdir(buf, 0700) != 0 && errno != EEXIST)
+        return -1;
+      *p = '/';
+    }
+  }
+  if (mkdir(buf, 0700) != 0 && errno != EEXIST)
+    return -1;
+  return 0;
+}
+
+/* Game servers hold many sockets: take the whole hard limit. */
+static void raise_descriptor_limit(void) {
+  struct rlimit rl;
+  if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+    rl.rlim_cur = rl.rlim_max;
+    setrlimit(RLIMIT_NOFILE, &rl);
+  }
+}
+
+static int load_config(const char *file, config_t **config) {
+  char err[2048];
+  if (config_load(file, config, err, sizeof err) != 0) {
+    fprintf(stderr, "iocphost: invalid config: %s\n", err);
+    return -1;
+  }
+  return 0;
+}
+
+static int cmd_check(const char *file) {
+  config_t *config;
+  if (load_config(file, &config) != 0)
+    return EXIT_INVALID;
+  host_t *host;
+  char err[2048];
+  if (host_open(config, &host, err, sizeof err) != 0) {
+    fprintf(stderr, "iocphost: %s: %s\n", file, err);
+    config_free(config);
+    return EXIT_INVALID;
+  }
+  printf("%s: ok: %zu core(s), %zu plugin(s), %zu service(s)\n", file,
+         config->core_count, config->plugin_count, config->service_count);
+  host_close(host);
+  config_free(config);
+  return EXIT_OK;
+}
+
+static int cmd_run(const char *file) {
+  config_t *config;
+  if (load_config(file, &config) != 0)
+    return EXIT_INVALID;
+  log_set_level(config->log_level);
+  if (config->log_file && log_set_file(config->log_file) != 0) {
+    fprintf(stderr, "iocphost: %s: log.file: cannot open %s: %s\n", file,
+            config->log_file, strerror(errno));
+    config_free(config);
+    return EXIT_RUNTIME;
+  }
+  if (config->runtime_dir && mkdir_p(config->runtime_dir) != 0) {
+    log_write(LOG_ERROR, "host",
+              "%s: runtime_dir: cannot create %s: %s (create it or point "
+              "runtime_dir at a writable folder)",
+              file, config->runtime_dir, strerror(errno));
+    config_free(config);
+    return EXIT_RUNTIME;
+  }
+  raise_descriptor_limit();
+
+  /* Block the signals we wait for before any worker thread exists, so every
+   * thread inherits the mask. */
+  sigset_t waited;
+  sigemptyset(&waited);
+  sigaddset(&waited, SIGTERM);
+  sigaddset(&waited, SIGINT);
+  sigaddset(&waited, SIGHUP);
+  pthread_sigmask(SIG_BLOCK, &waited, NULL);
+  signal(SIGPIPE, SIG_IGN);
+
+  host_t *host;
+  char err[2048];
+  if (host_open(config, &host, err, sizeof err) != 0) {
+    log_write(LOG_ERROR, "host", "%s: %s", file, err);
+    config_free(config);
+    return EXIT_INVALID;
+  }
+  int rc = host_start(host, err, sizeof err);
+  if (rc != 0) {
+    log_write(LOG_ERROR, "host", "%s: %s", file, err);
+    host_close(host);
+    config_free(config);
+    return rc == -1 ? EXIT_INVALID : EXIT_RUNTIME;
+  }
+  log_write(LOG_INFO, "host", "iocphost %s ready: %zu service(s) from %s",
+            IOCPHOST_VERSION, config->service_count, file);
+
+  for (;;) {
+    int sig = 0;
+    if (sigwait(&waited, &sig) != 0)
+      continue;
+    if (sig == SIGHUP) {
+      log_write(LOG_WARN, "host",
+                "SIGHUP: reload is not available yet in this version; "
+                "nothing changed");
+      log_reopen();
+      continue;
+    }
+    log_write(LOG_INFO, "host", "%s: stopping gracefully",
+              sig == SIGTERM ? "SIGTERM" : "SIGINT");
+    break;
+  }
+  host_stop(host);
+  host_close(host);
+  log_write(LOG_INFO, "host", "stopped");
+  config_free(config);
+  return EXIT_OK;
+}
+
+int main(int argc, char **argv) {
+  if (argc < 2) {
+    print_help(stderr);
+    return EXIT_USAGE;
+  }
+  const char *command = argv[1];
+  if (strcmp(command, "--help") == 0 || strcmp(command, "-h") == 0 ||
+      strcmp(command, "help") == 0) {
+    print_help(stdout);
+    return EXIT_OK;
+  }
+  if (strcmp(command, "--version") == 0 || strcmp(command, "version") == 0) {
+    printf("iocphost %s (plugin ABI %d.%d)\n", IOCPHOST_VERSION,
+           IOCPHOST_ABI_MAJOR, IOCPHOST_ABI_MINOR);
+    return EXIT_OK;
+  }
+  const char *file = DEFAULT_CONFIG;
+  int json = 0;
+  int first_option = 2;
+  if (strcmp(command, "service") == 0)
+    first_option = 3;
+  for (int i = first_option; i < argc; i++) {
+    if (strcmp(argv[i], "-c") == 0 || strcmp(argv[i], "--config") == 0) {
+      if (i + 1 >= argc)
+        return usage_error("%s needs a file name", argv[i]);
+      file = argv[++i];
+    } else if (strcmp(argv[i], "--json") == 0) {
+      json = 1;
+    } else if (strcmp(argv[i], "--name") == 0 && i + 1 < argc) {
+      i++;
+    } else {
+      return usage_error("unknown option '%s'", argv[i]);
+    }
+  }
+  (void)json;
+  if (strcmp(command, "run") == 0)
+    return cmd_run(file);
+  if (strcmp(command, "check") == 0)
+    return cmd_check(file);
+  if (strcmp(command, "status") == 0 || strcmp(command, "reload") == 0 ||
+      strcmp(command, "stop") == 0 || strcmp(command, "service") == 0) {
+    fprintf(stderr,
+            "iocphost: '%s' is not available yet in this version (it needs "
+            "the control endpoint); use signals meanwhile: SIGTERM stops "
+            "gracefully\n",
+            command);
+    return EXIT_USAGE;
+  }
+  return usage_error("unknown command '%s'", command);
+}

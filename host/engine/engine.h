@@ -206,4 +206,12 @@ int session_timer_stop(session_t *s, uint64_t timer_id);
 /* Runs fn in the session's serial order, if the session is still open. */
 int session_post(session_t *s, session_fn fn, void *arg);
 
+/* The same with two pointers passed through, for a layer above that forwards
+ * to a callback of its own (the host: the plugin's function and argument). */
+typedef void (*session_fn2)(session_t *s, void *arg, void *arg2);
+uint64_t session_timer_start2(session_t *s, uint32_t delay_ms,
+                              uint32_t repeat_ms, session_fn2 fn, void *arg,
+                              void *arg2);
+int session_post2(session_t *s, session_fn2 fn, void *arg, void *arg2);
+
 #endif /* IOCPHOST_ENGINE_H */

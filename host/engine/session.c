@@ -57,7 +57,9 @@ struct session_timer {
   uint64_t id;
   uint32_t repeat_ms;
   session_fn fn;
+  session_fn2 fn2; /* instead of fn, when the caller forwards two pointers */
   void *arg;
+  void *arg2;
   uint8_t stopped;  /* under the session's lock */
   uint8_t internal; /* the engine's own: runs while closing too */
 };
@@ -66,7 +68,9 @@ typedef struct session_post_op {
   io_op_t op;
   session_t *session;
   session_fn fn;
+  session_fn2 fn2;
   void *arg;
+  void *arg2;
   int internal;
 } session_post_op_t;
 
@@ -80,6 +84,10 @@ static void start_recv(session_t *s);
 static uint64_t timer_start(session_t *s, uint32_t delay_ms,
                             uint32_t repeat_ms, session_fn fn, void *arg,
                             int internal);
+static uint64_t timer_start_full(session_t *s, uint32_t delay_ms,
+                                 uint32_t repeat_ms, session_fn fn,
+                                 session_fn2 fn2, void *arg, void *arg2,
+                                 int internal);
 
 static size_t extra_offset(void) {
   return (sizeof(session_t) + 15) & ~(size_t)15;
@@ -203,7 +211,10 @@ static void on_timer(io_op_t *op, int status, size_t bytes) {
             (t->internal || (s->state == SESSION_OPEN && !s->close_request));
   pthread_mutex_unlock(&s->lock);
   if (run) {
-    t->fn(s, t->arg);
+    if (t->fn2)
+      t->fn2(s, t->arg, t->arg2);
+    else
+      t->fn(s, t->arg);
     pthread_mutex_lock(&s->lock);
     int again = t->repeat_ms > 0 && !t->stopped &&
                 (t->internal || (s->state == SESSION_OPEN && !s->close_request));
@@ -222,12 +233,22 @@ static void on_timer(io_op_t *op, int status, size_t bytes) {
 static uint64_t timer_start(session_t *s, uint32_t delay_ms,
                             uint32_t repeat_ms, session_fn fn, void *arg,
                             int internal) {
+  return timer_start_full(s, delay_ms, repeat_ms, fn, NULL, arg, NULL,
+                          internal);
+}
+
+static uint64_t timer_start_full(session_t *s, uint32_t delay_ms,
+                                 uint32_t repeat_ms, session_fn fn,
+                                 session_fn2 fn2, void *arg, void *arg2,
+                                 int internal) {
   session_timer_t *t = calloc(1, sizeof *t);
   if (!t)
     return 0;
   t->session = s;
   t->fn = fn;
+  t->fn2 = fn2;
   t->arg = arg;
+  t->arg2 = arg2;
   t->repeat_ms = repeat_ms;
   t->internal = (uint8_t)internal;
   t->id = atomic_fetch_add_explicit(&next_timer_id, 1, memory_order_relaxed);
@@ -253,6 +274,14 @@ uint64_t session_timer_start(session_t *s, uint32_t delay_ms,
   if (!fn)
     return 0;
   return timer_start(s, delay_ms, repeat_ms, fn, arg, 0);
+}
+
+uint64_t session_timer_start2(session_t *s, uint32_t delay_ms,
+                              uint32_t repeat_ms, session_fn2 fn, void *arg,
+                              void *arg2) {
+  if (!fn)
+    return 0;
+  return timer_start_full(s, delay_ms, repeat_ms, NULL, fn, arg, arg2, 0);
 }
 
 static void cancel_timer_on_worker(session_t *s, void *arg) {
@@ -296,20 +325,25 @@ static void on_post(io_op_t *op, int status, size_t bytes) {
   pthread_mutex_lock(&s->lock);
   int run = p->internal || (s->state == SESSION_OPEN && !s->close_request);
   pthread_mutex_unlock(&s->lock);
-  if (run)
+  if (run && p->fn2)
+    p->fn2(s, p->arg, p->arg2);
+  else if (run)
     p->fn(s, p->arg);
   free(p);
   engine__live_add(-1);
   session_release(s);
 }
 
-static int post(session_t *s, session_fn fn, void *arg, int internal) {
+static int post_full(session_t *s, session_fn fn, session_fn2 fn2, void *arg,
+                     void *arg2, int internal) {
   session_post_op_t *p = calloc(1, sizeof *p);
   if (!p)
     return ENGINE_E_NOMEM;
   p->session = s;
   p->fn = fn;
+  p->fn2 = fn2;
   p->arg = arg;
+  p->arg2 = arg2;
   p->internal = internal;
   p->op.complete = on_post;
   pthread_mutex_lock(&s->lock);
@@ -325,10 +359,20 @@ static int post(session_t *s, session_fn fn, void *arg, int internal) {
   return ENGINE_OK;
 }
 
+static int post(session_t *s, session_fn fn, void *arg, int internal) {
+  return post_full(s, fn, NULL, arg, NULL, internal);
+}
+
 int session_post(session_t *s, session_fn fn, void *arg) {
   if (!fn)
     return ENGINE_E_INVAL;
   return post(s, fn, arg, 0);
+}
+
+int session_post2(session_t *s, session_fn2 fn, void *arg, void *arg2) {
+  if (!fn)
+    return ENGINE_E_INVAL;
+  return post_full(s, NULL, fn, arg, arg2, 0);
 }
 
 /* ---- idle timeout ---- */

@@ -30,8 +30,13 @@ class ChatTest(HostTestCase):
             client.close()
 
     def client(self):
+        """A connected client whose session the host has set up: the first
+        PRESENCE proves on_connected ran, so broadcasts now reach it."""
         client = PacketClient(self.port)
         self.clients.append(client)
+        client.recv_matching(lambda i, p: i == PRESENCE,
+                             timeout=5.0 + 10 * PRESENCE_INTERVAL_MS / 1000,
+                             what="the first PRESENCE")
         return client
 
     def expect(self, client, packet_id, payload):

@@ -1,0 +1,593 @@
+/*
+ * The host: config and plugins wired onto the engine.
+ *
+ * A plugin's sessions are engine sessions whose extra state is the plugin's
+ * session_size bytes (the "derived session"); the session's context is the
+ * loaded plugin, so a future generation (hot deploy) only changes what the
+ * factory hands out. iocphost_session_t is the engine's session_t and
+ * iocphost_service_t is the host's service record: both stay opaque to
+ * plugins.
+ *
+ * Each plugin gets its own iocphost_api_t, embedded first in its record, so
+ * the functions that take the api pointer (log, service_find) know which
+ * plugin is calling without any global state.
+ */
+#include "host.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "engine/engine.h"
+#include "engine/log.h"
+#include "iocphost/plugin.h"
+#include "plugin_loader.h"
+#include "version.h"
+
+typedef struct host_plugin {
+  iocphost_api_t api; /* first: the plugin's api pointer leads back here */
+  host_t *host;
+  plugin_module_t *module;
+  const iocphost_plugin_t *desc;
+  const config_plugin_t *config;
+  int loaded; /* on_load succeeded; on_unload is owed */
+} host_plugin_t;
+
+typedef struct host_service {
+  host_t *host;
+  const config_service_t *config;
+  host_plugin_t *plugin;
+  service_t *engine;
+  int packet_framing;
+  uint32_t max_packet_bytes;
+} host_service_t;
+
+struct host {
+  const config_t *config;
+  host_plugin_t *plugins;
+  size_t plugin_count;
+  core_t **cores;
+  host_service_t *services;
+  int started;
+  int stopped;
+};
+
+#define SESSION(x) ((session_t *)(x))
+#define PLUGIN_SESSION(x) ((iocphost_session_t *)(x))
+
+static host_service_t *host_service_of(session_t *s) {
+  return service_user(session_service(s));
+}
+
+/* ---- engine handler: forwards to the session's plugin ---- */
+
+static const iocphost_plugin_t *desc_of(session_t *s) {
+  return ((host_plugin_t *)session_context(s))->desc;
+}
+
+static void on_connected(session_t *s) {
+  desc_of(s)->on_connected(PLUGIN_SESSION(s), session_extra(s));
+}
+
+static void on_disconnected(session_t *s, session_reason_t reason) {
+  desc_of(s)->on_disconnected(PLUGIN_SESSION(s), session_extra(s),
+                              (iocphost_reason_t)reason);
+}
+
+static void on_sent(session_t *s, size_t bytes) {
+  const iocphost_plugin_t *d = desc_of(s);
+  if (d->on_send)
+    d->on_send(PLUGIN_SESSION(s), session_extra(s), bytes);
+}
+
+static uint16_t read_le16(const uint8_t *p) {
+  return (uint16_t)(p[0] | (p[1] << 8));
+}
+
+static void write_le16(uint8_t *p, uint16_t v) {
+  p[0] = (uint8_t)(v & 0xff);
+  p[1] = (uint8_t)(v >> 8);
+}
+
+/* SPEC section 5: every packet is uint16 size (header included), uint16 id,
+ * payload. A declared size is checked before anything waits for it, so a
+ * hostile header never makes the host keep more than max_packet_bytes. */
+static size_t on_recv_packets(session_t *s, host_service_t *hs,
+                              const uint8_t *data, size_t len) {
+  const iocphost_plugin_t *d = desc_of(s);
+  size_t used = 0;
+  while (len - used >= 4) {
+    const uint8_t *p = data + used;
+    uint16_t size = read_le16(p);
+    if (size < 4 || size > hs->max_packet_bytes) {
+      char peer[ADDRESS_TEXT_MAX] = "?";
+      address_format(session_peer(s), peer, sizeof peer);
+      log_write(LOG_WARN, "framing",
+                "service %s: session %llu (%s) sent a packet header declaring "
+                "%u bytes (allowed 4..%u): disconnecting (protocol_error)",
+                hs->config->name, (unsigned long long)session_id(s), peer,
+                size, hs->max_packet_bytes);
+      session_disconnect(s, REASON_PROTOCOL_ERROR);
+      return len;
+    }
+    if (len - used < size)
+      break;
+    d->on_packet(PLUGIN_SESSION(s), session_extra(s), read_le16(p + 2), p + 4,
+                 (size_t)size - 4);
+    used += size;
+    if (!session_is_open(s))
+      return len;
+  }
+  return used;
+}
+
+static size_t on_recv(session_t *s, const uint8_t *data, size_t len) {
+  host_service_t *hs = host_service_of(s);
+  if (hs->packet_framing)
+    return on_recv_packets(s, hs, data, len);
+  return desc_of(s)->on_recv(PLUGIN_SESSION(s), session_extra(s), data, len);
+}
+
+static const session_handler_t plugin_session_handler = {
+    .on_connected = on_connected,
+    .on_recv = on_recv,
+    .on_disconnected = on_disconnected,
+    .on_sent = on_sent,
+};
+
+static size_t prepare_session(void *ctx, void **session_context) {
+  host_service_t *hs = ctx;
+  *session_context = hs->plugin;
+  return hs->plugin->desc->session_size;
+}
+
+/* ---- the plugin API ---- */
+
+static void api_log(const iocphost_api_t *api, iocphost_log_level_t level,
+                    const char *fmt, ...) {
+  const host_plugin_t *p = (const host_plugin_t *)api;
+  char subsystem[80];
+  snprintf(subsystem, sizeof subsystem, "plugin %s", p->config->name);
+  va_list ap;
+  va_start(ap, fmt);
+  log_writev((int)level, subsystem, fmt, ap);
+  va_end(ap);
+}
+
+static int api_send(iocphost_session_t *s, const void *data, size_t len) {
+  if (!s || (!data && len))
+    return IOCPHOST_E_INVAL;
+  return session_send(SESSION(s), data, len);
+}
+
+_Static_assert(sizeof(iocphost_buf_t) == sizeof(session_buf_t) &&
+                   offsetof(iocphost_buf_t, len) ==
+                       offsetof(session_buf_t, len),
+               "the SDK's buffer and the engine's must share a layout");
+
+static int api_sendv(iocphost_session_t *s, const iocphost_buf_t *bufs,
+                     size_t count) {
+  if (!s || (!bufs && count))
+    return IOCPHOST_E_INVAL;
+  return session_sendv(SESSION(s), (const session_buf_t *)bufs, count);
+}
+
+static int api_send_packet(iocphost_session_t *s, uint16_t id,
+                           const void *payload, size_t len) {
+  if (!s || (!payload && len))
+    return IOCPHOST_E_INVAL;
+  host_service_t *hs = host_service_of(SESSION(s));
+  if (len + 4 > hs->max_packet_bytes || len + 4 > 65535)
+    return IOCPHOST_E_TOOBIG;
+  uint8_t header[4];
+  write_le16(header, (uint16_t)(len + 4));
+  write_le16(header + 2, id);
+  session_buf_t bufs[2] = {{header, 4}, {payload, len}};
+  return session_sendv(SESSION(s), bufs, 2);
+}
+
+static int api_disconnect(iocphost_session_t *s) {
+  if (!s)
+    return IOCPHOST_E_INVAL;
+  return session_disconnect(SESSION(s), REASON_LOCAL);
+}
+
+static uint64_t api_session_id(iocphost_session_t *s) {
+  return s ? session_id(SESSION(s)) : 0;
+}
+
+static int api_session_peer(iocphost_session_t *s, char *buf, size_t len) {
+  if (!s || !buf)
+    return IOCPHOST_E_INVAL;
+  int n = address_format(session_peer(SESSION(s)), buf, len);
+  return n < 0 ? IOCPHOST_E_INVAL : n;
+}
+
+static const char *api_session_service_name(iocphost_session_t *s) {
+  return s ? service_name(session_service(SESSION(s))) : NULL;
+}
+
+static void *api_session_state(iocphost_session_t *s) {
+  return s ? session_extra(SESSION(s)) : NULL;
+}
+
+static iocphost_session_t *api_session_acquire(iocphost_session_t *s) {
+  return s ? PLUGIN_SESSION(session_acquire(SESSION(s))) : NULL;
+}
+
+static void api_session_release(iocphost_session_t *s) {
+  if (s)
+    session_release(SESSION(s));
+}
+
+static iocphost_session_t *api_session_find(iocphost_service_t *service,
+                                            uint64_t id) {
+  host_service_t *hs = (host_service_t *)service;
+  if (!hs || !hs->engine)
+    return NULL;
+  return PLUGIN_SESSION(service_find_session(hs->engine, id));
+}
+
+static iocphost_service_t *api_session_service(iocphost_session_t *s) {
+  return s ? (iocphost_service_t *)host_service_of(SESSION(s)) : NULL;
+}
+
+static iocphost_service_t *api_service_find(const iocphost_api_t *api,
+                                            const char *name) {
+  const host_plugin_t *p = (const host_plugin_t *)api;
+  host_t *host = p->host;
+  if (!name)
+    return NULL;
+  for (size_t i = 0; i < host->config->service_count; i++)
+    if (strcmp(host->config->services[i].name, name) == 0)
+      return (iocphost_service_t *)&host->services[i];
+  return NULL;
+}
+
+static const char *api_service_name(iocphost_service_t *service) {
+  return service ? ((host_service_t *)service)->config->name : NULL;
+}
+
+static int broadcast_bytes(host_service_t *hs, const void *header,
+                           size_t header_len, const void *data, size_t len) {
+  if (!hs->engine)
+    return IOCPHOST_E_CLOSED;
+  shared_buf_t *buf = shared_buf_new(header_len + len);
+  if (!buf)
+    return IOCPHOST_E_NOMEM;
+  if (header_len)
+    memcpy(shared_buf_data(buf), header, header_len);
+  if (len)
+    memcpy(shared_buf_data(buf) + header_len, data, len);
+  int count = service_broadcast(hs->engine, buf);
+  shared_buf_release(buf);
+  return count;
+}
+
+static int api_broadcast(iocphost_service_t *service, const void *data,
+                         size_t len) {
+  if (!service || (!data && len))
+    return IOCPHOST_E_INVAL;
+  return broadcast_bytes((host_service_t *)service, NULL, 0, data, len);
+}
+
+static int api_broadcast_packet(iocphost_service_t *service, uint16_t id,
+                                const void *payload, size_t len) {
+  host_service_t *hs = (host_service_t *)service;
+  if (!hs || (!payload && len))
+    return IOCPHOST_E_INVAL;
+  if (len + 4 > hs->max_packet_bytes || len + 4 > 65535)
+    return IOCPHOST_E_TOOBIG;
+  uint8_t header[4];
+  write_le16(header, (uint16_t)(len + 4));
+  write_le16(header + 2, id);
+  return broadcast_bytes(hs, header, 4, payload, len);
+}
+
+/* Timers and posts hand the plugin's function to the engine as its first
+ * pointer, so the engine stays unaware of plugin types. */
+typedef union plugin_fn_ptr {
+  iocphost_session_fn fn;
+  void *ptr;
+} plugin_fn_ptr_t;
+
+_Static_assert(sizeof(iocphost_session_fn) == sizeof(void *),
+               "function and data pointers must have one size here");
+
+static void run_plugin_fn(session_t *s, void *fn, void *arg) {
+  plugin_fn_ptr_t u = {.ptr = fn};
+  u.fn(PLUGIN_SESSION(s), session_extra(s), arg);
+}
+
+static uint64_t api_timer_start(iocphost_session_t *s, uint32_t delay_ms,
+                                uint32_t repeat_ms, iocphost_session_fn fn,
+                                void *arg) {
+  if (!s || !fn)
+    return 0;
+  plugin_fn_ptr_t u = {.fn = fn};
+  return session_timer_start2(SESSION(s), delay_ms, repeat_ms, run_plugin_fn,
+                              u.ptr, arg);
+}
+
+static int api_timer_stop(iocphost_session_t *s, uint64_t timer_id) {
+  if (!s)
+    return IOCPHOST_E_INVAL;
+  return session_timer_stop(SESSION(s), timer_id);
+}
+
+static int api_post(iocphost_session_t *s, iocphost_session_fn fn, void *arg) {
+  if (!s || !fn)
+    return IOCPHOST_E_INVAL;
+  plugin_fn_ptr_t u = {.fn = fn};
+  return session_post2(SESSION(s), run_plugin_fn, u.ptr, arg);
+}
+
+static const char *api_result_text(int result) {
+  switch (result) {
+#define RESULT_TEXT(name, value, text)                                         \
+  case value:                                                                  \
+    return text;
+    IOCPHOST_RESULTS(RESULT_TEXT)
+#undef RESULT_TEXT
+  default:
+    return "unknown result";
+  }
+}
+
+static const char *api_reason_text(iocphost_reason_t reason) {
+  return session_reason_name((int)reason);
+}
+
+static void fill_api(host_plugin_t *p) {
+  iocphost_api_t *a = &p->api;
+  memset(a, 0, sizeof *a);
+  a->struct_size = sizeof *a;
+  a->abi_major = IOCPHOST_ABI_MAJOR;
+  a->abi_minor = IOCPHOST_ABI_MINOR;
+  a->host_version = IOCPHOST_VERSION;
+  a->log = api_log;
+  a->send = api_send;
+  a->sendv = api_sendv;
+  a->send_packet = api_send_packet;
+  a->disconnect = api_disconnect;
+  a->session_id = api_session_id;
+  a->session_peer = api_session_peer;
+  a->session_service_name = api_session_service_name;
+  a->session_state = api_session_state;
+  a->session_acquire = api_session_acquire;
+  a->session_release = api_session_release;
+  a->session_find = api_session_find;
+  a->session_service = api_session_service;
+  a->service_find = api_service_find;
+  a->service_name = api_service_name;
+  a->broadcast = api_broadcast;
+  a->broadcast_packet = api_broadcast_packet;
+  a->timer_start = api_timer_start;
+  a->timer_stop = api_timer_stop;
+  a->post = api_post;
+  a->result_text = api_result_text;
+  a->reason_text = api_reason_text;
+}
+
+/* ---- lifecycle ---- */
+
+int host_open(const config_t *config, host_t **out, char *err,
+              size_t err_len) {
+  host_t *host = calloc(1, sizeof *host);
+  if (!host) {
+    snprintf(err, err_len, "out of memory");
+    return -1;
+  }
+  host->config = config;
+  host->plugins = calloc(config->plugin_count + 1, sizeof *host->plugins);
+  host->services = calloc(config->service_count + 1, sizeof *host->services);
+  host->cores = calloc(config->core_count + 1, sizeof *host->cores);
+  plugin_module_t **modules =
+      calloc(config->plugin_count + 1, sizeof *modules);
+  if (!host->plugins || !host->services || !host->cores || !modules) {
+    free(modules);
+    host_close(host);
+    snprintf(err, err_len, "out of memory");
+    return -1;
+  }
+  for (size_t i = 0; i < config->plugin_count; i++) {
+    host_plugin_t *p = &host->plugins[i];
+    p->host = host;
+    p->config = &config->plugins[i];
+    if (plugin_module_open(p->config->name, p->config->path, &p->module, err,
+                           err_len) != 0) {
+      free(modules);
+      host_close(host);
+      return -1;
+    }
+    host->plugin_count = i + 1;
+    p->desc = plugin_module_descriptor(p->module);
+    modules[i] = p->module;
+    fill_api(p);
+  }
+  if (plugin_modules_check_unique(modules, config->plugin_count, err,
+                                  err_len) != 0) {
+    free(modules);
+    host_close(host);
+    return -1;
+  }
+  free(modules);
+  for (size_t i = 0; i < config->service_count; i++) {
+    const config_service_t *cs = &config->services[i];
+    host_service_t *hs = &host->services[i];
+    hs->host = host;
+    hs->config = cs;
+    hs->plugin = &host->plugins[cs->plugin_index];
+    hs->packet_framing = cs->framing == CONFIG_FRAMING_PACKET;
+    hs->max_packet_bytes = cs->max_packet_bytes;
+    if (plugin_module_check_framing(hs->plugin->module, hs->packet_framing,
+                                    cs->name, err, err_len) != 0) {
+      host_close(host);
+      return -1;
+    }
+  }
+  *out = host;
+  return 0;
+}
+
+static void unload_plugins(host_t *host) {
+  for (size_t i = host->plugin_count; i-- > 0;) {
+    host_plugin_t *p = &host->plugins[i];
+    if (p->loaded && p->desc->on_unload)
+      p->desc->on_unload();
+    p->loaded = 0;
+  }
+}
+
+static int create_service(host_t *host, size_t i, char *err, size_t err_len) {
+  host_service_t *hs = &host->services[i];
+  const config_service_t *cs = hs->config;
+  service_options_t o;
+  service_options_init(&o);
+  o.name = cs->name;
+  o.type = cs->type == CONFIG_SERVICE_CLIENT ? SERVICE_CLIENT : SERVICE_SERVER;
+  o.address = cs->address;
+  o.factory.handler = &plugin_session_handler;
+  o.factory.ctx = hs;
+  o.factory.prepare = prepare_session;
+  o.max_recv_bytes = cs->max_recv_bytes;
+  /* A whole packet must fit in what a session may keep unconsumed. */
+  if (hs->packet_framing && o.max_recv_bytes < cs->max_packet_bytes)
+    o.max_recv_bytes = cs->max_packet_bytes;
+  o.send_queue_limit_bytes = cs->send_queue_limit_bytes;
+  o.idle_timeout_ms = cs->idle_timeout_ms;
+  o.tcp_nodelay = cs->tcp_nodelay;
+  o.max_sessions = cs->max_sessions;
+  o.backlog = cs->backlog;
+  o.client_sessions = cs->sessions;
+  o.connect_timeout_ms = cs->connect_timeout_ms;
+  o.reconnect = cs->reconnect;
+  o.reconnect_min_delay_ms = cs->reconnect_min_delay_ms;
+  o.reconnect_max_delay_ms = cs->reconnect_max_delay_ms;
+  o.reconnect_jitter = cs->reconnect_jitter;
+  if (service_create(host->cores[cs->core_index], &o, &hs->engine, err,
+                     err_len) != 0)
+    return -1;
+  service_set_user(hs->engine, hs);
+  return 0;
+}
+
+static void destroy_services(host_t *host) {
+  for (size_t i = 0; i < host->config->service_count; i++) {
+    if (host->services[i].engine) {
+      service_destroy(host->services[i].engine);
+      host->services[i].engine = NULL;
+    }
+  }
+}
+
+static void destroy_cores(host_t *host) {
+  for (size_t i = 0; i < host->config->core_count; i++) {
+    core_destroy(host->cores[i]);
+    host->cores[i] = NULL;
+  }
+}
+
+int host_start(host_t *host, char *err, size_t err_len) {
+  const config_t *c = host->config;
+  for (size_t i = 0; i < host->plugin_count; i++) {
+    host_plugin_t *p = &host->plugins[i];
+    if (!p->desc->on_load) {
+      p->loaded = 1;
+      continue;
+    }
+    char reason[512] = "";
+    if (p->desc->on_load(&p->api, p->config->settings_json, reason,
+                         sizeof reason) != 0) {
+      reason[sizeof reason - 1] = '\0';
+      snprintf(err, err_len,
+               "plugin \"%s\" (%s): on_load refused to start: %s", p->config->name,
+               p->config->path, reason[0] ? reason : "(no reason given)");
+      unload_plugins(host);
+      return -1;
+    }
+    p->loaded = 1;
+    log_write(LOG_INFO, "host", "plugin %s %s loaded from %s", p->config->name,
+              p->desc->version, p->config->path);
+  }
+  for (size_t i = 0; i < c->core_count; i++) {
+    if (core_create(c->cores[i].name, c->cores[i].threads, &host->cores[i],
+                    err, err_len) != 0)
+      goto fail;
+    log_write(LOG_INFO, "host", "core %s: %d worker threads", c->cores[i].name,
+              core_thread_count(host->cores[i]));
+  }
+  for (size_t i = 0; i < c->service_count; i++)
+    if (create_service(host, i, err, err_len) != 0)
+      goto fail;
+  /* Bind every server first, so an address in use fails before any client
+   * service has dialled out. */
+  for (int pass = 0; pass < 2; pass++) {
+    for (size_t i = 0; i < c->service_count; i++) {
+      const config_service_t *cs = &c->services[i];
+      if ((cs->type == CONFIG_SERVICE_SERVER) != (pass == 0))
+        continue;
+      if (service_start(host->services[i].engine, err, err_len) != 0)
+        goto fail;
+      log_write(LOG_INFO, "host", "service %s: %s %s, plugin %s, %s framing",
+                cs->name, cs->type == CONFIG_SERVICE_SERVER ? "listening on"
+                                                            : "connecting to",
+                cs->address_text, host->services[i].plugin->config->name,
+                cs->framing == CONFIG_FRAMING_PACKET ? "packet" : "raw");
+    }
+  }
+  host->started = 1;
+  return 0;
+fail:
+  destroy_services(host);
+  destroy_cores(host);
+  unload_plugins(host);
+  return -3;
+}
+
+void host_stop(host_t *host) {
+  if (!host->started || host->stopped)
+    return;
+  host->stopped = 1;
+  const config_t *c = host->config;
+  for (size_t i = 0; i < c->service_count; i++)
+    service_stop_accepting(host->services[i].engine);
+  for (size_t i = 0; i < host->plugin_count; i++)
+    if (host->plugins[i].loaded && host->plugins[i].desc->on_stopping)
+      host->plugins[i].desc->on_stopping();
+  for (size_t i = 0; i < c->service_count; i++)
+    service_disconnect_all(host->services[i].engine, REASON_HOST_STOPPING);
+  uint64_t deadline = clock_now_ms() + c->drain_timeout_ms;
+  int drained = 1;
+  for (size_t i = 0; i < c->service_count; i++) {
+    uint64_t now = clock_now_ms();
+    uint32_t left = now < deadline ? (uint32_t)(deadline - now) : 0;
+    if (service_wait_closed(host->services[i].engine, left) != 0)
+      drained = 0;
+  }
+  if (!drained) {
+    log_write(LOG_WARN, "host",
+              "drain_timeout_ms %u passed with sessions still flushing: "
+              "closing them now",
+              c->drain_timeout_ms);
+    for (size_t i = 0; i < c->service_count; i++)
+      service_abort_all(host->services[i].engine, REASON_HOST_STOPPING);
+  }
+  destroy_services(host);
+  unload_plugins(host);
+  destroy_cores(host);
+}
+
+void host_close(host_t *host) {
+  if (!host)
+    return;
+  if (host->started)
+    host_stop(host);
+  for (size_t i = 0; i < host->plugin_count; i++)
+    plugin_module_close(host->plugins[i].module);
+  free(host->plugins);
+  free(host->services);
+  free(host->cores);
+  free(host);
+}
