@@ -9,7 +9,6 @@
 #include <cjson/cJSON.h>
 
 #include <errno.h>
-#include <limits.h>
 #include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -224,7 +223,8 @@ static void path_key(json_path_t *out, const char *parent, const char *key) {
 }
 
 static void path_index(json_path_t *out, const char *parent, size_t index) {
-  snprintf(out->text, sizeof out->text, "%s[%zu]", parent, index);
+  snprintf(out->text, sizeof out->text, "%s[%lu]", parent,
+           (unsigned long)index);
 }
 
 static const char *json_kind(const cJSON *v) {
@@ -285,10 +285,9 @@ static size_t edit_distance(const char *a, const char *b) {
     row[0] = i;
     for (size_t j = 1; j <= m; j++) {
       size_t above = row[j];
-      size_t cost = fold((unsigned char)a[i - 1]) ==
-                            fold((unsigned char)b[j - 1])
-                        ? 0
-                        : 1;
+      size_t cost =
+          fold((unsigned char)a[i - 1]) == fold((unsigned char)b[j - 1]) ? 0
+                                                                         : 1;
       size_t best = diagonal + cost;
       if (row[j] + 1 < best)
         best = row[j] + 1;
@@ -444,8 +443,8 @@ static int get_integer(loader_t *ld, const cJSON *obj, const char *parent,
   if (!isfinite(d) || d != floor(d) || d < min || d > max) {
     char found[32];
     format_number(found, sizeof found, d);
-    return fail(ld, path.text, "must be an integer from %s to %s, found %s",
-                lo, hi, found);
+    return fail(ld, path.text, "must be an integer from %s to %s, found %s", lo,
+                hi, found);
   }
   *out = d;
   return 0;
@@ -557,48 +556,45 @@ static int check_element(loader_t *ld, const cJSON *item, const char *path,
 
 /* ---- sections -------------------------------------------------------- */
 
-static const char *const TOP_KEYS[] = {
-    "name",  "log",     "runtime_dir", "shutdown", "cores",
-    "plugins", "services", NULL};
+static const char *const TOP_KEYS[] = {"name",     "log",   "runtime_dir",
+                                       "shutdown", "cores", "plugins",
+                                       "services", NULL};
 static const char *const LOG_KEYS[] = {"level", "file", NULL};
 static const char *const SHUTDOWN_KEYS[] = {"drain_timeout_ms", NULL};
 static const char *const CORE_KEYS[] = {"name", "threads", NULL};
 static const char *const PLUGIN_KEYS[] = {"name", "path", "settings", NULL};
-static const char *const SERVER_KEYS[] = {
-    "name",
-    "type",
-    "core",
-    "plugin",
-    "address",
-    "framing",
-    "max_recv_bytes",
-    "max_packet_bytes",
-    "send_queue_limit_bytes",
-    "idle_timeout_ms",
-    "tcp_nodelay",
-    "max_sessions",
-    "backlog",
-    NULL};
-static const char *const CLIENT_KEYS[] = {
-    "name",
-    "type",
-    "core",
-    "plugin",
-    "address",
-    "framing",
-    "max_recv_bytes",
-    "max_packet_bytes",
-    "send_queue_limit_bytes",
-    "idle_timeout_ms",
-    "tcp_nodelay",
-    "sessions",
-    "connect_timeout_ms",
-    "reconnect",
-    NULL};
-static const char *const SERVER_ONLY_KEYS[] = {"max_sessions", "backlog",
-                                               NULL};
-static const char *const CLIENT_ONLY_KEYS[] = {
-    "sessions", "connect_timeout_ms", "reconnect", NULL};
+static const char *const SERVER_KEYS[] = {"name",
+                                          "type",
+                                          "core",
+                                          "plugin",
+                                          "address",
+                                          "framing",
+                                          "max_recv_bytes",
+                                          "max_packet_bytes",
+                                          "send_queue_limit_bytes",
+                                          "idle_timeout_ms",
+                                          "tcp_nodelay",
+                                          "max_sessions",
+                                          "backlog",
+                                          NULL};
+static const char *const CLIENT_KEYS[] = {"name",
+                                          "type",
+                                          "core",
+                                          "plugin",
+                                          "address",
+                                          "framing",
+                                          "max_recv_bytes",
+                                          "max_packet_bytes",
+                                          "send_queue_limit_bytes",
+                                          "idle_timeout_ms",
+                                          "tcp_nodelay",
+                                          "sessions",
+                                          "connect_timeout_ms",
+                                          "reconnect",
+                                          NULL};
+static const char *const SERVER_ONLY_KEYS[] = {"max_sessions", "backlog", NULL};
+static const char *const CLIENT_ONLY_KEYS[] = {"sessions", "connect_timeout_ms",
+                                               "reconnect", NULL};
 static const char *const RECONNECT_KEYS[] = {"min_delay_ms", "max_delay_ms",
                                              "jitter", NULL};
 static const char *const SERVICE_TYPES[] = {"server", "client", NULL};
@@ -636,8 +632,8 @@ static int parse_log(loader_t *ld, const cJSON *root, config_t *c) {
 static int parse_top(loader_t *ld, const cJSON *root, config_t *c) {
   if (check_keys(ld, root, "", TOP_KEYS, "the top level") != 0)
     return -1;
-  if (get_name(ld, root, "", "name", 0, "iocphost", "give the instance a name such as \"iocphost\"",
-               &c->name) != 0)
+  if (get_name(ld, root, "", "name", 0, "iocphost",
+               "give the instance a name such as \"iocphost\"", &c->name) != 0)
     return -1;
   if (parse_log(ld, root, c) != 0)
     return -1;
@@ -671,9 +667,10 @@ static int check_unique(loader_t *ld, const char *section, const char *what,
     const char *other = *(char *const *)((const char *)names + j * stride);
     if (strcmp(other, name) == 0)
       return fail(ld, NULL,
-                  "%s[%zu].name: duplicate %s name \"%s\" (also at "
-                  "%s[%zu].name); give each %s its own name",
-                  section, index, what, name, section, j, what);
+                  "%s[%lu].name: duplicate %s name \"%s\" (also at "
+                  "%s[%lu].name); give each %s its own name",
+                  section, (unsigned long)index, what, name, section,
+                  (unsigned long)j, what);
   }
   return 0;
 }
@@ -832,8 +829,8 @@ static const char *names_join(char *buf, size_t len, char *const *names,
   buf[0] = '\0';
   for (size_t i = 0; i < count; i++) {
     const char *name = *(char *const *)((const char *)names + i * stride);
-    int n = snprintf(buf + used, len - used, "%s\"%s\"", i > 0 ? ", " : "",
-                     name);
+    int n =
+        snprintf(buf + used, len - used, "%s\"%s\"", i > 0 ? ", " : "", name);
     if (n < 0 || (size_t)n >= len - used) {
       if (len >= 4)
         memcpy(buf + len - 4, "...", 4);
@@ -944,9 +941,9 @@ static int parse_service(loader_t *ld, const cJSON *item, const char *path,
                sizeof *c->cores);
     if (member(item, "core") == NULL)
       return fail(ld, field.text,
-                  "missing; this config has %zu cores (%s), so each service "
+                  "missing; this config has %lu cores (%s), so each service "
                   "must name the one it runs on",
-                  c->core_count, known);
+                  (unsigned long)c->core_count, known);
     if (get_text(ld, item, path, "core", 1, NULL, "give the name of a core",
                  &s->core) != 0)
       return -1;
@@ -955,8 +952,7 @@ static int parse_service(loader_t *ld, const cJSON *item, const char *path,
       find_name(s->core, &c->cores[0].name, c->core_count, sizeof *c->cores);
   if (s->core_index < 0) {
     char shown[80];
-    return fail(ld, field.text,
-                "unknown core \"%s\"; use one of the cores: %s",
+    return fail(ld, field.text, "unknown core \"%s\"; use one of the cores: %s",
                 printable(shown, sizeof shown, s->core), known);
   }
 
@@ -966,8 +962,9 @@ static int parse_service(loader_t *ld, const cJSON *item, const char *path,
                "service runs",
                &s->plugin) != 0)
     return -1;
-  s->plugin_index = find_name(s->plugin, c->plugin_count > 0 ? &c->plugins[0].name : NULL,
-                              c->plugin_count, sizeof *c->plugins);
+  s->plugin_index =
+      find_name(s->plugin, c->plugin_count > 0 ? &c->plugins[0].name : NULL,
+                c->plugin_count, sizeof *c->plugins);
   if (s->plugin_index < 0) {
     char shown[80];
     printable(shown, sizeof shown, s->plugin);
@@ -1010,8 +1007,8 @@ static int parse_service(loader_t *ld, const cJSON *item, const char *path,
               &s->max_recv_bytes) != 0 ||
       get_u32(ld, item, path, "max_packet_bytes", 4, 65535, 65535,
               &s->max_packet_bytes) != 0 ||
-      get_integer(ld, item, path, "send_queue_limit_bytes", 1,
-                  1099511627776.0, 1048576, &queue_limit) != 0 ||
+      get_integer(ld, item, path, "send_queue_limit_bytes", 1, 1099511627776.0,
+                  1048576, &queue_limit) != 0 ||
       get_u32(ld, item, path, "idle_timeout_ms", 0, MS_MAX, 0,
               &s->idle_timeout_ms) != 0 ||
       get_bool(ld, item, path, "tcp_nodelay", 1, &s->tcp_nodelay) != 0)
@@ -1094,13 +1091,13 @@ static int parse_services(loader_t *ld, const cJSON *root, config_t *c) {
           addresses_conflict(&s->address, &other->address)) {
         char a[80], b[80];
         return fail(ld, NULL,
-                    "services[%zu].address: \"%s\" overlaps \"%s\" of "
-                    "server service \"%s\" (services[%zu].address); two "
+                    "services[%lu].address: \"%s\" overlaps \"%s\" of "
+                    "server service \"%s\" (services[%lu].address); two "
                     "servers cannot listen on the same port, give one "
                     "another port",
-                    i, printable(a, sizeof a, s->address_text),
+                    (unsigned long)i, printable(a, sizeof a, s->address_text),
                     printable(b, sizeof b, other->address_text), other->name,
-                    j);
+                    (unsigned long)j);
       }
     }
   }
@@ -1193,7 +1190,7 @@ static size_t fix_error_offset(const char *text, size_t offset) {
 }
 
 #define SYNTAX_HINT                                                            \
-  "look for a missing or extra comma, quote or bracket (JSON allows no "      \
+  "look for a missing or extra comma, quote or bracket (JSON allows no "       \
   "comments and no trailing commas)"
 
 static int syntax_error(loader_t *ld, const char *text, size_t len,
@@ -1202,18 +1199,18 @@ static int syntax_error(loader_t *ld, const char *text, size_t len,
   line_column(text, offset, &line, &column);
   char near[32];
   size_t n = 0;
-  for (size_t i = offset; i < len && n + 1 < sizeof near && text[i] != '\n' &&
-                          text[i] != '\r';
+  for (size_t i = offset;
+       i < len && n + 1 < sizeof near && text[i] != '\n' && text[i] != '\r';
        i++) {
     unsigned char ch = (unsigned char)text[i];
     near[n++] = (ch < 0x20 || ch == 0x7f) ? '?' : (char)ch;
   }
   near[n] = '\0';
   if (n == 0)
-    return fail(ld, NULL, "line %zu, column %zu: %s at the end of the line; %s",
-                line, column, what, hint);
-  return fail(ld, NULL, "line %zu, column %zu: %s near '%s'; %s", line,
-              column, what, near, hint);
+    return fail(ld, NULL, "line %lu, column %lu: %s at the end of the line; %s",
+                (unsigned long)line, (unsigned long)column, what, hint);
+  return fail(ld, NULL, "line %lu, column %lu: %s near '%s'; %s",
+              (unsigned long)line, (unsigned long)column, what, near, hint);
 }
 
 static cJSON *parse_json(loader_t *ld, const char *text, size_t len) {
@@ -1231,8 +1228,7 @@ static cJSON *parse_json(loader_t *ld, const char *text, size_t len) {
     return NULL;
   }
   const char *end = NULL;
-  cJSON *root =
-      cJSON_ParseWithLengthOpts(text + start, len - start, &end, 0);
+  cJSON *root = cJSON_ParseWithLengthOpts(text + start, len - start, &end, 0);
   if (root == NULL) {
     size_t offset = end != NULL ? (size_t)(end - text) : start;
     if (offset > len)
@@ -1245,8 +1241,8 @@ static cJSON *parse_json(loader_t *ld, const char *text, size_t len) {
       return NULL;
     }
     offset = start + fix_error_offset(text + start, offset - start);
-    syntax_error(ld, text + start, len - start, offset - start,
-                 "invalid JSON", SYNTAX_HINT);
+    syntax_error(ld, text + start, len - start, offset - start, "invalid JSON",
+                 SYNTAX_HINT);
     return NULL;
   }
   size_t open = find_open_string(text + start, len - start);
@@ -1282,8 +1278,8 @@ static cJSON *parse_json(loader_t *ld, const char *text, size_t len) {
 
 /* ---- public ---------------------------------------------------------- */
 
-int config_parse(const char *file, const char *text, size_t len,
-                 config_t **out, char *err, size_t err_len) {
+int config_parse(const char *file, const char *text, size_t len, config_t **out,
+                 char *err, size_t err_len) {
   if (file == NULL)
     file = "(config)";
   loader_t ld = {.file = file, .err = err, .err_len = err_len};
@@ -1320,9 +1316,8 @@ int config_parse(const char *file, const char *text, size_t len,
 }
 
 int config_load(const char *file, config_t **out, char *err, size_t err_len) {
-  loader_t ld = {.file = file != NULL ? file : "(config)",
-                 .err = err,
-                 .err_len = err_len};
+  loader_t ld = {
+      .file = file != NULL ? file : "(config)", .err = err, .err_len = err_len};
   *out = NULL;
   if (err != NULL && err_len > 0)
     err[0] = '\0';

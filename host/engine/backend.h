@@ -102,6 +102,7 @@ struct io_handle {
   io_op_t *pending_write; /* send or connect op waiting for readiness */
   uint8_t readable;
   uint8_t writable;
+  uint8_t hangup; /* the peer closed or failed: reads will not block */
   uint8_t closed;
 };
 

@@ -315,7 +315,9 @@ static int perform(io_worker_t *w, io_op_t *op) {
       n = recv(h->socket, w->recv_buffer, RECV_BUFFER_BYTES, 0);
     } while (n < 0 && errno == EINTR);
     if (n >= 0) {
-      if (n < RECV_BUFFER_BYTES)
+      /* A short read drained the socket, unless the peer's FIN came in the
+       * same edge as the data: then no further edge will report it. */
+      if (n < RECV_BUFFER_BYTES && !h->hangup)
         h->readable = 0;
       op->u.recv.data = w->recv_buffer;
       op->status = (int)n; /* bytes, folded into status until delivery */
@@ -408,6 +410,8 @@ static void deliver(io_worker_t *w, io_op_t *op) {
 }
 
 static void on_readiness(io_worker_t *w, io_handle_t *h, uint32_t events) {
+  if (events & (EPOLLRDHUP | EPOLLHUP | EPOLLERR))
+    h->hangup = 1;
   if (events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR)) {
     h->readable = 1;
     io_op_t *op = h->pending_read;
@@ -584,6 +588,7 @@ int io_handle_open(io_core_t *core, io_handle_t *h, io_socket_t socket,
   h->worker = w;
   h->pending_read = h->pending_write = NULL;
   h->readable = h->writable = 0;
+  h->hangup = 0;
   h->closed = 0;
   if (socket == IO_INVALID_SOCKET)
     return 0;

@@ -90,6 +90,7 @@ struct service {
   int stopping;
   listener_t *listener;
   client_slot_t *slots;
+  uint32_t slot_count;
   atomic_uint_fast64_t accepted, rejected, connects, connect_failures,
       bytes_in, bytes_out, accept_errors;
   atomic_uint_fast64_t disconnects[10];
@@ -104,6 +105,7 @@ static void objects_add(service_t *svc, long delta) {
   pthread_mutex_unlock(&svc->lock);
 }
 
+void service__object_new(service_t *svc) { objects_add(svc, 1); }
 void service__object_gone(service_t *svc) { objects_add(svc, -1); }
 
 void service_options_init(service_options_t *o) {
@@ -283,13 +285,16 @@ static void listener_release(listener_t *l) {
 }
 
 static void on_accept_done(io_op_t *op, int status, size_t bytes);
+static void arm_backoff(listener_t *l);
 
 static void issue_accept(listener_t *l, accept_slot_t *slot) {
   if (!slot->session) {
     slot->session = session__new(l->service);
     if (!slot->session) {
-      /* The factory refused or memory ran out: try again later. */
+      /* The factory refused or memory ran out: try again later (without the
+       * timer nothing would ever issue this slot's accept again). */
       slot->waiting = 1;
+      arm_backoff(l);
       return;
     }
   }
@@ -307,30 +312,26 @@ static void on_backoff(io_op_t *op, int status, size_t bytes) {
   listener_t *l = container_of(op, listener_t, backoff.op);
   l->backoff_armed = 0;
   if (status == 0 && !l->stopped) {
+    /* A slot that fails again re-arms the timer (issue_accept or its
+     * completion), with the delay doubled. */
     for (int i = 0; i < l->slot_count; i++) {
       if (l->slots[i].waiting) {
         l->slots[i].waiting = 0;
         issue_accept(l, &l->slots[i]);
       }
     }
-    int still_waiting = 0;
-    for (int i = 0; i < l->slot_count; i++)
-      still_waiting |= l->slots[i].waiting;
-    if (still_waiting && !l->backoff_armed) {
-      l->backoff_armed = 1;
-      atomic_fetch_add_explicit(&l->refs, 1, memory_order_relaxed);
-      io_timer_start(&l->backoff, l->backoff_ms ? l->backoff_ms : BACKOFF_MIN_MS);
-    }
   }
   listener_release(l);
 }
 
 static void arm_backoff(listener_t *l) {
+  /* Every waiting slot fails in the same round; the delay doubles once per
+   * round, not once per slot. */
+  if (l->backoff_armed || l->stopped)
+    return;
   l->backoff_ms = l->backoff_ms ? l->backoff_ms * 2 : BACKOFF_MIN_MS;
   if (l->backoff_ms > BACKOFF_MAX_MS)
     l->backoff_ms = BACKOFF_MAX_MS;
-  if (l->backoff_armed)
-    return;
   l->backoff_armed = 1;
   atomic_fetch_add_explicit(&l->refs, 1, memory_order_relaxed);
   io_timer_start(&l->backoff, l->backoff_ms);
@@ -371,15 +372,14 @@ static void on_accept_done(io_op_t *op, int status, size_t bytes) {
     if (error_is_per_connection(status)) {
       issue_accept(l, slot);
     } else {
+      slot->waiting = 1;
+      arm_backoff(l);
       if (log_ratelimit(&l->log_last_ms, &l->log_suppressed))
         log_write(LOG_ERROR, "listener",
                   "service %s: accept failed: %s; the listener keeps serving "
                   "and retries in %u ms (if descriptors ran out, raise the "
                   "limit: ulimit -n / LimitNOFILE)",
-                  svc->name, io_strerror(status),
-                  l->backoff_ms ? l->backoff_ms * 2 : BACKOFF_MIN_MS);
-      slot->waiting = 1;
-      arm_backoff(l);
+                  svc->name, io_strerror(status), l->backoff_ms);
     }
     listener_release(l);
     return;
@@ -582,7 +582,6 @@ static void slot_connect(client_slot_t *slot) {
   s->slot = slot;
   slot->session = s;
   slot->state = SLOT_CONNECTING;
-  objects_add(svc, 0);
   if (svc->opt.connect_timeout_ms)
     slot_timer_start(slot, &slot->connect_timer, svc->opt.connect_timeout_ms);
   session__connect(s, sock, io_handle_worker_index(&slot->handle));
@@ -607,6 +606,7 @@ static void on_slot_stop(io_op_t *op, int status, size_t bytes) {
 static int client_start(service_t *svc, char *err, size_t err_len) {
   uint32_t n = svc->opt.client_sessions ? svc->opt.client_sessions : 1;
   svc->slots = calloc(n, sizeof *svc->slots);
+  svc->slot_count = n;
   if (!svc->slots) {
     snprintf(err, err_len, "service %s: out of memory", svc->name);
     return -1;
@@ -683,7 +683,7 @@ void service_stop_accepting(service_t *svc) {
     svc->listener = NULL; /* its stop op carries the service's reference */
   }
   if (svc->slots) {
-    for (uint32_t i = 0; i < svc->opt.client_sessions; i++) {
+    for (uint32_t i = 0; i < svc->slot_count; i++) {
       objects_add(svc, 1);
       io_post(&svc->slots[i].handle, &svc->slots[i].stop_op, 0);
     }

@@ -160,6 +160,9 @@ session_t *session__new(service_t *svc) {
   s->kick_op.complete = on_kick;
   pthread_mutex_init(&s->lock, NULL);
   engine__live_add(1);
+  /* The service outlives its sessions: service_wait_closed waits for this
+   * count, and destroy() still reads the service's options. */
+  service__object_new(svc);
   return s;
 }
 
@@ -499,7 +502,10 @@ static void on_connect_done(io_op_t *op, int status, size_t bytes) {
   }
   if (opts_of(s)->tcp_nodelay)
     io_socket_set_nodelay(s->handle.socket, 1);
+  /* Other threads read the state under the lock (session_is_open). */
+  pthread_mutex_lock(&s->lock);
   s->state = SESSION_OPENING;
+  pthread_mutex_unlock(&s->lock);
   service__register(s->service, s);
   service__connect_done(s->slot, s, 0);
   pthread_mutex_lock(&s->lock);
@@ -553,16 +559,17 @@ static void on_recv_done(io_op_t *op, int status, size_t bytes) {
   } else if (bytes == 0) {
     s->peer_eof = 1;
     begin_close(s, REASON_PEER_CLOSED, 1);
-  } else if (s->state == SESSION_OPEN && session_is_open(s)) {
-    service__count_bytes(s->service, bytes, 0);
-    s->last_recv_ms = clock_now_ms();
-    deliver_input(s, op->u.recv.data, bytes);
-    if (session_is_open(s))
+  } else {
+    if (s->state == SESSION_OPEN && session_is_open(s)) {
+      service__count_bytes(s->service, bytes, 0);
+      s->last_recv_ms = clock_now_ms();
+      deliver_input(s, op->u.recv.data, bytes);
+    }
+    /* Keep reading also once a close was asked for (here or from another
+     * thread): input is no longer delivered, but the socket stays drained
+     * and the linger after our FIN needs a receive to see the peer's. */
+    if (!s->handle.closed)
       start_recv(s);
-  } else if (s->state <= SESSION_CLOSING) {
-    /* Closing: input is no longer delivered, but keep the socket drained so
-     * the close ends with FIN rather than a reset. */
-    start_recv(s);
   }
   session_release(s);
 }

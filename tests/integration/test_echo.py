@@ -66,6 +66,23 @@ class EchoTest(HostTestCase):
             self.assertEqual(harness.read_until_eof(sock), b"hello")
         self.host.stop()
 
+    def test_many_half_closed_clients_each_get_their_bytes_then_eof(self):
+        port = self.start_echo(threads=4)
+
+        def client(index):
+            rng = random.Random(1000 + index)
+            data = rng.randbytes(rng.randrange(1, 100000))
+            with harness.connect(port, timeout=30) as sock:
+                # Read part of the echo before the FIN, the rest after it.
+                early = harness.exchange(sock, data,
+                                         expect_len=len(data) // 2)
+                sock.shutdown(socket.SHUT_WR)
+                late = harness.read_until_eof(sock, timeout=15)
+            self.assertEqual(early + late, data, "client %d" % index)
+
+        harness.run_parallel(client, [(i,) for i in range(50)], timeout=60)
+        self.host.stop()
+
     def test_client_that_resets_does_not_disturb_others(self):
         port = self.start_echo()
         with harness.connect(port) as steady:

@@ -33,8 +33,12 @@ class OrderTest(HostTestCase):
                 # on_connected and on_recv before we start misbehaving.
                 self.assertEqual(harness.exchange(sock, b"!", timeout=30),
                                  b"!")
-                for _ in range(rng.randrange(0, 6)):
-                    data = rng.randbytes(rng.randrange(1, 32768))
+                # Many round trips keep the session alive while its timers
+                # (every 3 ms) and posted functions (every 1 ms) fire.
+                for _ in range(rng.randrange(0, 40)):
+                    size = rng.choice([rng.randrange(1, 2048),
+                                       rng.randrange(1, 32768)])
+                    data = rng.randbytes(size)
                     wanted = rng.choice([len(data), len(data) // 2, 0])
                     harness.exchange(sock, data, expect_len=wanted,
                                      timeout=30)

@@ -184,7 +184,8 @@ START_TEST(a_full_config_parses_with_every_field) {
       "  \"services\": [\n"
       "    { \"name\": \"echo\", \"type\": \"server\", \"core\": \"players\",\n"
       "      \"plugin\": \"echo\", \"address\": \"[::1]:7777\",\n"
-      "      \"max_sessions\": 500, \"backlog\": 128, \"framing\": \"packet\",\n"
+      "      \"max_sessions\": 500, \"backlog\": 128, \"framing\": "
+      "\"packet\",\n"
       "      \"max_recv_bytes\": 131072, \"max_packet_bytes\": 8192,\n"
       "      \"send_queue_limit_bytes\": 65536, \"idle_timeout_ms\": 30000,\n"
       "      \"tcp_nodelay\": false },\n"
@@ -312,11 +313,11 @@ END_TEST
 
 START_TEST(reconnect_false_disables_reconnecting) {
   scratch_write("p.so", "");
-  config_t *c = load_ok(
-      "{ \"plugins\": [ { \"name\": \"p\", \"path\": \"p.so\" } ],\n"
-      "  \"services\": [ { \"name\": \"c\", \"type\": \"client\",\n"
-      "    \"plugin\": \"p\", \"address\": \"127.0.0.1:7000\",\n"
-      "    \"reconnect\": false } ] }");
+  config_t *c =
+      load_ok("{ \"plugins\": [ { \"name\": \"p\", \"path\": \"p.so\" } ],\n"
+              "  \"services\": [ { \"name\": \"c\", \"type\": \"client\",\n"
+              "    \"plugin\": \"p\", \"address\": \"127.0.0.1:7000\",\n"
+              "    \"reconnect\": false } ] }");
   ck_assert_int_eq(c->services[0].reconnect, 0);
   config_free(c);
 }
@@ -324,11 +325,11 @@ END_TEST
 
 START_TEST(reconnect_fields_left_out_keep_their_defaults) {
   scratch_write("p.so", "");
-  config_t *c = load_ok(
-      "{ \"plugins\": [ { \"name\": \"p\", \"path\": \"p.so\" } ],\n"
-      "  \"services\": [ { \"name\": \"c\", \"type\": \"client\",\n"
-      "    \"plugin\": \"p\", \"address\": \"127.0.0.1:7000\",\n"
-      "    \"reconnect\": { \"jitter\": 0 } } ] }");
+  config_t *c =
+      load_ok("{ \"plugins\": [ { \"name\": \"p\", \"path\": \"p.so\" } ],\n"
+              "  \"services\": [ { \"name\": \"c\", \"type\": \"client\",\n"
+              "    \"plugin\": \"p\", \"address\": \"127.0.0.1:7000\",\n"
+              "    \"reconnect\": { \"jitter\": 0 } } ] }");
   ck_assert_int_eq(c->services[0].reconnect, 1);
   ck_assert_uint_eq(c->services[0].reconnect_min_delay_ms, 100);
   ck_assert_uint_eq(c->services[0].reconnect_max_delay_ms, 10000);
@@ -343,11 +344,11 @@ START_TEST(relative_paths_resolve_against_the_config_folder) {
   scratch_write("conf/plugins/game.so", "");
   char file[PATH_MAX];
   FORMAT(file, "%s",
-           scratch_write("conf/host.json",
-                         "{ \"log\": { \"file\": \"./logs/host.log\" },\n"
-                         "  \"runtime_dir\": \"../run\",\n"
-                         "  \"plugins\": [ { \"name\": \"game\",\n"
-                         "                   \"path\": \"plugins/game\" } ] }"));
+         scratch_write("conf/host.json",
+                       "{ \"log\": { \"file\": \"./logs/host.log\" },\n"
+                       "  \"runtime_dir\": \"../run\",\n"
+                       "  \"plugins\": [ { \"name\": \"game\",\n"
+                       "                   \"path\": \"plugins/game\" } ] }"));
   /* Load through a relative path from another working folder. */
   char cwd[PATH_MAX];
   ck_assert_ptr_nonnull(getcwd(cwd, sizeof cwd));
@@ -388,8 +389,7 @@ END_TEST
 static void expect_plugin_path(const char *given, const char *expected) {
   char text[1024];
   snprintf(text, sizeof text,
-           "{ \"plugins\": [ { \"name\": \"p\", \"path\": \"%s\" } ] }",
-           given);
+           "{ \"plugins\": [ { \"name\": \"p\", \"path\": \"%s\" } ] }", given);
   config_t *c = load_ok(text);
   ck_assert_str_eq(c->plugins[0].path_given, given);
   ck_assert_str_eq(c->plugins[0].path, path_in_real_scratch(expected));
@@ -455,8 +455,8 @@ START_TEST(a_syntax_error_gives_line_and_column) {
 END_TEST
 
 START_TEST(an_unclosed_string_is_reported_where_it_starts) {
-  parse_fails("{\n  \"name\": \"abc,\n  \"log\": {}\n}",
-              "line 2, column 11", "string not closed");
+  parse_fails("{\n  \"name\": \"abc,\n  \"log\": {}\n}", "line 2, column 11",
+              "string not closed");
   parse_fails("{ \"name\": \"a\tb\" }", "line 1, column 11",
               "control character");
 }
@@ -477,13 +477,13 @@ END_TEST
 START_TEST(an_unknown_key_suggests_the_closest_and_lists_the_allowed) {
   parse_fails("{ \"servcies\": [] }", "servcies: unknown key",
               "did you mean \"services\"");
-  parse_fails("{ \"servcies\": [] }", "name, log, runtime_dir, shutdown, "
-                                      "cores, plugins, services",
+  parse_fails("{ \"servcies\": [] }",
+              "name, log, runtime_dir, shutdown, "
+              "cores, plugins, services",
               NULL);
   parse_fails("{ \"Name\": \"x\" }", "Name: unknown key",
               "did you mean \"name\"");
-  parse_fails("{ \"zzzzzzzz\": 1 }", "zzzzzzzz: unknown key; remove it",
-              NULL);
+  parse_fails("{ \"zzzzzzzz\": 1 }", "zzzzzzzz: unknown key; remove it", NULL);
 }
 END_TEST
 
