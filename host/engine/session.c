@@ -62,6 +62,7 @@ struct session_timer {
   void *arg2;
   uint8_t stopped;  /* under the session's lock */
   uint8_t internal; /* the engine's own: runs while closing too */
+  uint64_t due_ms;  /* started from another thread: see on_timer_arm */
 };
 
 typedef struct session_post_op {
@@ -233,6 +234,26 @@ static void on_timer(io_op_t *op, int status, size_t bytes) {
   session_release(s);
 }
 
+/* A timer started from another thread travels to the worker as a post and
+ * is armed there. Armed directly, it would wait in the worker's mailbox,
+ * where io_timer_cancel cannot reach it: a close in between would leave it
+ * armed for its whole delay, holding the session (and its service's
+ * shutdown) that long. */
+static void on_timer_arm(io_op_t *op, int status, size_t bytes) {
+  session_timer_t *t = container_of(op, session_timer_t, timer.op);
+  session_t *s = t->session;
+  t->timer.op.complete = on_timer;
+  pthread_mutex_lock(&s->lock);
+  int stopped = t->stopped;
+  pthread_mutex_unlock(&s->lock);
+  if (stopped || status != 0) {
+    on_timer(op, IO_ECANCELED, bytes);
+    return;
+  }
+  uint64_t now = clock_now_ms();
+  io_timer_start(&t->timer, t->due_ms > now ? t->due_ms - now : 0);
+}
+
 static uint64_t timer_start(session_t *s, uint32_t delay_ms,
                             uint32_t repeat_ms, session_fn fn, void *arg,
                             int internal) {
@@ -267,7 +288,13 @@ static uint64_t timer_start_full(session_t *s, uint32_t delay_ms,
   session__ref(s);
   engine__live_add(1);
   uint64_t id = t->id;
-  io_timer_start(&t->timer, delay_ms);
+  if (io_handle_on_worker(&s->handle)) {
+    io_timer_start(&t->timer, delay_ms);
+  } else {
+    t->due_ms = clock_now_ms() + delay_ms;
+    t->timer.op.complete = on_timer_arm;
+    io_post(&s->handle, &t->timer.op, 0);
+  }
   pthread_mutex_unlock(&s->lock);
   return id;
 }
@@ -432,8 +459,10 @@ static int request_close(session_t *s, int reason, int abort_now) {
   pthread_mutex_lock(&s->lock);
   if (s->state >= SESSION_CLOSED ||
       (s->close_request && (!abort_now || s->close_abort))) {
+    /* Read the state before unlocking: the worker may be changing it. */
+    int rc = s->state >= SESSION_CLOSED ? ENGINE_E_CLOSED : ENGINE_OK;
     pthread_mutex_unlock(&s->lock);
-    return s->state >= SESSION_CLOSED ? ENGINE_E_CLOSED : ENGINE_OK;
+    return rc;
   }
   if (!s->close_request)
     s->close_request = (uint8_t)reason;
@@ -516,6 +545,7 @@ static void on_connect_done(io_op_t *op, int status, size_t bytes) {
 
 void session__connect(session_t *s, io_socket_t sock, int worker_hint) {
   s->send_op.complete = on_connect_done;
+  s->peer = opts_of(s)->address; /* a client session's peer is its target */
   session__ref(s); /* the connect's reference */
   int rc = io_handle_open(service_core(s->service)->io, &s->handle, sock,
                           worker_hint);

@@ -17,7 +17,9 @@
  *   LEFT     103  payload = name             broadcast after LEAVE, or when
  *                                            a joined client disconnects
  *   PRESENCE 104  payload = "N online"       to each session, every
- *                                            presence_interval_ms
+ *                                            presence_interval_ms (N counts
+ *                                            the joined sessions of every
+ *                                            service using this plugin)
  *   ERROR    199  payload = reason text      to the sender only: SAY before
  *                                            JOIN, a second JOIN, a bad name,
  *                                            a too long text, an unknown id

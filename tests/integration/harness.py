@@ -184,7 +184,11 @@ def read_until_eof(sock, timeout=10.0, limit=64 << 20):
             raise AssertionError("no EOF within %.1fs (got %d bytes)" %
                                  (scaled(timeout), len(data)))
         sock.settimeout(left)
-        chunk = sock.recv(65536)
+        try:
+            chunk = sock.recv(65536)
+        except socket.timeout:
+            raise WaitTimeout("no EOF within %.1fs (got %d bytes)" %
+                              (scaled(timeout), len(data))) from None
         if not chunk:
             return bytes(data)
         data += chunk
@@ -242,7 +246,7 @@ class PacketClient:
             try:
                 chunk = self.sock.recv(65536)
             except socket.timeout:
-                raise WaitTimeout("timed out waiting for %s" % what)
+                raise WaitTimeout("timed out waiting for %s" % what) from None
             if not chunk:
                 if self.buffer:
                     raise AssertionError("EOF inside a packet")

@@ -26,7 +26,8 @@ typedef enum mode {
   MODE_FLOOD,     /* sends from a timer until refused */
   MODE_BYE,       /* echoes; "bye" queues a tail, then disconnects */
   MODE_TIMERS,    /* one-shot, repeating and stopped timers */
-  MODE_SILENT     /* does nothing; the test drives it */
+  MODE_SILENT,    /* does nothing; the test drives it */
+  MODE_HOLD       /* on input waits for the test, then aborts itself */
 } mode_t_;
 
 typedef struct behaviour {
@@ -42,6 +43,7 @@ typedef struct behaviour {
   atomic_int posts_out_of_order;
   atomic_int once_fired, repeat_fired, stopped_fired, stopped_after_stop;
   atomic_int timer_in_disconnect; /* session_timer_start there: 0 expected */
+  atomic_int in_recv, timer_started;
 } behaviour_t;
 
 typedef struct sess {
@@ -146,6 +148,14 @@ static size_t on_recv(session_t *s, const uint8_t *data, size_t len) {
     } else {
       session_send(s, data, len);
     }
+    break;
+  case MODE_HOLD:
+    atomic_store(&b->in_recv, 1);
+    for (int i = 0; i < 5000 && !atomic_load(&b->timer_started); i++) {
+      struct timespec ts = {0, 1000000};
+      nanosleep(&ts, NULL);
+    }
+    session_abort(s, REASON_LOCAL);
     break;
   case MODE_ECHO:
   case MODE_TIMERS:
@@ -599,6 +609,32 @@ START_TEST(test_timers_once_repeat_stop_and_never_after_disconnected) {
 }
 END_TEST
 
+START_TEST(test_timer_started_from_thread_while_closing_does_not_hold_session) {
+  rig_t r;
+  rig_start(&r, MODE_HOLD, "127.0.0.1:0", 2, NULL);
+  int fd = tu_connect(r.port, 0);
+  ck_assert_int_ge(fd, 0);
+  ck_assert(wait_count(&r.b.connected, 1, 5000));
+  session_t *s = service_find_session(r.svc, atomic_load(&r.b.last_id));
+  ck_assert_ptr_nonnull(s);
+  ck_assert_int_eq(tu_write_all(fd, "x", 1), 0);
+  ck_assert(wait_count(&r.b.in_recv, 1, 5000));
+  /* The worker is inside on_recv and closes the session right after: the
+   * long timer must be cancelled with it, not kept for 60 s. */
+  ck_assert_uint_gt(session_timer_start(s, 60000, 0, once_fn, NULL), 0);
+  atomic_store(&r.b.timer_started, 1);
+  session_release(s);
+  ck_assert(wait_count(&r.b.disconnected, 1, 5000));
+  uint64_t t0 = mono_ms();
+  service_destroy(r.svc);
+  r.svc = NULL;
+  ck_assert_uint_lt(mono_ms() - t0, 3000);
+  ck_assert_int_eq(atomic_load(&r.b.once_fired), 0);
+  close(fd);
+  rig_stop(&r);
+}
+END_TEST
+
 #define POSTS 2000
 
 static void post_fn(session_t *s, void *arg) {
@@ -682,6 +718,8 @@ int main(void) {
   tcase_add_test(tc, test_idle_timeout_disconnects_silent_session_not_chatty_one);
   tcase_add_test(tc, test_timers_once_repeat_stop_and_never_after_disconnected);
   tcase_add_test(tc, test_post_from_foreign_thread_runs_in_order_on_session);
+  tcase_add_test(tc,
+                 test_timer_started_from_thread_while_closing_does_not_hold_session);
   tcase_add_test(tc, test_find_session_and_broadcast_one_shared_buffer);
   tcase_add_test(tc, test_echo_1000_concurrent_sessions_every_byte_checked);
   suite_add_tcase(s, tc);

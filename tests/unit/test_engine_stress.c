@@ -240,6 +240,7 @@ typedef struct client_thread {
   long quota;
   long made;
   long connect_errors;
+  atomic_int done;
 } client_thread_t;
 
 typedef struct slot {
@@ -370,6 +371,7 @@ static void *client_main(void *arg) {
       }
     }
   }
+  atomic_store(&t->done, 1);
   return NULL;
 }
 
@@ -465,7 +467,7 @@ START_TEST(test_sessions_ending_every_way_keep_callbacks_serial_and_free_all) {
   for (int i = 0; i < 100000; i++) {
     int running = 0;
     for (int k = 0; k < CLIENT_THREADS; k++)
-      running |= ct[k].made < ct[k].quota;
+      running |= !atomic_load(&ct[k].done);
     if (!running)
       break;
     service_abort_all(client, REASON_LOCAL);

@@ -60,9 +60,13 @@ extern "C" {
  * checked anything, so it must not allocate, start threads or log. */
 #ifdef __cplusplus
 #define IOCPHOST_PLUGIN_ENTRY                                                  \
+  extern "C" IOCPHOST_EXPORT const iocphost_plugin_t *iocphost_plugin_entry(  \
+      void);                                                                   \
   extern "C" IOCPHOST_EXPORT const iocphost_plugin_t *iocphost_plugin_entry(void)
 #else
+/* The prototype first keeps -Wmissing-prototypes quiet in plugins. */
 #define IOCPHOST_PLUGIN_ENTRY                                                  \
+  IOCPHOST_EXPORT const iocphost_plugin_t *iocphost_plugin_entry(void);        \
   IOCPHOST_EXPORT const iocphost_plugin_t *iocphost_plugin_entry(void)
 #endif
 
