@@ -14,10 +14,16 @@
  */
 #include "host.h"
 
+#include <pthread.h>
 #include <stdarg.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+
+#include <unistd.h>
+
+#include <cjson/cJSON.h>
 
 #include "engine/engine.h"
 #include "engine/log.h"
@@ -41,16 +47,21 @@ typedef struct host_service {
   service_t *engine;
   int packet_framing;
   uint32_t max_packet_bytes;
+  atomic_uint_fast64_t packets_in;
+  atomic_uint_fast64_t packets_out;
 } host_service_t;
 
 struct host {
+  /* Guards the service and core pointers against a status request racing
+   * the stop: they are detached under it, destroyed outside it. */
+  pthread_mutex_t lock;
   const config_t *config;
   host_plugin_t *plugins;
   size_t plugin_count;
   core_t **cores;
   host_service_t *services;
   int started;
-  int stopped;
+  atomic_int stopped;
 };
 
 #define SESSION(x) ((session_t *)(x))
@@ -113,6 +124,7 @@ static size_t on_recv_packets(session_t *s, host_service_t *hs,
     }
     if (len - used < size)
       break;
+    atomic_fetch_add_explicit(&hs->packets_in, 1, memory_order_relaxed);
     d->on_packet(PLUGIN_SESSION(s), session_extra(s), read_le16(p + 2), p + 4,
                  (size_t)size - 4);
     used += size;
@@ -184,7 +196,10 @@ static int api_send_packet(iocphost_session_t *s, uint16_t id,
   write_le16(header, (uint16_t)(len + 4));
   write_le16(header + 2, id);
   session_buf_t bufs[2] = {{header, 4}, {payload, len}};
-  return session_sendv(SESSION(s), bufs, 2);
+  int rc = session_sendv(SESSION(s), bufs, 2);
+  if (rc == 0)
+    atomic_fetch_add_explicit(&hs->packets_out, 1, memory_order_relaxed);
+  return rc;
 }
 
 static int api_disconnect(iocphost_session_t *s) {
@@ -282,7 +297,11 @@ static int api_broadcast_packet(iocphost_service_t *service, uint16_t id,
   uint8_t header[4];
   write_le16(header, (uint16_t)(len + 4));
   write_le16(header + 2, id);
-  return broadcast_bytes(hs, header, 4, payload, len);
+  int count = broadcast_bytes(hs, header, 4, payload, len);
+  if (count > 0)
+    atomic_fetch_add_explicit(&hs->packets_out, (uint64_t)count,
+                              memory_order_relaxed);
+  return count;
 }
 
 /* Timers and posts hand the plugin's function to the engine as its first
@@ -380,6 +399,7 @@ int host_open(const config_t *config, host_t **out, char *err,
     return -1;
   }
   host->config = config;
+  pthread_mutex_init(&host->lock, NULL);
   host->plugins = calloc(config->plugin_count + 1, sizeof *host->plugins);
   host->services = calloc(config->service_count + 1, sizeof *host->services);
   host->cores = calloc(config->core_count + 1, sizeof *host->cores);
@@ -475,17 +495,22 @@ static int create_service(host_t *host, size_t i, char *err, size_t err_len) {
 
 static void destroy_services(host_t *host) {
   for (size_t i = 0; i < host->config->service_count; i++) {
-    if (host->services[i].engine) {
-      service_destroy(host->services[i].engine);
-      host->services[i].engine = NULL;
-    }
+    pthread_mutex_lock(&host->lock);
+    service_t *svc = host->services[i].engine;
+    host->services[i].engine = NULL;
+    pthread_mutex_unlock(&host->lock);
+    if (svc)
+      service_destroy(svc);
   }
 }
 
 static void destroy_cores(host_t *host) {
   for (size_t i = 0; i < host->config->core_count; i++) {
-    core_destroy(host->cores[i]);
+    pthread_mutex_lock(&host->lock);
+    core_t *core = host->cores[i];
     host->cores[i] = NULL;
+    pthread_mutex_unlock(&host->lock);
+    core_destroy(core);
   }
 }
 
@@ -589,5 +614,169 @@ void host_close(host_t *host) {
   free(host->plugins);
   free(host->services);
   free(host->cores);
+  pthread_mutex_destroy(&host->lock);
   free(host);
+}
+
+/* ---- status (SPEC section 8) ---- */
+
+static const char *const reason_names[] = {
+#define REASON_NAME(name, value, text) [value] = text,
+    IOCPHOST_REASONS(REASON_NAME)
+#undef REASON_NAME
+};
+#define REASON_COUNT ((int)(sizeof reason_names / sizeof reason_names[0]))
+
+static cJSON *service_json(host_service_t *hs) {
+  const config_service_t *cs = hs->config;
+  service_stats_t st;
+  memset(&st, 0, sizeof st);
+  if (hs->engine)
+    service_get_stats(hs->engine, &st);
+  cJSON *o = cJSON_CreateObject();
+  cJSON_AddStringToObject(o, "name", cs->name);
+  cJSON_AddStringToObject(o, "type",
+                          cs->type == CONFIG_SERVICE_SERVER ? "server" : "client");
+  cJSON_AddStringToObject(o, "address", cs->address_text);
+  cJSON_AddStringToObject(o, "core", cs->core);
+  cJSON_AddStringToObject(o, "plugin", cs->plugin);
+  cJSON_AddStringToObject(o, "framing", hs->packet_framing ? "packet" : "raw");
+  cJSON_AddNumberToObject(o, "sessions", (double)st.sessions_now);
+  cJSON_AddNumberToObject(o, "max_sessions", (double)st.sessions_max);
+  cJSON_AddNumberToObject(o, "accepted", (double)st.accepted);
+  cJSON_AddNumberToObject(o, "rejected", (double)st.rejected);
+  cJSON_AddNumberToObject(o, "accept_errors", (double)st.accept_errors);
+  cJSON_AddNumberToObject(o, "connects", (double)st.connects);
+  cJSON_AddNumberToObject(o, "connect_failures", (double)st.connect_failures);
+  cJSON_AddNumberToObject(o, "bytes_in", (double)st.bytes_in);
+  cJSON_AddNumberToObject(o, "bytes_out", (double)st.bytes_out);
+  cJSON_AddNumberToObject(o, "packets_in", (double)atomic_load(&hs->packets_in));
+  cJSON_AddNumberToObject(o, "packets_out",
+                          (double)atomic_load(&hs->packets_out));
+  cJSON *d = cJSON_AddObjectToObject(o, "disconnects");
+  for (int r = 1; r < REASON_COUNT && r < 10; r++)
+    if (reason_names[r])
+      cJSON_AddNumberToObject(d, reason_names[r], (double)st.disconnects[r]);
+  return o;
+}
+
+static cJSON *status_json(host_t *host, uint64_t uptime_ms) {
+  const config_t *c = host->config;
+  cJSON *root = cJSON_CreateObject();
+  cJSON_AddStringToObject(root, "name", c->name);
+  cJSON_AddStringToObject(root, "version", IOCPHOST_VERSION);
+  cJSON_AddNumberToObject(root, "pid", (double)getpid());
+  cJSON_AddNumberToObject(root, "uptime_ms", (double)uptime_ms);
+  cJSON_AddStringToObject(root, "config", c->file);
+  cJSON_AddStringToObject(root, "state", host->stopped ? "stopping" : "running");
+  cJSON *cores = cJSON_AddArrayToObject(root, "cores");
+  for (size_t i = 0; i < c->core_count; i++) {
+    cJSON *o = cJSON_CreateObject();
+    cJSON_AddStringToObject(o, "name", c->cores[i].name);
+    if (host->cores[i]) {
+      cJSON_AddNumberToObject(o, "threads", core_thread_count(host->cores[i]));
+      cJSON_AddNumberToObject(o, "completions",
+                              (double)core_completions(host->cores[i]));
+    }
+    cJSON_AddItemToArray(cores, o);
+  }
+  cJSON *plugins = cJSON_AddArrayToObject(root, "plugins");
+  for (size_t i = 0; i < host->plugin_count; i++) {
+    host_plugin_t *p = &host->plugins[i];
+    cJSON *o = cJSON_CreateObject();
+    cJSON_AddStringToObject(o, "name", p->config->name);
+    cJSON_AddStringToObject(o, "version", p->desc->version);
+    cJSON_AddStringToObject(o, "path", p->config->path);
+    cJSON_AddItemToArray(plugins, o);
+  }
+  cJSON *services = cJSON_AddArrayToObject(root, "services");
+  for (size_t i = 0; i < c->service_count; i++)
+    cJSON_AddItemToArray(services, service_json(&host->services[i]));
+  return root;
+}
+
+static void append(char **buf, size_t *len, size_t *cap, const char *fmt, ...) {
+  va_list ap;
+  for (;;) {
+    va_start(ap, fmt);
+    int n = vsnprintf(*buf ? *buf + *len : NULL, *buf ? *cap - *len : 0, fmt, ap);
+    va_end(ap);
+    if (n < 0)
+      return;
+    if (*buf && *len + (size_t)n < *cap) {
+      *len += (size_t)n;
+      return;
+    }
+    size_t want = (*cap ? *cap * 2 : 1024) + (size_t)n;
+    char *grown = realloc(*buf, want);
+    if (!grown)
+      return;
+    *buf = grown;
+    *cap = want;
+  }
+}
+
+char *host_status(host_t *host, int json, uint64_t uptime_ms) {
+  pthread_mutex_lock(&host->lock);
+  cJSON *root = status_json(host, uptime_ms);
+  pthread_mutex_unlock(&host->lock);
+  char *out = NULL;
+  if (json) {
+    char *text = cJSON_Print(root);
+    size_t len = text ? strlen(text) : 0;
+    out = malloc(len + 5);
+    if (out)
+      snprintf(out, len + 5, "ok\n%s\n", text ? text : "");
+    cJSON_free(text);
+    cJSON_Delete(root);
+    return out;
+  }
+  size_t len = 0, cap = 0;
+  append(&out, &len, &cap, "ok\niocphost %s \"%s\", pid %d, %s, up %llu s\n",
+         IOCPHOST_VERSION, host->config->name, (int)getpid(),
+         host->stopped ? "stopping" : "running",
+         (unsigned long long)(uptime_ms / 1000));
+  cJSON *item;
+  cJSON_ArrayForEach(item, cJSON_GetObjectItem(root, "cores")) {
+    append(&out, &len, &cap, "core %s: %d threads, %.0f completions\n",
+           cJSON_GetObjectItem(item, "name")->valuestring,
+           cJSON_GetObjectItem(item, "threads")
+               ? cJSON_GetObjectItem(item, "threads")->valueint
+               : 0,
+           cJSON_GetObjectItem(item, "completions")
+               ? cJSON_GetObjectItem(item, "completions")->valuedouble
+               : 0.0);
+  }
+  cJSON_ArrayForEach(item, cJSON_GetObjectItem(root, "plugins")) {
+    append(&out, &len, &cap, "plugin %s %s (%s)\n",
+           cJSON_GetObjectItem(item, "name")->valuestring,
+           cJSON_GetObjectItem(item, "version")->valuestring,
+           cJSON_GetObjectItem(item, "path")->valuestring);
+  }
+  cJSON_ArrayForEach(item, cJSON_GetObjectItem(root, "services")) {
+#define NUM(key) cJSON_GetObjectItem(item, key)->valuedouble
+#define STR(key) cJSON_GetObjectItem(item, key)->valuestring
+    append(&out, &len, &cap,
+           "service %s (%s %s, plugin %s, %s): sessions %.0f/%.0f, accepted "
+           "%.0f, rejected %.0f, connects %.0f, connect failures %.0f, bytes "
+           "in %.0f out %.0f, packets in %.0f out %.0f, disconnects:",
+           STR("name"), STR("type"), STR("address"), STR("plugin"),
+           STR("framing"), NUM("sessions"), NUM("max_sessions"),
+           NUM("accepted"), NUM("rejected"), NUM("connects"),
+           NUM("connect_failures"), NUM("bytes_in"), NUM("bytes_out"),
+           NUM("packets_in"), NUM("packets_out"));
+    cJSON *reason;
+    int any = 0;
+    cJSON_ArrayForEach(reason, cJSON_GetObjectItem(item, "disconnects")) {
+      if (reason->valuedouble > 0) {
+        append(&out, &len, &cap, " %s %.0f", reason->string, reason->valuedouble);
+        any = 1;
+      }
+    }
+    append(&out, &len, &cap, "%s\n", any ? "" : " none");
+#undef NUM
+#undef STR
+  }
+  cJSON_Delete(root);
+  return out;
 }

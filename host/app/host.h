@@ -7,6 +7,7 @@
 #define IOCPHOST_HOST_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 #include "config.h"
 
@@ -24,6 +25,9 @@ int host_start(host_t *host, char *err, size_t err_len);
  * close every session with host_stopping, wait up to drain_timeout_ms,
  * close the rest, on_unload. */
 void host_stop(host_t *host);
+/* The answer to `iocphost status` (with "ok\n" first), text or JSON;
+ * malloc'd. Safe while the host runs, from any thread. */
+char *host_status(host_t *host, int json, uint64_t uptime_ms);
 /* Frees everything; stops first if needed. */
 void host_close(host_t *host);
 

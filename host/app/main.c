@@ -12,11 +12,15 @@
 #include <string.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
 
 #include "config.h"
+#include "control.h"
 #include "engine/log.h"
 #include "host.h"
 #include "iocphost/plugin.h"
+#include "notify.h"
 #include "version.h"
 
 #define DEFAULT_CONFIG "conf/iocphost.json"
@@ -31,12 +35,12 @@ static void print_help(FILE *out) {
           "  iocphost run     [-c FILE]            run in the foreground\n"
           "  iocphost check   [-c FILE]            validate the config, load "
           "and ABI-check every plugin\n"
-          "  iocphost status  [-c FILE] [--json]   ask the running instance "
-          "(not available yet)\n"
+          "  iocphost status  [-c FILE] [--json]   ask the running instance: "
+          "services, sessions, plugins, counters\n"
           "  iocphost reload  [-c FILE]            redeploy changed plugins "
           "(not available yet)\n"
           "  iocphost stop    [-c FILE]            stop the running instance "
-          "(not available yet)\n"
+          "gracefully and wait for it\n"
           "  iocphost service install|uninstall|start|stop [-c FILE] [--name "
           "NAME] (not available yet)\n"
           "  iocphost --version | --help\n"
@@ -110,6 +114,48 @@ static int cmd_check(const char *file) {
   return EXIT_OK;
 }
 
+typedef struct run_state {
+  host_t *host;
+  uint64_t started_ms;
+} run_state_t;
+
+/* Runs on the control thread. */
+static char *handle_control(void *ctx, const char *request, int *stop) {
+  run_state_t *run = ctx;
+  char *reply = NULL;
+  if (strcmp(request, "status") == 0 || strcmp(request, "status --json") == 0)
+    return host_status(run->host, request[6] != '\0',
+                       clock_now_ms() - run->started_ms);
+  if (strcmp(request, "stop") == 0) {
+    *stop = 1;
+    log_write(LOG_INFO, "host", "stop requested through the control endpoint");
+    kill(getpid(), SIGTERM); /* the main thread takes it in sigwait */
+    return strdup("ok\nstopping\n");
+  }
+  if (strcmp(request, "reload") == 0)
+    return strdup("error: reload is not available yet in this version; "
+                  "nothing changed\n");
+  if (strcmp(request, "reopen-logs") == 0) {
+    log_reopen();
+    return strdup("ok\nlog reopened\n");
+  }
+  size_t len = strlen(request);
+  reply = malloc(len + 160);
+  if (reply) {
+    /* Echo at most a printable prefix of what was sent. */
+    char shown[41];
+    size_t n = 0;
+    for (size_t i = 0; i < len && n < sizeof shown - 1; i++)
+      shown[n++] = (request[i] >= 32 && request[i] < 127) ? request[i] : '?';
+    shown[n] = '\0';
+    snprintf(reply, len + 160,
+             "error: unknown request '%s'; requests are: status, status "
+             "--json, stop, reload, reopen-logs\n",
+             shown);
+  }
+  return reply;
+}
+
 static int cmd_run(const char *file) {
   config_t *config;
   if (load_config(file, &config) != 0)
@@ -138,6 +184,7 @@ static int cmd_run(const char *file) {
   sigaddset(&waited, SIGTERM);
   sigaddset(&waited, SIGINT);
   sigaddset(&waited, SIGHUP);
+  sigaddset(&waited, SIGUSR1);
   pthread_sigmask(SIG_BLOCK, &waited, NULL);
   signal(SIGPIPE, SIG_IGN);
 
@@ -148,36 +195,89 @@ static int cmd_run(const char *file) {
     config_free(config);
     return EXIT_INVALID;
   }
+  /* The endpoint comes first: a second instance with the same name stops
+   * here, before it binds anything. */
+  run_state_t run = {.host = host, .started_ms = clock_now_ms()};
+  control_t *control = NULL;
+  if (control_open(config->runtime_dir, config->name, handle_control, &run,
+                   &control, err, sizeof err) != 0) {
+    log_write(LOG_ERROR, "host", "%s: %s", file, err);
+    host_close(host);
+    config_free(config);
+    return EXIT_RUNTIME;
+  }
   int rc = host_start(host, err, sizeof err);
   if (rc != 0) {
     log_write(LOG_ERROR, "host", "%s: %s", file, err);
+    control_close(control);
     host_close(host);
     config_free(config);
     return rc == -1 ? EXIT_INVALID : EXIT_RUNTIME;
   }
   log_write(LOG_INFO, "host", "iocphost %s ready: %zu service(s) from %s",
             IOCPHOST_VERSION, config->service_count, file);
+  notify_send("READY=1\nSTATUS=serving");
 
+  uint64_t watchdog_ms = notify_watchdog_ms() / 2;
   for (;;) {
-    int sig = 0;
-    if (sigwait(&waited, &sig) != 0)
+    int sig;
+    if (watchdog_ms) {
+      struct timespec wait = {.tv_sec = (time_t)(watchdog_ms / 1000),
+                              .tv_nsec = (long)(watchdog_ms % 1000) * 1000000L};
+      sig = sigtimedwait(&waited, NULL, &wait);
+      if (sig < 0) {
+        notify_send("WATCHDOG=1");
+        continue;
+      }
+    } else if (sigwait(&waited, &sig) != 0) {
       continue;
+    }
     if (sig == SIGHUP) {
+      notify_send("RELOADING=1");
       log_write(LOG_WARN, "host",
                 "SIGHUP: reload is not available yet in this version; "
                 "nothing changed");
+      notify_send("READY=1");
+      continue;
+    }
+    if (sig == SIGUSR1) {
       log_reopen();
+      log_write(LOG_INFO, "host", "SIGUSR1: log file reopened");
       continue;
     }
     log_write(LOG_INFO, "host", "%s: stopping gracefully",
               sig == SIGTERM ? "SIGTERM" : "SIGINT");
     break;
   }
+  notify_send("STOPPING=1\nSTATUS=draining sessions");
   host_stop(host);
-  host_close(host);
   log_write(LOG_INFO, "host", "stopped");
+  /* Last: clients waiting on "stop" learn the host is gone. */
+  control_close(control);
+  host_close(host);
   config_free(config);
   return EXIT_OK;
+}
+
+static int cmd_control(const char *file, const char *command, int json) {
+  config_t *config;
+  if (load_config(file, &config) != 0)
+    return EXIT_INVALID;
+  char request[64];
+  snprintf(request, sizeof request, "%s%s", command,
+           json && strcmp(command, "status") == 0 ? " --json" : "");
+  unsigned wait_ms = 10000;
+  if (strcmp(command, "stop") == 0)
+    wait_ms = config->drain_timeout_ms + 15000;
+  char err[1024];
+  int rc = control_request(config->runtime_dir, config->name, request,
+                           wait_ms, err, sizeof err);
+  config_free(config);
+  if (rc < 0) {
+    fprintf(stderr, "iocphost: %s: %s\n", command, err);
+    return EXIT_RUNTIME;
+  }
+  return rc == 0 ? EXIT_OK : EXIT_INVALID;
 }
 
 int main(int argc, char **argv) {
@@ -220,11 +320,13 @@ int main(int argc, char **argv) {
   if (strcmp(command, "check") == 0)
     return cmd_check(file);
   if (strcmp(command, "status") == 0 || strcmp(command, "reload") == 0 ||
-      strcmp(command, "stop") == 0 || strcmp(command, "service") == 0) {
+      strcmp(command, "stop") == 0)
+    return cmd_control(file, command, json);
+  if (strcmp(command, "service") == 0) {
     fprintf(stderr,
-            "iocphost: '%s' is not available yet in this version (it needs "
-            "the control endpoint); use signals meanwhile: SIGTERM stops "
-            "gracefully\n",
+            "iocphost: '%s' is not available yet in this version (Windows "
+            "services come with the Windows build); on Linux use the "
+            "systemd unit conf/iocphost.service\n",
             command);
     return EXIT_USAGE;
   }

@@ -1,0 +1,320 @@
+/*
+ * The control endpoint on Linux: a Unix stream socket served by one thread.
+ * Operator traffic is a few requests a minute, so requests are handled one
+ * at a time with short timeouts rather than on the engine: a stuck or
+ * hostile client can delay the next request by CLIENT_TIMEOUT_MS at most and
+ * can never touch a game session.
+ */
+#include "control.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "engine/log.h"
+
+#define CLIENT_TIMEOUT_MS 2000
+#define STOP_WAITERS_MAX 16
+
+struct control {
+  int listen_fd;
+  int wake_pipe[2];
+  pthread_t thread;
+  control_handler_fn handler;
+  void *ctx;
+  char path[sizeof(((struct sockaddr_un *)0)->sun_path)];
+  int stop_waiters[STOP_WAITERS_MAX];
+  int stop_waiter_count;
+};
+
+int control_path(const char *runtime_dir, const char *name, char *buf,
+                 size_t len) {
+  int n = snprintf(buf, len, "%s/%s.sock", runtime_dir, name);
+  return n < 0 || (size_t)n >= len ? -1 : 0;
+}
+
+static int make_address(const char *runtime_dir, const char *name,
+                        struct sockaddr_un *addr, char *err, size_t err_len) {
+  memset(addr, 0, sizeof *addr);
+  addr->sun_family = AF_UNIX;
+  if (control_path(runtime_dir, name, addr->sun_path, sizeof addr->sun_path) !=
+      0) {
+    snprintf(err, err_len,
+             "the control socket path %s/%s.sock is longer than %zu bytes: "
+             "choose a shorter runtime_dir",
+             runtime_dir, name, sizeof addr->sun_path - 1);
+    return -1;
+  }
+  return 0;
+}
+
+static void write_all(int fd, const char *data, size_t len) {
+  while (len > 0) {
+    ssize_t n = send(fd, data, len, MSG_NOSIGNAL);
+    if (n < 0 && errno == EINTR)
+      continue;
+    if (n <= 0)
+      return;
+    data += n;
+    len -= (size_t)n;
+  }
+}
+
+/* Closes after the reply without a reset: a client that sent more than we
+ * read would otherwise get an RST, and with it lose the reply. */
+static void close_gracefully(int fd) {
+  shutdown(fd, SHUT_WR);
+  char sink[4096];
+  for (int budget = 16; budget > 0; budget--) {
+    struct pollfd p = {.fd = fd, .events = POLLIN};
+    if (poll(&p, 1, 200) <= 0)
+      break;
+    ssize_t n = recv(fd, sink, sizeof sink, 0);
+    if (n <= 0)
+      break;
+  }
+  close(fd);
+}
+
+/* Reads one line; returns its length, -1 on timeout or error, -2 when the
+ * line is longer than CONTROL_REQUEST_MAX. */
+static int read_request(int fd, char *buf) {
+  size_t len = 0;
+  for (;;) {
+    struct pollfd p = {.fd = fd, .events = POLLIN};
+    int r = poll(&p, 1, CLIENT_TIMEOUT_MS);
+    if (r < 0 && errno == EINTR)
+      continue;
+    if (r <= 0)
+      return -1;
+    ssize_t n = recv(fd, buf + len, CONTROL_REQUEST_MAX + 1 - len, 0);
+    if (n < 0 && errno == EINTR)
+      continue;
+    if (n <= 0)
+      return len > 0 ? (int)len : -1; /* a request without newline */
+    for (size_t i = len; i < len + (size_t)n; i++) {
+      if (buf[i] == '\n') {
+        buf[i] = '\0';
+        if (i > 0 && buf[i - 1] == '\r')
+          buf[i - 1] = '\0';
+        return (int)i;
+      }
+    }
+    len += (size_t)n;
+    if (len > CONTROL_REQUEST_MAX)
+      return -2;
+  }
+}
+
+static void serve_client(control_t *c, int fd) {
+  struct ucred cred;
+  socklen_t cred_len = sizeof cred;
+  if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &cred_len) != 0 ||
+      cred.uid != geteuid()) {
+    static uint64_t last, suppressed;
+    if (log_ratelimit(&last, &suppressed))
+      log_write(LOG_WARN, "control",
+                "refused a control client of uid %ld: only uid %ld (the "
+                "host's user) may use %s",
+                (long)cred.uid, (long)geteuid(), c->path);
+    const char *msg = "error: permission denied: only the host's user may "
+                      "use this endpoint\n";
+    write_all(fd, msg, strlen(msg));
+    close_gracefully(fd);
+    return;
+  }
+  char request[CONTROL_REQUEST_MAX + 2];
+  int n = read_request(fd, request);
+  if (n == -2) {
+    const char *msg = "error: request too long (at most 256 bytes)\n";
+    write_all(fd, msg, strlen(msg));
+    close_gracefully(fd);
+    return;
+  }
+  if (n < 0) {
+    close_gracefully(fd);
+    return;
+  }
+  request[n] = '\0';
+  int stop = 0;
+  char *reply = c->handler(c->ctx, request, &stop);
+  if (reply) {
+    write_all(fd, reply, strlen(reply));
+    free(reply);
+  }
+  if (stop && c->stop_waiter_count < STOP_WAITERS_MAX)
+    c->stop_waiters[c->stop_waiter_count++] = fd;
+  else
+    close_gracefully(fd);
+}
+
+static void *control_main(void *arg) {
+  control_t *c = arg;
+  for (;;) {
+    struct pollfd p[2] = {{.fd = c->listen_fd, .events = POLLIN},
+                          {.fd = c->wake_pipe[0], .events = POLLIN}};
+    int r = poll(p, 2, -1);
+    if (r < 0 && errno == EINTR)
+      continue;
+    if (r < 0 || (p[1].revents & POLLIN))
+      break;
+    if (p[0].revents & POLLIN) {
+      int fd = accept4(c->listen_fd, NULL, NULL, SOCK_CLOEXEC);
+      if (fd >= 0)
+        serve_client(c, fd);
+    }
+  }
+  return NULL;
+}
+
+/* A socket file left by an instance that died is removed; one that still
+ * answers belongs to a live instance, which we must not steal from. */
+static int claim_path(const struct sockaddr_un *addr, char *err,
+                      size_t err_len) {
+  int probe = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (probe < 0)
+    return 0;
+  int live = connect(probe, (const struct sockaddr *)addr, sizeof *addr) == 0;
+  close(probe);
+  if (live) {
+    snprintf(err, err_len,
+             "another instance is running with the control socket %s: stop "
+             "it (iocphost stop) or give this one another \"name\" or "
+             "runtime_dir",
+             addr->sun_path);
+    return -1;
+  }
+  unlink(addr->sun_path);
+  return 0;
+}
+
+int control_open(const char *runtime_dir, const char *name,
+                 control_handler_fn handler, void *ctx, control_t **out,
+                 char *err, size_t err_len) {
+  struct sockaddr_un addr;
+  if (make_address(runtime_dir, name, &addr, err, err_len) != 0)
+    return -1;
+  chmod(runtime_dir, 0700);
+  if (claim_path(&addr, err, err_len) != 0)
+    return -1;
+  control_t *c = calloc(1, sizeof *c);
+  if (!c) {
+    snprintf(err, err_len, "out of memory");
+    return -1;
+  }
+  c->handler = handler;
+  c->ctx = ctx;
+  memcpy(c->path, addr.sun_path, sizeof c->path);
+  c->listen_fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  /* The socket is created with mode 0600 by narrowing the umask around
+   * bind, so there is no moment where another user could connect. */
+  mode_t old_mask = umask(0177);
+  int bound = c->listen_fd >= 0 &&
+              bind(c->listen_fd, (struct sockaddr *)&addr, sizeof addr) == 0;
+  umask(old_mask);
+  if (!bound || listen(c->listen_fd, 16) != 0 ||
+      pipe2(c->wake_pipe, O_CLOEXEC) != 0) {
+    snprintf(err, err_len, "cannot create the control socket %s: %s",
+             addr.sun_path, strerror(errno));
+    if (c->listen_fd >= 0)
+      close(c->listen_fd);
+    free(c);
+    return -1;
+  }
+  if (pthread_create(&c->thread, NULL, control_main, c) != 0) {
+    snprintf(err, err_len, "cannot start the control thread");
+    close(c->listen_fd);
+    close(c->wake_pipe[0]);
+    close(c->wake_pipe[1]);
+    unlink(c->path);
+    free(c);
+    return -1;
+  }
+  *out = c;
+  return 0;
+}
+
+void control_close(control_t *c) {
+  if (!c)
+    return;
+  char byte = 1;
+  ssize_t ignored = write(c->wake_pipe[1], &byte, 1);
+  (void)ignored;
+  pthread_join(c->thread, NULL);
+  close(c->listen_fd);
+  unlink(c->path);
+  close(c->wake_pipe[0]);
+  close(c->wake_pipe[1]);
+  for (int i = 0; i < c->stop_waiter_count; i++) {
+    const char *msg = "stopped\n";
+    write_all(c->stop_waiters[i], msg, strlen(msg));
+    close(c->stop_waiters[i]);
+  }
+  free(c);
+}
+
+int control_request(const char *runtime_dir, const char *name,
+                    const char *request, unsigned wait_ms, char *err,
+                    size_t err_len) {
+  struct sockaddr_un addr;
+  if (make_address(runtime_dir, name, &addr, err, err_len) != 0)
+    return -1;
+  int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0 || connect(fd, (struct sockaddr *)&addr, sizeof addr) != 0) {
+    snprintf(err, err_len,
+             "no running instance answers at %s: %s (is it running, with "
+             "this config?)",
+             addr.sun_path, strerror(errno));
+    if (fd >= 0)
+      close(fd);
+    return -1;
+  }
+  char line[CONTROL_REQUEST_MAX + 2];
+  snprintf(line, sizeof line, "%s\n", request);
+  write_all(fd, line, strlen(line));
+  int first = 1, ok = 0;
+  char buf[4096];
+  struct timespec start;
+  clock_gettime(CLOCK_MONOTONIC, &start);
+  for (;;) {
+    struct timespec now;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    long elapsed = (now.tv_sec - start.tv_sec) * 1000 +
+                   (now.tv_nsec - start.tv_nsec) / 1000000;
+    long left = (long)wait_ms - elapsed;
+    if (left <= 0) {
+      snprintf(err, err_len, "no complete answer from %s within %u ms",
+               addr.sun_path, wait_ms);
+      close(fd);
+      return -1;
+    }
+    struct pollfd p = {.fd = fd, .events = POLLIN};
+    int r = poll(&p, 1, (int)left);
+    if (r < 0 && errno == EINTR)
+      continue;
+    if (r <= 0)
+      continue;
+    ssize_t n = recv(fd, buf, sizeof buf, 0);
+    if (n < 0 && errno == EINTR)
+      continue;
+    if (n <= 0)
+      break;
+    if (first) {
+      ok = n >= 3 && memcmp(buf, "ok\n", 3) == 0;
+      first = 0;
+    }
+    fwrite(buf, 1, (size_t)n, stdout);
+  }
+  fflush(stdout);
+  close(fd);
+  return ok ? 0 : 1;
+}
