@@ -125,6 +125,8 @@ typedef struct service_stats {
   uint64_t rejected;
   uint64_t connects;
   uint64_t connect_failures;
+  uint64_t reconnect_delay_ms; /* the backoff chosen after the last failure,
+                                  before jitter */
   uint64_t bytes_in;
   uint64_t bytes_out;
   uint64_t accept_errors;

@@ -91,6 +91,7 @@ struct service {
   listener_t *listener;
   client_slot_t *slots;
   uint32_t slot_count;
+  atomic_uint_fast64_t reconnect_delay_ms;
   atomic_uint_fast64_t accepted, rejected, connects, connect_failures,
       bytes_in, bytes_out, accept_errors;
   atomic_uint_fast64_t disconnects[10];
@@ -262,6 +263,7 @@ void service_get_stats(service_t *svc, service_stats_t *out) {
   out->rejected = atomic_load(&svc->rejected);
   out->connects = atomic_load(&svc->connects);
   out->connect_failures = atomic_load(&svc->connect_failures);
+  out->reconnect_delay_ms = atomic_load(&svc->reconnect_delay_ms);
   out->bytes_in = atomic_load(&svc->bytes_in);
   out->bytes_out = atomic_load(&svc->bytes_out);
   out->accept_errors = atomic_load(&svc->accept_errors);
@@ -514,6 +516,7 @@ static void schedule_retry(client_slot_t *slot) {
   if (delay < min)
     delay = min;
   slot->delay_ms = (uint32_t)delay;
+  atomic_store(&svc->reconnect_delay_ms, delay);
   double jitter = svc->opt.reconnect_jitter;
   double factor = 1.0 + jitter * (2.0 * slot_random(slot) - 1.0);
   uint64_t wait = (uint64_t)((double)delay * factor);
@@ -527,21 +530,24 @@ void service__connect_done(client_slot_t *slot, session_t *s, int status) {
   char addr[ADDRESS_TEXT_MAX];
   address_format(&svc->opt.address, addr, sizeof addr);
   if (status < 0) {
-    atomic_fetch_add(&svc->connect_failures, 1);
     slot->session = NULL;
+    /* The delay is chosen before the failure is counted, so a reader that
+     * sees the count also sees the delay that follows it. */
+    schedule_retry(slot);
+    atomic_fetch_add(&svc->connect_failures, 1);
     if (log_ratelimit(&slot->log_last_ms, &slot->log_suppressed))
       log_write(LOG_WARN, "client",
                 "service %s: cannot connect to %s: %s; retrying with backoff",
                 svc->name, addr,
                 status == IO_ECANCELED ? "timed out or stopped"
                                        : io_strerror(status));
-    schedule_retry(slot);
     return;
   }
   atomic_fetch_add(&svc->connects, 1);
   slot->delay_ms = 0;
   slot->state = SLOT_CONNECTED;
-  log_write(LOG_INFO, "client", "service %s: connected to %s", svc->name, addr);
+  log_write(LOG_DEBUG, "client", "service %s: connected to %s", svc->name,
+            addr);
 }
 
 void service__client_closed(client_slot_t *slot, session_t *s) {
@@ -575,8 +581,8 @@ static void slot_connect(client_slot_t *slot) {
   if (!s || sock == IO_INVALID_SOCKET) {
     if (s)
       session__free_unattached(s);
-    atomic_fetch_add(&svc->connect_failures, 1);
     schedule_retry(slot);
+    atomic_fetch_add(&svc->connect_failures, 1);
     return;
   }
   s->slot = slot;

@@ -3,7 +3,9 @@
  * all are open, and divides the heap growth (mallinfo2) by their number.
  * The clients live in a forked child so that both ends fit the descriptor
  * limit, and so that their memory is not counted. */
+#ifndef _GNU_SOURCE
 #define _GNU_SOURCE
+#endif
 #include <arpa/inet.h>
 #include <malloc.h>
 #include <netinet/in.h>
