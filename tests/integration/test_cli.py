@@ -1,6 +1,10 @@
 """The command line (SPEC section 8): exit codes and messages."""
 
 import socket
+import json
+import os
+import shutil
+import tempfile
 import unittest
 
 import harness
@@ -27,13 +31,28 @@ class CliTest(HostTestCase):
         result = harness.run_cli(["frobnicate"])
         self.assertEqual(result.returncode, 2, self.output(result))
 
-    def test_control_commands_say_not_available_yet(self):
-        for args in (["status"], ["status", "--json"], ["reload"], ["stop"],
-                     ["service", "install"]):
+    def test_commands_still_to_come_say_not_available_yet(self):
+        for args in (["service", "install"], ["service", "start"]):
             with self.subTest(command=" ".join(args)):
                 result = harness.run_cli(args)
                 self.assertEqual(result.returncode, 2, self.output(result))
                 self.assertIn("not available yet",
+                              self.output(result).lower())
+
+    def test_control_commands_without_a_running_host_exit_3(self):
+        config = harness.make_config(
+            {"echo": {}},
+            [harness.server_service("echo", "echo", harness.free_port())])
+        folder = tempfile.mkdtemp(prefix="iocphost-cli-")
+        self.addCleanup(shutil.rmtree, folder, True)
+        path = os.path.join(folder, "config.json")
+        with open(path, "w") as f:
+            json.dump(config, f)
+        for args in (["status"], ["status", "--json"], ["stop"]):
+            with self.subTest(command=" ".join(args)):
+                result = harness.run_cli(args + ["-c", path])
+                self.assertEqual(result.returncode, 3, self.output(result))
+                self.assertIn("no running instance",
                               self.output(result).lower())
 
     def test_missing_config_file_is_exit_1_naming_it(self):
