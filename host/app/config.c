@@ -573,6 +573,7 @@ static const char *const SERVER_KEYS[] = {"name",
                                           "max_packet_bytes",
                                           "send_queue_limit_bytes",
                                           "idle_timeout_ms",
+                                          "incomplete_timeout_ms",
                                           "tcp_nodelay",
                                           "max_sessions",
                                           "backlog",
@@ -587,6 +588,7 @@ static const char *const CLIENT_KEYS[] = {"name",
                                           "max_packet_bytes",
                                           "send_queue_limit_bytes",
                                           "idle_timeout_ms",
+                                          "incomplete_timeout_ms",
                                           "tcp_nodelay",
                                           "sessions",
                                           "connect_timeout_ms",
@@ -1011,6 +1013,8 @@ static int parse_service(loader_t *ld, const cJSON *item, const char *path,
                   1048576, &queue_limit) != 0 ||
       get_u32(ld, item, path, "idle_timeout_ms", 0, MS_MAX, 0,
               &s->idle_timeout_ms) != 0 ||
+      get_u32(ld, item, path, "incomplete_timeout_ms", 0, MS_MAX, 30000,
+              &s->incomplete_timeout_ms) != 0 ||
       get_bool(ld, item, path, "tcp_nodelay", 1, &s->tcp_nodelay) != 0)
     return -1;
   s->send_queue_limit_bytes = (uint64_t)queue_limit;

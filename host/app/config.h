@@ -59,6 +59,10 @@ typedef struct config_service {
   uint32_t reconnect_min_delay_ms;
   uint32_t reconnect_max_delay_ms;
   double reconnect_jitter; /* 0..1 */
+  /* Unconsumed input (an incomplete packet or message) must be consumed
+   * within this time or the session ends with protocol_error; 0 = never.
+   * Default 30000. */
+  uint32_t incomplete_timeout_ms;
 } config_service_t;
 
 typedef struct config {

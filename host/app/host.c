@@ -27,6 +27,7 @@
 
 #include "engine/engine.h"
 #include "engine/log.h"
+#include "framing.h"
 #include "iocphost/plugin.h"
 #include "plugin_loader.h"
 #include "version.h"
@@ -92,46 +93,34 @@ static void on_sent(session_t *s, size_t bytes) {
     d->on_send(PLUGIN_SESSION(s), session_extra(s), bytes);
 }
 
-static uint16_t read_le16(const uint8_t *p) {
-  return (uint16_t)(p[0] | (p[1] << 8));
+static int deliver_packet(void *ctx, const framing_packet_t *packet) {
+  session_t *s = ctx;
+  atomic_fetch_add_explicit(&host_service_of(s)->packets_in, 1,
+                            memory_order_relaxed);
+  desc_of(s)->on_packet(PLUGIN_SESSION(s), session_extra(s), packet->id,
+                        packet->payload, packet->payload_len);
+  return !session_is_open(s);
 }
 
-static void write_le16(uint8_t *p, uint16_t v) {
-  p[0] = (uint8_t)(v & 0xff);
-  p[1] = (uint8_t)(v >> 8);
-}
-
-/* SPEC section 5: every packet is uint16 size (header included), uint16 id,
- * payload. A declared size is checked before anything waits for it, so a
- * hostile header never makes the host keep more than max_packet_bytes. */
+/* SPEC section 5, parsed by framing.c. A declared size is checked before
+ * anything waits for it, so a hostile header never makes the host keep
+ * more than max_packet_bytes. */
 static size_t on_recv_packets(session_t *s, host_service_t *hs,
                               const uint8_t *data, size_t len) {
-  const iocphost_plugin_t *d = desc_of(s);
-  size_t used = 0;
-  while (len - used >= 4) {
-    const uint8_t *p = data + used;
-    uint16_t size = read_le16(p);
-    if (size < 4 || size > hs->max_packet_bytes) {
-      char peer[ADDRESS_TEXT_MAX] = "?";
-      address_format(session_peer(s), peer, sizeof peer);
-      log_write(LOG_WARN, "framing",
-                "service %s: session %llu (%s) sent a packet header declaring "
-                "%u bytes (allowed 4..%u): disconnecting (protocol_error)",
-                hs->config->name, (unsigned long long)session_id(s), peer,
-                size, hs->max_packet_bytes);
-      session_disconnect(s, REASON_PROTOCOL_ERROR);
-      return len;
-    }
-    if (len - used < size)
-      break;
-    atomic_fetch_add_explicit(&hs->packets_in, 1, memory_order_relaxed);
-    d->on_packet(PLUGIN_SESSION(s), session_extra(s), read_le16(p + 2), p + 4,
-                 (size_t)size - 4);
-    used += size;
-    if (!session_is_open(s))
-      return len;
+  framing_result_t r =
+      framing_split(data, len, hs->max_packet_bytes, deliver_packet, s);
+  if (r.bad) {
+    char peer[ADDRESS_TEXT_MAX] = "?";
+    address_format(session_peer(s), peer, sizeof peer);
+    log_write(LOG_WARN, "framing",
+              "service %s: session %llu (%s) sent a packet header declaring "
+              "%u bytes (allowed 4..%u): disconnecting (protocol_error)",
+              hs->config->name, (unsigned long long)session_id(s), peer,
+              (unsigned)r.bad_size, hs->max_packet_bytes);
+    session_disconnect(s, REASON_PROTOCOL_ERROR);
+    return len;
   }
-  return used;
+  return r.stopped ? len : r.used;
 }
 
 static size_t on_recv(session_t *s, const uint8_t *data, size_t len) {
@@ -190,12 +179,10 @@ static int api_send_packet(iocphost_session_t *s, uint16_t id,
   if (!s || (!payload && len))
     return IOCPHOST_E_INVAL;
   host_service_t *hs = host_service_of(SESSION(s));
-  if (len + 4 > hs->max_packet_bytes || len + 4 > 65535)
+  uint8_t header[FRAMING_HEADER_BYTES];
+  if (framing_write_header(header, id, len, hs->max_packet_bytes) != 0)
     return IOCPHOST_E_TOOBIG;
-  uint8_t header[4];
-  write_le16(header, (uint16_t)(len + 4));
-  write_le16(header + 2, id);
-  session_buf_t bufs[2] = {{header, 4}, {payload, len}};
+  session_buf_t bufs[2] = {{header, sizeof header}, {payload, len}};
   int rc = session_sendv(SESSION(s), bufs, 2);
   if (rc == 0)
     atomic_fetch_add_explicit(&hs->packets_out, 1, memory_order_relaxed);
@@ -292,12 +279,10 @@ static int api_broadcast_packet(iocphost_service_t *service, uint16_t id,
   host_service_t *hs = (host_service_t *)service;
   if (!hs || (!payload && len))
     return IOCPHOST_E_INVAL;
-  if (len + 4 > hs->max_packet_bytes || len + 4 > 65535)
+  uint8_t header[FRAMING_HEADER_BYTES];
+  if (framing_write_header(header, id, len, hs->max_packet_bytes) != 0)
     return IOCPHOST_E_TOOBIG;
-  uint8_t header[4];
-  write_le16(header, (uint16_t)(len + 4));
-  write_le16(header + 2, id);
-  int count = broadcast_bytes(hs, header, 4, payload, len);
+  int count = broadcast_bytes(hs, header, sizeof header, payload, len);
   if (count > 0)
     atomic_fetch_add_explicit(&hs->packets_out, (uint64_t)count,
                               memory_order_relaxed);
@@ -477,6 +462,7 @@ static int create_service(host_t *host, size_t i, char *err, size_t err_len) {
     o.max_recv_bytes = cs->max_packet_bytes;
   o.send_queue_limit_bytes = cs->send_queue_limit_bytes;
   o.idle_timeout_ms = cs->idle_timeout_ms;
+  o.incomplete_timeout_ms = cs->incomplete_timeout_ms;
   o.tcp_nodelay = cs->tcp_nodelay;
   o.max_sessions = cs->max_sessions;
   o.backlog = cs->backlog;

@@ -79,6 +79,9 @@ struct io_op {
     struct {
       io_socket_t socket; /* out: the accepted socket */
       address_t *peer;    /* out: the peer's address */
+#ifdef _WIN32
+      void *addresses; /* AcceptEx's address block, owned by the backend */
+#endif
     } accept;
     struct {
       const address_t *to;
@@ -94,16 +97,22 @@ struct io_op {
 };
 
 /* A socket (or, with IO_INVALID_SOCKET, just a place in a worker's serial
- * order for timers and posts). Embedded in its owner. */
+ * order for timers and posts). Embedded in its owner. The "worker" is the
+ * serial order the handle's completions run in: a thread with epoll, a
+ * strand that any of the core's threads may run with IOCP. */
 struct io_handle {
   io_socket_t socket;
   io_worker_t *worker;
-  io_op_t *pending_read;  /* accept or recv ops waiting for readiness */
-  io_op_t *pending_write; /* send or connect op waiting for readiness */
+  uint8_t closed;
+#ifdef _WIN32
+  int family;
+#else
   uint8_t readable;
   uint8_t writable;
-  uint8_t hangup; /* the peer closed or failed: reads will not block */
-  uint8_t closed;
+  uint8_t hangup;         /* the peer closed or failed: reads won't block */
+  io_op_t *pending_read;  /* accept or recv ops waiting for readiness */
+  io_op_t *pending_write; /* send or connect op waiting for readiness */
+#endif
 };
 
 typedef struct io_timer {

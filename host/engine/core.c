@@ -6,11 +6,26 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#ifdef _WIN32
+#include <windows.h>
+#else
 #include <unistd.h>
+#endif
 
 #include "engine/internal.h"
 
 static atomic_long live_objects;
+
+static int cpu_count(void) {
+#ifdef _WIN32
+  SYSTEM_INFO info;
+  GetSystemInfo(&info);
+  return info.dwNumberOfProcessors > 0 ? (int)info.dwNumberOfProcessors : 1;
+#else
+  long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+  return cpus > 0 ? (int)cpus : 1;
+#endif
+}
 
 void engine__live_add(long delta) {
   atomic_fetch_add_explicit(&live_objects, delta, memory_order_relaxed);
@@ -20,10 +35,8 @@ long engine_live_objects(void) { return atomic_load(&live_objects); }
 
 int core_create(const char *name, int threads, core_t **out, char *err,
                 size_t err_len) {
-  if (threads <= 0) {
-    long cpus = sysconf(_SC_NPROCESSORS_ONLN);
-    threads = cpus > 0 ? (int)cpus : 1;
-  }
+  if (threads <= 0)
+    threads = cpu_count();
   core_t *core = calloc(1, sizeof *core);
   if (!core || !(core->name = strdup(name ? name : "core"))) {
     free(core);

@@ -100,6 +100,12 @@ typedef struct service_options {
   uint32_t max_recv_bytes;         /* unconsumed bytes kept; default 65536 */
   uint64_t send_queue_limit_bytes; /* default 1 MiB */
   uint32_t idle_timeout_ms;        /* 0 = none */
+  /* Input kept unconsumed (an incomplete packet or message) must be
+   * consumed within this time, or the session ends with protocol_error:
+   * a peer that trickles a packet byte by byte cannot hold a session (and
+   * its buffer) forever by staying just short of idle_timeout_ms. Measured
+   * from when the oldest kept byte arrived; 0 = none; default 30000. */
+  uint32_t incomplete_timeout_ms;
   int tcp_nodelay;
   uint32_t close_timeout_ms; /* flush + FIN before giving up; default 5000 */
   /* server */

@@ -40,6 +40,7 @@ struct session {
   uint8_t close_abort;     /* under lock: abort rather than flush */
   uint8_t reason;          /* the reason on_disconnected gets */
   uint8_t registered;      /* counted in the service */
+  uint8_t incomplete_armed; /* worker only: the incomplete-input check runs */
   uint64_t id;
   service_t *service;
   void *context;
@@ -58,6 +59,7 @@ struct session {
   uint8_t *pending_in;
   uint32_t pending_in_len;
   uint32_t pending_in_cap;
+  uint64_t pending_since_ms; /* when the oldest kept input byte arrived */
   session_timer_t *timers; /* under lock */
   uint64_t last_recv_ms;
   session_t *service_prev, *service_next, *hash_next; /* service lock */
@@ -72,6 +74,12 @@ void session__free_unattached(session_t *s);
 int session__attach(session_t *s, io_socket_t sock, int worker_hint);
 void session__connect(session_t *s, io_socket_t sock, int worker_hint);
 void session__ref(session_t *s);
+/* Runs the receive path on bytes just read: counts them, delivers them to
+ * the handler, keeps what it did not consume. Worker only. on_recv_done
+ * calls it; so do the tests and the fuzzer (tests/fuzz), which attach a
+ * session to IO_INVALID_SOCKET and feed it from a posted function: the
+ * real code, with the socket stubbed out. */
+void session__receive(session_t *s, const uint8_t *data, size_t len);
 
 /* service.c, for session.c */
 const service_options_t *service__options(const service_t *svc);

@@ -10,6 +10,14 @@
 #include <stdarg.h>
 #include <stdint.h>
 
+#ifndef IOCPHOST_PRINTF_FORMAT
+#if defined(__MINGW32__)
+#define IOCPHOST_PRINTF_FORMAT gnu_printf /* with __USE_MINGW_ANSI_STDIO */
+#else
+#define IOCPHOST_PRINTF_FORMAT printf
+#endif
+#endif
+
 enum { LOG_DEBUG = 0, LOG_INFO = 1, LOG_WARN = 2, LOG_ERROR = 3 };
 
 void log_set_level(int level);
@@ -22,7 +30,7 @@ int log_reopen(void);
 
 void log_write(int level, const char *subsystem, const char *fmt, ...)
 #if defined(__GNUC__)
-    __attribute__((format(printf, 3, 4)))
+    __attribute__((format(IOCPHOST_PRINTF_FORMAT, 3, 4)))
 #endif
     ;
 void log_writev(int level, const char *subsystem, const char *fmt, va_list ap);

@@ -114,6 +114,7 @@ void service_options_init(service_options_t *o) {
   o->type = SERVICE_SERVER;
   o->max_recv_bytes = 65536;
   o->send_queue_limit_bytes = 1048576;
+  o->incomplete_timeout_ms = 30000;
   o->tcp_nodelay = 1;
   o->close_timeout_ms = 5000;
   o->max_sessions = 10000;
@@ -346,8 +347,12 @@ static int error_is_per_connection(int status) {
   case EPERM:
   case ENETDOWN:
   case ENOPROTOOPT:
+#ifdef EHOSTDOWN
   case EHOSTDOWN:
+#endif
+#ifdef ENONET
   case ENONET:
+#endif
   case EHOSTUNREACH:
   case EOPNOTSUPP:
   case ENETUNREACH:

@@ -16,7 +16,11 @@
  *
  * Receiving costs no buffer while idle: the backend reads into its worker's
  * buffer, the handler consumes what it can, and only a remainder is copied
- * into a per-session buffer that is freed again once consumed.
+ * into a per-session buffer that is freed again once consumed. That buffer
+ * never holds more than the bytes that arrived (a header declaring 65535
+ * bytes costs 4), is bounded by max_recv_bytes, and must be consumed within
+ * incomplete_timeout_ms: one internal timer per session, armed only while
+ * input is kept, so complete packets cost no timer at all.
  *
  * Closing is graceful unless the peer failed: stop delivering input, flush
  * the queue, send FIN, call on_disconnected, then keep reading (and
@@ -419,6 +423,40 @@ static void check_idle(session_t *s, void *arg) {
     timer_start(s, (uint32_t)(deadline - now), 0, check_idle, NULL, 1);
 }
 
+/* ---- incomplete input ---- */
+
+static void check_incomplete(session_t *s, void *arg);
+
+static void arm_incomplete(session_t *s, uint64_t delay_ms) {
+  if (timer_start(s, (uint32_t)delay_ms, 0, check_incomplete, NULL, 1) != 0)
+    s->incomplete_armed = 1;
+}
+
+/* Fires at the earliest moment the oldest kept byte could be overdue; input
+ * consumed meanwhile moved pending_since_ms on, so it re-arms for the rest
+ * (or not at all once nothing is kept). */
+static void check_incomplete(session_t *s, void *arg) {
+  uint32_t limit = opts_of(s)->incomplete_timeout_ms;
+  s->incomplete_armed = 0;
+  if (s->state != SESSION_OPEN || s->pending_in_len == 0 || !limit)
+    return;
+  uint64_t now = clock_now_ms();
+  uint64_t deadline = s->pending_since_ms + limit;
+  if (now < deadline) {
+    arm_incomplete(s, deadline - now);
+    return;
+  }
+  char peer[ADDRESS_TEXT_MAX] = "?";
+  address_format(&s->peer, peer, sizeof peer);
+  log_write(LOG_WARN, "session",
+            "service %s: session %llu (%s) kept %u unconsumed bytes (an "
+            "incomplete packet or message) for longer than "
+            "incomplete_timeout_ms %u: disconnecting (protocol_error)",
+            service_name(s->service), (unsigned long long)s->id, peer,
+            s->pending_in_len, limit);
+  begin_close(s, REASON_PROTOCOL_ERROR, 1);
+}
+
 /* ---- the kick: start, flush and close requests ---- */
 
 static void open_session(session_t *s) {
@@ -590,11 +628,7 @@ static void on_recv_done(io_op_t *op, int status, size_t bytes) {
     s->peer_eof = 1;
     begin_close(s, REASON_PEER_CLOSED, 1);
   } else {
-    if (s->state == SESSION_OPEN && session_is_open(s)) {
-      service__count_bytes(s->service, bytes, 0);
-      s->last_recv_ms = clock_now_ms();
-      deliver_input(s, op->u.recv.data, bytes);
-    }
+    session__receive(s, op->u.recv.data, bytes);
     /* Keep reading also once a close was asked for (here or from another
      * thread): input is no longer delivered, but the socket stays drained
      * and the linger after our FIN needs a receive to see the peer's. */
@@ -602,6 +636,14 @@ static void on_recv_done(io_op_t *op, int status, size_t bytes) {
       start_recv(s);
   }
   session_release(s);
+}
+
+void session__receive(session_t *s, const uint8_t *data, size_t len) {
+  if (s->state != SESSION_OPEN || !session_is_open(s))
+    return;
+  service__count_bytes(s->service, len, 0);
+  s->last_recv_ms = clock_now_ms();
+  deliver_input(s, data, len);
 }
 
 static void start_recv(session_t *s) {
@@ -640,6 +682,8 @@ static void deliver_input(session_t *s, const uint8_t *in, size_t n) {
   const service_options_t *o = opts_of(s);
   const uint8_t *data = in;
   size_t len = n;
+  int had_pending = s->pending_in_len > 0;
+  int consumed = 0;
   if (s->pending_in_len > 0) {
     size_t need = (size_t)s->pending_in_len + n;
     if (need > s->pending_in_cap) {
@@ -662,6 +706,8 @@ static void deliver_input(session_t *s, const uint8_t *in, size_t n) {
     size_t used = o->factory.handler->on_recv(s, data, len);
     if (used > len)
       used = len;
+    if (used)
+      consumed = 1;
     data += used;
     len -= used;
     if (len == 0 || !session_is_open(s))
@@ -684,8 +730,21 @@ static void deliver_input(session_t *s, const uint8_t *in, size_t n) {
   }
   if (!session_is_open(s))
     len = 0;
-  if (keep_pending(s, data, len) != 0)
+  if (keep_pending(s, data, len) != 0) {
     begin_close(s, REASON_IO_ERROR, 0);
+    return;
+  }
+  if (len == 0)
+    return;
+  /* What is kept now started arriving in this read, unless nothing was
+   * consumed from what was kept before. */
+  if (!had_pending || consumed)
+    s->pending_since_ms = clock_now_ms();
+  if (o->incomplete_timeout_ms && !s->incomplete_armed) {
+    uint64_t now = clock_now_ms();
+    uint64_t deadline = s->pending_since_ms + o->incomplete_timeout_ms;
+    arm_incomplete(s, deadline > now ? deadline - now : 0);
+  }
 }
 
 /* ---- sending ---- */
@@ -889,12 +948,36 @@ int session_send_shared(session_t *s, shared_buf_t *buf) {
 
 /* ---- closing ---- */
 
+/* Reasons under which a plugin may assume its queued bytes were delivered. */
+static int claims_clean_end(int reason) {
+  return reason == REASON_PEER_CLOSED || reason == REASON_LOCAL;
+}
+
 static void on_close_timeout(session_t *s, void *arg) {
   if (s->lingering) {
     s->lingering = 0;
     drop_socket(s);
   } else if (s->state == SESSION_CLOSING) {
-    begin_close(s, s->reason, 0);
+    /* The peer did not take what was queued in time. The bytes are lost,
+     * so a reason that claims a clean end must not stay (SPEC section 3):
+     * it becomes a slow reader. Other reasons already say it failed. */
+    int reason = s->reason;
+    if (claims_clean_end(reason)) {
+      reason = REASON_SEND_QUEUE_FULL;
+      pthread_mutex_lock(&s->lock);
+      unsigned long long left = (unsigned long long)s->queued_bytes;
+      pthread_mutex_unlock(&s->lock);
+      char peer[ADDRESS_TEXT_MAX] = "?";
+      address_format(&s->peer, peer, sizeof peer);
+      log_write(LOG_WARN, "session",
+                "service %s: session %llu (%s) closing (%s) did not take its "
+                "last %llu queued bytes within %u ms: disconnecting "
+                "(send_queue_full)",
+                service_name(s->service), (unsigned long long)s->id, peer,
+                session_reason_name(s->reason), left,
+                opts_of(s)->close_timeout_ms);
+    }
+    begin_close(s, reason, 0);
   }
 }
 
@@ -910,8 +993,9 @@ static void finish_close(session_t *s, int graceful) {
   service__unregister(s->service, s, s->reason);
   if (s->slot)
     service__client_closed(s->slot, s);
-  if (graceful && !s->peer_eof) {
-    /* Our FIN is out; read until the peer's, bounded in time. */
+  if (graceful && !s->peer_eof && s->handle.socket != IO_INVALID_SOCKET) {
+    /* Our FIN is out; read until the peer's, bounded in time. (A session
+     * with no socket, as tests and the fuzzer make, has nothing to drain.) */
     s->lingering = 1;
     timer_start(s, LINGER_MS, 0, on_close_timeout, NULL, 1);
   } else {
@@ -961,6 +1045,12 @@ static void begin_close(session_t *s, int reason, int graceful) {
     s->queue_head = s->queue_tail = NULL;
     s->queued_bytes = 0;
     pthread_mutex_unlock(&s->lock);
+    /* The first reason wins, except that accepted bytes thrown away here
+     * were lost for this reason, and a reason that claims a clean end must
+     * not stay (a reset while flushing after the peer's FIN is peer_reset,
+     * not peer_closed): SPEC section 3. */
+    if (c && claims_clean_end(s->reason))
+      s->reason = (uint8_t)reason;
     while (c) {
       send_chunk_t *next = c->next;
       free_chunk(c);

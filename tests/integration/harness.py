@@ -304,10 +304,17 @@ class Host:
     """One host process running a generated config in its own temp folder
     (so runtime_dir, the default "run", is private to it too)."""
 
-    def __init__(self, test, config, label="host"):
+    def __init__(self, test, config, label="host", env=None):
+        """env: extra environment variables for the host process; a value of
+        None removes that variable. NOTIFY_SOCKET and WATCHDOG_* inherited
+        from the test runner are never passed on (a test that plays systemd
+        sets them here), so a CI runner's own service manager is never
+        notified by a host under test."""
         self.test = test
         self.label = label
         self.config = config
+        self.env = dict(env or {})
+        self.extra_log_paths = []  # more files log() shows (e.g. log.file)
         self.dir = tempfile.mkdtemp(prefix="iocphost-%s-" % label)
         self.config_path = os.path.join(self.dir, "config.json")
         self.stdout_path = os.path.join(self.dir, "stdout.log")
@@ -323,15 +330,28 @@ class Host:
         return [int(s["address"].rsplit(":", 1)[1])
                 for s in self.config["services"] if s["type"] == "server"]
 
-    def start(self, timeout=20.0):
+    def environment(self):
+        env = {k: v for k, v in os.environ.items()
+               if k != "NOTIFY_SOCKET" and not k.startswith("WATCHDOG_")}
+        for key, value in self.env.items():
+            if value is None:
+                env.pop(key, None)
+            else:
+                env[key] = str(value)
+        return env
+
+    def start(self, timeout=20.0, wait_ports=True):
         """Starts the host and waits until every server port accepts. Each
-        successful probe is one session the plugin sees (probe_connections)."""
+        successful probe is one session the plugin sees (probe_connections).
+        wait_ports=False returns at once, without probing."""
         with open(self.stdout_path, "ab") as out, \
                 open(self.stderr_path, "ab") as err:
             self.process = subprocess.Popen(
                 host_command() + ["run", "-c", self.config_path],
                 cwd=self.dir, stdin=subprocess.DEVNULL, stdout=out,
-                stderr=err)
+                stderr=err, env=self.environment())
+        if not wait_ports:
+            return self
         pending = list(self.ports())
 
         def ready():
@@ -378,7 +398,8 @@ class Host:
     def log(self):
         """What the host wrote so far, stderr then stdout."""
         parts = []
-        for path in (self.stderr_path, self.stdout_path):
+        for path in [self.stderr_path, self.stdout_path] + \
+                list(self.extra_log_paths):
             try:
                 with open(path, "r", errors="replace") as f:
                     parts.append(f.read())
@@ -395,10 +416,82 @@ class Host:
                      "-----\n" % (self.label, self.dir, text, self.label))
         stream.flush()
 
+    def control_path(self):
+        """The control endpoint: <runtime_dir>/<name>.sock, runtime_dir
+        resolved against the config file's folder (SPEC section 6)."""
+        runtime_dir = self.config.get("runtime_dir", "run")
+        if not os.path.isabs(runtime_dir):
+            runtime_dir = os.path.join(self.dir, runtime_dir)
+        return os.path.join(runtime_dir,
+                            self.config.get("name", "iocphost") + ".sock")
+
+    def control(self, request, timeout=10.0):
+        """Sends one request line to the control endpoint; returns the whole
+        reply (text) once the host closed the connection."""
+        return control_exchange(self.control_path(),
+                                request.encode() + b"\n",
+                                timeout=timeout).decode("utf-8", "replace")
+
+    def status_json(self, timeout=10.0):
+        """`status --json` over the control endpoint, parsed."""
+        reply = self.control("status --json", timeout)
+        if not reply.startswith("ok\n"):
+            raise AssertionError("status --json answered: %r" % reply[:500])
+        return json.loads(reply[3:])
+
     def remove(self):
         if KEEP_TEMP:
             return
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def control_exchange(path, data, timeout=10.0):
+    """Talks to a control endpoint (a Unix stream socket): sends data while
+    reading (so a server that stops reading cannot block us), stops sending
+    if the server closes, and returns every byte of the reply up to its EOF.
+    A reset after the reply counts as its end (a server that closes without
+    reading everything we sent may reset); a reset before any reply byte is
+    raised."""
+    deadline = time.monotonic() + scaled(timeout)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.settimeout(scaled(timeout))
+        sock.connect(path)
+        sock.setblocking(False)
+        view = memoryview(data)
+        sent = 0
+        reply = bytearray()
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise WaitTimeout(
+                    "control %s: no complete reply within %.1fs (sent %d/%d "
+                    "bytes, got %r)" % (path, scaled(timeout), sent,
+                                        len(data), bytes(reply[:200])))
+            writers = [sock] if sent < len(data) else []
+            readable, writable, _ = select.select([sock], writers, [],
+                                                  min(left, 1.0))
+            if writable:
+                try:
+                    sent += sock.send(view[sent:sent + 65536])
+                except (BrokenPipeError, ConnectionResetError):
+                    sent = len(data)  # the server stopped listening
+                except BlockingIOError:
+                    pass
+            if readable:
+                try:
+                    chunk = sock.recv(65536)
+                except BlockingIOError:
+                    continue
+                except ConnectionResetError:
+                    if not reply:
+                        raise
+                    return bytes(reply)
+                if not chunk:
+                    return bytes(reply)
+                reply += chunk
+    finally:
+        sock.close()
 
 
 class HostTestCase(unittest.TestCase):

@@ -70,6 +70,16 @@ extern "C" {
   IOCPHOST_EXPORT const iocphost_plugin_t *iocphost_plugin_entry(void)
 #endif
 
+/* The host formats log lines with a C99 printf (%zu, %lld work everywhere,
+ * also on mingw). */
+#ifndef IOCPHOST_PRINTF_FORMAT
+#if defined(__MINGW32__)
+#define IOCPHOST_PRINTF_FORMAT gnu_printf
+#else
+#define IOCPHOST_PRINTF_FORMAT printf
+#endif
+#endif
+
 /* Result codes: 0 is success, errors are negative. */
 #define IOCPHOST_RESULTS(X)                                                    \
   X(OK, 0, "ok")                                                               \
@@ -141,7 +151,7 @@ struct iocphost_api {
   void (*log)(const iocphost_api_t *api, iocphost_log_level_t level,
               const char *fmt, ...)
 #if defined(__GNUC__)
-      __attribute__((format(printf, 3, 4)))
+      __attribute__((format(IOCPHOST_PRINTF_FORMAT, 3, 4)))
 #endif
       ;
 

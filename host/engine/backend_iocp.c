@@ -1,0 +1,753 @@
+/*
+ * Windows backend: a proactor on an I/O completion port.
+ *
+ * One completion port per core, drained by the core's threads with
+ * GetQueuedCompletionStatusEx. Each completion carries its OVERLAPPED, which
+ * is the first member of the op (io_op_t): the op, and through it the
+ * handle and its owner, are recovered with container_of. Completion keys
+ * only say what kind of packet it is (an I/O result, a result the backend
+ * posted itself, a wake-up, a stop); they never point at an object.
+ *
+ * Serial order: the engine needs each session's completions one at a time
+ * (SPEC section 3). IOCP hands completions to whichever thread asks, so each
+ * handle belongs to one of the core's "workers", here a strand: a queue any
+ * thread may run, but only one at a time. There are as many strands as
+ * threads, and handles are spread over them round-robin, so the engine sees
+ * the same serial contexts as with the epoll backend.
+ *
+ * One result path: an op that fails at once is posted to the port with its
+ * status and delivered like any completion. Successes that complete at once
+ * still queue a completion (FILE_SKIP_COMPLETION_PORT_ON_SUCCESS is not
+ * set), so nothing is ever delivered from inside io_submit.
+ *
+ * Receives are zero-byte WSARecv calls: an idle session pins no buffer. When
+ * one completes, the strand reads what is there, non-blocking, into its
+ * thread's buffer, right before the completion runs.
+ */
+#ifndef _WIN32_WINNT
+#define _WIN32_WINNT 0x0602
+#endif
+#include "engine/backend.h"
+
+#include <errno.h>
+#include <mswsock.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <windows.h>
+#include <winsock2.h>
+#include <ws2tcpip.h>
+
+#include "engine/log.h"
+
+#define RECV_BUFFER_BYTES (64 * 1024)
+#define ENTRIES_PER_WAIT 64
+#define ACCEPT_ADDRESS_BYTES (sizeof(struct sockaddr_in6) + 16)
+
+enum completion_key {
+  KEY_IO = 0,     /* a socket's I/O completed */
+  KEY_POSTED = 1, /* the backend posted a result (op->status) */
+  KEY_WAKE = 2,   /* a timer became due earlier: recompute the wait */
+  KEY_STOP = 3    /* a thread ends */
+};
+
+struct io_worker { /* a strand */
+  io_core_t *core;
+  int index;
+  SRWLOCK lock;
+  io_op_t *head, *tail;
+  int running;
+};
+
+struct io_core {
+  HANDLE port;
+  int thread_count;
+  HANDLE *threads;
+  io_worker_t *strands;
+  atomic_uint next_strand;
+  atomic_uint_fast64_t completions;
+  SRWLOCK timer_lock;
+  io_timer_t **timers;
+  uint32_t timer_count, timer_capacity;
+  LPFN_ACCEPTEX accept_ex;
+  LPFN_GETACCEPTEXSOCKADDRS get_accept_addresses;
+  LPFN_CONNECTEX connect_ex;
+};
+
+static _Thread_local io_worker_t *current_strand;
+static _Thread_local uint8_t *thread_buffer;
+
+/* ---- errors ---- */
+
+static int map_error(DWORD err) {
+  switch (err) {
+  case 0:
+    return 0;
+  case ERROR_OPERATION_ABORTED:
+  case WSAEINTR:
+    return IO_ECANCELED;
+  case ERROR_NETNAME_DELETED:
+  case WSAECONNRESET:
+  case WSAENETRESET:
+    return -ECONNRESET;
+  case ERROR_CONNECTION_ABORTED:
+  case WSAECONNABORTED:
+    return -ECONNABORTED;
+  case ERROR_CONNECTION_REFUSED:
+  case WSAECONNREFUSED:
+    return -ECONNREFUSED;
+  case ERROR_SEM_TIMEOUT:
+  case WSAETIMEDOUT:
+    return -ETIMEDOUT;
+  case ERROR_NETWORK_UNREACHABLE:
+  case WSAENETUNREACH:
+    return -ENETUNREACH;
+  case ERROR_HOST_UNREACHABLE:
+  case WSAEHOSTUNREACH:
+    return -EHOSTUNREACH;
+  case WSAEMFILE:
+    return -EMFILE;
+  case WSAENOBUFS:
+  case ERROR_NOT_ENOUGH_MEMORY:
+  case ERROR_NO_SYSTEM_RESOURCES:
+    return -ENOBUFS;
+  case WSAEADDRINUSE:
+    return -EADDRINUSE;
+  case WSAEADDRNOTAVAIL:
+    return -EADDRNOTAVAIL;
+  case WSAEACCES:
+    return -EACCES;
+  case WSAEINVAL:
+    return -EINVAL;
+  case WSAENOTCONN:
+  case WSAESHUTDOWN:
+    return -ENOTCONN;
+  default:
+    return -EIO;
+  }
+}
+
+const char *io_strerror(int status) {
+  switch (status) {
+  case IO_ECANCELED:
+    return "operation cancelled";
+  case -ECONNRESET:
+    return "Connection reset by peer";
+  case -ECONNABORTED:
+    return "Software caused connection abort";
+  case -ECONNREFUSED:
+    return "Connection refused";
+  case -ETIMEDOUT:
+    return "Connection timed out";
+  case -ENETUNREACH:
+    return "Network is unreachable";
+  case -EHOSTUNREACH:
+    return "No route to host";
+  case -EMFILE:
+    return "Too many open sockets";
+  case -ENOBUFS:
+    return "No buffer space available";
+  case -EADDRINUSE:
+    return "Address already in use";
+  case -EADDRNOTAVAIL:
+    return "Cannot assign requested address";
+  case -ENOTCONN:
+    return "Socket is not connected";
+  default:
+    return strerror(status < 0 ? -status : status);
+  }
+}
+
+/* ---- strands ---- */
+
+static void complete_op(io_op_t *op);
+
+/* Runs op in its handle's serial order: now, on this thread, if the strand
+ * is idle; otherwise it queues behind the thread running the strand. */
+static void strand_deliver(io_worker_t *strand, io_op_t *op) {
+  op->next = NULL;
+  AcquireSRWLockExclusive(&strand->lock);
+  if (strand->tail)
+    strand->tail->next = op;
+  else
+    strand->head = op;
+  strand->tail = op;
+  if (strand->running) {
+    ReleaseSRWLockExclusive(&strand->lock);
+    return;
+  }
+  strand->running = 1;
+  ReleaseSRWLockExclusive(&strand->lock);
+  current_strand = strand;
+  for (;;) {
+    AcquireSRWLockExclusive(&strand->lock);
+    io_op_t *next = strand->head;
+    if (!next) {
+      strand->running = 0;
+      ReleaseSRWLockExclusive(&strand->lock);
+      break;
+    }
+    strand->head = next->next;
+    if (!strand->head)
+      strand->tail = NULL;
+    ReleaseSRWLockExclusive(&strand->lock);
+    complete_op(next);
+  }
+  current_strand = NULL;
+}
+
+static void post_result(io_core_t *core, io_op_t *op, int status) {
+  op->status = status;
+  memset(&op->overlapped, 0, sizeof op->overlapped);
+  if (!PostQueuedCompletionStatus(core->port, 0, KEY_POSTED, &op->overlapped))
+    log_write(LOG_ERROR, "core", "PostQueuedCompletionStatus failed: %lu",
+              (unsigned long)GetLastError());
+}
+
+static io_core_t *core_of(const io_handle_t *h) { return h->worker->core; }
+
+/* ---- timers: one heap per core, under a lock ---- */
+
+static int timer_less(const io_timer_t *a, const io_timer_t *b) {
+  return a->due_ms < b->due_ms;
+}
+
+static void heap_swap(io_core_t *c, uint32_t i, uint32_t j) {
+  io_timer_t *t = c->timers[i];
+  c->timers[i] = c->timers[j];
+  c->timers[j] = t;
+  c->timers[i]->heap_index = i;
+  c->timers[j]->heap_index = j;
+}
+
+static void heap_up(io_core_t *c, uint32_t i) {
+  while (i > 0) {
+    uint32_t parent = (i - 1) / 2;
+    if (!timer_less(c->timers[i], c->timers[parent]))
+      break;
+    heap_swap(c, i, parent);
+    i = parent;
+  }
+}
+
+static void heap_down(io_core_t *c, uint32_t i) {
+  for (;;) {
+    uint32_t l = 2 * i + 1, r = l + 1, m = i;
+    if (l < c->timer_count && timer_less(c->timers[l], c->timers[m]))
+      m = l;
+    if (r < c->timer_count && timer_less(c->timers[r], c->timers[m]))
+      m = r;
+    if (m == i)
+      break;
+    heap_swap(c, i, m);
+    i = m;
+  }
+}
+
+static void heap_remove(io_core_t *c, io_timer_t *t) {
+  uint32_t i = t->heap_index;
+  uint32_t last = --c->timer_count;
+  if (i != last) {
+    heap_swap(c, i, last);
+    heap_down(c, i);
+    heap_up(c, i);
+  }
+  t->heap_index = UINT32_MAX;
+}
+
+static void timer_arm(io_timer_t *t) {
+  io_core_t *c = core_of(t->op.handle);
+  AcquireSRWLockExclusive(&c->timer_lock);
+  if (c->timer_count == c->timer_capacity) {
+    uint32_t cap = c->timer_capacity ? c->timer_capacity * 2 : 64;
+    io_timer_t **grown = realloc(c->timers, cap * sizeof *grown);
+    if (!grown) {
+      ReleaseSRWLockExclusive(&c->timer_lock);
+      post_result(c, &t->op, -ENOMEM);
+      return;
+    }
+    c->timers = grown;
+    c->timer_capacity = cap;
+  }
+  t->heap_index = c->timer_count;
+  c->timers[c->timer_count++] = t;
+  heap_up(c, t->heap_index);
+  int earliest = t->heap_index == 0;
+  ReleaseSRWLockExclusive(&c->timer_lock);
+  /* Threads may be sleeping with a longer timeout: wake one. */
+  if (earliest)
+    PostQueuedCompletionStatus(c->port, 0, KEY_WAKE, NULL);
+}
+
+static void expire_timers(io_core_t *c) {
+  uint64_t now = clock_now_ms();
+  AcquireSRWLockExclusive(&c->timer_lock);
+  while (c->timer_count > 0 && c->timers[0]->due_ms <= now) {
+    io_timer_t *t = c->timers[0];
+    heap_remove(c, t);
+    post_result(c, &t->op, 0);
+  }
+  ReleaseSRWLockExclusive(&c->timer_lock);
+}
+
+static DWORD wait_timeout(io_core_t *c) {
+  DWORD wait = INFINITE;
+  AcquireSRWLockShared(&c->timer_lock);
+  if (c->timer_count > 0) {
+    uint64_t now = clock_now_ms();
+    uint64_t due = c->timers[0]->due_ms;
+    wait = due <= now ? 0 : (DWORD)(due - now > 60000 ? 60000 : due - now);
+  }
+  ReleaseSRWLockShared(&c->timer_lock);
+  return wait;
+}
+
+void io_timer_init(io_timer_t *t, io_handle_t *h, io_complete_fn complete) {
+  memset(t, 0, sizeof *t);
+  t->op.type = IO_OP_TIMER;
+  t->op.handle = h;
+  t->op.complete = complete;
+  t->heap_index = UINT32_MAX;
+}
+
+void io_timer_start(io_timer_t *t, uint64_t delay_ms) {
+  t->op.type = IO_OP_TIMER;
+  t->due_ms = clock_now_ms() + delay_ms;
+  timer_arm(t);
+}
+
+void io_timer_cancel(io_timer_t *t) {
+  io_core_t *c = core_of(t->op.handle);
+  AcquireSRWLockExclusive(&c->timer_lock);
+  int armed = t->heap_index != UINT32_MAX;
+  if (armed)
+    heap_remove(c, t);
+  ReleaseSRWLockExclusive(&c->timer_lock);
+  if (armed)
+    post_result(c, &t->op, IO_ECANCELED);
+}
+
+/* ---- issuing ops ---- */
+
+static int issue_zero_byte_recv(io_op_t *op) {
+  io_handle_t *h = op->handle;
+  WSABUF none = {0, NULL};
+  DWORD flags = 0;
+  memset(&op->overlapped, 0, sizeof op->overlapped);
+  if (WSARecv(h->socket, &none, 1, NULL, &flags, &op->overlapped, NULL) == 0)
+    return 0;
+  int err = WSAGetLastError();
+  return err == WSA_IO_PENDING ? 0 : map_error((DWORD)err);
+}
+
+static int issue_accept(io_op_t *op) {
+  io_handle_t *h = op->handle;
+  io_core_t *c = core_of(h);
+  SOCKET s = WSASocketW(h->family, SOCK_STREAM, IPPROTO_TCP, NULL, 0,
+                        WSA_FLAG_OVERLAPPED | WSA_FLAG_NO_HANDLE_INHERIT);
+  if (s == INVALID_SOCKET)
+    return map_error((DWORD)WSAGetLastError());
+  if (!op->u.accept.addresses)
+    op->u.accept.addresses = malloc(2 * ACCEPT_ADDRESS_BYTES);
+  if (!op->u.accept.addresses) {
+    closesocket(s);
+    return -ENOMEM;
+  }
+  op->u.accept.socket = s;
+  DWORD received = 0;
+  memset(&op->overlapped, 0, sizeof op->overlapped);
+  /* Zero receive bytes: the accept completes at connect, not at the first
+   * data, so a silent peer cannot hold an accept. */
+  if (c->accept_ex(h->socket, s, op->u.accept.addresses, 0,
+                   ACCEPT_ADDRESS_BYTES, ACCEPT_ADDRESS_BYTES, &received,
+                   &op->overlapped))
+    return 0;
+  int err = WSAGetLastError();
+  if (err == ERROR_IO_PENDING)
+    return 0;
+  closesocket(s);
+  op->u.accept.socket = INVALID_SOCKET;
+  return map_error((DWORD)err);
+}
+
+static int issue_connect(io_op_t *op) {
+  io_handle_t *h = op->handle;
+  io_core_t *c = core_of(h);
+  const address_t *to = op->u.connect.to;
+  /* ConnectEx needs a bound socket. */
+  address_t any;
+  memset(&any, 0, sizeof any);
+  any.u.sa.sa_family = (ADDRESS_FAMILY)address_family(to);
+  if (bind(h->socket, &any.u.sa, address_length(to)) != 0)
+    return map_error((DWORD)WSAGetLastError());
+  memset(&op->overlapped, 0, sizeof op->overlapped);
+  if (c->connect_ex(h->socket, &to->u.sa, (int)address_length(to), NULL, 0,
+                    NULL, &op->overlapped))
+    return 0;
+  int err = WSAGetLastError();
+  return err == ERROR_IO_PENDING ? 0 : map_error((DWORD)err);
+}
+
+static int issue_send(io_op_t *op) {
+  io_handle_t *h = op->handle;
+  memset(&op->overlapped, 0, sizeof op->overlapped);
+  if (WSASend(h->socket, op->u.send.bufs, (DWORD)op->u.send.count, NULL, 0,
+              &op->overlapped, NULL) == 0)
+    return 0;
+  int err = WSAGetLastError();
+  return err == WSA_IO_PENDING ? 0 : map_error((DWORD)err);
+}
+
+void io_submit(io_op_t *op) {
+  io_handle_t *h = op->handle;
+  io_core_t *c = core_of(h);
+  int rc;
+  if (op->type == IO_OP_POST) {
+    post_result(c, op, op->status);
+    return;
+  }
+  if (op->type == IO_OP_TIMER) {
+    timer_arm(container_of(op, io_timer_t, op));
+    return;
+  }
+  if (h->closed || h->socket == INVALID_SOCKET) {
+    post_result(c, op, IO_ECANCELED);
+    return;
+  }
+  op->status = 0;
+  switch (op->type) {
+  case IO_OP_RECV:
+    rc = issue_zero_byte_recv(op);
+    break;
+  case IO_OP_SEND:
+    rc = issue_send(op);
+    break;
+  case IO_OP_ACCEPT:
+    rc = issue_accept(op);
+    break;
+  case IO_OP_CONNECT:
+    rc = issue_connect(op);
+    break;
+  default:
+    rc = -EINVAL;
+    break;
+  }
+  if (rc != 0)
+    post_result(c, op, rc);
+}
+
+void io_post(io_handle_t *h, io_op_t *op, int status) {
+  op->type = IO_OP_POST;
+  op->handle = h;
+  post_result(core_of(h), op, status);
+}
+
+/* ---- completing ops, inside their strand ---- */
+
+/* The result of an I/O completion, read from its OVERLAPPED. */
+static int io_result(io_op_t *op, DWORD *bytes) {
+  DWORD flags = 0;
+  if (WSAGetOverlappedResult(op->handle->socket, &op->overlapped, bytes, FALSE,
+                             &flags))
+    return 0;
+  int err = WSAGetLastError();
+  /* The socket may be closed already: fall back on the NTSTATUS. */
+  if (err == WSAENOTSOCK)
+    return op->overlapped.Internal == 0 ? 0 : IO_ECANCELED;
+  return map_error((DWORD)err);
+}
+
+static void complete_op(io_op_t *op) {
+  io_handle_t *h = op->handle;
+  io_core_t *c = core_of(h);
+  int status = op->status;
+  DWORD bytes = 0;
+  if (op->status == INT32_MIN) { /* an I/O completion: read its result */
+    status = h->closed ? IO_ECANCELED : io_result(op, &bytes);
+    if (status != 0 && h->closed)
+      status = IO_ECANCELED;
+  }
+  size_t delivered = bytes;
+  switch (op->type) {
+  case IO_OP_RECV:
+    if (status == 0) {
+      if (h->closed) {
+        status = IO_ECANCELED;
+        break;
+      }
+      int n = recv(h->socket, (char *)thread_buffer, RECV_BUFFER_BYTES, 0);
+      if (n >= 0) {
+        op->u.recv.data = thread_buffer;
+        delivered = (size_t)n;
+      } else {
+        int err = WSAGetLastError();
+        if (err == WSAEWOULDBLOCK) {
+          /* Spurious: nothing to read after all; wait again. */
+          int rc = issue_zero_byte_recv(op);
+          if (rc == 0)
+            return;
+          status = rc;
+        } else {
+          status = map_error((DWORD)err);
+        }
+      }
+    }
+    break;
+  case IO_OP_ACCEPT:
+    if (status == 0) {
+      SOCKET listen_socket = h->socket;
+      setsockopt(op->u.accept.socket, SOL_SOCKET, SO_UPDATE_ACCEPT_CONTEXT,
+                 (const char *)&listen_socket, sizeof listen_socket);
+      struct sockaddr *local = NULL, *remote = NULL;
+      int local_len = 0, remote_len = 0;
+      c->get_accept_addresses(op->u.accept.addresses, 0, ACCEPT_ADDRESS_BYTES,
+                              ACCEPT_ADDRESS_BYTES, &local, &local_len,
+                              &remote, &remote_len);
+      if (op->u.accept.peer && remote)
+        address_from_sockaddr(op->u.accept.peer, remote, remote_len);
+      u_long nonblocking = 1;
+      ioctlsocket(op->u.accept.socket, FIONBIO, &nonblocking);
+    } else if (op->u.accept.socket != INVALID_SOCKET) {
+      closesocket(op->u.accept.socket);
+      op->u.accept.socket = INVALID_SOCKET;
+    }
+    free(op->u.accept.addresses);
+    op->u.accept.addresses = NULL;
+    break;
+  case IO_OP_CONNECT:
+    if (status == 0)
+      setsockopt(h->socket, SOL_SOCKET, SO_UPDATE_CONNECT_CONTEXT, NULL, 0);
+    break;
+  default:
+    break;
+  }
+  atomic_fetch_add_explicit(&c->completions, 1, memory_order_relaxed);
+  op->complete(op, status, status == 0 ? delivered : 0);
+}
+
+static DWORD WINAPI thread_main(void *arg) {
+  io_core_t *c = arg;
+  OVERLAPPED_ENTRY entries[ENTRIES_PER_WAIT];
+  thread_buffer = malloc(RECV_BUFFER_BYTES);
+  for (;;) {
+    ULONG count = 0;
+    BOOL ok = GetQueuedCompletionStatusEx(c->port, entries, ENTRIES_PER_WAIT,
+                                          &count, wait_timeout(c), FALSE);
+    expire_timers(c);
+    if (!ok)
+      continue; /* timeout */
+    int stop = 0;
+    for (ULONG i = 0; i < count; i++) {
+      OVERLAPPED_ENTRY *e = &entries[i];
+      if (e->lpCompletionKey == KEY_STOP) {
+        stop = 1;
+        continue;
+      }
+      if (e->lpCompletionKey == KEY_WAKE || !e->lpOverlapped)
+        continue;
+      io_op_t *op = container_of(e->lpOverlapped, io_op_t, overlapped);
+      if (e->lpCompletionKey == KEY_IO)
+        op->status = INT32_MIN; /* read the result in complete_op */
+      strand_deliver(op->handle->worker, op);
+    }
+    if (stop)
+      break;
+  }
+  free(thread_buffer);
+  thread_buffer = NULL;
+  return 0;
+}
+
+/* ---- cores and handles ---- */
+
+static int load_extensions(io_core_t *c, char *err, size_t err_len) {
+  SOCKET s = WSASocketW(AF_INET, SOCK_STREAM, IPPROTO_TCP, NULL, 0,
+                        WSA_FLAG_OVERLAPPED);
+  if (s == INVALID_SOCKET) {
+    snprintf(err, err_len, "cannot create a socket (WSA error %d)",
+             WSAGetLastError());
+    return -1;
+  }
+  GUID accept_guid = WSAID_ACCEPTEX, addresses_guid = WSAID_GETACCEPTEXSOCKADDRS,
+       connect_guid = WSAID_CONNECTEX;
+  DWORD bytes;
+  int rc = WSAIoctl(s, SIO_GET_EXTENSION_FUNCTION_POINTER, &accept_guid,
+                    sizeof accept_guid, &c->accept_ex, sizeof c->accept_ex,
+                    &bytes, NULL, NULL) |
+           WSAIoctl(s, SIO_GET_EXTENSION_FUNCTION_POINTER, &addresses_guid,
+                    sizeof addresses_guid, &c->get_accept_addresses,
+                    sizeof c->get_accept_addresses, &bytes, NULL, NULL) |
+           WSAIoctl(s, SIO_GET_EXTENSION_FUNCTION_POINTER, &connect_guid,
+                    sizeof connect_guid, &c->connect_ex, sizeof c->connect_ex,
+                    &bytes, NULL, NULL);
+  closesocket(s);
+  if (rc != 0 || !c->accept_ex || !c->get_accept_addresses || !c->connect_ex) {
+    snprintf(err, err_len,
+             "the Winsock provider lacks AcceptEx/ConnectEx (WSA error %d)",
+             WSAGetLastError());
+    return -1;
+  }
+  return 0;
+}
+
+int io_core_create(int threads, io_core_t **out, char *err, size_t err_len) {
+  WSADATA wsa;
+  if (WSAStartup(MAKEWORD(2, 2), &wsa) != 0) {
+    snprintf(err, err_len, "WSAStartup failed");
+    return -1;
+  }
+  if (threads < 1)
+    threads = 1;
+  io_core_t *c = calloc(1, sizeof *c);
+  if (!c) {
+    snprintf(err, err_len, "out of memory creating a core");
+    WSACleanup();
+    return -1;
+  }
+  InitializeSRWLock(&c->timer_lock);
+  c->threads = calloc((size_t)threads, sizeof *c->threads);
+  c->strands = calloc((size_t)threads, sizeof *c->strands);
+  c->port = CreateIoCompletionPort(INVALID_HANDLE_VALUE, NULL, 0,
+                                   (DWORD)threads);
+  if (!c->threads || !c->strands || !c->port ||
+      load_extensions(c, err, err_len) != 0) {
+    if (!c->port)
+      snprintf(err, err_len, "cannot create a completion port (error %lu)",
+               (unsigned long)GetLastError());
+    if (c->port)
+      CloseHandle(c->port);
+    free(c->threads);
+    free(c->strands);
+    free(c);
+    WSACleanup();
+    return -1;
+  }
+  for (int i = 0; i < threads; i++) {
+    c->strands[i].core = c;
+    c->strands[i].index = i;
+    InitializeSRWLock(&c->strands[i].lock);
+  }
+  for (int i = 0; i < threads; i++) {
+    c->threads[i] = CreateThread(NULL, 0, thread_main, c, 0, NULL);
+    if (!c->threads[i]) {
+      snprintf(err, err_len, "cannot start worker thread %d", i);
+      c->thread_count = i;
+      io_core_destroy(c);
+      return -1;
+    }
+  }
+  c->thread_count = threads;
+  *out = c;
+  return 0;
+}
+
+void io_core_destroy(io_core_t *c) {
+  if (!c)
+    return;
+  /* Sentinel completions: each thread takes one and ends. */
+  for (int i = 0; i < c->thread_count; i++)
+    PostQueuedCompletionStatus(c->port, 0, KEY_STOP, NULL);
+  for (int i = 0; i < c->thread_count; i++) {
+    WaitForSingleObject(c->threads[i], INFINITE);
+    CloseHandle(c->threads[i]);
+  }
+  CloseHandle(c->port);
+  free(c->timers);
+  free(c->threads);
+  free(c->strands);
+  free(c);
+  WSACleanup();
+}
+
+int io_core_thread_count(const io_core_t *core) { return core->thread_count; }
+
+uint64_t io_core_completions(const io_core_t *core) {
+  return atomic_load_explicit(&((io_core_t *)core)->completions,
+                              memory_order_relaxed);
+}
+
+int io_handle_open(io_core_t *core, io_handle_t *h, io_socket_t socket,
+                   int hint) {
+  unsigned index = hint >= 0 ? (unsigned)hint
+                             : atomic_fetch_add_explicit(&core->next_strand, 1,
+                                                         memory_order_relaxed);
+  h->worker = &core->strands[index % (unsigned)core->thread_count];
+  h->socket = socket;
+  h->closed = 0;
+  h->family = AF_INET;
+  if (socket == INVALID_SOCKET)
+    return 0;
+  struct sockaddr_storage local;
+  int len = sizeof local;
+  if (getsockname(socket, (struct sockaddr *)&local, &len) == 0)
+    h->family = local.ss_family; /* a listener accepts sockets of its family */
+  if (!CreateIoCompletionPort((HANDLE)socket, core->port, KEY_IO, 0))
+    return map_error(GetLastError());
+  SetFileCompletionNotificationModes((HANDLE)socket,
+                                     FILE_SKIP_SET_EVENT_ON_HANDLE);
+  return 0;
+}
+
+int io_handle_worker_index(const io_handle_t *h) { return h->worker->index; }
+
+int io_handle_on_worker(const io_handle_t *h) {
+  return current_strand == h->worker;
+}
+
+void io_handle_close(io_handle_t *h) {
+  if (h->closed)
+    return;
+  h->closed = 1;
+  if (h->socket != INVALID_SOCKET) {
+    /* Pending ops complete with ERROR_OPERATION_ABORTED; their memory (and
+     * their owner's) stays until they have been delivered. */
+    CancelIoEx((HANDLE)h->socket, NULL);
+    closesocket(h->socket);
+    h->socket = INVALID_SOCKET;
+  }
+}
+
+void io_handle_shutdown_write(io_handle_t *h) {
+  if (!h->closed && h->socket != INVALID_SOCKET)
+    shutdown(h->socket, SD_SEND);
+}
+
+io_socket_t io_socket_tcp(int family) {
+  SOCKET s = WSASocketW(family, SOCK_STREAM, IPPROTO_TCP, NULL, 0,
+                        WSA_FLAG_OVERLAPPED | WSA_FLAG_NO_HANDLE_INHERIT);
+  if (s != INVALID_SOCKET) {
+    u_long nonblocking = 1;
+    ioctlsocket(s, FIONBIO, &nonblocking);
+  }
+  return s;
+}
+
+void io_socket_close(io_socket_t s) {
+  if (s != INVALID_SOCKET)
+    closesocket(s);
+}
+
+int io_socket_listen(io_socket_t s, const address_t *addr, int backlog) {
+  /* Exclusive: on Windows SO_REUSEADDR would let another process take the
+   * port from under us. */
+  BOOL on = TRUE;
+  setsockopt(s, SOL_SOCKET, SO_EXCLUSIVEADDRUSE, (const char *)&on, sizeof on);
+  if (address_family(addr) == AF_INET6) {
+    DWORD v6only = 1;
+    setsockopt(s, IPPROTO_IPV6, IPV6_V6ONLY, (const char *)&v6only,
+               sizeof v6only);
+  }
+  if (bind(s, &addr->u.sa, address_length(addr)) != 0)
+    return map_error((DWORD)WSAGetLastError());
+  if (listen(s, backlog) != 0)
+    return map_error((DWORD)WSAGetLastError());
+  return 0;
+}
+
+void io_socket_set_nodelay(io_socket_t s, int on) {
+  /* IPPROTO_TCP level: the course code set it on SOL_SOCKET, where it means
+   * nothing. */
+  BOOL value = on ? TRUE : FALSE;
+  setsockopt(s, IPPROTO_TCP, TCP_NODELAY, (const char *)&value, sizeof value);
+}

@@ -1,0 +1,270 @@
+"""Graceful stop (SPEC section 9), from the clients' side and the plugin's.
+
+100 clients read a stream the pusher plugin (tests/integration/plugins/
+pusher) pushes as fast as they take it, and check it byte by byte. Once every
+client has data, the host is stopped in the middle of the pushing - by
+SIGTERM, or by `iocphost stop -c FILE` - and then every client reads to the
+end. What must hold:
+
+  - every connection ends with a FIN (recv returns b""), never a reset;
+  - each client received exactly the bytes the plugin's send calls had
+    ACCEPTED for its session (the plugin logs `accepted=` per session; the
+    first 8 bytes of each stream are the session id, so the test can match
+    them): nothing accepted is lost, nothing is cut off;
+  - every session ended with reason host_stopping, after on_stopping and
+    before on_unload;
+  - the host exits 0 within drain_timeout_ms (+ a margin), without having
+    to cut sessions at the drain timeout, and logs no ERROR;
+  - `iocphost stop` exits 0 and returns only once the host process is gone.
+"""
+
+import re
+import signal
+import socket
+import struct
+import threading
+import time
+import unittest
+
+import harness
+from harness import HostTestCase, Host
+
+CLIENTS = 100
+DRAIN_TIMEOUT_MS = 10000
+ENOUGH_BEFORE_STOP = 32 * 1024  # bytes each client has before the stop
+EXIT_MARGIN = 5.0               # seconds on top of drain_timeout_ms
+SESSION_LINE = re.compile(
+    r"pusher session (\d+) accepted=(\d+) reason=([a-z_]+)")
+
+_patterns = {}
+
+
+def pattern(seed):
+    """The stream's bytes from any position p (p % 256 first) onwards, long
+    enough for one recv: byte p is (p * 131 + seed) & 0xFF, period 256."""
+    big = _patterns.get(seed)
+    if big is None:
+        period = bytes(((p * 131 + seed) & 0xFF) for p in range(256))
+        big = period * (2 + 65536 // 256)
+        _patterns[seed] = big
+    return big
+
+
+class StreamReader(threading.Thread):
+    """One client: reads the session id, then checks every byte of the
+    stream as it arrives, until EOF (or a reset, a wrong byte, the
+    deadline)."""
+
+    def __init__(self, port, deadline):
+        super().__init__(daemon=True)
+        self.port = port
+        self.deadline = deadline
+        self.session_id = None
+        self.received = 0       # stream bytes, the 8-byte id included
+        self.end = None         # "fin", "reset", "timeout", "error: ..."
+        self.has_data = threading.Event()
+        self.error = None
+
+    def run(self):
+        try:
+            self.read()
+        except BaseException as error:  # reported by the test
+            self.error = error
+            self.end = self.end or "error: %r" % (error,)
+        finally:
+            self.has_data.set()  # never leave the test waiting for us
+
+    def read(self):
+        sock = harness.connect(self.port, timeout=30)
+        try:
+            header = bytearray()
+            while len(header) < 8:
+                chunk = sock.recv(8 - len(header))
+                if not chunk:
+                    self.end = "error: EOF before the session id"
+                    return
+                header += chunk
+            self.session_id = struct.unpack("<Q", header)[0]
+            self.received = 8
+            big = pattern(self.session_id & 0xFF)
+            while True:
+                if time.monotonic() > self.deadline:
+                    self.end = "timeout"
+                    return
+                try:
+                    chunk = sock.recv(65536)
+                except ConnectionResetError:
+                    self.end = "reset"
+                    return
+                except socket.timeout:
+                    self.end = "timeout"
+                    return
+                if not chunk:
+                    self.end = "fin"
+                    return
+                offset = self.received % 256
+                expected = big[offset:offset + len(chunk)]
+                if chunk != expected:
+                    first = next(i for i in range(len(chunk))
+                                 if chunk[i] != expected[i])
+                    self.end = ("error: wrong byte at stream offset %d: got "
+                                "%d, expected %d" %
+                                (self.received + first, chunk[first],
+                                 expected[first]))
+                    return
+                self.received += len(chunk)
+                if self.received >= ENOUGH_BEFORE_STOP:
+                    self.has_data.set()
+        finally:
+            sock.close()
+
+
+class StopTest(HostTestCase):
+
+    def start_pusher(self):
+        port = harness.free_port()
+        config = harness.make_config(
+            {"pusher": {"interval_ms": 1, "chunk_bytes": 2048,
+                        "max_in_flight": 65536}},
+            [harness.server_service("push", "pusher", port, "raw",
+                                    max_sessions=1000)],
+            threads=2, drain_timeout_ms=DRAIN_TIMEOUT_MS)
+        host = Host(self, config, "pusher").start()
+        return host, port
+
+    def start_readers(self, port):
+        deadline = time.monotonic() + harness.scaled(90)
+        readers = [StreamReader(port, deadline) for _ in range(CLIENTS)]
+        for reader in readers:
+            reader.start()
+        wait_deadline = time.monotonic() + harness.scaled(30)
+        for index, reader in enumerate(readers):
+            left = max(0.0, wait_deadline - time.monotonic())
+            if not reader.has_data.wait(left):
+                raise AssertionError(
+                    "client %d of %d had only %d bytes after %.1fs" %
+                    (index, CLIENTS, reader.received, harness.scaled(30)))
+            if reader.error is not None or reader.end is not None:
+                raise AssertionError("client %d ended before the stop: %s" %
+                                     (index, reader.end))
+        return readers
+
+    def join_readers(self, readers):
+        deadline = time.monotonic() + harness.scaled(30)
+        for reader in readers:
+            reader.join(max(0.0, deadline - time.monotonic()))
+        alive = sum(reader.is_alive() for reader in readers)
+        self.assertEqual(alive, 0, "%d clients still reading after the host "
+                         "exited" % alive)
+
+    def check_after_stop(self, host, readers, stop_seconds):
+        log = host.log()
+        limit = DRAIN_TIMEOUT_MS / 1000.0 + EXIT_MARGIN
+        self.assertLess(stop_seconds, harness.scaled(limit),
+                        "the stop took %.1fs" % stop_seconds)
+
+        # Every connection ended with a FIN, after exactly the bytes the
+        # plugin's sends had accepted for its session.
+        logged = {}
+        for match in SESSION_LINE.finditer(log):
+            session_id = int(match.group(1))
+            self.assertNotIn(session_id, logged,
+                             "two on_disconnected lines for session %d" %
+                             session_id)
+            logged[session_id] = (int(match.group(2)), match.group(3))
+        problems = []
+        for index, reader in enumerate(readers):
+            if reader.end != "fin":
+                problems.append("client %d (session %s): ended with %s after "
+                                "%d bytes" % (index, reader.session_id,
+                                              reader.end, reader.received))
+                continue
+            if reader.session_id not in logged:
+                problems.append("client %d: session %d has no on_disconnected "
+                                "line" % (index, reader.session_id))
+                continue
+            accepted, reason = logged[reader.session_id]
+            if reason != "host_stopping":
+                problems.append("client %d: session %d ended with %s" %
+                                (index, reader.session_id, reason))
+            if accepted != reader.received:
+                problems.append(
+                    "client %d: session %d: the plugin's sends accepted %d "
+                    "bytes, the client received %d (%+d)" %
+                    (index, reader.session_id, accepted, reader.received,
+                     reader.received - accepted))
+        self.assertEqual(problems, [], "\n".join(problems[:20]))
+
+        # Only the harness's readiness probes (closed at once) may have ended
+        # otherwise, and before the stop.
+        ours = {reader.session_id for reader in readers}
+        others = {sid: v for sid, v in logged.items() if sid not in ours}
+        self.assertLessEqual(len(others), host.probe_connections, others)
+
+        # The plugin's view: on_stopping once, then every session's end, then
+        # on_unload; no send refused for a full queue.
+        summary = harness.summary_fields(r"pusher summary:", log)
+        self.assertIsNotNone(summary, "no pusher summary (on_unload) logged")
+        self.assertEqual(summary["stopping_calls"], 1)
+        self.assertEqual(summary["queue_full"], 0)
+        self.assertEqual(summary["sessions"], CLIENTS + len(others))
+        self.assertEqual(summary["disconnected"], summary["sessions"])
+        self.assertEqual(summary["host_stopping"], CLIENTS)
+        stopping_at = log.find("pusher on_stopping:")
+        self.assertGreaterEqual(stopping_at, 0, "on_stopping never ran")
+        first_end = min(m.start() for m in SESSION_LINE.finditer(log)
+                        if m.group(3) == "host_stopping")
+        self.assertLess(stopping_at, first_end,
+                        "a session ended with host_stopping before "
+                        "on_stopping ran")
+        self.assertGreater(log.find("pusher summary:"),
+                           max(m.start() for m in SESSION_LINE.finditer(log)),
+                           "on_unload ran before the last on_disconnected")
+
+        # Flushed, not cut at the drain timeout; nothing went wrong.
+        self.assertNotIn("drain_timeout_ms", log,
+                         "the host had to cut sessions at the drain timeout "
+                         "although every client was reading")
+        errors = [line for line in log.splitlines()
+                  if re.search(r"\bERROR\b", line)]
+        self.assertEqual(errors, [], "ERROR lines in the log")
+
+    def test_sigterm_flushes_every_session_then_fin(self):
+        host, port = self.start_pusher()
+        readers = self.start_readers(port)
+        started = time.monotonic()
+        host.process.send_signal(signal.SIGTERM)
+        limit = harness.scaled(DRAIN_TIMEOUT_MS / 1000.0 + EXIT_MARGIN)
+        try:
+            code = host.process.wait(timeout=limit)
+        except Exception:
+            self.fail("the host did not exit within %.1fs of SIGTERM" % limit)
+        stop_seconds = time.monotonic() - started
+        self.assertEqual(code, 0, "exit code after SIGTERM")
+        self.join_readers(readers)
+        self.check_after_stop(host, readers, stop_seconds)
+
+    def test_iocphost_stop_flushes_every_session_and_waits_for_the_exit(self):
+        host, port = self.start_pusher()
+        readers = self.start_readers(port)
+        started = time.monotonic()
+        result = harness.run_cli(
+            ["stop", "-c", host.config_path],
+            timeout=DRAIN_TIMEOUT_MS / 1000.0 + EXIT_MARGIN + 10)
+        stop_seconds = time.monotonic() - started
+        output = result.stdout + result.stderr
+        self.assertEqual(result.returncode, 0, output)
+        self.assertTrue(result.stdout.startswith("ok\n"), output)
+        # `iocphost stop` returns only when the host is gone: its process has
+        # ended (the kernel closing the last descriptors is the end of it;
+        # reaping the exit status may lag by a moment, hence the short poll).
+        harness.wait_until(lambda: host.process.poll() is not None, 0.5,
+                           "the host process to be gone once `iocphost stop` "
+                           "returned")
+        self.assertEqual(host.process.returncode, 0, "exit code of the host")
+        self.join_readers(readers)
+        self.check_after_stop(host, readers, stop_seconds)
+
+
+if __name__ == "__main__":
+    unittest.main()
