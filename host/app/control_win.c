@@ -1,0 +1,347 @@
+/*
+ * The control endpoint on Windows: a named pipe,
+ * \\.\pipe\iocphost-<name>-<hash of runtime_dir>, served by one thread.
+ * Its security descriptor grants access to the host's own user only, and
+ * remote clients are rejected. The first instance is created with
+ * FILE_FLAG_FIRST_PIPE_INSTANCE, so a second host with the same name and
+ * runtime_dir fails instead of sharing the pipe. The protocol is the one of
+ * control.h: a request line, a reply the server ends by closing.
+ */
+#ifdef _WIN32
+#include "control.h"
+
+#include <windows.h> /* before sddl.h, which relies on its macros */
+
+#include <sddl.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "engine/log.h"
+
+#define CLIENT_TIMEOUT_MS 2000
+#define STOP_WAITERS_MAX 16
+#define PIPE_BUFFER 4096
+
+struct control {
+  HANDLE thread;
+  HANDLE stop_event;
+  control_handler_fn handler;
+  void *ctx;
+  wchar_t pipe_name[256];
+  char path[256];
+  SECURITY_ATTRIBUTES security;
+  PSECURITY_DESCRIPTOR descriptor;
+  HANDLE first_instance;
+  HANDLE stop_waiters[STOP_WAITERS_MAX];
+  int stop_waiter_count;
+};
+
+static uint32_t fnv1a(const char *text) {
+  uint32_t h = 2166136261u;
+  for (; *text; text++) {
+    h ^= (uint8_t)*text;
+    h *= 16777619u;
+  }
+  return h;
+}
+
+int control_path(const char *runtime_dir, const char *name, char *buf,
+                 size_t len) {
+  int n = snprintf(buf, len, "\\\\.\\pipe\\iocphost-%s-%08x", name,
+                   (unsigned)fnv1a(runtime_dir));
+  return n < 0 || (size_t)n >= len ? -1 : 0;
+}
+
+static int pipe_name(const char *runtime_dir, const char *name, char *path,
+                     size_t path_len, wchar_t *wide, size_t wide_len) {
+  if (control_path(runtime_dir, name, path, path_len) != 0)
+    return -1;
+  return MultiByteToWideChar(CP_UTF8, 0, path, -1, wide, (int)wide_len) > 0
+             ? 0
+             : -1;
+}
+
+/* "D:P(A;;GA;;;<the user's SID>)": the owner's user only, nothing inherited. */
+static int make_security(control_t *c, char *err, size_t err_len) {
+  HANDLE token = NULL;
+  if (!OpenProcessToken(GetCurrentProcess(), TOKEN_QUERY, &token)) {
+    snprintf(err, err_len, "cannot read the process token (error %lu)",
+             (unsigned long)GetLastError());
+    return -1;
+  }
+  DWORD size = 0;
+  GetTokenInformation(token, TokenUser, NULL, 0, &size);
+  TOKEN_USER *user = malloc(size ? size : 1);
+  wchar_t *sid = NULL;
+  int ok = user && GetTokenInformation(token, TokenUser, user, size, &size) &&
+           ConvertSidToStringSidW(user->User.Sid, &sid);
+  CloseHandle(token);
+  free(user);
+  if (!ok) {
+    snprintf(err, err_len, "cannot read the process's user (error %lu)",
+             (unsigned long)GetLastError());
+    return -1;
+  }
+  wchar_t sddl[512];
+  _snwprintf(sddl, sizeof sddl / sizeof sddl[0], L"D:P(A;;GA;;;%ls)", sid);
+  sddl[sizeof sddl / sizeof sddl[0] - 1] = L'\0';
+  LocalFree(sid);
+  if (!ConvertStringSecurityDescriptorToSecurityDescriptorW(
+          sddl, SDDL_REVISION_1, &c->descriptor, NULL)) {
+    snprintf(err, err_len, "cannot build the pipe's security (error %lu)",
+             (unsigned long)GetLastError());
+    return -1;
+  }
+  c->security.nLength = sizeof c->security;
+  c->security.lpSecurityDescriptor = c->descriptor;
+  c->security.bInheritHandle = FALSE;
+  return 0;
+}
+
+static HANDLE create_instance(control_t *c, int first) {
+  return CreateNamedPipeW(
+      c->pipe_name,
+      PIPE_ACCESS_DUPLEX | FILE_FLAG_OVERLAPPED |
+          (first ? FILE_FLAG_FIRST_PIPE_INSTANCE : 0),
+      PIPE_TYPE_BYTE | PIPE_READMODE_BYTE | PIPE_WAIT |
+          PIPE_REJECT_REMOTE_CLIENTS,
+      PIPE_UNLIMITED_INSTANCES, PIPE_BUFFER, PIPE_BUFFER, 0, &c->security);
+}
+
+/* Waits for an overlapped operation, the stop event, or the timeout.
+ * Returns 1 when it completed, 0 on stop or timeout (cancelled). */
+static int wait_io(control_t *c, HANDLE pipe, OVERLAPPED *ov, DWORD timeout,
+                   DWORD *bytes) {
+  HANDLE events[2] = {ov->hEvent, c->stop_event};
+  DWORD r = WaitForMultipleObjects(2, events, FALSE, timeout);
+  if (r == WAIT_OBJECT_0)
+    return GetOverlappedResult(pipe, ov, bytes, FALSE) ? 1 : 0;
+  CancelIoEx(pipe, ov);
+  GetOverlappedResult(pipe, ov, bytes, TRUE);
+  return 0;
+}
+
+static void write_all(HANDLE pipe, const char *data) {
+  size_t len = strlen(data);
+  while (len > 0) {
+    DWORD written = 0;
+    OVERLAPPED ov = {0};
+    ov.hEvent = CreateEventW(NULL, TRUE, FALSE, NULL);
+    BOOL ok = WriteFile(pipe, data, (DWORD)len, &written, &ov);
+    if (!ok && GetLastError() == ERROR_IO_PENDING)
+      ok = GetOverlappedResult(pipe, &ov, &written, TRUE);
+    CloseHandle(ov.hEvent);
+    if (!ok || written == 0)
+      return;
+    data += written;
+    len -= written;
+  }
+}
+
+static void serve_client(control_t *c, HANDLE pipe) {
+  char request[CONTROL_REQUEST_MAX + 2];
+  size_t len = 0;
+  int too_long = 0, complete = 0;
+  OVERLAPPED ov = {0};
+  ov.hEvent = CreateEventW(NULL, TRUE, FALSE, NULL);
+  while (!complete && !too_long) {
+    DWORD got = 0;
+    ResetEvent(ov.hEvent);
+    BOOL ok = ReadFile(pipe, request + len,
+                       (DWORD)(CONTROL_REQUEST_MAX + 1 - len), &got, &ov);
+    if (!ok && GetLastError() == ERROR_IO_PENDING)
+      ok = wait_io(c, pipe, &ov, CLIENT_TIMEOUT_MS, &got);
+    if (!ok || got == 0)
+      break;
+    for (size_t i = len; i < len + got; i++) {
+      if (request[i] == '\n') {
+        request[i] = '\0';
+        if (i > 0 && request[i - 1] == '\r')
+          request[i - 1] = '\0';
+        complete = 1;
+        break;
+      }
+    }
+    len += got;
+    if (!complete && len > CONTROL_REQUEST_MAX)
+      too_long = 1;
+  }
+  CloseHandle(ov.hEvent);
+  int stop = 0;
+  if (too_long) {
+    write_all(pipe, "error: request too long (at most 256 bytes)\n");
+  } else if (complete || len > 0) {
+    request[complete ? strlen(request) : len] = '\0';
+    char *reply = c->handler(c->ctx, request, &stop);
+    if (reply) {
+      write_all(pipe, reply);
+      free(reply);
+    }
+  }
+  if (stop && c->stop_waiter_count < STOP_WAITERS_MAX) {
+    c->stop_waiters[c->stop_waiter_count++] = pipe;
+    return;
+  }
+  FlushFileBuffers(pipe);
+  DisconnectNamedPipe(pipe);
+  CloseHandle(pipe);
+}
+
+static DWORD WINAPI control_main(void *arg) {
+  control_t *c = arg;
+  HANDLE pipe = c->first_instance;
+  c->first_instance = NULL;
+  OVERLAPPED ov = {0};
+  ov.hEvent = CreateEventW(NULL, TRUE, FALSE, NULL);
+  for (;;) {
+    if (pipe == INVALID_HANDLE_VALUE || pipe == NULL) {
+      pipe = create_instance(c, 0);
+      if (pipe == INVALID_HANDLE_VALUE) {
+        log_write(LOG_ERROR, "control", "cannot create a pipe instance for %s "
+                  "(error %lu); the control endpoint stops",
+                  c->path, (unsigned long)GetLastError());
+        break;
+      }
+    }
+    ResetEvent(ov.hEvent);
+    BOOL connected = ConnectNamedPipe(pipe, &ov);
+    DWORD err = connected ? ERROR_PIPE_CONNECTED : GetLastError();
+    if (err == ERROR_IO_PENDING) {
+      DWORD ignored;
+      if (!wait_io(c, pipe, &ov, INFINITE, &ignored)) {
+        CloseHandle(pipe);
+        break; /* stopping */
+      }
+      err = ERROR_PIPE_CONNECTED;
+    }
+    if (err == ERROR_PIPE_CONNECTED) {
+      serve_client(c, pipe);
+    } else {
+      CloseHandle(pipe);
+    }
+    pipe = NULL;
+    if (WaitForSingleObject(c->stop_event, 0) == WAIT_OBJECT_0)
+      break;
+  }
+  CloseHandle(ov.hEvent);
+  return 0;
+}
+
+int control_open(const char *runtime_dir, const char *name,
+                 control_handler_fn handler, void *ctx, control_t **out,
+                 char *err, size_t err_len) {
+  control_t *c = calloc(1, sizeof *c);
+  if (!c) {
+    snprintf(err, err_len, "out of memory");
+    return -1;
+  }
+  c->handler = handler;
+  c->ctx = ctx;
+  if (pipe_name(runtime_dir, name, c->path, sizeof c->path, c->pipe_name,
+                sizeof c->pipe_name / sizeof c->pipe_name[0]) != 0 ||
+      make_security(c, err, err_len) != 0) {
+    if (!err[0])
+      snprintf(err, err_len, "the control pipe name is too long");
+    free(c);
+    return -1;
+  }
+  c->first_instance = create_instance(c, 1);
+  if (c->first_instance == INVALID_HANDLE_VALUE) {
+    DWORD e = GetLastError();
+    if (e == ERROR_ACCESS_DENIED || e == ERROR_PIPE_BUSY)
+      snprintf(err, err_len,
+               "another instance is running with the control pipe %s: stop "
+               "it (iocphost stop) or give this one another \"name\" or "
+               "runtime_dir",
+               c->path);
+    else
+      snprintf(err, err_len, "cannot create the control pipe %s (error %lu)",
+               c->path, (unsigned long)e);
+    LocalFree(c->descriptor);
+    free(c);
+    return -1;
+  }
+  c->stop_event = CreateEventW(NULL, TRUE, FALSE, NULL);
+  c->thread = CreateThread(NULL, 0, control_main, c, 0, NULL);
+  if (!c->thread) {
+    snprintf(err, err_len, "cannot start the control thread");
+    CloseHandle(c->first_instance);
+    CloseHandle(c->stop_event);
+    LocalFree(c->descriptor);
+    free(c);
+    return -1;
+  }
+  *out = c;
+  return 0;
+}
+
+void control_close(control_t *c) {
+  if (!c)
+    return;
+  SetEvent(c->stop_event);
+  WaitForSingleObject(c->thread, INFINITE);
+  CloseHandle(c->thread);
+  CloseHandle(c->stop_event);
+  for (int i = 0; i < c->stop_waiter_count; i++) {
+    write_all(c->stop_waiters[i], "stopped\n");
+    FlushFileBuffers(c->stop_waiters[i]);
+    DisconnectNamedPipe(c->stop_waiters[i]);
+    CloseHandle(c->stop_waiters[i]);
+  }
+  LocalFree(c->descriptor);
+  free(c);
+}
+
+int control_request(const char *runtime_dir, const char *name,
+                    const char *request, unsigned wait_ms, char *err,
+                    size_t err_len) {
+  char path[256];
+  wchar_t wide[256];
+  if (pipe_name(runtime_dir, name, path, sizeof path, wide,
+                sizeof wide / sizeof wide[0]) != 0) {
+    snprintf(err, err_len, "the control pipe name is too long");
+    return -1;
+  }
+  HANDLE pipe = INVALID_HANDLE_VALUE;
+  ULONGLONG deadline = GetTickCount64() + wait_ms;
+  for (;;) {
+    pipe = CreateFileW(wide, GENERIC_READ | GENERIC_WRITE, 0, NULL,
+                       OPEN_EXISTING, 0, NULL);
+    if (pipe != INVALID_HANDLE_VALUE)
+      break;
+    DWORD e = GetLastError();
+    if (e != ERROR_PIPE_BUSY || GetTickCount64() >= deadline) {
+      snprintf(err, err_len,
+               "no running instance answers at %s (error %lu; is it running, "
+               "with this config?)",
+               path, (unsigned long)e);
+      return -1;
+    }
+    WaitNamedPipeW(wide, 200);
+  }
+  char line[CONTROL_REQUEST_MAX + 2];
+  snprintf(line, sizeof line, "%s\n", request);
+  DWORD written;
+  WriteFile(pipe, line, (DWORD)strlen(line), &written, NULL);
+  int first = 1, ok = 0;
+  char buf[4096];
+  for (;;) {
+    DWORD got = 0;
+    /* The server ends the reply by closing; for "stop" that is when the
+     * host has gone. The wait is bounded by the caller's wait_ms through
+     * the host's own drain timeout. */
+    if (!ReadFile(pipe, buf, sizeof buf, &got, NULL) || got == 0)
+      break;
+    if (first) {
+      ok = got >= 3 && memcmp(buf, "ok\n", 3) == 0;
+      first = 0;
+    }
+    fwrite(buf, 1, got, stdout);
+  }
+  fflush(stdout);
+  CloseHandle(pipe);
+  return ok ? 0 : 1;
+}
+#endif /* _WIN32 */
