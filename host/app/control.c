@@ -11,6 +11,7 @@
 #include <fcntl.h>
 #include <poll.h>
 #include <pthread.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -23,6 +24,7 @@
 #include "engine/log.h"
 
 #define CLIENT_TIMEOUT_MS 2000
+#define DRAIN_MS 500
 #define STOP_WAITERS_MAX 16
 
 struct control {
@@ -69,14 +71,26 @@ static void write_all(int fd, const char *data, size_t len) {
   }
 }
 
+static uint64_t now_ms(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+}
+
 /* Closes after the reply without a reset: a client that sent more than we
- * read would otherwise get an RST, and with it lose the reply. */
+ * read would otherwise get an RST, and with it lose the reply. Bounded in
+ * bytes and in time (DRAIN_MS in all): a client that keeps sending must not
+ * hold the endpoint. */
 static void close_gracefully(int fd) {
   shutdown(fd, SHUT_WR);
   char sink[4096];
+  uint64_t deadline = now_ms() + DRAIN_MS;
   for (int budget = 16; budget > 0; budget--) {
+    uint64_t now = now_ms();
+    if (now >= deadline)
+      break;
     struct pollfd p = {.fd = fd, .events = POLLIN};
-    if (poll(&p, 1, 200) <= 0)
+    if (poll(&p, 1, (int)(deadline - now)) <= 0)
       break;
     ssize_t n = recv(fd, sink, sizeof sink, 0);
     if (n <= 0)
@@ -86,12 +100,19 @@ static void close_gracefully(int fd) {
 }
 
 /* Reads one line; returns its length, -1 on timeout or error, -2 when the
- * line is longer than CONTROL_REQUEST_MAX. */
+ * line is longer than CONTROL_REQUEST_MAX, -3 when it holds a NUL byte.
+ * CLIENT_TIMEOUT_MS bounds the whole request, not each read: a client that
+ * trickles one byte a second must not hold the endpoint (and with it every
+ * other request, and control_close at stop) for minutes. */
 static int read_request(int fd, char *buf) {
   size_t len = 0;
+  uint64_t deadline = now_ms() + CLIENT_TIMEOUT_MS;
   for (;;) {
+    uint64_t now = now_ms();
+    if (now >= deadline)
+      return -1;
     struct pollfd p = {.fd = fd, .events = POLLIN};
-    int r = poll(&p, 1, CLIENT_TIMEOUT_MS);
+    int r = poll(&p, 1, (int)(deadline - now));
     if (r < 0 && errno == EINTR)
       continue;
     if (r <= 0)
@@ -102,6 +123,10 @@ static int read_request(int fd, char *buf) {
     if (n <= 0)
       return len > 0 ? (int)len : -1; /* a request without newline */
     for (size_t i = len; i < len + (size_t)n; i++) {
+      /* The request is handled as a C string: "stop\0junk" must not pass
+       * for "stop". */
+      if (buf[i] == '\0')
+        return -3;
       if (buf[i] == '\n') {
         buf[i] = '\0';
         if (i > 0 && buf[i - 1] == '\r')
@@ -134,14 +159,16 @@ static void serve_client(control_t *c, int fd) {
   }
   char request[CONTROL_REQUEST_MAX + 2];
   int n = read_request(fd, request);
-  if (n == -2) {
-    const char *msg = "error: request too long (at most 256 bytes)\n";
+  if (n == -2 || n == -3) {
+    const char *msg = n == -2
+                          ? "error: request too long (at most 256 bytes)\n"
+                          : "error: request holds a NUL byte\n";
     write_all(fd, msg, strlen(msg));
     close_gracefully(fd);
     return;
   }
   if (n < 0) {
-    close_gracefully(fd);
+    close(fd); /* silent or too slow: no reply to protect, so no drain */
     return;
   }
   request[n] = '\0';
@@ -254,10 +281,15 @@ void control_close(control_t *c) {
   unlink(c->path);
   close(c->wake_pipe[0]);
   close(c->wake_pipe[1]);
+  /* The clients of "stop" hear "stopped" now, but their connections are
+   * deliberately left open: the kernel closes them when this process exits,
+   * so `iocphost stop` returns only once the host is really gone - after
+   * host_close unloads the plugins (their destructors run then), after
+   * every exit-time handler - not while the process still holds its files.
+   * The descriptors are close-on-exec, so no child inherits them. */
   for (int i = 0; i < c->stop_waiter_count; i++) {
     const char *msg = "stopped\n";
     write_all(c->stop_waiters[i], msg, strlen(msg));
-    close(c->stop_waiters[i]);
   }
   free(c);
 }

@@ -28,7 +28,8 @@ typedef char *(*control_handler_fn)(void *ctx, const char *request, int *stop);
 int control_open(const char *runtime_dir, const char *name,
                  control_handler_fn handler, void *ctx, control_t **out,
                  char *err, size_t err_len);
-/* Closes the endpoint and every connection still waiting for the stop. */
+/* Closes the endpoint. Connections waiting on "stop" stay open until the
+ * process exits, so `iocphost stop` returns only when the host is gone. */
 void control_close(control_t *control);
 
 /* Client side: sends request, writes the reply to out (stdout), and for

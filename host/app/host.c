@@ -472,10 +472,17 @@ static int create_service(host_t *host, size_t i, char *err, size_t err_len) {
   o.reconnect_min_delay_ms = cs->reconnect_min_delay_ms;
   o.reconnect_max_delay_ms = cs->reconnect_max_delay_ms;
   o.reconnect_jitter = cs->reconnect_jitter;
-  if (service_create(host->cores[cs->core_index], &o, &hs->engine, err,
-                     err_len) != 0)
+  /* A session asked to close may flush for as long as a graceful stop may
+   * drain: the stop's deadline, not a shorter one of its own, decides. */
+  if (host->config->drain_timeout_ms > 0)
+    o.close_timeout_ms = host->config->drain_timeout_ms;
+  service_t *svc;
+  if (service_create(host->cores[cs->core_index], &o, &svc, err, err_len) != 0)
     return -1;
-  service_set_user(hs->engine, hs);
+  service_set_user(svc, hs);
+  pthread_mutex_lock(&host->lock); /* status may be reading */
+  hs->engine = svc;
+  pthread_mutex_unlock(&host->lock);
   return 0;
 }
 
@@ -523,9 +530,13 @@ int host_start(host_t *host, char *err, size_t err_len) {
               p->desc->version, p->config->path);
   }
   for (size_t i = 0; i < c->core_count; i++) {
-    if (core_create(c->cores[i].name, c->cores[i].threads, &host->cores[i],
-                    err, err_len) != 0)
+    core_t *core;
+    if (core_create(c->cores[i].name, c->cores[i].threads, &core, err,
+                    err_len) != 0)
       goto fail;
+    pthread_mutex_lock(&host->lock); /* status may be reading */
+    host->cores[i] = core;
+    pthread_mutex_unlock(&host->lock);
     log_write(LOG_INFO, "host", "core %s: %d worker threads", c->cores[i].name,
               core_thread_count(host->cores[i]));
   }

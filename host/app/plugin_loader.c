@@ -1,5 +1,6 @@
 #include "plugin_loader.h"
 
+#include <errno.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -12,6 +13,8 @@
 #include <windows.h>
 #else
 #include <dlfcn.h>
+#include <sys/stat.h>
+#include <unistd.h>
 #endif
 
 struct plugin_module {
@@ -26,6 +29,9 @@ struct plugin_module {
   char *name;
   char *version;
 };
+
+/* Room for a reason that quotes a path or two. */
+#define PATH_MAX_REASON 2048
 
 /* The header every descriptor of every ABI starts with. */
 #define DESCRIPTOR_HEADER_SIZE                                                 \
@@ -157,6 +163,51 @@ static iocphost_plugin_entry_fn library_entry(void *library) {
 
 static void library_close(void *library) { dlclose(library); }
 
+/* A plugin runs with the host's rights, so whoever can change its file can
+ * run code as the host. Refused: a file other users may write, and a
+ * folder other users may write (they could put another file in its place),
+ * unless the folder is sticky (like /tmp) and the file is the host user's
+ * or root's, so others cannot rename or delete it. Symbolic links are
+ * followed: what is checked is the file dlopen maps. Returns 0, or -1 with
+ * the problem and the fix in reason. */
+static int check_not_writable_by_others(const char *path, char *reason,
+                                        size_t len) {
+  char *real = realpath(path, NULL);
+  if (real == NULL)
+    return 0; /* missing or unreadable: dlopen says so in its own words */
+  struct stat file, folder;
+  int rc = -1;
+  char *slash = strrchr(real, '/');
+  char *dir = NULL;
+  if (slash != NULL)
+    dir = slash == real ? strdup("/") : strndup(real, (size_t)(slash - real));
+  if (dir == NULL) {
+    snprintf(reason, len, "out of memory");
+  } else if (stat(real, &file) != 0 || stat(dir, &folder) != 0) {
+    snprintf(reason, len, "cannot stat %s: %s", real, strerror(errno));
+  } else if (file.st_mode & S_IWOTH) {
+    snprintf(reason, len,
+             "the file %s is writable by other users (mode %04o), so anyone "
+             "on this machine could replace the code the host runs; fix: "
+             "chmod o-w %s",
+             real, (unsigned)(file.st_mode & 07777), real);
+  } else if ((folder.st_mode & S_IWOTH) &&
+             !((folder.st_mode & S_ISVTX) &&
+               (file.st_uid == geteuid() || file.st_uid == 0))) {
+    snprintf(reason, len,
+             "its folder %s is writable by other users (mode %04o), so "
+             "anyone on this machine could put another file in its place; "
+             "fix: chmod o-w %s, or move the plugin to a folder only its "
+             "owner can write",
+             dir, (unsigned)(folder.st_mode & 07777), dir);
+  } else {
+    rc = 0;
+  }
+  free(dir);
+  free(real);
+  return rc;
+}
+
 #endif
 
 /* Checks a descriptor read from the plugin; on success fills the module's
@@ -267,7 +318,15 @@ int plugin_module_open(const char *config_name, const char *path,
     return -1;
   }
 
-  char reason[512];
+  char reason[PATH_MAX_REASON];
+#ifndef _WIN32
+  if (check_not_writable_by_others(path, reason, sizeof reason) != 0) {
+    set_error(err, err_len, "plugin \"%s\" (%s): refusing to load: %s",
+              config_name, path, reason);
+    plugin_module_close(m);
+    return -1;
+  }
+#endif
   m->library = library_open(path, reason, sizeof reason);
   if (m->library == NULL) {
     set_error(err, err_len,

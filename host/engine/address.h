@@ -12,6 +12,9 @@
 #ifdef _WIN32
 #include <winsock2.h>
 #include <ws2tcpip.h>
+/* Old 16-bit keywords windows.h still defines; they break ordinary names. */
+#undef near
+#undef far
 #else
 #include <netinet/in.h>
 #include <sys/socket.h>

@@ -662,7 +662,10 @@ static int keep_pending(session_t *s, const uint8_t *data, size_t len) {
     s->pending_in_len = s->pending_in_cap = 0;
     return 0;
   }
-  if (data >= s->pending_in && data < s->pending_in + s->pending_in_cap) {
+  /* Is data inside the kept buffer (what was kept before, partly used)?
+   * No buffer yet: then it cannot be (and NULL + 0 is undefined). */
+  if (s->pending_in && data >= s->pending_in &&
+      data < s->pending_in + s->pending_in_cap) {
     memmove(s->pending_in, data, len);
   } else {
     if (len > s->pending_in_cap) {
@@ -1007,6 +1010,10 @@ static void begin_close(session_t *s, int reason, int graceful) {
   pthread_mutex_lock(&s->lock);
   if (!s->close_request)
     s->close_request = (uint8_t)reason;
+  /* A reason asked for earlier (from a callback or another thread, with
+   * the kick still on its way) wins over what happened since: a peer's FIN
+   * or reset arriving right after a protocol_error or send_queue_full. */
+  int first = s->close_request;
   if (!graceful)
     s->close_abort = 1;
   pthread_mutex_unlock(&s->lock);
@@ -1020,13 +1027,13 @@ static void begin_close(session_t *s, int reason, int graceful) {
   }
   if (!s->close_started) {
     s->close_started = 1;
-    s->reason = (uint8_t)reason;
+    s->reason = (uint8_t)first;
     if (s->state == SESSION_OPENING) {
       /* Never reached on_connected: end quietly, no callbacks. */
       pthread_mutex_lock(&s->lock);
       s->state = SESSION_CLOSED;
       pthread_mutex_unlock(&s->lock);
-      service__unregister(s->service, s, reason);
+      service__unregister(s->service, s, first);
       if (s->slot)
         service__client_closed(s->slot, s);
       drop_socket(s);
@@ -1040,16 +1047,23 @@ static void begin_close(session_t *s, int reason, int graceful) {
       timer_start(s, opts_of(s)->close_timeout_ms, 0, on_close_timeout, NULL, 1);
   }
   if (!graceful) {
+    /* The queue is thrown away, but not under a send in flight: IOCP reads
+     * those buffers until the send completes (cancelled, once the socket
+     * is closed below). destroy() frees what is left. */
     pthread_mutex_lock(&s->lock);
-    send_chunk_t *c = s->queue_head;
-    s->queue_head = s->queue_tail = NULL;
-    s->queued_bytes = 0;
+    int lost = s->queue_head != NULL;
+    send_chunk_t *c = NULL;
+    if (!s->sending) {
+      c = s->queue_head;
+      s->queue_head = s->queue_tail = NULL;
+      s->queued_bytes = 0;
+    }
     pthread_mutex_unlock(&s->lock);
     /* The first reason wins, except that accepted bytes thrown away here
      * were lost for this reason, and a reason that claims a clean end must
      * not stay (a reset while flushing after the peer's FIN is peer_reset,
      * not peer_closed): SPEC section 3. */
-    if (c && claims_clean_end(s->reason))
+    if (lost && claims_clean_end(s->reason))
       s->reason = (uint8_t)reason;
     while (c) {
       send_chunk_t *next = c->next;

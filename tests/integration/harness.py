@@ -314,6 +314,7 @@ class Host:
         self.label = label
         self.config = config
         self.env = dict(env or {})
+        self.preexec_fn = None  # run in the child before exec (POSIX only)
         self.extra_log_paths = []  # more files log() shows (e.g. log.file)
         self.dir = tempfile.mkdtemp(prefix="iocphost-%s-" % label)
         self.config_path = os.path.join(self.dir, "config.json")
@@ -349,7 +350,8 @@ class Host:
             self.process = subprocess.Popen(
                 host_command() + ["run", "-c", self.config_path],
                 cwd=self.dir, stdin=subprocess.DEVNULL, stdout=out,
-                stderr=err, env=self.environment())
+                stderr=err, env=self.environment(),
+                preexec_fn=self.preexec_fn)
         if not wait_ports:
             return self
         pending = list(self.ports())

@@ -19,12 +19,10 @@
 
 import json
 import os
-import re
+import select
 import signal
 import socket
 import stat
-import subprocess
-import sys
 import threading
 import time
 import unittest
@@ -265,46 +263,64 @@ class ControlTest(HostTestCase):
                          "the socket file outlived the host")
 
     def other_user_tries(self, path, request=b"stop\n"):
-        """Runs a child as uid/gid 65534 (nobody) that connects to path and
-        sends request; returns what happened as a dict."""
-        code = r"""
-import json, socket, sys
-out = {}
-s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-s.settimeout(10)
-try:
-    s.connect(sys.argv[1])
-except OSError as e:
-    out["connect_error"] = type(e).__name__
-    print(json.dumps(out)); sys.exit(0)
-try:
-    s.sendall(sys.argv[2].encode())
-except OSError as e:
-    out["send_error"] = type(e).__name__
-reply = b""
-try:
-    while True:
-        chunk = s.recv(4096)
-        if not chunk:
-            break
-        reply += chunk
-except OSError as e:
-    out["recv_error"] = type(e).__name__
-out["reply"] = reply.decode("utf-8", "replace")
-print(json.dumps(out))
-"""
-
-        def demote():
-            os.setgroups([])
-            os.setgid(NOBODY)
-            os.setuid(NOBODY)
-
-        result = subprocess.run(
-            [sys.executable, "-c", code, path, request.decode()],
-            preexec_fn=demote, cwd="/", stdin=subprocess.DEVNULL,
-            capture_output=True, text=True, timeout=harness.scaled(20))
-        self.assertEqual(result.returncode, 0, result.stderr)
-        return json.loads(result.stdout)
+        """Forks a child that becomes uid/gid 65534 (nobody), connects to
+        path and sends request; returns what happened as a dict. (A fork,
+        not an exec: the interpreter may live where nobody may not read.)"""
+        reader, writer = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the child: never returns into the test
+            status = 1
+            try:
+                os.close(reader)
+                os.setgroups([])
+                os.setgid(NOBODY)
+                os.setuid(NOBODY)
+                out = {}
+                sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                sock.settimeout(10 * harness.TIMEOUT_SCALE)
+                try:
+                    sock.connect(path)
+                except OSError as error:
+                    out["connect_error"] = type(error).__name__
+                else:
+                    try:
+                        sock.sendall(request)
+                    except OSError as error:
+                        out["send_error"] = type(error).__name__
+                    reply = b""
+                    try:
+                        while True:
+                            chunk = sock.recv(4096)
+                            if not chunk:
+                                break
+                            reply += chunk
+                    except OSError as error:
+                        out["recv_error"] = type(error).__name__
+                    out["reply"] = reply.decode("utf-8", "replace")
+                os.write(writer, json.dumps(out).encode())
+                status = 0
+            finally:
+                os._exit(status)
+        os.close(writer)
+        data = b""
+        deadline = time.monotonic() + harness.scaled(20)
+        while True:
+            left = deadline - time.monotonic()
+            readable, _, _ = select.select([reader], [], [], max(0, left))
+            if not readable:
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+                os.close(reader)
+                self.fail("the other user's client hung")
+            chunk = os.read(reader, 65536)
+            if not chunk:
+                break
+            data += chunk
+        os.close(reader)
+        _, status = os.waitpid(pid, 0)
+        self.assertEqual(os.waitstatus_to_exitcode(status), 0,
+                         "the other user's client failed")
+        return json.loads(data)
 
     def test_another_user_is_refused(self):
         if os.geteuid() != 0:

@@ -8,8 +8,9 @@ host with NOTIFY_SOCKET pointing at it, as systemd does for Type=notify:
   - STOPPING=1 arrives after SIGTERM, at the start of the stop (the host is
     still running, its sessions still open), and no READY=1 after it;
   - WATCHDOG_USEC=200000 (no WATCHDOG_PID) yields WATCHDOG=1 datagrams, never
-    further apart than the watchdog interval; WATCHDOG_PID naming another
-    process yields none;
+    further apart than the watchdog interval, even while signals keep
+    arriving faster than that; WATCHDOG_PID naming another process yields
+    none;
   - SIGHUP yields RELOADING=1 then READY=1, and the host keeps serving;
   - an abstract NOTIFY_SOCKET ("@name") works too.
 """
@@ -138,6 +139,34 @@ class NotifyTest(HostTestCase):
                         "gaps between WATCHDOG=1: %r" % gaps)
         host.stop()
 
+    def test_signals_do_not_starve_the_watchdog(self):
+        # SIGUSR1 (log reopen) every 50 ms, quicker than the ping interval:
+        # the pings must still come on time.
+        host, manager = self.make_host(env={"WATCHDOG_USEC": "200000",
+                                            "WATCHDOG_PID": None})
+        host.start(wait_ports=False)
+        ready = manager.wait_for("READY", timeout=20)
+        pings = [ready[0]]
+        end = time.monotonic() + 1.0
+        while time.monotonic() < end:
+            host.process.send_signal(signal.SIGUSR1)
+            # Paces the signals; datagrams are read meanwhile.
+            pause_end = time.monotonic() + 0.05
+            while True:
+                left = pause_end - time.monotonic()
+                if left <= 0:
+                    break
+                message = manager.receive(left)
+                if message and message[1].get("WATCHDOG") == "1":
+                    pings.append(message[0])
+        pings.append(manager.wait_for("WATCHDOG", timeout=2)[0])
+        gaps = [b - a for a, b in zip(pings, pings[1:])]
+        self.assertLess(max(gaps), harness.scaled(0.2),
+                        "gaps between WATCHDOG=1 during a signal storm: %r" %
+                        gaps)
+        self.assertTrue(host.running())
+        host.stop()
+
     def test_watchdog_of_another_process_is_not_ours(self):
         # WATCHDOG_PID names the process the watchdog is meant for; pid 1 is
         # never the host.
@@ -164,6 +193,11 @@ class NotifyTest(HostTestCase):
             reloading = manager.wait_for("RELOADING", timeout=10)
             ready = manager.wait_for("READY", timeout=10)
             self.assertLessEqual(reloading[0], ready[0])
+            # systemd 253+ (Type=notify-reload) wants the time of the
+            # reload with it, in CLOCK_MONOTONIC microseconds.
+            usec = int(reloading[1].get("MONOTONIC_USEC", "0"))
+            now_usec = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
+            self.assertTrue(0 < usec <= now_usec, reloading[2])
             # The session opened before the reload still works, and so does
             # a new one.
             self.assertEqual(harness.exchange(sock, b"after"), b"after")

@@ -31,7 +31,8 @@ from harness import HostTestCase, Host
 
 CLIENTS = 100
 DRAIN_TIMEOUT_MS = 10000
-ENOUGH_BEFORE_STOP = 32 * 1024  # bytes each client has before the stop
+ENOUGH_BEFORE_STOP = 256 * 1024  # bytes each client has before the stop
+UNLOAD_DELAY_MS = 1000          # the plugin's slow unload (stop via CLI)
 EXIT_MARGIN = 5.0               # seconds on top of drain_timeout_ms
 SESSION_LINE = re.compile(
     r"pusher session (\d+) accepted=(\d+) reason=([a-z_]+)")
@@ -121,11 +122,12 @@ class StreamReader(threading.Thread):
 
 class StopTest(HostTestCase):
 
-    def start_pusher(self):
+    def start_pusher(self, unload_delay_ms=0):
         port = harness.free_port()
         config = harness.make_config(
             {"pusher": {"interval_ms": 1, "chunk_bytes": 2048,
-                        "max_in_flight": 65536}},
+                        "max_in_flight": 65536,
+                        "unload_delay_ms": unload_delay_ms}},
             [harness.server_service("push", "pusher", port, "raw",
                                     max_sessions=1000)],
             threads=2, drain_timeout_ms=DRAIN_TIMEOUT_MS)
@@ -245,7 +247,10 @@ class StopTest(HostTestCase):
         self.check_after_stop(host, readers, stop_seconds)
 
     def test_iocphost_stop_flushes_every_session_and_waits_for_the_exit(self):
-        host, port = self.start_pusher()
+        # The plugin's library takes a second to unload (its destructor
+        # sleeps): after on_unload, after the sessions, but still before the
+        # process is gone. `iocphost stop` must wait for that too.
+        host, port = self.start_pusher(unload_delay_ms=UNLOAD_DELAY_MS)
         readers = self.start_readers(port)
         started = time.monotonic()
         result = harness.run_cli(
@@ -257,13 +262,125 @@ class StopTest(HostTestCase):
         self.assertTrue(result.stdout.startswith("ok\n"), output)
         # `iocphost stop` returns only when the host is gone: its process has
         # ended (the kernel closing the last descriptors is the end of it;
-        # reaping the exit status may lag by a moment, hence the short poll).
-        harness.wait_until(lambda: host.process.poll() is not None, 0.5,
+        # reaping the exit status may lag by a moment, hence the short poll,
+        # well under UNLOAD_DELAY_MS).
+        harness.wait_until(lambda: host.process.poll() is not None, 0.3,
                            "the host process to be gone once `iocphost stop` "
                            "returned")
+        self.assertGreaterEqual(stop_seconds, UNLOAD_DELAY_MS / 1000.0,
+                                "`iocphost stop` returned before the plugin "
+                                "had even been unloaded")
         self.assertEqual(host.process.returncode, 0, "exit code of the host")
         self.join_readers(readers)
         self.check_after_stop(host, readers, stop_seconds)
+
+
+class SlowReaderStopTest(HostTestCase):
+    """A stop while a client reads slowly: the host keeps flushing its
+    session for up to drain_timeout_ms (SPEC section 9: only sessions "still
+    busy after drain_timeout_ms are closed anyway")."""
+
+    DRAIN_TIMEOUT_MS = 8000
+    READER_PAUSE = 6.0  # seconds the reader stays away after the stop
+
+    def start_stalled_reader(self, drain_timeout_ms):
+        port = harness.free_port()
+        config = harness.make_config(
+            {"pusher": {"max_in_flight": 65536}},
+            [harness.server_service("push", "pusher", port, "raw")],
+            drain_timeout_ms=drain_timeout_ms)
+        host = Host(self, config, "slow-reader").start()
+        sock = harness.connect(port, timeout=30)
+        self.addCleanup(sock.close)
+        header = b""
+        while len(header) < 8:
+            chunk = sock.recv(8 - len(header))
+            self.assertTrue(chunk, "EOF before the session id")
+            header += chunk
+        session_id = struct.unpack("<Q", header)[0]
+        # Stop reading until every buffer on the way is full: the host's
+        # bytes_out stands still.
+        last = {"out": -1, "since": time.monotonic()}
+
+        def stalled():
+            out = host.status_json()["services"][0]["bytes_out"]
+            now = time.monotonic()
+            if out != last["out"]:
+                last["out"], last["since"] = out, now
+            return now - last["since"] >= 0.3
+        harness.wait_until(stalled, 20, "the stream to stall")
+        return host, sock, session_id
+
+    def read_rest(self, sock, received, session_id):
+        big = pattern(session_id & 0xFF)
+        end = "timeout"
+        deadline = time.monotonic() + harness.scaled(30)
+        sock.settimeout(harness.scaled(30))
+        while time.monotonic() < deadline:
+            try:
+                chunk = sock.recv(65536)
+            except ConnectionResetError:
+                end = "reset"
+                break
+            if not chunk:
+                end = "fin"
+                break
+            offset = received % 256
+            self.assertEqual(chunk, big[offset:offset + len(chunk)],
+                             "wrong bytes after stream offset %d" % received)
+            received += len(chunk)
+        return received, end
+
+    # A session's graceful close may flush for the whole drain timeout (the
+    # host sets the engine's close_timeout_ms from drain_timeout_ms); it
+    # once cut slow readers at the engine's 5 s default.
+    def test_slow_reader_gets_the_whole_drain_timeout(self):
+        host, sock, session_id = self.start_stalled_reader(
+            self.DRAIN_TIMEOUT_MS)
+        started = time.monotonic()
+        host.process.send_signal(signal.SIGTERM)
+        # The slow reader: away for a while (this pause is the scenario, not
+        # a wait for a condition), well inside drain_timeout_ms.
+        time.sleep(self.READER_PAUSE)
+        self.assertIsNone(host.process.poll(),
+                          "the host exited while a session was still "
+                          "flushing, before drain_timeout_ms")
+        received, end = self.read_rest(sock, 8, session_id)
+        code = host.process.wait(timeout=harness.scaled(
+            self.DRAIN_TIMEOUT_MS / 1000.0 + EXIT_MARGIN))
+        self.assertEqual(code, 0)
+        self.assertLess(time.monotonic() - started, harness.scaled(
+            self.DRAIN_TIMEOUT_MS / 1000.0 + EXIT_MARGIN))
+        logged = {int(m.group(1)): (int(m.group(2)), m.group(3))
+                  for m in SESSION_LINE.finditer(host.log())}
+        self.assertEqual(end, "fin")
+        self.assertEqual(logged.get(session_id),
+                         (received, "host_stopping"),
+                         "accepted/reason logged vs received %d" % received)
+
+    def test_reader_that_never_reads_is_closed_at_drain_timeout(self):
+        drain_ms = 2000
+        host, sock, session_id = self.start_stalled_reader(drain_ms)
+        started = time.monotonic()
+        host.process.send_signal(signal.SIGTERM)
+        limit = harness.scaled(drain_ms / 1000.0 + EXIT_MARGIN)
+        try:
+            code = host.process.wait(timeout=limit)
+        except Exception:
+            self.fail("the host did not exit within %.1fs although "
+                      "drain_timeout_ms is %d" % (limit, drain_ms))
+        took = time.monotonic() - started
+        self.assertEqual(code, 0)
+        # Not before the drain timeout: the session was still busy.
+        self.assertGreaterEqual(took, drain_ms / 1000.0 - 0.1)
+        log = host.log()
+        self.assertIn("drain_timeout_ms %d passed" % drain_ms, log)
+        logged = {int(m.group(1)): m.group(3)
+                  for m in SESSION_LINE.finditer(log)}
+        self.assertEqual(logged.get(session_id), "host_stopping")
+        errors = [line for line in log.splitlines()
+                  if re.search(r"\bERROR\b", line)]
+        self.assertEqual(errors, [])
 
 
 if __name__ == "__main__":

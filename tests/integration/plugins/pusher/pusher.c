@@ -26,7 +26,11 @@
  *       from on_unload
  *
  * Settings (all optional): {"interval_ms": 1, "chunk_bytes": 2048,
- * "max_in_flight": 65536}.
+ * "max_in_flight": 65536, "unload_delay_ms": 0}.
+ *
+ * unload_delay_ms makes the library's destructor (run when the host unloads
+ * the plugin, after on_unload) sleep that long: a slow end of the host
+ * process that `iocphost stop` must wait for.
  */
 #include <iocphost/plugin.h>
 
@@ -35,6 +39,12 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+
+#ifdef _WIN32
+#include <windows.h>
+#else
+#include <time.h>
+#endif
 
 #define CHUNK_MAX 16384
 
@@ -51,6 +61,7 @@ static const iocphost_api_t *api;
 static uint32_t interval_ms = 1;
 static uint32_t chunk_bytes = 2048;
 static uint64_t max_in_flight = 65536;
+static uint64_t unload_delay_ms;
 
 static atomic_ullong sessions;
 static atomic_ullong disconnected;
@@ -92,13 +103,16 @@ static int pusher_load(const iocphost_api_t *host_api,
            in_flight = max_in_flight;
   if (setting(settings_json, "interval_ms", &interval, err, err_len) != 0 ||
       setting(settings_json, "chunk_bytes", &chunk, err, err_len) != 0 ||
-      setting(settings_json, "max_in_flight", &in_flight, err, err_len) != 0)
+      setting(settings_json, "max_in_flight", &in_flight, err, err_len) !=
+          0 ||
+      setting(settings_json, "unload_delay_ms", &unload_delay_ms, err,
+              err_len) != 0)
     return -1;
   if (interval < 1 || interval > 60000 || chunk < 1 || chunk > CHUNK_MAX ||
-      in_flight < chunk) {
+      in_flight < chunk || unload_delay_ms > 60000) {
     snprintf(err, err_len,
              "settings: need 1 <= interval_ms <= 60000, 1 <= chunk_bytes <= "
-             "%d, max_in_flight >= chunk_bytes",
+             "%d, max_in_flight >= chunk_bytes, unload_delay_ms <= 60000",
              CHUNK_MAX);
     return -1;
   }
@@ -217,6 +231,22 @@ static void pusher_unload(void) {
            (unsigned long long)atomic_load(&queue_full),
            atomic_load(&stopping_calls));
 }
+
+#if defined(__GNUC__)
+/* Runs when the host unloads the library (dlclose / FreeLibrary). */
+__attribute__((destructor)) static void pusher_fini(void) {
+  if (unload_delay_ms == 0)
+    return;
+#ifdef _WIN32
+  Sleep((DWORD)unload_delay_ms);
+#else
+  struct timespec ts = {(time_t)(unload_delay_ms / 1000),
+                        (long)(unload_delay_ms % 1000) * 1000000L};
+  while (nanosleep(&ts, &ts) != 0)
+    ;
+#endif
+}
+#endif
 
 static const iocphost_plugin_t pusher_plugin = {
     IOCPHOST_PLUGIN_HEADER,

@@ -1,0 +1,331 @@
+#!/usr/bin/env bash
+# Side-by-side benchmarks: every workload on every peer, in one run, as
+# ratios to the raw epoll reference and to libuv (docs/benchmarks.md).
+#
+#   tests/bench/run.sh            # about two minutes on 2 cores
+#
+# Peers (each a fresh process per round, pinned to SERVER_CPU):
+#   epoll            tests/bench/epoll_echo.c: single-threaded, edge-triggered
+#   libuv            tests/bench/uv_echo.c: shared read buffer, try-write first
+#   iocphost         bin/iocphost + plugins/echo, raw framing, 1 worker thread
+#   iocphost-packet  bin/iocphost + tests/bench/plugins/packet_echo, packets
+# Workloads (the client, tests/bench/loadgen.c, pinned to CLIENT_CPU):
+#   pingpong  100 connections, 64-byte messages, 1 in flight each
+#   bulk      8 connections, 64 KiB messages, 1 in flight each
+#   rate      1,000 connections, 50,000 messages/s in total, open loop
+#   churn     32 at a time: connect, one 64-byte echo, close
+#   idle      10,000 connections held (once per peer)
+# Rounds interleave the peers (the order rotates) and the table shows the
+# median of the rounds. System calls are counted in separate short runs
+# (perf stat on the raw_syscalls tracepoint, or strace -c), so the tracing
+# never slows the measured runs.
+#
+# Environment: BUILD (build folder, default build-bench, configured as
+# Release when missing), OUT (results folder, default $BUILD/bench-results),
+# ROUNDS (3), DURATION (seconds measured per run, 1.5), WARMUP (0.5),
+# SERVER_CPU (0), CLIENT_CPU (1), BASE_PORT (17800), PEERS (all four,
+# space-separated), OTHER_MAX (25: foreign load, in % of a CPU, above which
+# a run is repeated), RETRIES (1), SKIP_BUILD=1, SKIP_SYSCALLS=1, SKIP_IDLE=1.
+set -euo pipefail
+
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+ROOT=$(cd "$HERE/../.." && pwd)
+BUILD=${BUILD:-$ROOT/build-bench}
+OUT=${OUT:-$BUILD/bench-results}
+ROUNDS=${ROUNDS:-3}
+DURATION=${DURATION:-1.5}
+WARMUP=${WARMUP:-0.5}
+SERVER_CPU=${SERVER_CPU:-0}
+CLIENT_CPU=${CLIENT_CPU:-1}
+BASE_PORT=${BASE_PORT:-17800}
+PEERS=${PEERS:-"epoll libuv iocphost iocphost-packet"}
+SYSCALL_SECONDS=${SYSCALL_SECONDS:-1}
+OTHER_MAX=${OTHER_MAX:-25}
+RETRIES=${RETRIES:-1}
+
+LOADGEN=$BUILD/tests/bench/loadgen
+SERVER_PID=
+COUNTER_PID=
+
+log() { printf '[bench %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+die() { log "error: $*"; exit 1; }
+
+cleanup() {
+  # Only what this script started, by process id.
+  if [ -n "$COUNTER_PID" ]; then kill -INT "$COUNTER_PID" 2>/dev/null || true; fi
+  if [ -n "$SERVER_PID" ]; then kill -TERM "$SERVER_PID" 2>/dev/null || true; fi
+  wait 2>/dev/null || true
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# ---- tools and build ----
+
+apt_install() { # package
+  local sudo=
+  [ "$(id -u)" -eq 0 ] || sudo=sudo
+  $sudo apt-get update -qq >/dev/null && $sudo apt-get install -y -qq "$1" >/dev/null
+}
+need_tool() { # command package
+  command -v "$1" >/dev/null 2>&1 && return 0
+  log "installing $2 (for $1)"
+  apt_install "$2" || die "cannot install $2"
+}
+need_tool taskset util-linux
+need_tool python3 python3
+need_tool gnuplot gnuplot-nox
+if ! pkg-config --exists libuv 2>/dev/null; then
+  log "installing libuv1-dev (the libuv peer)"
+  apt_install libuv1-dev || log "warning: cannot install libuv1-dev"
+  if [ -f "$BUILD/CMakeCache.txt" ]; then cmake "$BUILD" >/dev/null; fi # find it now
+fi
+
+if [ "${SKIP_BUILD:-0}" != 1 ]; then
+  if [ ! -f "$BUILD/CMakeCache.txt" ]; then
+    log "configuring $BUILD (Release)"
+    cmake -S "$ROOT" -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release >/dev/null
+  fi
+  log "building"
+  cmake --build "$BUILD" --target iocphost echo packet_echo loadgen epoll_echo \
+    idle_sessions >/dev/null
+  cmake --build "$BUILD" --target uv_echo >/dev/null 2>&1 || true
+fi
+[ -x "$LOADGEN" ] || die "no $LOADGEN: build first"
+case "$(grep -E '^CMAKE_BUILD_TYPE' "$BUILD/CMakeCache.txt" 2>/dev/null)" in
+  *Release*) ;;
+  *) log "warning: $BUILD is not a Release build; the figures will not mean much" ;;
+esac
+if [ ! -x "$BUILD/tests/bench/uv_echo" ]; then
+  log "warning: uv_echo was not built (no libuv): the libuv column stays empty"
+  PEERS=${PEERS//libuv/}
+fi
+
+if [ "$(nproc)" -lt 2 ]; then
+  log "warning: fewer than 2 CPUs: server and client share one"
+  CLIENT_CPU=$SERVER_CPU
+fi
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+[ "$(ulimit -n)" -ge 10100 ] || log "warning: ulimit -n is $(ulimit -n): the idle run needs 10,100"
+
+rm -rf "$OUT"
+mkdir -p "$OUT"
+RESULTS=$OUT/results.txt
+: >"$RESULTS"
+
+# ---- the machine ----
+{
+  echo "date: $(date -u +%Y-%m-%dT%H:%M:%SZ)"
+  echo "commit: $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)$(
+    git -C "$ROOT" diff --quiet HEAD -- host plugins 2>/dev/null || echo ' (host/ or plugins/ modified)')"
+  echo "kernel: $(uname -r)"
+  lscpu | grep -E '^(Model name|CPU\(s\)|Thread\(s\) per core|Hypervisor vendor|L2 cache|L3 cache)' |
+    sed 's/  */ /g'
+  echo "memory: $(free -m | awk '/^Mem:/ {print $2 " MiB"}')"
+  echo "load average at start: $(cut -d' ' -f1-3 /proc/loadavg)"
+  echo "server CPU $SERVER_CPU, client CPU $CLIENT_CPU, rounds $ROUNDS, $DURATION s measured after $WARMUP s warm-up"
+} >"$OUT/machine.txt"
+
+# ---- peers ----
+
+peer_port() {
+  case $1 in
+    epoll) echo $((BASE_PORT + 1)) ;;
+    libuv) echo $((BASE_PORT + 2)) ;;
+    iocphost) echo $((BASE_PORT + 3)) ;;
+    iocphost-packet) echo $((BASE_PORT + 4)) ;;
+  esac
+}
+
+write_config() { # peer port file
+  local plugin path framing
+  if [ "$1" = iocphost-packet ]; then
+    plugin=packet_echo framing=packet
+    path=$BUILD/tests/bench/plugins/packet_echo/packet_echo
+  else
+    plugin=echo framing=raw path=$BUILD/plugins/echo/echo
+  fi
+  cat >"$3" <<EOF
+{
+  "name": "bench-$1",
+  "log": { "level": "warn", "file": null },
+  "runtime_dir": "$OUT/run-$1",
+  "shutdown": { "drain_timeout_ms": 2000 },
+  "cores": [ { "name": "main", "threads": 1 } ],
+  "plugins": [ { "name": "$plugin", "path": "$path", "settings": {} } ],
+  "services": [
+    { "name": "bench", "type": "server", "core": "main", "plugin": "$plugin",
+      "address": "127.0.0.1:$2", "max_sessions": 20000, "backlog": 4096,
+      "framing": "$framing", "tcp_nodelay": true }
+  ]
+}
+EOF
+}
+
+start_peer() { # peer
+  local peer=$1 port
+  port=$(peer_port "$peer")
+  case $peer in
+    epoll) taskset -c "$SERVER_CPU" "$BUILD/tests/bench/epoll_echo" "$port" \
+      2>>"$OUT/server-$peer.log" & ;;
+    libuv) taskset -c "$SERVER_CPU" "$BUILD/tests/bench/uv_echo" "$port" \
+      2>>"$OUT/server-$peer.log" & ;;
+    iocphost*)
+      write_config "$peer" "$port" "$OUT/$peer.json"
+      taskset -c "$SERVER_CPU" "$BUILD/bin/iocphost" run -c "$OUT/$peer.json" \
+        2>>"$OUT/server-$peer.log" & ;;
+  esac
+  SERVER_PID=$!
+  for _ in $(seq 200); do
+    if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then return 0; fi
+    kill -0 "$SERVER_PID" 2>/dev/null || die "$peer exited at start (see $OUT/server-$peer.log)"
+    sleep 0.05
+  done
+  die "$peer does not listen on $port"
+}
+
+stop_peer() {
+  kill -TERM "$SERVER_PID" 2>/dev/null || true
+  wait "$SERVER_PID" 2>/dev/null || true
+  SERVER_PID=
+}
+
+# ---- workloads ----
+
+workloads_of() { # peer
+  if [ "$1" = iocphost-packet ]; then echo "pingpong rate"; else echo "pingpong bulk rate churn"; fi
+}
+
+loadgen_args() { # workload peer port
+  local packet=
+  [ "$2" = iocphost-packet ] && packet=--packet
+  case $1 in
+    pingpong) echo "pingpong --port $3 --conns 100 --size 64 --depth 1 $packet" ;;
+    bulk) echo "pingpong --port $3 --conns 8 --size 65536 --depth 1 $packet" ;;
+    rate) echo "rate --port $3 --conns 1000 --size 64 --rate 50000 $packet" ;;
+    churn) echo "churn --port $3 --concurrency 32 --size 64 $packet" ;;
+    idle) echo "idle --port $3 --conns 10000 --size 64 $packet" ;;
+  esac
+}
+
+# A run that other work on the machine disturbed (other_pct, the busy time
+# of the two pinned CPUs not spent by server or client, above OTHER_MAX %)
+# is repeated up to RETRIES times; the least disturbed attempt is kept.
+run_loadgen() { # tag workload peer extra-args...
+  local tag=$1 workload=$2 peer=$3
+  shift 3
+  local line best= best_other= other attempt
+  for ((attempt = 0; attempt <= RETRIES; attempt++)); do
+    # shellcheck disable=SC2046
+    if ! line=$(taskset -c "$CLIENT_CPU" "$LOADGEN" $(loadgen_args "$workload" "$peer" \
+      "$(peer_port "$peer")") --server-pid "$SERVER_PID" "$@" 2>>"$OUT/loadgen.log"); then
+      log "warning: $workload on $peer reported errors (see $OUT/loadgen.log)"
+    fi
+    other=$(sed -n 's/.*other_pct=\([0-9.]*\).*/\1/p' <<<"$line")
+    other=${other:-0}
+    if [ -z "$best" ] || awk -v a="$other" -v b="$best_other" 'BEGIN {exit !(a < b)}'; then
+      best=$line best_other=$other
+    fi
+    awk -v a="$other" -v m="$OTHER_MAX" 'BEGIN {exit !(a > m)}' || break
+    if [ "$attempt" -lt "$RETRIES" ]; then
+      log "  $workload on $peer: other work took ${other}% of a CPU: again"
+    fi
+  done
+  echo "$tag peer=$peer workload=$workload attempts=$attempt $best" >>"$RESULTS"
+}
+
+# Peers in round r start at position r: every peer runs early and late.
+rotated() { # round
+  local -a p=($PEERS)
+  local n=${#p[@]} i
+  for ((i = 0; i < n; i++)); do echo "${p[(i + $1) % n]}"; done
+}
+
+START=$(date +%s)
+for ((round = 1; round <= ROUNDS; round++)); do
+  for peer in $(rotated "$round"); do
+    log "round $round/$ROUNDS: $peer"
+    start_peer "$peer"
+    for w in $(workloads_of "$peer"); do
+      extra=(--duration "$DURATION" --warmup "$WARMUP")
+      [ "$w" = rate ] && extra+=(--latency-out "$OUT/latency-$peer-$round.txt")
+      run_loadgen "round=$round" "$w" "$peer" "${extra[@]}"
+    done
+    stop_peer
+  done
+done
+
+# ---- system calls per message: separate short runs ----
+
+syscall_counter() {
+  if perf stat -e raw_syscalls:sys_enter true >/dev/null 2>&1; then echo perf
+  elif command -v strace >/dev/null 2>&1; then echo strace
+  else echo none; fi
+}
+COUNTER=$(syscall_counter)
+# The calls broken down by name, for the notes (perf only).
+MIX=
+for s in epoll_wait epoll_pwait read recvfrom recvmsg write sendmsg sendto writev \
+  epoll_ctl accept4 close shutdown setsockopt getsockopt futex madvise mmap munmap \
+  brk mprotect; do
+  [ -d /sys/kernel/tracing/events/syscalls/sys_enter_$s ] && MIX="$MIX,syscalls:sys_enter_$s"
+done
+
+if [ "${SKIP_SYSCALLS:-0}" != 1 ] && [ "$COUNTER" != none ]; then
+  for peer in $(rotated 0); do
+    log "system calls: $peer ($COUNTER)"
+    start_peer "$peer"
+    for w in $(workloads_of "$peer"); do
+      cf=$OUT/syscalls-$peer-$w.txt
+      if [ "$COUNTER" = perf ]; then
+        perf stat -x, -e "raw_syscalls:sys_enter$MIX" -p "$SERVER_PID" -o "$cf" &
+      else
+        strace -c -f -p "$SERVER_PID" -o "$cf" &
+      fi
+      COUNTER_PID=$!
+      sleep 0.3 # attached before the first connection
+      # One attempt: the counter covers every attempt made under it.
+      RETRIES=0 run_loadgen "syscalls=$COUNTER" "$w" "$peer" --duration "$SYSCALL_SECONDS" --warmup 0.2
+      kill -INT "$COUNTER_PID" 2>/dev/null || true
+      wait "$COUNTER_PID" 2>/dev/null || true
+      COUNTER_PID=
+      if [ "$COUNTER" = perf ]; then
+        calls=$(awk -F, '$3 == "raw_syscalls:sys_enter" {print $1}' "$cf")
+        mix=$(awk -F, '$3 ~ /^syscalls:/ && $1 + 0 > 0 {sub("syscalls:sys_enter_", "", $3); printf "%s:%s;", $3, $1}' "$cf")
+      else
+        calls=$(awk '$NF == "total" {print $(NF-2)}' "$cf")
+        mix=$(awk 'NR > 2 && $NF != "total" && $1 !~ /^-/ && NF >= 5 {printf "%s:%s;", $NF, $(NF-2)}' "$cf")
+      fi
+      echo "syscall_count peer=$peer workload=$w calls=${calls:-0} mix=${mix:-none}" >>"$RESULTS"
+    done
+    stop_peer
+  done
+fi
+
+# ---- idle sessions: user-space memory per connection ----
+
+if [ "${SKIP_IDLE:-0}" != 1 ]; then
+  for peer in $(rotated 0); do
+    [ "$peer" = iocphost-packet ] && continue # the same sessions as iocphost
+    log "idle: $peer"
+    start_peer "$peer"
+    run_loadgen "idle=1" idle "$peer"
+    stop_peer
+  done
+  if [ -x "$BUILD/tests/bench/idle_sessions" ]; then
+    log "idle: the engine in-process (idle_sessions, mallinfo2)"
+    line=$(taskset -c "$SERVER_CPU,$CLIENT_CPU" "$BUILD/tests/bench/idle_sessions" 2>&1 |
+      awk '/per idle session/ {print $5}') || true
+    echo "engine_idle peer=iocphost heap_bytes_per_session=${line:-0}" >>"$RESULTS"
+  fi
+fi
+
+echo "load average at end: $(cut -d' ' -f1-3 /proc/loadavg); wall time $(($(date +%s) - START)) s" \
+  >>"$OUT/machine.txt"
+
+# ---- the table and the plot ----
+
+python3 "$HERE/summarize.py" "$OUT" | tee "$OUT/summary.md"
+if command -v gnuplot >/dev/null 2>&1 && [ -f "$OUT/latency.gp" ]; then
+  gnuplot "$OUT/latency.gp" && log "latency plot: $OUT/latency.png"
+fi
+log "results in $OUT"
