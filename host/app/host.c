@@ -1,16 +1,23 @@
 /*
  * The host: config and plugins wired onto the engine.
  *
- * A plugin's sessions are engine sessions whose extra state is the plugin's
- * session_size bytes (the "derived session"); the session's context is the
- * loaded plugin, so a future generation (hot deploy) only changes what the
- * factory hands out. iocphost_session_t is the engine's session_t and
- * iocphost_service_t is the host's service record: both stay opaque to
- * plugins.
+ * A plugin's sessions are engine sessions carrying a small host record and
+ * the plugin's session_size bytes (the "derived session").
+ * iocphost_session_t is the engine's session_t and iocphost_service_t is
+ * the host's service record: both stay opaque to plugins.
  *
- * Each plugin gets its own iocphost_api_t, embedded first in its record, so
- * the functions that take the api pointer (log, service_find) know which
- * plugin is calling without any global state.
+ * Generations (hot deploy, SPEC section 10): every load of a plugin is a
+ * generation, loaded from its own shadow copy. A session binds to the
+ * plugin's current generation when it connects (not when it is allocated:
+ * a listener keeps sessions ready for its pending accepts, and those must
+ * not pin an old generation) and keeps it to the end; the generation counts
+ * its sessions. A reload makes new generations current all at once, or
+ * none; a retired generation is unloaded by the reaper thread once its last
+ * session is freed, never from inside plugin code.
+ *
+ * Each generation has its own iocphost_api_t, embedded first in it, so the
+ * functions that take the api pointer (log, service_find) know which plugin
+ * is calling without any global state.
  */
 #include "host.h"
 
@@ -30,16 +37,45 @@
 #include "framing.h"
 #include "iocphost/plugin.h"
 #include "plugin_loader.h"
+#include "shadow.h"
 #include "version.h"
 
-typedef struct host_plugin {
+typedef struct host_plugin host_plugin_t;
+typedef struct generation generation_t;
+
+struct generation {
   iocphost_api_t api; /* first: the plugin's api pointer leads back here */
-  host_t *host;
+  host_plugin_t *plugin;
   plugin_module_t *module;
   const iocphost_plugin_t *desc;
-  const config_plugin_t *config;
-  int loaded; /* on_load succeeded; on_unload is owed */
-} host_plugin_t;
+  unsigned number;     /* 1, 2, ... per plugin */
+  char *source_path;   /* the deployed file */
+  char *shadow_path;   /* the copy it was loaded from (NULL for check) */
+  char *settings_json; /* what on_load got */
+  uint64_t source_hash;
+  long sessions; /* bound sessions; under host->gen_lock */
+  int loaded;    /* on_load succeeded: on_unload is owed */
+  int retired;   /* no longer current: unload at 0 sessions */
+  generation_t *next; /* the plugin's generations, newest first */
+};
+
+struct host_plugin {
+  host_t *host;
+  char *name;            /* the config's name */
+  generation_t *current; /* under host->gen_lock */
+  generation_t *generations;
+  unsigned generation_count;
+};
+
+/* The host's part of a session's extra state; the plugin's state follows
+ * it when it fits (it is sized by the generation current at allocation). */
+typedef struct host_session {
+  generation_t *generation; /* bound at connect; NULL before */
+  void *state;
+  int connected; /* the plugin saw on_connected */
+} host_session_t;
+
+#define HOST_SESSION_BYTES ((sizeof(host_session_t) + 15) & ~(size_t)15)
 
 typedef struct host_service {
   host_t *host;
@@ -56,6 +92,14 @@ struct host {
   /* Guards the service and core pointers against a status request racing
    * the stop: they are detached under it, destroyed outside it. */
   pthread_mutex_t lock;
+  /* Guards generations: current pointers, session counts, retirement. */
+  pthread_mutex_t gen_lock;
+  pthread_cond_t gen_changed;
+  pthread_t reaper;
+  int reaper_running;
+  int reaper_stop;
+  pthread_mutex_t reload_lock; /* one reload at a time */
+  char *shadow_dir;
   const config_t *config;
   host_plugin_t *plugins;
   size_t plugin_count;
@@ -72,32 +116,85 @@ static host_service_t *host_service_of(session_t *s) {
   return service_user(session_service(s));
 }
 
-/* ---- engine handler: forwards to the session's plugin ---- */
+/* ---- generations ---- */
 
-static const iocphost_plugin_t *desc_of(session_t *s) {
-  return ((host_plugin_t *)session_context(s))->desc;
+static generation_t *generation_acquire(host_plugin_t *p) {
+  host_t *host = p->host;
+  pthread_mutex_lock(&host->gen_lock);
+  generation_t *g = p->current;
+  g->sessions++;
+  pthread_mutex_unlock(&host->gen_lock);
+  return g;
 }
 
+static void generation_release(generation_t *g) {
+  host_t *host = g->plugin->host;
+  pthread_mutex_lock(&host->gen_lock);
+  if (--g->sessions == 0 && g->retired)
+    pthread_cond_broadcast(&host->gen_changed); /* the reaper's turn */
+  pthread_mutex_unlock(&host->gen_lock);
+}
+
+/* ---- engine handler: forwards to the session's generation ---- */
+
+static host_session_t *host_session(session_t *s) {
+  return session_extra(s);
+}
+
+static const iocphost_plugin_t *desc_of(session_t *s) {
+  return host_session(s)->generation->desc;
+}
+
+static void *plugin_state(session_t *s) { return host_session(s)->state; }
+
 static void on_connected(session_t *s) {
-  desc_of(s)->on_connected(PLUGIN_SESSION(s), session_extra(s));
+  host_session_t *h = host_session(s);
+  host_service_t *hs = host_service_of(s);
+  generation_t *g = generation_acquire(hs->plugin);
+  h->generation = g;
+  uint32_t size = g->desc->session_size;
+  if (size <= session_extra_size(s) - HOST_SESSION_BYTES) {
+    h->state = (char *)h + HOST_SESSION_BYTES;
+  } else {
+    /* The generation changed since this session was allocated and needs
+     * more room than was reserved. */
+    h->state = calloc(1, size);
+    if (!h->state) {
+      session_abort(s, REASON_IO_ERROR);
+      return;
+    }
+  }
+  h->connected = 1;
+  g->desc->on_connected(PLUGIN_SESSION(s), h->state);
 }
 
 static void on_disconnected(session_t *s, session_reason_t reason) {
-  desc_of(s)->on_disconnected(PLUGIN_SESSION(s), session_extra(s),
-                              (iocphost_reason_t)reason);
+  host_session_t *h = host_session(s);
+  if (h->connected)
+    desc_of(s)->on_disconnected(PLUGIN_SESSION(s), h->state,
+                                (iocphost_reason_t)reason);
 }
 
 static void on_sent(session_t *s, size_t bytes) {
   const iocphost_plugin_t *d = desc_of(s);
   if (d->on_send)
-    d->on_send(PLUGIN_SESSION(s), session_extra(s), bytes);
+    d->on_send(PLUGIN_SESSION(s), plugin_state(s), bytes);
+}
+
+static void on_free(session_t *s) {
+  host_session_t *h = host_session(s);
+  if (!h->generation)
+    return;
+  if (h->state != (char *)h + HOST_SESSION_BYTES)
+    free(h->state);
+  generation_release(h->generation);
 }
 
 static int deliver_packet(void *ctx, const framing_packet_t *packet) {
   session_t *s = ctx;
   atomic_fetch_add_explicit(&host_service_of(s)->packets_in, 1,
                             memory_order_relaxed);
-  desc_of(s)->on_packet(PLUGIN_SESSION(s), session_extra(s), packet->id,
+  desc_of(s)->on_packet(PLUGIN_SESSION(s), plugin_state(s), packet->id,
                         packet->payload, packet->payload_len);
   return !session_is_open(s);
 }
@@ -127,7 +224,7 @@ static size_t on_recv(session_t *s, const uint8_t *data, size_t len) {
   host_service_t *hs = host_service_of(s);
   if (hs->packet_framing)
     return on_recv_packets(s, hs, data, len);
-  return desc_of(s)->on_recv(PLUGIN_SESSION(s), session_extra(s), data, len);
+  return desc_of(s)->on_recv(PLUGIN_SESSION(s), plugin_state(s), data, len);
 }
 
 static const session_handler_t plugin_session_handler = {
@@ -135,21 +232,29 @@ static const session_handler_t plugin_session_handler = {
     .on_recv = on_recv,
     .on_disconnected = on_disconnected,
     .on_sent = on_sent,
+    .on_free = on_free,
 };
 
+/* Room for the host's record and the current generation's state. */
 static size_t prepare_session(void *ctx, void **session_context) {
   host_service_t *hs = ctx;
-  *session_context = hs->plugin;
-  return hs->plugin->desc->session_size;
+  host_t *host = hs->host;
+  pthread_mutex_lock(&host->gen_lock);
+  size_t room = ((size_t)hs->plugin->current->desc->session_size + 15) &
+                ~(size_t)15;
+  pthread_mutex_unlock(&host->gen_lock);
+  *session_context = NULL;
+  return HOST_SESSION_BYTES + room;
 }
+
 
 /* ---- the plugin API ---- */
 
 static void api_log(const iocphost_api_t *api, iocphost_log_level_t level,
                     const char *fmt, ...) {
-  const host_plugin_t *p = (const host_plugin_t *)api;
+  const generation_t *g = (const generation_t *)api;
   char subsystem[80];
-  snprintf(subsystem, sizeof subsystem, "plugin %s", p->config->name);
+  snprintf(subsystem, sizeof subsystem, "plugin %s", g->plugin->name);
   va_list ap;
   va_start(ap, fmt);
   log_writev((int)level, subsystem, fmt, ap);
@@ -211,7 +316,7 @@ static const char *api_session_service_name(iocphost_session_t *s) {
 }
 
 static void *api_session_state(iocphost_session_t *s) {
-  return s ? session_extra(SESSION(s)) : NULL;
+  return s ? plugin_state(SESSION(s)) : NULL;
 }
 
 static iocphost_session_t *api_session_acquire(iocphost_session_t *s) {
@@ -237,8 +342,7 @@ static iocphost_service_t *api_session_service(iocphost_session_t *s) {
 
 static iocphost_service_t *api_service_find(const iocphost_api_t *api,
                                             const char *name) {
-  const host_plugin_t *p = (const host_plugin_t *)api;
-  host_t *host = p->host;
+  host_t *host = ((const generation_t *)api)->plugin->host;
   if (!name)
     return NULL;
   for (size_t i = 0; i < host->config->service_count; i++)
@@ -301,7 +405,7 @@ _Static_assert(sizeof(iocphost_session_fn) == sizeof(void *),
 
 static void run_plugin_fn(session_t *s, void *fn, void *arg) {
   plugin_fn_ptr_t u = {.ptr = fn};
-  u.fn(PLUGIN_SESSION(s), session_extra(s), arg);
+  u.fn(PLUGIN_SESSION(s), plugin_state(s), arg);
 }
 
 static uint64_t api_timer_start(iocphost_session_t *s, uint32_t delay_ms,
@@ -343,8 +447,8 @@ static const char *api_reason_text(iocphost_reason_t reason) {
   return session_reason_name((int)reason);
 }
 
-static void fill_api(host_plugin_t *p) {
-  iocphost_api_t *a = &p->api;
+static void fill_api(generation_t *g) {
+  iocphost_api_t *a = &g->api;
   memset(a, 0, sizeof *a);
   a->struct_size = sizeof *a;
   a->abi_major = IOCPHOST_ABI_MAJOR;
@@ -376,6 +480,112 @@ static void fill_api(host_plugin_t *p) {
 
 /* ---- lifecycle ---- */
 
+/* Opens a generation of plugin p from path (ABI-checked, nothing of the
+ * plugin run but its entry symbol). shadow_dir NULL loads the file in place
+ * (for `check`); otherwise from a fresh copy. */
+static generation_t *generation_open(host_plugin_t *p, const char *path,
+                                     const char *settings_json,
+                                     const char *shadow_dir, char *err,
+                                     size_t err_len) {
+  generation_t *g = calloc(1, sizeof *g);
+  if (!g || !(g->source_path = strdup(path)) ||
+      !(g->settings_json = strdup(settings_json ? settings_json : "{}"))) {
+    if (g) {
+      free(g->source_path);
+      free(g);
+    }
+    snprintf(err, err_len, "out of memory");
+    return NULL;
+  }
+  g->plugin = p;
+  g->number = p->generation_count + 1;
+  const char *load_path = path;
+  if (shadow_dir) {
+    if (shadow_copy(shadow_dir, p->name, g->number, path, &g->shadow_path,
+                    &g->source_hash, err, err_len) != 0)
+      goto fail;
+    load_path = g->shadow_path;
+  } else if (file_hash(path, &g->source_hash, err, err_len) != 0) {
+    goto fail;
+  }
+  if (plugin_module_open(p->name, load_path, &g->module, err, err_len) != 0)
+    goto fail;
+  g->desc = plugin_module_descriptor(g->module);
+  fill_api(g);
+  return g;
+fail:
+  shadow_remove(g->shadow_path);
+  free(g->shadow_path);
+  free(g->settings_json);
+  free(g->source_path);
+  free(g);
+  return NULL;
+}
+
+/* on_unload if owed, then the library and its copy go. */
+static void generation_close(generation_t *g) {
+  if (g->loaded && g->desc->on_unload)
+    g->desc->on_unload();
+  g->loaded = 0;
+  plugin_module_close(g->module);
+  shadow_remove(g->shadow_path);
+  free(g->shadow_path);
+  free(g->settings_json);
+  free(g->source_path);
+  free(g);
+}
+
+static int generation_load(generation_t *g, char *err, size_t err_len) {
+  if (g->desc->on_load) {
+    char reason[512] = "";
+    if (g->desc->on_load(&g->api, g->settings_json, reason, sizeof reason) !=
+        0) {
+      reason[sizeof reason - 1] = '\0';
+      snprintf(err, err_len, "plugin \"%s\" (%s): on_load refused: %s",
+               g->plugin->name, g->source_path,
+               reason[0] ? reason : "(no reason given)");
+      return -1;
+    }
+  }
+  g->loaded = 1;
+  log_write(LOG_INFO, "host", "plugin %s %s (generation %u) loaded from %s",
+            g->plugin->name, g->desc->version, g->number, g->source_path);
+  return 0;
+}
+
+/* The refusals that span plugins and services: one name per plugin, and
+ * every service's plugin able to serve its framing. */
+static int check_generations(host_t *host, generation_t **gens, char *err,
+                             size_t err_len) {
+  const config_t *c = host->config;
+  plugin_module_t **modules = calloc(host->plugin_count + 1, sizeof *modules);
+  if (!modules) {
+    snprintf(err, err_len, "out of memory");
+    return -1;
+  }
+  for (size_t i = 0; i < host->plugin_count; i++)
+    modules[i] = gens[i]->module;
+  int rc = plugin_modules_check_unique(modules, host->plugin_count, err,
+                                       err_len);
+  free(modules);
+  for (size_t i = 0; rc == 0 && i < c->service_count; i++) {
+    const config_service_t *cs = &c->services[i];
+    rc = plugin_module_check_framing(gens[cs->plugin_index]->module,
+                                     cs->framing == CONFIG_FRAMING_PACKET,
+                                     cs->name, err, err_len);
+  }
+  return rc;
+}
+
+static void generation_make_current(host_plugin_t *p, generation_t *g) {
+  g->next = p->generations;
+  p->generations = g;
+  p->generation_count = g->number;
+  if (p->current)
+    p->current->retired = 1;
+  p->current = g;
+}
+
 int host_open(const config_t *config, host_t **out, char *err,
               size_t err_len) {
   host_t *host = calloc(1, sizeof *host);
@@ -385,39 +595,32 @@ int host_open(const config_t *config, host_t **out, char *err,
   }
   host->config = config;
   pthread_mutex_init(&host->lock, NULL);
+  pthread_mutex_init(&host->gen_lock, NULL);
+  pthread_mutex_init(&host->reload_lock, NULL);
+  pthread_cond_init(&host->gen_changed, NULL);
   host->plugins = calloc(config->plugin_count + 1, sizeof *host->plugins);
   host->services = calloc(config->service_count + 1, sizeof *host->services);
   host->cores = calloc(config->core_count + 1, sizeof *host->cores);
-  plugin_module_t **modules =
-      calloc(config->plugin_count + 1, sizeof *modules);
-  if (!host->plugins || !host->services || !host->cores || !modules) {
-    free(modules);
+  generation_t **gens = calloc(config->plugin_count + 1, sizeof *gens);
+  if (!host->plugins || !host->services || !host->cores || !gens) {
+    free(gens);
     host_close(host);
     snprintf(err, err_len, "out of memory");
     return -1;
   }
+  host->plugin_count = config->plugin_count;
   for (size_t i = 0; i < config->plugin_count; i++) {
-    host_plugin_t *p = &host->plugins[i];
-    p->host = host;
-    p->config = &config->plugins[i];
-    if (plugin_module_open(p->config->name, p->config->path, &p->module, err,
-                           err_len) != 0) {
-      free(modules);
-      host_close(host);
-      return -1;
-    }
-    host->plugin_count = i + 1;
-    p->desc = plugin_module_descriptor(p->module);
-    modules[i] = p->module;
-    fill_api(p);
+    host->plugins[i].host = host;
+    host->plugins[i].name = config->plugins[i].name;
   }
-  if (plugin_modules_check_unique(modules, config->plugin_count, err,
-                                  err_len) != 0) {
-    free(modules);
-    host_close(host);
-    return -1;
+  int rc = 0;
+  for (size_t i = 0; rc == 0 && i < config->plugin_count; i++) {
+    gens[i] = generation_open(&host->plugins[i], config->plugins[i].path,
+                              config->plugins[i].settings_json, NULL, err,
+                              err_len);
+    if (!gens[i])
+      rc = -1;
   }
-  free(modules);
   for (size_t i = 0; i < config->service_count; i++) {
     const config_service_t *cs = &config->services[i];
     host_service_t *hs = &host->services[i];
@@ -426,25 +629,127 @@ int host_open(const config_t *config, host_t **out, char *err,
     hs->plugin = &host->plugins[cs->plugin_index];
     hs->packet_framing = cs->framing == CONFIG_FRAMING_PACKET;
     hs->max_packet_bytes = cs->max_packet_bytes;
-    if (plugin_module_check_framing(hs->plugin->module, hs->packet_framing,
-                                    cs->name, err, err_len) != 0) {
-      host_close(host);
-      return -1;
-    }
+  }
+  if (rc == 0)
+    rc = check_generations(host, gens, err, err_len);
+  for (size_t i = 0; i < config->plugin_count; i++) {
+    if (!gens[i])
+      continue;
+    if (rc == 0)
+      generation_make_current(&host->plugins[i], gens[i]);
+    else
+      generation_close(gens[i]);
+  }
+  free(gens);
+  if (rc != 0) {
+    host_close(host);
+    return -1;
   }
   *out = host;
   return 0;
 }
 
+/* Unloads retired generations once their last session is gone. It is a
+ * thread of its own so that on_unload and the library's unmapping never
+ * run inside the code being unloaded (a session's last release can come
+ * from within a plugin callback). */
+static void *reaper_main(void *arg) {
+  host_t *host = arg;
+  pthread_mutex_lock(&host->gen_lock);
+  for (;;) {
+    generation_t *done = NULL;
+    for (size_t i = 0; i < host->plugin_count && !done; i++) {
+      for (generation_t **link = &host->plugins[i].generations; *link;
+           link = &(*link)->next) {
+        generation_t *g = *link;
+        if (g->retired && g->sessions == 0) {
+          *link = g->next;
+          done = g;
+          break;
+        }
+      }
+    }
+    if (done) {
+      pthread_mutex_unlock(&host->gen_lock);
+      log_write(LOG_INFO, "host",
+                "plugin %s generation %u (%s): last session ended; unloading",
+                done->plugin->name, done->number, done->desc->version);
+      generation_close(done);
+      pthread_mutex_lock(&host->gen_lock);
+      continue;
+    }
+    if (host->reaper_stop)
+      break;
+    pthread_cond_wait(&host->gen_changed, &host->gen_lock);
+  }
+  pthread_mutex_unlock(&host->gen_lock);
+  return NULL;
+}
+
+/* Unloads every generation still there: the stop, after every session. */
 static void unload_plugins(host_t *host) {
+  if (host->reaper_running) {
+    pthread_mutex_lock(&host->gen_lock);
+    host->reaper_stop = 1;
+    pthread_cond_broadcast(&host->gen_changed);
+    pthread_mutex_unlock(&host->gen_lock);
+    pthread_join(host->reaper, NULL);
+    host->reaper_running = 0;
+  }
   for (size_t i = host->plugin_count; i-- > 0;) {
     host_plugin_t *p = &host->plugins[i];
-    if (p->loaded && p->desc->on_unload)
-      p->desc->on_unload();
-    p->loaded = 0;
+    pthread_mutex_lock(&host->gen_lock);
+    generation_t *g = p->generations;
+    p->generations = NULL;
+    p->current = NULL;
+    pthread_mutex_unlock(&host->gen_lock);
+    while (g) {
+      generation_t *next = g->next;
+      if (g->sessions != 0)
+        log_write(LOG_ERROR, "host",
+                  "plugin %s generation %u still has %ld sessions at unload "
+                  "(a session handle was kept without release)",
+                  p->name, g->number, g->sessions);
+      generation_close(g);
+      g = next;
+    }
   }
 }
 
+/* At start, the generations `host_open` checked in place are loaded again
+ * from shadow copies: the deployed files must stay free to be replaced. No
+ * code of theirs but the entry symbol ran, so nothing is lost. */
+static int move_to_shadow(host_t *host, char *err, size_t err_len) {
+  const config_t *c = host->config;
+  if (shadow_dir_create(c->runtime_dir, c->name, &host->shadow_dir, err,
+                        err_len) != 0)
+    return -1;
+  for (size_t i = 0; i < host->plugin_count; i++) {
+    host_plugin_t *p = &host->plugins[i];
+    generation_t *checked = p->current;
+    p->generation_count = 0;
+    generation_t *g = generation_open(p, checked->source_path,
+                                      checked->settings_json,
+                                      host->shadow_dir, err, err_len);
+    if (!g) {
+      p->generation_count = checked->number;
+      return -1;
+    }
+    if (strcmp(g->desc->name, checked->desc->name) != 0) {
+      snprintf(err, err_len,
+               "plugin \"%s\" (%s) changed while the host was starting; "
+               "start again",
+               p->name, checked->source_path);
+      generation_close(g);
+      return -1;
+    }
+    p->generations = checked->next;
+    p->current = NULL;
+    generation_close(checked);
+    generation_make_current(p, g);
+  }
+  return 0;
+}
 static int create_service(host_t *host, size_t i, char *err, size_t err_len) {
   host_service_t *hs = &host->services[i];
   const config_service_t *cs = hs->config;
@@ -509,26 +814,16 @@ static void destroy_cores(host_t *host) {
 
 int host_start(host_t *host, char *err, size_t err_len) {
   const config_t *c = host->config;
+  if (move_to_shadow(host, err, err_len) != 0)
+    return -3;
   for (size_t i = 0; i < host->plugin_count; i++) {
-    host_plugin_t *p = &host->plugins[i];
-    if (!p->desc->on_load) {
-      p->loaded = 1;
-      continue;
-    }
-    char reason[512] = "";
-    if (p->desc->on_load(&p->api, p->config->settings_json, reason,
-                         sizeof reason) != 0) {
-      reason[sizeof reason - 1] = '\0';
-      snprintf(err, err_len,
-               "plugin \"%s\" (%s): on_load refused to start: %s", p->config->name,
-               p->config->path, reason[0] ? reason : "(no reason given)");
+    if (generation_load(host->plugins[i].current, err, err_len) != 0) {
       unload_plugins(host);
       return -1;
     }
-    p->loaded = 1;
-    log_write(LOG_INFO, "host", "plugin %s %s loaded from %s", p->config->name,
-              p->desc->version, p->config->path);
   }
+  if (pthread_create(&host->reaper, NULL, reaper_main, host) == 0)
+    host->reaper_running = 1;
   for (size_t i = 0; i < c->core_count; i++) {
     core_t *core;
     if (core_create(c->cores[i].name, c->cores[i].threads, &core, err,
@@ -555,7 +850,7 @@ int host_start(host_t *host, char *err, size_t err_len) {
       log_write(LOG_INFO, "host", "service %s: %s %s, plugin %s, %s framing",
                 cs->name, cs->type == CONFIG_SERVICE_SERVER ? "listening on"
                                                             : "connecting to",
-                cs->address_text, host->services[i].plugin->config->name,
+                cs->address_text, host->services[i].plugin->name,
                 cs->framing == CONFIG_FRAMING_PACKET ? "packet" : "raw");
     }
   }
@@ -575,9 +870,12 @@ void host_stop(host_t *host) {
   const config_t *c = host->config;
   for (size_t i = 0; i < c->service_count; i++)
     service_stop_accepting(host->services[i].engine);
+  pthread_mutex_lock(&host->gen_lock);
   for (size_t i = 0; i < host->plugin_count; i++)
-    if (host->plugins[i].loaded && host->plugins[i].desc->on_stopping)
-      host->plugins[i].desc->on_stopping();
+    for (generation_t *g = host->plugins[i].generations; g; g = g->next)
+      if (g->loaded && g->desc->on_stopping)
+        g->desc->on_stopping();
+  pthread_mutex_unlock(&host->gen_lock);
   for (size_t i = 0; i < c->service_count; i++)
     service_disconnect_all(host->services[i].engine, REASON_HOST_STOPPING);
   uint64_t deadline = clock_now_ms() + c->drain_timeout_ms;
@@ -606,12 +904,16 @@ void host_close(host_t *host) {
     return;
   if (host->started)
     host_stop(host);
-  for (size_t i = 0; i < host->plugin_count; i++)
-    plugin_module_close(host->plugins[i].module);
+  unload_plugins(host); /* what check opened, or what a failed start left */
+  shadow_dir_remove(host->shadow_dir);
+  free(host->shadow_dir);
   free(host->plugins);
   free(host->services);
   free(host->cores);
   pthread_mutex_destroy(&host->lock);
+  pthread_mutex_destroy(&host->gen_lock);
+  pthread_mutex_destroy(&host->reload_lock);
+  pthread_cond_destroy(&host->gen_changed);
   free(host);
 }
 
@@ -681,9 +983,24 @@ static cJSON *status_json(host_t *host, uint64_t uptime_ms) {
   for (size_t i = 0; i < host->plugin_count; i++) {
     host_plugin_t *p = &host->plugins[i];
     cJSON *o = cJSON_CreateObject();
-    cJSON_AddStringToObject(o, "name", p->config->name);
-    cJSON_AddStringToObject(o, "version", p->desc->version);
-    cJSON_AddStringToObject(o, "path", p->config->path);
+    cJSON_AddStringToObject(o, "name", p->name);
+    pthread_mutex_lock(&host->gen_lock);
+    generation_t *current = p->current;
+    if (current) {
+      cJSON_AddStringToObject(o, "version", current->desc->version);
+      cJSON_AddStringToObject(o, "path", current->source_path);
+      cJSON_AddNumberToObject(o, "generation", current->number);
+    }
+    cJSON *gens = cJSON_AddArrayToObject(o, "generations");
+    for (generation_t *g = p->generations; g; g = g->next) {
+      cJSON *go = cJSON_CreateObject();
+      cJSON_AddNumberToObject(go, "generation", g->number);
+      cJSON_AddStringToObject(go, "version", g->desc->version);
+      cJSON_AddStringToObject(go, "state", g == current ? "current" : "retired");
+      cJSON_AddNumberToObject(go, "sessions", (double)g->sessions);
+      cJSON_AddItemToArray(gens, go);
+    }
+    pthread_mutex_unlock(&host->gen_lock);
     cJSON_AddItemToArray(plugins, o);
   }
   cJSON *services = cJSON_AddArrayToObject(root, "services");
@@ -745,10 +1062,20 @@ char *host_status(host_t *host, int json, uint64_t uptime_ms) {
                : 0.0);
   }
   cJSON_ArrayForEach(item, cJSON_GetObjectItem(root, "plugins")) {
-    append(&out, &len, &cap, "plugin %s %s (%s)\n",
+    cJSON *version = cJSON_GetObjectItem(item, "version");
+    cJSON *path = cJSON_GetObjectItem(item, "path");
+    append(&out, &len, &cap, "plugin %s %s (%s), generations:",
            cJSON_GetObjectItem(item, "name")->valuestring,
-           cJSON_GetObjectItem(item, "version")->valuestring,
-           cJSON_GetObjectItem(item, "path")->valuestring);
+           version ? version->valuestring : "-", path ? path->valuestring : "-");
+    cJSON *g;
+    cJSON_ArrayForEach(g, cJSON_GetObjectItem(item, "generations")) {
+      append(&out, &len, &cap, " %.0f (%s, %s, %.0f sessions)",
+             cJSON_GetObjectItem(g, "generation")->valuedouble,
+             cJSON_GetObjectItem(g, "version")->valuestring,
+             cJSON_GetObjectItem(g, "state")->valuestring,
+             cJSON_GetObjectItem(g, "sessions")->valuedouble);
+    }
+    append(&out, &len, &cap, "\n");
   }
   cJSON_ArrayForEach(item, cJSON_GetObjectItem(root, "services")) {
 #define NUM(key) cJSON_GetObjectItem(item, key)->valuedouble
@@ -775,5 +1102,199 @@ char *host_status(host_t *host, int json, uint64_t uptime_ms) {
 #undef STR
   }
   cJSON_Delete(root);
+  return out;
+}
+
+/* ---- reload (SPEC section 10) ---- */
+
+static void note(char **out, size_t *len, size_t *cap, const char *what,
+                 const char *path, const char *before, const char *after) {
+  append(out, len, cap, "needs a restart, not applied: %s%s%s (%s -> %s)\n",
+         what, path ? "." : "", path ? path : "", before, after);
+}
+
+#define DIFF_STR(label, x, y, field)                                           \
+  if (strcmp((x)->field ? (x)->field : "", (y)->field ? (y)->field : "") != 0) \
+    note(out, len, cap, label, #field, (x)->field ? (x)->field : "null",       \
+         (y)->field ? (y)->field : "null");
+#define DIFF_NUM(label, x, y, field)                                           \
+  if ((x)->field != (y)->field) {                                              \
+    char before[32], after[32];                                                \
+    snprintf(before, sizeof before, "%.17g", (double)(x)->field);              \
+    snprintf(after, sizeof after, "%.17g", (double)(y)->field);                \
+    note(out, len, cap, label, #field, before, after);                         \
+  }
+
+/* What differs between the running config and a new one beyond plugin
+ * files and settings: reported, never half-applied. */
+static void restart_notes(const config_t *a, const config_t *b, char **out,
+                          size_t *len, size_t *cap) {
+  DIFF_STR("config", a, b, name);
+  DIFF_STR("config", a, b, runtime_dir);
+  DIFF_STR("config", a, b, log_file);
+  DIFF_NUM("config", a, b, drain_timeout_ms);
+  if (a->core_count != b->core_count || a->service_count != b->service_count ||
+      a->plugin_count != b->plugin_count) {
+    char before[64], after[64];
+    snprintf(before, sizeof before, "%zu cores, %zu plugins, %zu services",
+             a->core_count, a->plugin_count, a->service_count);
+    snprintf(after, sizeof after, "%zu cores, %zu plugins, %zu services",
+             b->core_count, b->plugin_count, b->service_count);
+    note(out, len, cap, "the set of cores, plugins or services", NULL, before,
+         after);
+    return;
+  }
+  char label[64];
+  for (size_t i = 0; i < a->core_count; i++) {
+    snprintf(label, sizeof label, "cores[%zu]", i);
+    DIFF_STR(label, &a->cores[i], &b->cores[i], name);
+    DIFF_NUM(label, &a->cores[i], &b->cores[i], threads);
+  }
+  for (size_t i = 0; i < a->plugin_count; i++) {
+    snprintf(label, sizeof label, "plugins[%zu]", i);
+    DIFF_STR(label, &a->plugins[i], &b->plugins[i], name);
+  }
+  for (size_t i = 0; i < a->service_count; i++) {
+    const config_service_t *x = &a->services[i], *y = &b->services[i];
+    snprintf(label, sizeof label, "services[%zu]", i);
+    DIFF_STR(label, x, y, name);
+    DIFF_NUM(label, x, y, type);
+    DIFF_STR(label, x, y, core);
+    DIFF_STR(label, x, y, plugin);
+    DIFF_STR(label, x, y, address_text);
+    DIFF_NUM(label, x, y, framing);
+    DIFF_NUM(label, x, y, max_recv_bytes);
+    DIFF_NUM(label, x, y, max_packet_bytes);
+    DIFF_NUM(label, x, y, send_queue_limit_bytes);
+    DIFF_NUM(label, x, y, idle_timeout_ms);
+    DIFF_NUM(label, x, y, incomplete_timeout_ms);
+    DIFF_NUM(label, x, y, tcp_nodelay);
+    DIFF_NUM(label, x, y, max_sessions);
+    DIFF_NUM(label, x, y, backlog);
+    DIFF_NUM(label, x, y, sessions);
+    DIFF_NUM(label, x, y, connect_timeout_ms);
+    DIFF_NUM(label, x, y, reconnect);
+    DIFF_NUM(label, x, y, reconnect_min_delay_ms);
+    DIFF_NUM(label, x, y, reconnect_max_delay_ms);
+    DIFF_NUM(label, x, y, reconnect_jitter);
+  }
+}
+#undef DIFF_STR
+#undef DIFF_NUM
+
+char *host_reload(host_t *host, const char *config_file, int dry_run) {
+  char err[2048] = "";
+  char *out = NULL;
+  size_t len = 0, cap = 0;
+  config_t *next;
+  if (config_load(config_file, &next, err, sizeof err) != 0) {
+    append(&out, &len, &cap,
+           "error: the config is invalid; nothing changed: %s\n", err);
+    return out;
+  }
+  pthread_mutex_lock(&host->reload_lock);
+  const config_t *c = host->config;
+  size_t count = host->plugin_count;
+  generation_t **candidates = calloc(count + 1, sizeof *candidates);
+  generation_t **fresh = calloc(count + 1, sizeof *fresh);
+  char **why = calloc(count + 1, sizeof *why);
+  int failed = !candidates || !fresh || !why;
+  if (failed)
+    snprintf(err, sizeof err, "out of memory");
+  char *notes = NULL;
+  size_t notes_len = 0, notes_cap = 0;
+  restart_notes(c, next, &notes, &notes_len, &notes_cap);
+  if (next->log_level != c->log_level) {
+    if (!dry_run)
+      log_set_level(next->log_level);
+    append(&notes, &notes_len, &notes_cap, "%s: log.level %s -> %s\n",
+           dry_run ? "would apply" : "applied", log_level_name(c->log_level),
+           log_level_name(next->log_level));
+  }
+  /* Which plugins changed: their file's bytes, their path or settings. */
+  for (size_t i = 0; !failed && i < count; i++) {
+    host_plugin_t *p = &host->plugins[i];
+    pthread_mutex_lock(&host->gen_lock);
+    generation_t *current = p->current;
+    pthread_mutex_unlock(&host->gen_lock);
+    candidates[i] = current;
+    const config_plugin_t *np = NULL;
+    for (size_t j = 0; j < next->plugin_count; j++)
+      if (strcmp(next->plugins[j].name, p->name) == 0)
+        np = &next->plugins[j];
+    if (!np)
+      continue; /* reported as needing a restart */
+    uint64_t hash = 0;
+    if (file_hash(np->path, &hash, err, sizeof err) != 0) {
+      failed = 1;
+      break;
+    }
+    if (hash != current->source_hash)
+      why[i] = "file changed";
+    else if (strcmp(np->settings_json, current->settings_json) != 0)
+      why[i] = "settings changed";
+    else if (strcmp(np->path, current->source_path) != 0)
+      why[i] = "path changed";
+    if (!why[i] || dry_run)
+      continue;
+    fresh[i] = generation_open(p, np->path, np->settings_json,
+                               host->shadow_dir, err, sizeof err);
+    if (!fresh[i]) {
+      failed = 1;
+      break;
+    }
+    candidates[i] = fresh[i];
+  }
+  if (!failed && !dry_run)
+    failed = check_generations(host, candidates, err, sizeof err) != 0;
+  for (size_t i = 0; !failed && !dry_run && i < count; i++)
+    if (fresh[i] && generation_load(fresh[i], err, sizeof err) != 0)
+      failed = 1;
+  if (failed) {
+    /* Nothing changes: the new generations go, on_unload for any whose
+     * on_load ran; the running ones never noticed. */
+    for (size_t i = 0; fresh && i < count; i++)
+      if (fresh[i])
+        generation_close(fresh[i]);
+    append(&out, &len, &cap, "error: reload refused; nothing changed: %s\n",
+           err);
+    log_write(LOG_ERROR, "host", "reload refused; nothing changed: %s", err);
+  } else {
+    append(&out, &len, &cap, "ok\n");
+    if (!dry_run) {
+      pthread_mutex_lock(&host->gen_lock);
+      for (size_t i = 0; i < count; i++)
+        if (fresh[i])
+          generation_make_current(&host->plugins[i], fresh[i]);
+      pthread_cond_broadcast(&host->gen_changed);
+      pthread_mutex_unlock(&host->gen_lock);
+    }
+    for (size_t i = 0; i < count; i++) {
+      host_plugin_t *p = &host->plugins[i];
+      if (!why[i]) {
+        append(&out, &len, &cap, "plugin %s: unchanged\n", p->name);
+      } else if (dry_run) {
+        append(&out, &len, &cap, "plugin %s: would redeploy (%s)\n", p->name,
+               why[i]);
+      } else {
+        append(&out, &len, &cap,
+               "plugin %s: generation %u, version %s (%s); existing "
+               "sessions keep generation %u\n",
+               p->name, fresh[i]->number, fresh[i]->desc->version, why[i],
+               fresh[i]->number - 1);
+        log_write(LOG_INFO, "host",
+                  "reload: plugin %s generation %u (%s) is current (%s)",
+                  p->name, fresh[i]->number, fresh[i]->desc->version, why[i]);
+      }
+    }
+    if (notes)
+      append(&out, &len, &cap, "%s", notes);
+  }
+  pthread_mutex_unlock(&host->reload_lock);
+  free(notes);
+  free(candidates);
+  free(fresh);
+  free(why);
+  config_free(next);
   return out;
 }

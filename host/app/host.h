@@ -28,6 +28,14 @@ void host_stop(host_t *host);
 /* The answer to `iocphost status` (with "ok\n" first), text or JSON;
  * malloc'd. Safe while the host runs, from any thread. */
 char *host_status(host_t *host, int json, uint64_t uptime_ms);
+/* Redeploys every plugin whose file, path or settings changed in
+ * config_file (SPEC section 10): all changed plugins load, pass the ABI
+ * checks and on_load, or nothing changes. New sessions get the new
+ * generations; existing ones keep theirs, which are unloaded after their
+ * last session. Changes that need a restart are reported, not applied.
+ * dry_run only says what would change. Returns a malloc'd reply starting
+ * with "ok\n" or "error: ". */
+char *host_reload(host_t *host, const char *config_file, int dry_run);
 /* Frees everything; stops first if needed. */
 void host_close(host_t *host);
 

@@ -201,6 +201,7 @@ uint64_t session_id(const session_t *s);
 const address_t *session_peer(const session_t *s);
 service_t *session_service(const session_t *s);
 void *session_extra(session_t *s);
+size_t session_extra_size(const session_t *s);
 void *session_context(const session_t *s);
 /* 1 while the session is open (between on_connected and disconnect). */
 int session_is_open(session_t *s);

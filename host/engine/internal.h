@@ -44,6 +44,7 @@ struct session {
   uint64_t id;
   service_t *service;
   void *context;
+  uint32_t extra_size; /* bytes of extra state, as the factory asked */
   client_slot_t *slot; /* client sessions: the slot that keeps it */
   io_handle_t handle;
   io_op_t recv_op;

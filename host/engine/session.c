@@ -157,6 +157,7 @@ session_t *session__new(service_t *svc) {
   session_t *s = calloc(1, extra_offset() + extra);
   if (!s)
     return NULL;
+  s->extra_size = (uint32_t)extra;
   atomic_init(&s->refs, 1); /* the open reference */
   s->id = atomic_fetch_add_explicit(&next_session_id, 1, memory_order_relaxed);
   s->service = svc;
@@ -1086,6 +1087,7 @@ uint64_t session_id(const session_t *s) { return s->id; }
 const address_t *session_peer(const session_t *s) { return &s->peer; }
 service_t *session_service(const session_t *s) { return s->service; }
 void *session_extra(session_t *s) { return (char *)s + extra_offset(); }
+size_t session_extra_size(const session_t *s) { return s->extra_size; }
 void *session_context(const session_t *s) { return s->context; }
 
 int session_is_open(session_t *s) {
