@@ -778,9 +778,10 @@ static int create_service(host_t *host, size_t i, char *err, size_t err_len) {
   o.reconnect_max_delay_ms = cs->reconnect_max_delay_ms;
   o.reconnect_jitter = cs->reconnect_jitter;
   /* A session asked to close may flush for as long as a graceful stop may
-   * drain: the stop's deadline, not a shorter one of its own, decides. */
+   * drain, and a little longer: the stop's deadline, not one of its own,
+   * decides when a stop gives up (and says so in the log). */
   if (host->config->drain_timeout_ms > 0)
-    o.close_timeout_ms = host->config->drain_timeout_ms;
+    o.close_timeout_ms = host->config->drain_timeout_ms + 1000;
   service_t *svc;
   if (service_create(host->cores[cs->core_index], &o, &svc, err, err_len) != 0)
     return -1;

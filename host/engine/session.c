@@ -993,8 +993,11 @@ static void finish_close(session_t *s, int graceful) {
   s->state = SESSION_CLOSED;
   pthread_mutex_unlock(&s->lock);
   cancel_timers(s);
-  o->factory.handler->on_disconnected(s, (session_reason_t)s->reason);
+  /* Out of the service's set (and counters) first: whoever sees
+   * on_disconnected's effects must not still find the session open in
+   * service_find_session, a broadcast or the stats. */
   service__unregister(s->service, s, s->reason);
+  o->factory.handler->on_disconnected(s, (session_reason_t)s->reason);
   if (s->slot)
     service__client_closed(s->slot, s);
   if (graceful && !s->peer_eof && s->handle.socket != IO_INVALID_SOCKET) {
