@@ -41,6 +41,15 @@ typedef int io_socket_t;
 typedef struct iovec io_buf_t;
 #endif
 
+/* Linux: an accepted socket inherits TCP_NODELAY from its listener, so
+ * setting it once on the listener saves a system call per connection.
+ * Windows (AcceptEx) promises no such thing. */
+#ifdef _WIN32
+#define IO_ACCEPT_INHERITS_NODELAY 0
+#else
+#define IO_ACCEPT_INHERITS_NODELAY 1
+#endif
+
 /* Status codes besides 0 and -errno. */
 #define IO_ECANCELED (-125)
 
@@ -139,6 +148,11 @@ int io_handle_worker_index(const io_handle_t *h);
 int io_handle_on_worker(const io_handle_t *h);
 /* Closes the socket and completes its pending ops with IO_ECANCELED. */
 void io_handle_close(io_handle_t *h);
+/* Writes at once, without an op: the handle's worker only, with no send op
+ * in flight. Returns the bytes the socket took (maybe fewer than offered),
+ * -EAGAIN when it takes nothing now (issue an IO_OP_SEND for the rest), or
+ * another negative code. The buffers are not used after it returns. */
+int io_send_now(io_handle_t *h, const io_buf_t *bufs, int count);
 /* Sends FIN after what was written; reading goes on. */
 void io_handle_shutdown_write(io_handle_t *h);
 

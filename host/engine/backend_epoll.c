@@ -360,6 +360,13 @@ static int perform(io_worker_t *w, io_op_t *op) {
     return 1;
   }
   case IO_OP_ACCEPT: {
+    /* Several accepts wait on one listener; once one found it drained,
+     * the others wait for the next edge instead of each failing again. */
+    if (!h->readable) {
+      op->next = h->pending_read;
+      h->pending_read = op;
+      return 0;
+    }
     struct sockaddr_storage ss;
     socklen_t len = sizeof ss;
     int fd;
@@ -627,6 +634,38 @@ void io_handle_close(io_handle_t *h) {
     make_ready(w, h->pending_write, IO_ECANCELED);
     h->pending_write = NULL;
   }
+}
+
+int io_send_now(io_handle_t *h, const io_buf_t *bufs, int count) {
+  if (h->closed || h->socket == IO_INVALID_SOCKET)
+    return IO_ECANCELED;
+  if (!h->writable || h->pending_write)
+    return -EAGAIN;
+  size_t total = 0;
+  for (int i = 0; i < count; i++)
+    total += bufs[i].iov_len;
+  ssize_t n;
+  do {
+    if (count == 1) {
+      n = send(h->socket, bufs[0].iov_base, bufs[0].iov_len, MSG_NOSIGNAL);
+    } else {
+      struct msghdr msg;
+      memset(&msg, 0, sizeof msg);
+      msg.msg_iov = (struct iovec *)bufs;
+      msg.msg_iovlen = (size_t)count;
+      n = sendmsg(h->socket, &msg, MSG_NOSIGNAL);
+    }
+  } while (n < 0 && errno == EINTR);
+  if (n < 0) {
+    if (errno == EAGAIN || errno == EWOULDBLOCK) {
+      h->writable = 0;
+      return -EAGAIN;
+    }
+    return -errno;
+  }
+  if ((size_t)n < total)
+    h->writable = 0; /* full: EPOLLOUT brings the next edge */
+  return (int)n;
 }
 
 void io_handle_shutdown_write(io_handle_t *h) {

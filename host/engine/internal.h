@@ -36,7 +36,9 @@ struct session {
   uint8_t kick_pending;    /* under lock: the kick op is queued */
   uint8_t peer_eof;        /* worker only: the peer sent FIN */
   uint8_t lingering;       /* worker only: FIN sent, draining input */
-  uint8_t close_request;   /* under lock: reason asked from any thread */
+  /* Written under lock (a reason asked from any thread); atomic so that
+   * the worker may read it without the lock. */
+  _Atomic uint8_t close_request;
   uint8_t close_abort;     /* under lock: abort rather than flush */
   uint8_t reason;          /* the reason on_disconnected gets */
   uint8_t registered;      /* counted in the service */
@@ -55,6 +57,7 @@ struct session {
   send_chunk_t *queue_head;
   send_chunk_t *queue_tail;
   uint64_t queued_bytes;
+  size_t sent_unreported; /* worker only: sent at once, on_sent still owed */
   io_buf_t *send_bufs; /* gather list while a send is in flight */
   /* Unconsumed received bytes, allocated only while there are some. */
   uint8_t *pending_in;

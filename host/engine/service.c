@@ -430,6 +430,8 @@ static int listener_start(service_t *svc, char *err, size_t err_len) {
              svc->name, addr, strerror(errno));
     return -1;
   }
+  if (svc->opt.tcp_nodelay) /* inherited by accepted sockets */
+    io_socket_set_nodelay(sock, 1);
   int rc = io_socket_listen(sock, &svc->opt.address, svc->opt.backlog);
   if (rc < 0) {
     io_socket_close(sock);

@@ -36,6 +36,7 @@
 #include "engine/log.h"
 
 #define SEND_BUFS_MAX 64
+#define SEND_NOW_BUFS 8 /* buffers of one send call that may go out at once */
 #define CHUNK_MIN_ROOM 512
 #define LINGER_MS 2000
 
@@ -80,6 +81,9 @@ typedef struct session_post_op {
 } session_post_op_t;
 
 static atomic_uint_fast64_t next_session_id = 1;
+/* The session whose input this worker is delivering right now: bytes it
+ * sends at once are reported (on_sent) when its callback has returned. */
+static _Thread_local session_t *delivering;
 static atomic_uint_fast64_t next_timer_id = 1;
 
 static void begin_close(session_t *s, int reason, int graceful);
@@ -472,6 +476,16 @@ static void open_session(session_t *s) {
   start_recv(s);
 }
 
+/* Worker only: on_sent for bytes that went out at once (see enqueue). */
+static void report_sent(session_t *s) {
+  size_t sent = s->sent_unreported;
+  if (!sent)
+    return;
+  s->sent_unreported = 0;
+  if (s->state == SESSION_OPEN)
+    opts_of(s)->factory.handler->on_sent(s, sent);
+}
+
 static void on_kick(io_op_t *op, int status, size_t bytes) {
   session_t *s = container_of(op, session_t, kick_op);
   pthread_mutex_lock(&s->lock);
@@ -488,6 +502,7 @@ static void on_kick(io_op_t *op, int status, size_t bytes) {
   }
   if (request)
     begin_close(s, request, !abort_now);
+  report_sent(s);
   flush(s);
   session_release(s);
 }
@@ -538,7 +553,7 @@ int session__attach(session_t *s, io_socket_t sock, int worker_hint) {
     session_release(s);
     return rc;
   }
-  if (o->tcp_nodelay)
+  if (o->tcp_nodelay && !IO_ACCEPT_INHERITS_NODELAY)
     io_socket_set_nodelay(sock, 1);
   s->state = SESSION_OPENING;
   service__register(s->service, s);
@@ -644,7 +659,10 @@ void session__receive(session_t *s, const uint8_t *data, size_t len) {
     return;
   service__count_bytes(s->service, len, 0);
   s->last_recv_ms = clock_now_ms();
+  delivering = s;
   deliver_input(s, data, len);
+  delivering = NULL;
+  report_sent(s);
 }
 
 static void start_recv(session_t *s) {
@@ -907,8 +925,57 @@ static int enqueue(session_t *s, const session_buf_t *bufs, size_t count,
     session_abort(s, REASON_SEND_QUEUE_FULL);
     return ENGINE_E_QUEUE_FULL;
   }
+  /* Like libuv's try-write: on the session's worker, with nothing queued
+   * or in flight, the bytes go to the socket at once, from the caller's
+   * buffer; only what the socket does not take is copied into the queue.
+   * Echo-like traffic then costs no allocation, no copy and no op. */
+  size_t sent = 0;
+  if (!s->queue_head && !s->sending && s->state == SESSION_OPEN &&
+      io_handle_on_worker(&s->handle)) {
+    io_buf_t iov[SEND_NOW_BUFS];
+    size_t n_iov = shared ? 1 : count;
+    if (n_iov <= SEND_NOW_BUFS) {
+      for (size_t i = 0; i < n_iov; i++) {
+        const void *d = shared ? shared->data : bufs[i].data;
+        size_t l = shared ? shared->len : bufs[i].len;
+#ifdef _WIN32
+        iov[i].buf = (CHAR *)d;
+        iov[i].len = (ULONG)l;
+#else
+        iov[i].iov_base = (void *)d;
+        iov[i].iov_len = l;
+#endif
+      }
+      int n = io_send_now(&s->handle, iov, (int)n_iov);
+      if (n > 0) {
+        sent = (size_t)n;
+        service__count_bytes(s->service, 0, sent);
+        if (opts_of(s)->factory.handler->on_sent) {
+          /* Reported after the running callback: by session__receive
+           * when it is this session's, otherwise by the kick. */
+          s->sent_unreported += sent;
+          if (s != delivering)
+            post_kick_locked(s);
+        }
+      }
+      /* Errors other than "full" surface through the send op below. */
+    }
+  }
+  if (sent == total) {
+    pthread_mutex_unlock(&s->lock);
+    return ENGINE_OK;
+  }
   int rc;
-  if (shared) {
+  if (shared && sent > 0) {
+    /* A shared buffer the socket took part of: copy the rest. */
+    session_buf_t rest = {shared->data + sent, shared->len - sent};
+    shared = NULL;
+    bufs = &rest;
+    count = 1;
+    total -= sent;
+    sent = 0;
+    rc = append_locked(s, bufs, count, total);
+  } else if (shared) {
     send_chunk_t *c = malloc(sizeof *c);
     rc = c ? 0 : -1;
     if (c) {
@@ -925,6 +992,20 @@ static int enqueue(session_t *s, const session_buf_t *bufs, size_t count,
       s->queue_tail = c;
     }
   } else {
+    /* Skip what the socket already took. */
+    session_buf_t rest[SEND_NOW_BUFS];
+    if (sent > 0) {
+      size_t k = 0, skip = sent;
+      while (skip >= bufs[k].len)
+        skip -= bufs[k++].len;
+      for (size_t i = k; i < count; i++) {
+        rest[i - k].data = (const uint8_t *)bufs[i].data + (i == k ? skip : 0);
+        rest[i - k].len = bufs[i].len - (i == k ? skip : 0);
+      }
+      bufs = rest;
+      count -= k;
+      total -= sent;
+    }
     rc = append_locked(s, bufs, count, total);
   }
   if (rc != 0) {
@@ -987,7 +1068,9 @@ static void on_close_timeout(session_t *s, void *arg) {
 
 static void finish_close(session_t *s, int graceful) {
   const service_options_t *o = opts_of(s);
-  if (graceful)
+  /* After the peer's FIN the socket is closed right below, and close()
+   * sends our FIN: a shutdown first would be one more system call. */
+  if (graceful && !s->peer_eof)
     io_handle_shutdown_write(&s->handle);
   pthread_mutex_lock(&s->lock);
   s->state = SESSION_CLOSED;
@@ -1094,6 +1177,11 @@ size_t session_extra_size(const session_t *s) { return s->extra_size; }
 void *session_context(const session_t *s) { return s->context; }
 
 int session_is_open(session_t *s) {
+  /* The worker writes the state and may read it without the lock; a close
+   * asked from another thread shows in close_request at once. */
+  if (io_handle_on_worker(&s->handle))
+    return s->state == SESSION_OPEN &&
+           !atomic_load_explicit(&s->close_request, memory_order_relaxed);
   pthread_mutex_lock(&s->lock);
   int open = s->state == SESSION_OPEN && !s->close_request;
   pthread_mutex_unlock(&s->lock);

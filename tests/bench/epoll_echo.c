@@ -130,8 +130,8 @@ static void on_accept(int listen_fd) {
       continue;
     }
     c->fd = fd;
-    struct epoll_event ev = {.events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET,
-                             .data.ptr = c};
+    struct epoll_event ev = {
+        .events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET, .data.ptr = c};
     if (epoll_ctl(epfd, EPOLL_CTL_ADD, fd, &ev) != 0)
       conn_close(c);
   }
@@ -155,7 +155,8 @@ int main(int argc, char **argv) {
   a.sin_family = AF_INET;
   a.sin_port = htons((uint16_t)atoi(argv[1]));
   a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  if (bind(lfd, (struct sockaddr *)&a, sizeof a) != 0 || listen(lfd, 4096) != 0) {
+  if (bind(lfd, (struct sockaddr *)&a, sizeof a) != 0 ||
+      listen(lfd, 4096) != 0) {
     perror("epoll_echo: listen");
     return 3;
   }

