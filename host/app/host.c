@@ -674,7 +674,12 @@ static void *reaper_main(void *arg) {
       log_write(LOG_INFO, "host",
                 "plugin %s generation %u (%s): last session ended; unloading",
                 done->plugin->name, done->number, done->desc->version);
+      /* Loading and unloading never interleave: a reload may map its new
+       * library where this one was (and ThreadSanitizer, which cannot see
+       * the loader's own lock, would take that reuse for a race). */
+      pthread_mutex_lock(&host->reload_lock);
       generation_close(done);
+      pthread_mutex_unlock(&host->reload_lock);
       pthread_mutex_lock(&host->gen_lock);
       continue;
     }
@@ -686,7 +691,9 @@ static void *reaper_main(void *arg) {
   return NULL;
 }
 
-/* Unloads every generation still there: the stop, after every session. */
+/* Unloads every generation still there: the stop, after every session.
+ * Under the reload lock, so a reload still answering has finished with the
+ * generations it names. */
 static void unload_plugins(host_t *host) {
   if (host->reaper_running) {
     pthread_mutex_lock(&host->gen_lock);
@@ -696,6 +703,7 @@ static void unload_plugins(host_t *host) {
     pthread_join(host->reaper, NULL);
     host->reaper_running = 0;
   }
+  pthread_mutex_lock(&host->reload_lock);
   for (size_t i = host->plugin_count; i-- > 0;) {
     host_plugin_t *p = &host->plugins[i];
     pthread_mutex_lock(&host->gen_lock);
@@ -714,6 +722,7 @@ static void unload_plugins(host_t *host) {
       g = next;
     }
   }
+  pthread_mutex_unlock(&host->reload_lock);
 }
 
 /* At start, the generations `host_open` checked in place are loaded again
@@ -1194,6 +1203,12 @@ char *host_reload(host_t *host, const char *config_file, int dry_run) {
     return out;
   }
   pthread_mutex_lock(&host->reload_lock);
+  if (atomic_load(&host->stopped)) {
+    pthread_mutex_unlock(&host->reload_lock);
+    config_free(next);
+    append(&out, &len, &cap, "error: the host is stopping; nothing changed\n");
+    return out;
+  }
   const config_t *c = host->config;
   size_t count = host->plugin_count;
   generation_t **candidates = calloc(count + 1, sizeof *candidates);
