@@ -27,3 +27,11 @@ set(ENV{PKG_CONFIG_SYSROOT_DIR} "")
 set(CMAKE_EXE_LINKER_FLAGS_INIT "-static -static-libgcc")
 set(CMAKE_SHARED_LINKER_FLAGS_INIT "-static -static-libgcc")
 set(CMAKE_MODULE_LINKER_FLAGS_INIT "-static -static-libgcc")
+
+# Test programs run under Wine when it is installed (ctest uses the emulator
+# for every test whose command is a target). scripts/test.sh windows sets up
+# the Wine prefix (WINEPREFIX under the build folder, WINEDEBUG=-all).
+find_program(IOCPHOST_WINE wine)
+if(IOCPHOST_WINE)
+  set(CMAKE_CROSSCOMPILING_EMULATOR ${IOCPHOST_WINE})
+endif()

@@ -1,10 +1,16 @@
 #!/usr/bin/env bash
 # Installs what iocphost needs to build and test on Debian 12, and nothing
 # that is already there. Safe to run any number of times.
+#   scripts/deps.sh            the Linux builds
+#   scripts/deps.sh windows    also the Windows cross-build and Wine to run it
+#                              (dpkg-dev: apt-get source, scripts/windows-deps.sh)
 set -euo pipefail
 
 packages=(cmake ninja-build gcc clang pkg-config check libsubunit-dev
           libcjson-dev python3 netcat-openbsd)
+if [ "${1:-}" = windows ]; then
+  packages+=(gcc-mingw-w64-x86-64 wine wine64 dpkg-dev)
+fi
 
 missing=()
 for p in "${packages[@]}"; do

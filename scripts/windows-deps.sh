@@ -13,7 +13,11 @@ work="$root/build-win-deps"
 prefix="$work/prefix"
 toolchain="$root/cmake/mingw-w64-x86_64.cmake"
 
-if [ -f "$prefix/lib/libcjson.a" ] && [ -f "$prefix/lib/libcheck.a" ]; then
+# Bump when the recipe below changes: a prefix built by an older recipe is
+# rebuilt.
+recipe=3
+if [ -f "$prefix/lib/libcjson.a" ] && [ -f "$prefix/lib/libcheck.a" ] &&
+   [ "$(cat "$prefix/.recipe" 2>/dev/null)" = "$recipe" ]; then
   exit 0
 fi
 
@@ -52,30 +56,52 @@ fi
 
 mkdir -p "$work/src"
 cd "$work/src"
+# Runs a step with its output kept in $work/step.log, shown only if it fails
+# (the third-party builds warn about their own CMake usage; apt-get source
+# run as root warns about its sandbox).
+quiet() {
+  if ! "$@" >"$work/step.log" 2>&1; then
+    cat "$work/step.log" >&2
+    echo "windows-deps: failed: $*" >&2
+    exit 1
+  fi
+}
 fetch() { # package -> unpacked folder
   local dir
   dir=$(find . -maxdepth 1 -type d -name "$1-*" | head -n 1)
   if [ -z "$dir" ]; then
-    apt-get source -qq --download-only "$1" >/dev/null
-    dpkg-source -x --no-check "$(ls "$1"_*.dsc | head -n 1)" >/dev/null
+    quiet apt-get source -qq --download-only "$1"
+    quiet dpkg-source -x --no-check "$(ls "$1"_*.dsc | head -n 1)"
     dir=$(find . -maxdepth 1 -type d -name "$1-*" | head -n 1)
   fi
   echo "$dir"
 }
 
 cjson=$(fetch cjson)
-cmake -S "$cjson" -B "$work/cjson" -G Ninja -DCMAKE_TOOLCHAIN_FILE="$toolchain" \
+quiet cmake -S "$cjson" -B "$work/cjson" -G Ninja -DCMAKE_TOOLCHAIN_FILE="$toolchain" \
   -DIOCPHOST_WINDOWS_PREFIX="$prefix" -DCMAKE_BUILD_TYPE=Release \
   -DCMAKE_INSTALL_PREFIX="$prefix" -DBUILD_SHARED_LIBS=OFF -DBUILD_SHARED_AND_STATIC_LIBS=OFF \
-  -DENABLE_CJSON_TEST=OFF -DENABLE_CJSON_UTILS=OFF -DENABLE_CUSTOM_COMPILER_FLAGS=OFF >/dev/null
-cmake --build "$work/cjson" >/dev/null
-cmake --install "$work/cjson" >/dev/null
+  -DENABLE_CJSON_TEST=OFF -DENABLE_CJSON_UTILS=OFF -DENABLE_CUSTOM_COMPILER_FLAGS=OFF
+quiet cmake --build "$work/cjson"
+quiet cmake --install "$work/cjson"
 
+# Check formats its messages with the C99 printf, as the tree does (%zu).
 check=$(fetch check)
-cmake -S "$check" -B "$work/check" -G Ninja -DCMAKE_TOOLCHAIN_FILE="$toolchain" \
+quiet cmake -S "$check" -B "$work/check" -G Ninja -DCMAKE_TOOLCHAIN_FILE="$toolchain" \
   -DIOCPHOST_WINDOWS_PREFIX="$prefix" -DCMAKE_BUILD_TYPE=Release \
+  -DCMAKE_C_FLAGS="-D__USE_MINGW_ANSI_STDIO=1" \
   -DCMAKE_INSTALL_PREFIX="$prefix" -DCHECK_ENABLE_TESTS=OFF -DBUILD_TESTING=OFF \
-  -DCHECK_ENABLE_SUBUNIT=OFF -DENABLE_MEMORY_LEAKING_TESTS=OFF >/dev/null
-cmake --build "$work/check" >/dev/null
-cmake --install "$work/check" >/dev/null
+  -DCHECK_ENABLE_SUBUNIT=OFF -DENABLE_MEMORY_LEAKING_TESTS=OFF
+quiet cmake --build "$work/check"
+quiet cmake --install "$work/check"
+# Check's CMake build writes the autotools library name (check_pic) into
+# check.pc, and installs libcheck.a: point pkg-config at what is there, and
+# link statically (the import library would need libcheck.dll at run time).
+sed -i 's/-lcheck_pic/-lcheck/' "$prefix/lib/pkgconfig/check.pc"
+rm -f "$prefix/lib/libcheck.dll.a" "$prefix/bin/libcheck.dll"
+# Without librt, Check compiles a stand-in clock_gettime that always answers
+# 0 into libcheck.a, which then wins over winpthreads' real one in every
+# test program (pthread_cond_timedwait deadlines expire at once): drop it.
+x86_64-w64-mingw32-ar d "$prefix/lib/libcheck.a" clock_gettime.c.obj
+echo "$recipe" > "$prefix/.recipe"
 echo "Windows libraries in $prefix"

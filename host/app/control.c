@@ -5,6 +5,7 @@
  * hostile client can delay the next request by CLIENT_TIMEOUT_MS at most and
  * can never touch a game session.
  */
+#ifndef _WIN32 /* Windows: control_win.c */
 #include "control.h"
 
 #include <errno.h>
@@ -350,3 +351,4 @@ int control_request(const char *runtime_dir, const char *name,
   close(fd);
   return ok ? 0 : 1;
 }
+#endif /* !_WIN32 */

@@ -247,7 +247,17 @@ int control_open(const char *runtime_dir, const char *name,
     free(c);
     return -1;
   }
-  c->first_instance = create_instance(c, 1);
+  /* A pipe of that name exists already: another live instance (a pipe dies
+   * with its process). FILE_FLAG_FIRST_PIPE_INSTANCE below closes the race
+   * of two starting at once on Windows; Wine ignores that flag, so this
+   * probe is what refuses a second instance there. */
+  if (WaitNamedPipeW(c->pipe_name, 1) ||
+      GetLastError() != ERROR_FILE_NOT_FOUND) {
+    c->first_instance = INVALID_HANDLE_VALUE;
+    SetLastError(ERROR_PIPE_BUSY);
+  } else {
+    c->first_instance = create_instance(c, 1);
+  }
   if (c->first_instance == INVALID_HANDLE_VALUE) {
     DWORD e = GetLastError();
     if (e == ERROR_ACCESS_DENIED || e == ERROR_PIPE_BUSY)

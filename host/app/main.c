@@ -713,6 +713,16 @@ static int run_as_service(const char *file, const char *name) {
   if (MultiByteToWideChar(CP_UTF8, 0, name, -1, service_state.name,
                           SERVICE_NAME_MAX) <= 0)
     return usage_error("the service name '%s' is not valid", name);
+  /* The service manager starts us in System32: work from the config's
+   * folder instead, so that drive-relative paths (\games\plugins, or
+   * /games/plugins) mean what they meant when the config was written. */
+  wchar_t wfile[4096], folder[4096];
+  wchar_t *base = NULL;
+  if (MultiByteToWideChar(CP_UTF8, 0, file, -1, wfile, 4096) > 0 &&
+      GetFullPathNameW(wfile, 4096, folder, &base) > 0 && base) {
+    *base = L'\0';
+    SetCurrentDirectoryW(folder);
+  }
   SERVICE_TABLE_ENTRYW table[] = {{service_state.name, service_main},
                                   {NULL, NULL}};
   if (!StartServiceCtrlDispatcherW(table)) {
@@ -843,13 +853,16 @@ static int service_install(const char *name, const config_t *config) {
   failure.cActions = 3;
   failure.lpsaActions = actions;
   SERVICE_FAILURE_ACTIONS_FLAG on_error = {TRUE};
-  int recovery = ChangeServiceConfig2W(svc, SERVICE_CONFIG_FAILURE_ACTIONS,
-                                       &failure) &&
-                 ChangeServiceConfig2W(
-                     svc, SERVICE_CONFIG_FAILURE_ACTIONS_FLAG, &on_error);
-  if (!recovery)
+  if (!ChangeServiceConfig2W(svc, SERVICE_CONFIG_FAILURE_ACTIONS, &failure))
     print_system_error("warning: the service is installed, but its recovery "
                        "actions (restart on failure) could not be set",
+                       GetLastError());
+  else if (!ChangeServiceConfig2W(svc, SERVICE_CONFIG_FAILURE_ACTIONS_FLAG,
+                                  &on_error))
+    /* Windows Vista and later have it; Wine does not. */
+    print_system_error("note: the service restarts when it crashes, but the "
+                       "service manager cannot be told to restart it when "
+                       "it stops with an error code too",
                        GetLastError());
   CloseServiceHandle(svc);
   CloseServiceHandle(scm);
@@ -937,6 +950,13 @@ static int service_command(const char *sub, const char *name,
         printf("service %s is already running\n", name);
       } else {
         print_system_error("cannot start the service", e);
+        /* It may have started and stopped at once (a bad config): then the
+         * service manager holds our exit code, which says more. */
+        DWORD got;
+        if (QueryServiceStatusEx(svc, SC_STATUS_PROCESS_INFO, (BYTE *)&st,
+                                 sizeof st, &got) &&
+            st.dwCurrentState == SERVICE_STOPPED)
+          print_stopped_code(name, &st);
         code = EXIT_RUNTIME;
       }
     } else if (service_wait(svc, SERVICE_START_PENDING, 60000, &st) != 0 ||

@@ -1,5 +1,14 @@
 #include "notify.h"
 
+#ifdef _WIN32
+/* Windows has no NOTIFY_SOCKET: a Windows service reports its state to the
+ * service manager itself (main.c). */
+void notify_send(const char *state) { (void)state; }
+
+uint64_t notify_watchdog_ms(void) { return 0; }
+
+#else
+
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -48,3 +57,5 @@ uint64_t notify_watchdog_ms(void) {
   unsigned long long value = strtoull(usec, NULL, 10);
   return value / 1000;
 }
+
+#endif /* _WIN32 */

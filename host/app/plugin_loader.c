@@ -101,12 +101,41 @@ static void *library_open(const char *path, char *reason, size_t len) {
     free(wide);
     return NULL;
   }
+  /* Windows says "module not found" both for a missing file and for a
+   * missing dependency: tell them apart. */
+  DWORD attributes = GetFileAttributesW(full);
+  if (attributes == INVALID_FILE_ATTRIBUTES ||
+      (attributes & FILE_ATTRIBUTE_DIRECTORY)) {
+    snprintf(reason, len, "%s",
+             attributes == INVALID_FILE_ATTRIBUTES
+                 ? "No such file or directory"
+                 : "it is a folder, not a file");
+    free(full);
+    free(wide);
+    return NULL;
+  }
+  /* Dependencies are searched in the plugin's own folder, then in the
+   * process's safe default folders (System32 and folders added on purpose:
+   * main.c calls SetDefaultDllDirectories), never the current folder. */
   DWORD old_mode = 0;
   SetThreadErrorMode(SEM_FAILCRITICALERRORS | SEM_NOOPENFILEERRORBOX,
                      &old_mode);
-  HMODULE library = LoadLibraryExW(full, NULL, LOAD_WITH_ALTERED_SEARCH_PATH);
-  if (library == NULL)
-    system_reason(reason, len);
+  HMODULE library =
+      LoadLibraryExW(full, NULL,
+                     LOAD_LIBRARY_SEARCH_DLL_LOAD_DIR |
+                         LOAD_LIBRARY_SEARCH_DEFAULT_DIRS);
+  if (library == NULL) {
+    DWORD code = GetLastError();
+    char text[PATH_MAX_REASON / 2];
+    system_reason(text, sizeof text);
+    if (code == ERROR_MOD_NOT_FOUND)
+      snprintf(reason, len,
+               "a DLL it depends on was not found (%s): put it beside the "
+               "plugin",
+               text);
+    else
+      snprintf(reason, len, "%s", text);
+  }
   SetThreadErrorMode(old_mode, NULL);
   free(full);
   free(wide);

@@ -2,27 +2,35 @@
  * Windows backend: a proactor on an I/O completion port.
  *
  * One completion port per core, drained by the core's threads with
- * GetQueuedCompletionStatusEx. Each completion carries its OVERLAPPED, which
- * is the first member of the op (io_op_t): the op, and through it the
+ * GetQueuedCompletionStatusEx. Each I/O completion carries its OVERLAPPED,
+ * which is the first member of the op (io_op_t): the op, and through it the
  * handle and its owner, are recovered with container_of. Completion keys
- * only say what kind of packet it is (an I/O result, a result the backend
- * posted itself, a wake-up, a stop); they never point at an object.
+ * only say what kind of packet it is (an I/O result, a strand's wake-up, a
+ * timer wake-up, a stop); they never point at an object.
  *
  * Serial order: the engine needs each session's completions one at a time
  * (SPEC section 3). IOCP hands completions to whichever thread asks, so each
- * handle belongs to one of the core's "workers", here a strand: a queue any
- * thread may run, but only one at a time. There are as many strands as
- * threads, and handles are spread over them round-robin, so the engine sees
- * the same serial contexts as with the epoll backend.
+ * handle belongs to one of the core's "workers", here a strand: a queue of
+ * ops any thread may run, but only one at a time. There are as many strands
+ * as threads, and handles are spread over them round-robin, so the engine
+ * sees the same serial contexts as with the epoll backend.
  *
- * One result path: an op that fails at once is posted to the port with its
- * status and delivered like any completion. Successes that complete at once
- * still queue a completion (FILE_SKIP_COMPLETION_PORT_ON_SUCCESS is not
- * set), so nothing is ever delivered from inside io_submit.
+ * One result path: whatever the backend delivers itself (an op that failed
+ * at once, a posted function, a due or cancelled timer) is appended to its
+ * strand's queue when it happens, so posts keep their order, and a wake-up
+ * packet (the strand's own OVERLAPPED) makes a thread run the queue; I/O
+ * completions join the same queue when a thread dequeues them. Successes
+ * that complete at once still queue a completion
+ * (FILE_SKIP_COMPLETION_PORT_ON_SUCCESS is not set), so nothing is ever
+ * delivered from inside io_submit.
  *
  * Receives are zero-byte WSARecv calls: an idle session pins no buffer. When
  * one completes, the strand reads what is there, non-blocking, into its
  * thread's buffer, right before the completion runs.
+ *
+ * Tested under Wine (scripts/test.sh windows), whose differences are handled
+ * where they show: an accept whose connection was reset fails with
+ * WSAENOTCONN there (ERROR_NETNAME_DELETED on Windows).
  */
 #ifndef _WIN32_WINNT
 #define _WIN32_WINNT 0x0602
@@ -45,9 +53,12 @@
 #define ENTRIES_PER_WAIT 64
 #define ACCEPT_ADDRESS_BYTES (sizeof(struct sockaddr_in6) + 16)
 
+/* Ops a thread runs from one strand before it gives other strands a turn. */
+#define OPS_PER_STRAND_TURN 256
+
 enum completion_key {
-  KEY_IO = 0,     /* a socket's I/O completed */
-  KEY_POSTED = 1, /* the backend posted a result (op->status) */
+  KEY_IO = 0,     /* a socket's I/O completed: the OVERLAPPED is an op's */
+  KEY_STRAND = 1, /* a strand has queued ops: the OVERLAPPED is its wake */
   KEY_WAKE = 2,   /* a timer became due earlier: recompute the wait */
   KEY_STOP = 3    /* a thread ends */
 };
@@ -56,8 +67,10 @@ struct io_worker { /* a strand */
   io_core_t *core;
   int index;
   SRWLOCK lock;
-  io_op_t *head, *tail;
-  int running;
+  io_op_t *head, *tail; /* ops to run, in order */
+  int running;          /* a thread is running the strand's ops */
+  int scheduled;        /* a wake-up for it is in the port */
+  OVERLAPPED wake;      /* the wake-up's packet (KEY_STRAND) */
 };
 
 struct io_core {
@@ -74,7 +87,6 @@ struct io_core {
   LPFN_GETACCEPTEXSOCKADDRS get_accept_addresses;
   LPFN_CONNECTEX connect_ex;
 };
-
 static _Thread_local io_worker_t *current_strand;
 static _Thread_local uint8_t *thread_buffer;
 
@@ -163,9 +175,50 @@ const char *io_strerror(int status) {
 
 static void complete_op(io_op_t *op);
 
-/* Runs op in its handle's serial order: now, on this thread, if the strand
- * is idle; otherwise it queues behind the thread running the strand. */
-static void strand_deliver(io_worker_t *strand, io_op_t *op) {
+/* Runs the strand's queued ops on this thread, unless another thread is
+ * running it already (which then runs ours too). After a budget it hands the
+ * rest back to the port, so one busy strand cannot keep a thread from the
+ * others. */
+static void strand_run(io_worker_t *strand) {
+  AcquireSRWLockExclusive(&strand->lock);
+  if (strand->running || !strand->head) {
+    ReleaseSRWLockExclusive(&strand->lock);
+    return;
+  }
+  strand->running = 1;
+  ReleaseSRWLockExclusive(&strand->lock);
+  current_strand = strand;
+  int budget = OPS_PER_STRAND_TURN;
+  for (;;) {
+    AcquireSRWLockExclusive(&strand->lock);
+    io_op_t *op = strand->head;
+    if (!op || budget-- == 0) {
+      strand->running = 0;
+      int reschedule = op && !strand->scheduled;
+      if (reschedule)
+        strand->scheduled = 1;
+      ReleaseSRWLockExclusive(&strand->lock);
+      if (reschedule)
+        PostQueuedCompletionStatus(strand->core->port, 0, KEY_STRAND,
+                                   &strand->wake);
+      break;
+    }
+    strand->head = op->next;
+    if (!strand->head)
+      strand->tail = NULL;
+    ReleaseSRWLockExclusive(&strand->lock);
+    complete_op(op);
+  }
+  current_strand = NULL;
+}
+
+/* Appends op to its strand's queue. The order ops are appended in is the
+ * order they run in: posts from one thread to one handle keep their order,
+ * which a shared completion port alone would not give (two threads dequeue
+ * two packets and race to deliver them). Returns 1 when the strand was idle
+ * with nothing scheduled: with schedule set it is now marked scheduled and
+ * the caller posts its wake-up; otherwise the caller runs it. */
+static int strand_append(io_worker_t *strand, io_op_t *op, int schedule) {
   op->next = NULL;
   AcquireSRWLockExclusive(&strand->lock);
   if (strand->tail)
@@ -173,34 +226,21 @@ static void strand_deliver(io_worker_t *strand, io_op_t *op) {
   else
     strand->head = op;
   strand->tail = op;
-  if (strand->running) {
-    ReleaseSRWLockExclusive(&strand->lock);
-    return;
-  }
-  strand->running = 1;
+  int idle = !strand->running && !strand->scheduled;
+  if (idle && schedule)
+    strand->scheduled = 1;
   ReleaseSRWLockExclusive(&strand->lock);
-  current_strand = strand;
-  for (;;) {
-    AcquireSRWLockExclusive(&strand->lock);
-    io_op_t *next = strand->head;
-    if (!next) {
-      strand->running = 0;
-      ReleaseSRWLockExclusive(&strand->lock);
-      break;
-    }
-    strand->head = next->next;
-    if (!strand->head)
-      strand->tail = NULL;
-    ReleaseSRWLockExclusive(&strand->lock);
-    complete_op(next);
-  }
-  current_strand = NULL;
+  return idle;
 }
 
+/* Delivers a result the backend produced itself (a failure at issue time,
+ * a cancelled or due timer, a posted function): queued on the strand now, in
+ * order, and run by a worker thread, never inside the caller. */
 static void post_result(io_core_t *core, io_op_t *op, int status) {
   op->status = status;
-  memset(&op->overlapped, 0, sizeof op->overlapped);
-  if (!PostQueuedCompletionStatus(core->port, 0, KEY_POSTED, &op->overlapped))
+  io_worker_t *strand = op->handle->worker;
+  if (strand_append(strand, op, 1) &&
+      !PostQueuedCompletionStatus(core->port, 0, KEY_STRAND, &strand->wake))
     log_write(LOG_ERROR, "core", "PostQueuedCompletionStatus failed: %lu",
               (unsigned long)GetLastError());
 }
@@ -508,9 +548,18 @@ static void complete_op(io_op_t *op) {
         address_from_sockaddr(op->u.accept.peer, remote, remote_len);
       u_long nonblocking = 1;
       ioctlsocket(op->u.accept.socket, FIONBIO, &nonblocking);
-    } else if (op->u.accept.socket != INVALID_SOCKET) {
-      closesocket(op->u.accept.socket);
-      op->u.accept.socket = INVALID_SOCKET;
+    } else {
+      if (op->u.accept.socket != INVALID_SOCKET) {
+        closesocket(op->u.accept.socket);
+        op->u.accept.socket = INVALID_SOCKET;
+      }
+      /* A connection that went away before it was accepted fails only that
+       * accept: Windows says ERROR_NETNAME_DELETED, Wine WSAENOTCONN. The
+       * listener must retry at once, not back off as for exhaustion. */
+      if (status == -ECONNRESET || status == -ENOTCONN ||
+          status == -ETIMEDOUT || status == -ENETUNREACH ||
+          status == -EHOSTUNREACH)
+        status = -ECONNABORTED;
     }
     free(op->u.accept.addresses);
     op->u.accept.addresses = NULL;
@@ -537,22 +586,40 @@ static DWORD WINAPI thread_main(void *arg) {
     expire_timers(c);
     if (!ok)
       continue; /* timeout */
-    int stop = 0;
+    int stops = 0;
     for (ULONG i = 0; i < count; i++) {
       OVERLAPPED_ENTRY *e = &entries[i];
-      if (e->lpCompletionKey == KEY_STOP) {
-        stop = 1;
-        continue;
-      }
-      if (e->lpCompletionKey == KEY_WAKE || !e->lpOverlapped)
-        continue;
-      io_op_t *op = container_of(e->lpOverlapped, io_op_t, overlapped);
-      if (e->lpCompletionKey == KEY_IO)
+      switch (e->lpCompletionKey) {
+      case KEY_IO: {
+        io_op_t *op = container_of(e->lpOverlapped, io_op_t, overlapped);
         op->status = INT32_MIN; /* read the result in complete_op */
-      strand_deliver(op->handle->worker, op);
+        io_worker_t *strand = op->handle->worker;
+        if (strand_append(strand, op, 0))
+          strand_run(strand);
+        break;
+      }
+      case KEY_STRAND: {
+        io_worker_t *strand = container_of(e->lpOverlapped, io_worker_t, wake);
+        AcquireSRWLockExclusive(&strand->lock);
+        strand->scheduled = 0;
+        ReleaseSRWLockExclusive(&strand->lock);
+        strand_run(strand);
+        break;
+      }
+      case KEY_STOP:
+        stops++;
+        break;
+      default: /* KEY_WAKE: only recompute the timeout */
+        break;
+      }
     }
-    if (stop)
+    if (stops) {
+      /* One sentinel per thread; a thread that took several in one batch
+       * hands the others back. */
+      while (--stops > 0)
+        PostQueuedCompletionStatus(c->port, 0, KEY_STOP, NULL);
       break;
+    }
   }
   free(thread_buffer);
   thread_buffer = NULL;
@@ -706,6 +773,17 @@ void io_handle_close(io_handle_t *h) {
     closesocket(h->socket);
     h->socket = INVALID_SOCKET;
   }
+}
+
+/* Every send on IOCP goes through an overlapped WSASend op: "would block"
+ * sends the caller down the queued path, which is correct everywhere. An
+ * immediate, non-overlapped WSASend is a possible optimisation, to be
+ * measured on real Windows first (Wine's timing says nothing about it). */
+int io_send_now(io_handle_t *h, const io_buf_t *bufs, int count) {
+  (void)h;
+  (void)bufs;
+  (void)count;
+  return -EAGAIN;
 }
 
 void io_handle_shutdown_write(io_handle_t *h) {

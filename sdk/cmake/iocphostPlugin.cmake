@@ -36,7 +36,11 @@ function(iocphost_add_plugin name)
     VISIBILITY_INLINES_HIDDEN ON)
 
   # ELF with a GNU-compatible linker: export exactly the entry symbol, even
-  # from static libraries built without hidden visibility.
+  # from static libraries built without hidden visibility. Not on Windows
+  # (mingw-w64 or MSVC), where the version script means nothing: a DLL
+  # exports what is marked __declspec(dllexport) (IOCPHOST_EXPORT), and once
+  # one symbol is marked, GNU ld exports nothing else either; unresolved
+  # symbols are always link errors there.
   if(UNIX AND NOT APPLE AND CMAKE_C_COMPILER_ID MATCHES "GNU|Clang")
     get_property(dir GLOBAL PROPERTY IOCPHOST_PLUGIN_CMAKE_DIR)
     target_link_options(${name} PRIVATE

@@ -116,7 +116,8 @@ class ControlTest(HostTestCase):
             self.assertEqual(got, expected)
 
         status = host.status_json()
-        self.assertEqual(status["pid"], host.process.pid)
+        if not harness.WINDOWS:  # under Wine: a Windows pid, not Popen's
+            self.assertEqual(status["pid"], host.process.pid)
         self.assertEqual(status["name"], config["name"])
         self.assertEqual(status["state"], "running")
         self.assertEqual([p["name"] for p in status["plugins"]], ["echo"])
@@ -164,6 +165,9 @@ class ControlTest(HostTestCase):
         self.assertEqual(status["state"], "running")
         return time.monotonic() - started
 
+    @harness.posix_only(
+        "raw bytes to the Unix socket (the Windows pipe: "
+        "test_windows_control.py)")
     def test_garbage_requests_get_an_error_and_the_host_still_answers(self):
         host, _ = self.start_echo()
         for request in (b"\x00\x01\xff\xfegarbage\n", b"frobnicate\n", b"\n",
@@ -180,6 +184,9 @@ class ControlTest(HostTestCase):
         self.assertIn("status", reply)
         host.stop()
 
+    @harness.posix_only(
+        "raw bytes to the Unix socket (the Windows pipe: "
+        "test_windows_control.py)")
     def test_oversized_request_gets_an_error_and_the_host_still_answers(self):
         host, _ = self.start_echo()
         for data in (b"a" * 100000, b"status " * 20000 + b"\n",
@@ -195,6 +202,7 @@ class ControlTest(HostTestCase):
         self.assertTrue(reply.startswith(b"error: unknown request"), reply)
         host.stop()
 
+    @harness.posix_only("a silent client of the Unix socket")
     def test_silent_client_does_not_block_the_next_one(self):
         host, _ = self.start_echo()
         silent = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -207,6 +215,7 @@ class ControlTest(HostTestCase):
         self.assertEqual(silent.recv(100), b"")
         host.stop()
 
+    @harness.posix_only("a trickling client of the Unix socket")
     def test_trickling_client_does_not_block_the_next_one_or_the_stop(self):
         # One byte every 0.3 s, never a newline: a per-read timeout alone
         # would let it hold the endpoint for minutes.
@@ -241,6 +250,9 @@ class ControlTest(HostTestCase):
 
     # --- who may use it ----------------------------------------------------
 
+    @harness.posix_only(
+        "Unix file modes (the pipe's security descriptor grants the "
+        "host's user only)")
     def test_socket_is_0600_in_a_0700_folder(self):
         port = harness.free_port()
         config = harness.make_config(
@@ -322,6 +334,9 @@ class ControlTest(HostTestCase):
                          "the other user's client failed")
         return json.loads(data)
 
+    @harness.posix_only(
+        "uids (the pipe's security descriptor grants the host's user "
+        "only)")
     def test_another_user_is_refused(self):
         if os.geteuid() != 0:
             self.skipTest("needs root to run a client as another user "
@@ -351,6 +366,8 @@ class ControlTest(HostTestCase):
 
     # --- the commands ------------------------------------------------------
 
+    @harness.posix_only(
+        "names the Unix socket (the pipe: test_windows_control.py)")
     def test_stop_without_a_running_host_exits_3_naming_the_socket(self):
         port = harness.free_port()
         config = harness.make_config(
@@ -362,6 +379,8 @@ class ControlTest(HostTestCase):
                 self.assertEqual(result.returncode, 3, self.output(result))
                 self.assertIn(host.control_path(), result.stderr)
 
+    @harness.posix_only(
+        "the Unix socket file (the pipe: test_windows_control.py)")
     def test_second_instance_exits_3_and_the_first_keeps_serving(self):
         host, port = self.start_echo(label="first")
         # The same name and runtime_dir (the same folder), another port.
@@ -385,6 +404,8 @@ class ControlTest(HostTestCase):
         self.assertEqual(result.returncode, 0, self.output(result))
         self.assertEqual(host.process.wait(timeout=harness.scaled(10)), 0)
 
+    @harness.posix_only(
+        "a socket file left behind (a pipe dies with its process)")
     def test_socket_left_by_a_killed_host_does_not_block_the_next(self):
         host, port = self.start_echo(label="killed")
         host.process.kill()
@@ -406,6 +427,7 @@ class ControlTest(HostTestCase):
 
     # --- log rotation ------------------------------------------------------
 
+    @harness.posix_only("SIGUSR1, and renaming an open file")
     def test_sigusr1_and_reopen_logs_start_a_new_file_after_rename(self):
         port = harness.free_port()
         config = harness.make_config(

@@ -68,6 +68,9 @@ class ServiceManager:
         self.sock.close()
 
 
+@harness.posix_only(
+    "systemd's notify protocol (a Windows service reports to the service "
+    "manager: test_windows_service.py)")
 class NotifyTest(HostTestCase):
 
     def make_host(self, env=None, abstract=False):

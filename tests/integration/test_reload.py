@@ -296,6 +296,9 @@ class ReloadTest(HostTestCase):
                            10, "the new generation's on_load")
         self.host.stop()
 
+    @harness.posix_only(
+        "SIGHUP and systemd's RELOADING=1 (Windows: the control pipe here, "
+        "the service manager's param change in test_windows_service.py)")
     def test_every_trigger_reloads(self):
         # The test plays systemd too, to see RELOADING=1 / READY=1.
         notify_dir = tempfile.mkdtemp(prefix="iocphost-notify-")

@@ -3,7 +3,7 @@
 100 clients read a stream the pusher plugin (tests/integration/plugins/
 pusher) pushes as fast as they take it, and check it byte by byte. Once every
 client has data, the host is stopped in the middle of the pushing - by
-SIGTERM, or by `iocphost stop -c FILE` - and then every client reads to the
+SIGTERM (Ctrl+C on the Windows build), or by `iocphost stop -c FILE` - and then every client reads to the
 end. What must hold:
 
   - every connection ends with a FIN (recv returns b""), never a reset;
@@ -235,7 +235,7 @@ class StopTest(HostTestCase):
         host, port = self.start_pusher()
         readers = self.start_readers(port)
         started = time.monotonic()
-        host.process.send_signal(signal.SIGTERM)
+        host.process.send_signal(harness.STOP_SIGNAL)  # Ctrl+C under Wine
         limit = harness.scaled(DRAIN_TIMEOUT_MS / 1000.0 + EXIT_MARGIN)
         try:
             code = host.process.wait(timeout=limit)
@@ -338,7 +338,7 @@ class SlowReaderStopTest(HostTestCase):
         host, sock, session_id = self.start_stalled_reader(
             self.DRAIN_TIMEOUT_MS)
         started = time.monotonic()
-        host.process.send_signal(signal.SIGTERM)
+        host.process.send_signal(harness.STOP_SIGNAL)  # Ctrl+C under Wine
         # The slow reader: away for a while (this pause is the scenario, not
         # a wait for a condition), well inside drain_timeout_ms.
         time.sleep(self.READER_PAUSE)
@@ -362,7 +362,7 @@ class SlowReaderStopTest(HostTestCase):
         drain_ms = 2000
         host, sock, session_id = self.start_stalled_reader(drain_ms)
         started = time.monotonic()
-        host.process.send_signal(signal.SIGTERM)
+        host.process.send_signal(harness.STOP_SIGNAL)  # Ctrl+C under Wine
         limit = harness.scaled(drain_ms / 1000.0 + EXIT_MARGIN)
         try:
             code = host.process.wait(timeout=limit)

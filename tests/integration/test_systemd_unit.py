@@ -55,6 +55,8 @@ def seconds(value):
     return {"s": number, "min": 60 * number, "ms": number / 1000.0}[unit]
 
 
+@harness.posix_only(
+    "the systemd unit (Windows: test_windows_service.py)")
 class SystemdUnitTest(HostTestCase):
 
     def setUp(self):

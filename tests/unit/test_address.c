@@ -5,7 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include <arpa/inet.h>
+#include "testutil.h" /* the socket headers, POSIX or Winsock */
 
 /* Parses text, formats it back and returns the text (static buffer). */
 static const char *round_trip(const char *text) {

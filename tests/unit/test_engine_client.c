@@ -7,7 +7,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
-#include <unistd.h>
 
 #include "engine/engine.h"
 #include "testutil.h"
@@ -78,11 +77,7 @@ static const session_handler_t handler = {
     .on_disconnected = on_disconnected,
 };
 
-static uint64_t mono_ms(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
-}
+static uint64_t mono_ms(void) { return tu_now_ms(); }
 
 static service_t *start_service(core_t *core, service_type_t type, int port,
                                 side_t *side) {
@@ -114,8 +109,7 @@ static int at_least(atomic_int *v, int want, int timeout_ms) {
   while (atomic_load(v) < want) {
     if (mono_ms() >= deadline)
       return 0;
-    struct timespec ts = {0, 1000000};
-    nanosleep(&ts, NULL);
+    tu_sleep_ms(1);
   }
   return 1;
 }
@@ -150,8 +144,7 @@ static int record_failures(service_t *svc, uint64_t *at, uint64_t *delay,
       number[n] = seen; /* which failure, counted from the service's start */
       at[n++] = mono_ms();
     }
-    struct timespec ts = {0, 1000000};
-    nanosleep(&ts, NULL);
+    tu_sleep_ms(1);
   }
   return n;
 }

@@ -4,7 +4,6 @@
 #include <stdatomic.h>
 #include <stdio.h>
 #include <string.h>
-#include <unistd.h>
 
 #include "engine/engine.h"
 #include "testutil.h"
@@ -109,7 +108,7 @@ static void stop_core(engine_set_t *e, int c, int other) {
   for (int v = 0; v < SERVICES; v++)
     for (int k = 0; k < CLIENTS; k++) {
       ck_assert_int_ne(tu_wait_closed(e->fd[c][v][k], 5000), 0);
-      close(e->fd[c][v][k]);
+      tu_close(e->fd[c][v][k]);
     }
   if (other >= 0) {
     for (int v = 0; v < SERVICES; v++)

@@ -3,17 +3,12 @@
  * from both ends of the connection. */
 #include <check.h>
 #include <errno.h>
-#include <fcntl.h>
-#include <poll.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/resource.h>
-#include <sys/socket.h>
 #include <time.h>
-#include <unistd.h>
 
 #include "engine/engine.h"
 #include "testutil.h"
@@ -152,8 +147,7 @@ static size_t on_recv(session_t *s, const uint8_t *data, size_t len) {
   case MODE_HOLD:
     atomic_store(&b->in_recv, 1);
     for (int i = 0; i < 5000 && !atomic_load(&b->timer_started); i++) {
-      struct timespec ts = {0, 1000000};
-      nanosleep(&ts, NULL);
+      tu_sleep_ms(1);
     }
     session_abort(s, REASON_LOCAL);
     break;
@@ -253,13 +247,6 @@ static uint8_t pattern(uint64_t conn, int msg, size_t i) {
   return (uint8_t)(x >> 56);
 }
 
-static void raise_fd_limit(void) {
-  struct rlimit rl;
-  getrlimit(RLIMIT_NOFILE, &rl);
-  rl.rlim_cur = rl.rlim_max;
-  setrlimit(RLIMIT_NOFILE, &rl);
-}
-
 /* ---- 1,000 concurrent sessions, random sizes, every byte checked ---- */
 
 #define ECHO_CLIENTS 1000
@@ -299,15 +286,14 @@ static void *echo_client(void *arg) {
       t->errors++;
       continue;
     }
-    fcntl(conns[i].fd, F_SETFL, O_NONBLOCK);
+    tu_set_nonblocking(conns[i].fd);
     atomic_fetch_add(t->connected_clients, 1);
   }
   /* Wait until every client of every thread is connected: the server then
    * holds all sessions at once. */
   for (int i = 0; i < 20000 && atomic_load(t->connected_clients) < ECHO_CLIENTS;
        i++) {
-    struct timespec ts = {0, 1000000};
-    nanosleep(&ts, NULL);
+    tu_sleep_ms(1);
   }
   for (int i = 0; i < t->count; i++)
     next_message(&conns[i], &rng);
@@ -344,10 +330,10 @@ static void *echo_client(void *arg) {
           len = ECHO_MAX_BYTES;
         for (size_t j = 0; j < len; j++)
           buf[j] = pattern(id, c->msg, c->sent + j);
-        ssize_t w = send(c->fd, buf, len, MSG_NOSIGNAL);
+        ssize_t w = send(c->fd, (const void *)buf, len, MSG_NOSIGNAL);
         if (w > 0)
           c->sent += (size_t)w;
-        else if (w < 0 && errno != EAGAIN) {
+        else if (w < 0 && !tu_would_block()) {
           t->errors++;
           c->msg = ECHO_MESSAGES;
           done++;
@@ -355,8 +341,8 @@ static void *echo_client(void *arg) {
         }
       }
       if (p->revents & (POLLIN | POLLHUP | POLLERR)) {
-        ssize_t got = recv(c->fd, buf, ECHO_MAX_BYTES, 0);
-        if (got <= 0 && !(got < 0 && errno == EAGAIN)) {
+        ssize_t got = recv(c->fd, (void *)buf, ECHO_MAX_BYTES, 0);
+        if (got <= 0 && !(got < 0 && tu_would_block())) {
           t->errors++;
           c->msg = ECHO_MESSAGES;
           done++;
@@ -385,7 +371,7 @@ static void *echo_client(void *arg) {
   }
   for (int i = 0; i < t->count; i++)
     if (conns[i].fd >= 0)
-      close(conns[i].fd);
+      tu_close(conns[i].fd);
   free(conns);
   free(pfds);
   free(buf);
@@ -393,7 +379,7 @@ static void *echo_client(void *arg) {
 }
 
 START_TEST(test_echo_1000_concurrent_sessions_every_byte_checked) {
-  raise_fd_limit();
+  tu_raise_fd_limit();
   rig_t r;
   rig_start(&r, MODE_ECHO, "127.0.0.1:0", 2, NULL);
   ck_assert_int_eq(core_thread_count(r.core), 2);
@@ -438,7 +424,7 @@ START_TEST(test_echo_over_ipv6_loopback) {
   ck_assert_int_eq(tu_write_all(fd, msg, sizeof msg), 0);
   ck_assert_int_eq(tu_read_exact(fd, back, sizeof back, 5000), 0);
   ck_assert_mem_eq(msg, back, sizeof msg);
-  close(fd);
+  tu_close(fd);
   ck_assert(wait_count(&r.b.disconnected, 1, 5000));
   rig_stop(&r);
 }
@@ -451,7 +437,7 @@ START_TEST(test_connected_once_then_disconnected_once_when_peer_closes) {
   ck_assert_int_ge(fd, 0);
   ck_assert(wait_count(&r.b.connected, 1, 5000));
   ck_assert_int_eq(atomic_load(&r.b.disconnected), 0);
-  close(fd);
+  tu_close(fd);
   ck_assert(wait_count(&r.b.disconnected, 1, 5000));
   ck_assert_int_eq(atomic_load(&r.b.reasons[REASON_PEER_CLOSED]), 1);
   ck_assert_int_eq(atomic_load(&r.b.connected), 1);
@@ -475,7 +461,7 @@ START_TEST(test_server_disconnect_flushes_queue_then_fin_and_reason_local) {
   ck_assert(wait_count(&r.b.disconnected, 1, 5000));
   ck_assert_int_eq(atomic_load(&r.b.reasons[REASON_LOCAL]), 1);
   ck_assert_int_eq(atomic_load(&r.b.send_after_close), ENGINE_E_CLOSED);
-  close(fd);
+  tu_close(fd);
   rig_stop(&r);
 }
 END_TEST
@@ -504,7 +490,7 @@ START_TEST(test_send_after_disconnect_returns_closed) {
   ck_assert_int_eq(session_post(s, once_fn, NULL), ENGINE_E_CLOSED);
   ck_assert_uint_eq(session_timer_start(s, 1, 0, once_fn, NULL), 0);
   session_release(s);
-  close(fd);
+  tu_close(fd);
   rig_stop(&r);
 }
 END_TEST
@@ -523,7 +509,7 @@ START_TEST(test_send_queue_limit_disconnects_slow_reader_send_queue_full) {
   ck_assert_int_eq(atomic_load(&r.b.reasons[REASON_SEND_QUEUE_FULL]), 1);
   ck_assert_int_eq(atomic_load(&r.b.flood_refused), 1);
   ck_assert_int_ne(tu_wait_closed(fd, 5000), 0);
-  close(fd);
+  tu_close(fd);
   rig_stop(&r);
 }
 END_TEST
@@ -541,18 +527,14 @@ START_TEST(test_unconsumed_input_past_max_recv_bytes_is_protocol_error) {
   ck_assert(wait_count(&r.b.disconnected, 1, 5000));
   ck_assert_int_eq(atomic_load(&r.b.reasons[REASON_PROTOCOL_ERROR]), 1);
   ck_assert_int_ne(tu_wait_closed(fd, 5000), 0);
-  close(fd);
+  tu_close(fd);
   rig_stop(&r);
 }
 END_TEST
 
 static void idle_200(service_options_t *o) { o->idle_timeout_ms = 200; }
 
-static uint64_t mono_ms(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
-}
+static uint64_t mono_ms(void) { return tu_now_ms(); }
 
 START_TEST(test_idle_timeout_disconnects_silent_session_not_chatty_one) {
   rig_t r;
@@ -567,8 +549,7 @@ START_TEST(test_idle_timeout_disconnects_silent_session_not_chatty_one) {
     char c = 'a', back;
     ck_assert_int_eq(tu_write_all(chatty, &c, 1), 0);
     ck_assert_int_eq(tu_read_exact(chatty, &back, 1, 5000), 0);
-    struct timespec ts = {0, 20 * 1000000};
-    nanosleep(&ts, NULL);
+    tu_sleep_ms(20);
   }
   ck_assert_int_eq(tu_wait_closed(silent, 5000), 1);
   ck_assert_uint_ge(mono_ms() - t0, 200);
@@ -576,8 +557,8 @@ START_TEST(test_idle_timeout_disconnects_silent_session_not_chatty_one) {
   ck_assert_int_eq(tu_wait_closed(chatty, 5000), 1);
   ck_assert(wait_count(&r.b.disconnected, 2, 5000));
   ck_assert_int_eq(atomic_load(&r.b.reasons[REASON_IDLE_TIMEOUT]), 2);
-  close(silent);
-  close(chatty);
+  tu_close(silent);
+  tu_close(chatty);
   rig_stop(&r);
 }
 END_TEST
@@ -599,7 +580,7 @@ START_TEST(test_timers_once_repeat_stop_and_never_after_disconnected) {
   ck_assert_int_eq(atomic_load(&r.b.once_fired), 1);
   ck_assert_int_eq(atomic_load(&r.b.stopped_fired), 3);
   ck_assert_int_eq(atomic_load(&r.b.stopped_after_stop), 0);
-  close(fd);
+  tu_close(fd);
   ck_assert(wait_count(&r.b.disconnected, 1, 5000));
   int after = atomic_load(&r.b.repeat_fired);
   tu_wait_until(never, NULL, 30);
@@ -630,7 +611,7 @@ START_TEST(test_timer_started_from_thread_while_closing_does_not_hold_session) {
   r.svc = NULL;
   ck_assert_uint_lt(mono_ms() - t0, 3000);
   ck_assert_int_eq(atomic_load(&r.b.once_fired), 0);
-  close(fd);
+  tu_close(fd);
   rig_stop(&r);
 }
 END_TEST
@@ -667,7 +648,7 @@ START_TEST(test_post_from_foreign_thread_runs_in_order_on_session) {
   ck_assert(wait_count(&r.b.posts_run, POSTS, 5000));
   ck_assert_int_eq(atomic_load(&r.b.posts_out_of_order), 0);
   session_release(s);
-  close(fd);
+  tu_close(fd);
   ck_assert(wait_count(&r.b.disconnected, 1, 5000));
   rig_stop(&r);
 }
@@ -698,7 +679,7 @@ START_TEST(test_find_session_and_broadcast_one_shared_buffer) {
     char got[6];
     ck_assert_int_eq(tu_read_exact(fds[i], got, 6, 5000), 0);
     ck_assert_str_eq(got, "hello");
-    close(fds[i]);
+    tu_close(fds[i]);
   }
   ck_assert(wait_count(&r.b.disconnected, N, 5000));
   rig_stop(&r);

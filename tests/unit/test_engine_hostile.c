@@ -6,16 +6,12 @@
  * close reason wins; bytes lost on close get a reason that says so. */
 #include <check.h>
 #include <errno.h>
-#include <fcntl.h>
-#include <poll.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/socket.h>
 #include <time.h>
-#include <unistd.h>
 
 #include "engine/engine.h"
 #include "engine/internal.h"
@@ -134,8 +130,7 @@ static size_t on_recv(session_t *s, const uint8_t *data, size_t len) {
     atomic_store(&w->held_id, session_id(s));
     atomic_store(&w->held, 1);
     for (int i = 0; i < 10000 && !atomic_load(&w->go); i++) {
-      struct timespec ts = {0, 1000000};
-      nanosleep(&ts, NULL);
+      tu_sleep_ms(1);
     }
     break;
   case MODE_BIG_BYE: {
@@ -194,7 +189,7 @@ typedef struct rig {
   service_t *svc[2];
   world_t w[2];
   int port[2];
-  char log_path[64];
+  char log_path[512];
 } rig_t;
 
 static void rig_core(rig_t *r) {
@@ -203,10 +198,8 @@ static void rig_core(rig_t *r) {
   ck_assert_msg(core_create("hostile", 2, &r->core, err, sizeof err) == 0,
                 "%s", err);
   /* The log goes to a file the test reads back. */
-  snprintf(r->log_path, sizeof r->log_path, "/tmp/iocphost-hostile-XXXXXX");
-  int fd = mkstemp(r->log_path);
-  ck_assert_int_ge(fd, 0);
-  close(fd);
+  ck_assert_int_eq(
+      tu_temp_file(r->log_path, sizeof r->log_path, "iocphost-hostile"), 0);
   ck_assert_int_eq(log_set_file(r->log_path), 0);
 }
 
@@ -242,7 +235,7 @@ static void rig_stop(rig_t *r) {
     service_destroy(r->svc[i]);
   core_destroy(r->core);
   log_set_file(NULL);
-  unlink(r->log_path);
+  remove(r->log_path);
   for (int i = 0; i < r->count; i++) {
     world_t *w = &r->w[i];
     ck_assert_int_eq(atomic_load(&w->violations), 0);
@@ -289,16 +282,9 @@ static int wait_count(atomic_int *counter, int want, int timeout_ms) {
   return tu_wait_until(reached, &a, timeout_ms);
 }
 
-static uint64_t mono_ms(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
-}
+static uint64_t mono_ms(void) { return tu_now_ms(); }
 
-static void sleep_ms(int ms) {
-  struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
-  nanosleep(&ts, NULL);
-}
+static void sleep_ms(int ms) { tu_sleep_ms(ms); }
 
 /* Connects and reads the hello packet: returns the fd, and the session id. */
 static int connect_hello(int port, uint64_t *id) {
@@ -352,7 +338,7 @@ static void *bystander_main(void *arg) {
     atomic_fetch_add(&b->rounds, 1);
     sleep_ms(2);
   }
-  close(fd);
+  tu_close(fd);
   return NULL;
 }
 
@@ -480,7 +466,7 @@ START_TEST(test_malformed_frames_end_only_the_offender_with_one_log_line) {
     const bad_case_t *c = &bad_cases[i];
     ck_assert_msg(tu_wait_closed(fds[i], 5000) != 0, "%s: not closed",
                   c->name);
-    close(fds[i]);
+    tu_close(fds[i]);
     int reason = reason_of(&r.w[c->target], ids[i]);
     ck_assert_msg(reason == REASON_PROTOCOL_ERROR, "%s: reason %s", c->name,
                   session_reason_name(reason));
@@ -589,7 +575,7 @@ START_TEST(test_declared_sizes_are_never_allocated_before_the_bytes_arrive) {
   ck_assert_uint_eq(k.len, 0);
   ck_assert_uint_eq(k.cap, 0);
   for (int i = 0; i < SESSIONS; i++)
-    close(fds[i]);
+    tu_close(fds[i]);
   ck_assert(wait_count(&r.w[0].disconnected, SESSIONS, 5000));
   rig_stop(&r);
 }
@@ -605,7 +591,7 @@ START_TEST(test_incomplete_timeout_cuts_a_trickler_not_peers_that_complete) {
   int trickler = connect_hello(r.port[0], &trickler_id);
   int steady = connect_hello(r.port[0], &steady_id);
   int slow = connect_hello(r.port[0], &slow_id);
-  fcntl(trickler, F_SETFL, O_NONBLOCK);
+  tu_set_nonblocking(trickler);
   /* The trickler declares 100 bytes and sends one every 50 ms: never idle,
    * never done. The steady client sends 10-byte packets in two halves,
    * 50 ms apart, for 1.2 s: every packet is done within the deadline. */
@@ -657,9 +643,9 @@ START_TEST(test_incomplete_timeout_cuts_a_trickler_not_peers_that_complete) {
   ck_assert_int_eq(steady_rounds, 12);
   ck_assert_int_eq(reason_of(&r.w[0], steady_id), -1);
   ck_assert_int_eq(reason_of(&r.w[0], slow_id), -1);
-  close(trickler);
-  close(steady);
-  close(slow);
+  tu_close(trickler);
+  tu_close(steady);
+  tu_close(slow);
   ck_assert(wait_count(&r.w[0].disconnected, 3, 5000));
   rig_stop(&r);
 }
@@ -683,7 +669,7 @@ START_TEST(test_incomplete_timeout_zero_never_cuts) {
   uint8_t back[10];
   ck_assert_int_eq(tu_read_exact(fd, back, 10, 5000), 0);
   ck_assert_mem_eq(back, "\x0a\x00\x01\x00" "123456", 10);
-  close(fd);
+  tu_close(fd);
   ck_assert(wait_count(&r.w[0].disconnected, 1, 5000));
   ck_assert_int_eq(r.w[0].reasons[REASON_PROTOCOL_ERROR], 0);
   rig_stop(&r);
@@ -714,7 +700,7 @@ START_TEST(test_first_reason_wins_over_a_fin_read_before_the_close_request) {
   ck_assert(wait_count(&r.w[0].disconnected, 1, 5000));
   ck_assert_str_eq(session_reason_name(reason_of(&r.w[0], id)),
                    "send_queue_full");
-  close(fd);
+  tu_close(fd);
   rig_stop(&r);
 }
 END_TEST
@@ -741,7 +727,7 @@ START_TEST(test_bytes_lost_when_a_close_times_out_give_send_queue_full) {
   ck_assert_int_eq(log_lines_about(&r, id, "send_queue_full", &with_word), 1);
   ck_assert_int_eq(with_word, 1);
   tu_set_reset_on_close(fd);
-  close(fd);
+  tu_close(fd);
   rig_stop(&r);
 }
 END_TEST
@@ -763,7 +749,7 @@ START_TEST(test_reset_while_flushing_gives_peer_reset_not_local) {
   uint8_t some[1024];
   ck_assert_int_eq(tu_read_exact(fd, some, sizeof some, 5000), 0);
   tu_set_reset_on_close(fd);
-  close(fd);
+  tu_close(fd);
   ck_assert(wait_count(&r.w[0].disconnected, 1, 5000));
   ck_assert_str_eq(session_reason_name(reason_of(&r.w[0], id)), "peer_reset");
   rig_stop(&r);
