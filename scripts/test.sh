@@ -3,12 +3,14 @@
 # AddressSanitizer + UndefinedBehaviorSanitizer build, a ThreadSanitizer
 # build, and the Windows build (cross-compiled with mingw-w64, run under
 # Wine). Unit tests (Check) and integration tests (the real host binary over
-# loopback) run in each. Usage: scripts/test.sh [normal|asan|tsan|windows ...]
+# loopback) run in each. Between them, the libFuzzer targets (the packet
+# parser, the receive path, the config loader) run for a minute each.
+# Usage: scripts/test.sh [normal|asan|tsan|fuzz|windows ...]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 builds=("$@")
-[ ${#builds[@]} -gt 0 ] || builds=(normal asan tsan windows)
+[ ${#builds[@]} -gt 0 ] || builds=(normal asan tsan fuzz windows)
 jobs=$(nproc)
 
 deps=()
@@ -50,13 +52,17 @@ for build in "${builds[@]}"; do
     normal) dir=build-test;  sanitize="" ; stress=100000 ;;
     asan)   dir=build-asan;  sanitize=address; stress=20000 ;;
     tsan)   dir=build-tsan;  sanitize=thread;  stress=10000 ;;
+    fuzz)
+      echo "=== fuzzing (build-fuzz, clang) ==="
+      tests/fuzz/run.sh "${FUZZ_SECONDS:-60}" "$PWD/build-fuzz"
+      continue ;;
     windows)
       echo "=== windows build (build-win, under Wine) ==="
       start=$SECONDS
       windows_stage
       echo "=== windows build: $((SECONDS - start)) s ==="
       continue ;;
-    *) echo "unknown build '$build' (normal, asan, tsan or windows)" >&2
+    *) echo "unknown build '$build' (normal, asan, tsan, fuzz or windows)" >&2
        exit 2 ;;
   esac
   echo "=== $build build ($dir) ==="
