@@ -40,6 +40,7 @@
 #include <unistd.h>
 
 #include "engine/log.h"
+#include "engine/timer_heap.h"
 
 #define RECV_BUFFER_BYTES (64 * 1024)
 #define EVENTS_PER_WAIT 256
@@ -63,10 +64,7 @@ struct io_worker {
   pthread_mutex_t mailbox_lock;
   op_queue_t mailbox;
   int mailbox_signalled;
-  /* Timer min-heap, ordered by due time. */
-  io_timer_t **timers;
-  uint32_t timer_count;
-  uint32_t timer_capacity;
+  timer_heap_t timers; /* this worker's own: no lock */
   int stopping;
   uint8_t *recv_buffer;
 };
@@ -105,77 +103,19 @@ static void make_ready(io_worker_t *w, io_op_t *op, int status) {
   queue_push(&w->ready, op);
 }
 
-/* ---- timers: a binary min-heap per worker ---- */
+/* ---- timers ---- */
 
-static int timer_less(const io_timer_t *a, const io_timer_t *b) {
-  return a->due_ms < b->due_ms;
-}
-
-static void heap_swap(io_worker_t *w, uint32_t i, uint32_t j) {
-  io_timer_t *t = w->timers[i];
-  w->timers[i] = w->timers[j];
-  w->timers[j] = t;
-  w->timers[i]->heap_index = i;
-  w->timers[j]->heap_index = j;
-}
-
-static void heap_up(io_worker_t *w, uint32_t i) {
-  while (i > 0) {
-    uint32_t parent = (i - 1) / 2;
-    if (!timer_less(w->timers[i], w->timers[parent]))
-      break;
-    heap_swap(w, i, parent);
-    i = parent;
-  }
-}
-
-static void heap_down(io_worker_t *w, uint32_t i) {
-  for (;;) {
-    uint32_t l = 2 * i + 1, r = l + 1, m = i;
-    if (l < w->timer_count && timer_less(w->timers[l], w->timers[m]))
-      m = l;
-    if (r < w->timer_count && timer_less(w->timers[r], w->timers[m]))
-      m = r;
-    if (m == i)
-      break;
-    heap_swap(w, i, m);
-    i = m;
-  }
-}
-
-static void heap_insert(io_worker_t *w, io_timer_t *t) {
-  if (w->timer_count == w->timer_capacity) {
-    uint32_t cap = w->timer_capacity ? w->timer_capacity * 2 : 64;
-    io_timer_t **grown = realloc(w->timers, cap * sizeof *grown);
-    if (!grown) {
-      /* Cannot arm: report it through the completion, as for any op. */
-      make_ready(w, &t->op, -ENOMEM);
-      return;
-    }
-    w->timers = grown;
-    w->timer_capacity = cap;
-  }
-  t->heap_index = w->timer_count;
-  w->timers[w->timer_count++] = t;
-  heap_up(w, t->heap_index);
-}
-
-static void heap_remove(io_worker_t *w, io_timer_t *t) {
-  uint32_t i = t->heap_index;
-  uint32_t last = --w->timer_count;
-  if (i != last) {
-    heap_swap(w, i, last);
-    heap_down(w, i);
-    heap_up(w, i);
-  }
-  t->heap_index = UINT32_MAX;
+static void arm_timer(io_worker_t *w, io_timer_t *t) {
+  /* If it cannot be armed, say so through its completion, as for any op. */
+  if (timer_heap_insert(&w->timers, t) != 0)
+    make_ready(w, &t->op, -ENOMEM);
 }
 
 static void expire_timers(io_worker_t *w) {
   uint64_t now = clock_now_ms();
-  while (w->timer_count > 0 && w->timers[0]->due_ms <= now) {
-    io_timer_t *t = w->timers[0];
-    heap_remove(w, t);
+  io_timer_t *t;
+  while ((t = timer_heap_first(&w->timers)) != NULL && t->due_ms <= now) {
+    timer_heap_remove(&w->timers, t);
     make_ready(w, &t->op, 0);
   }
 }
@@ -190,8 +130,7 @@ static void start_op(io_worker_t *w, io_op_t *op) {
     make_ready(w, op, op->status);
     return;
   case IO_OP_TIMER: {
-    io_timer_t *t = container_of(op, io_timer_t, op);
-    heap_insert(w, t);
+    arm_timer(w, container_of(op, io_timer_t, op));
     return;
   }
   case IO_OP_STOP:
@@ -293,7 +232,7 @@ void io_timer_cancel(io_timer_t *t) {
   io_worker_t *w = t->op.handle->worker;
   if (t->heap_index == UINT32_MAX)
     return;
-  heap_remove(w, t);
+  timer_heap_remove(&w->timers, t);
   make_ready(w, &t->op, IO_ECANCELED);
 }
 
@@ -459,10 +398,11 @@ static void drain_mailbox(io_worker_t *w) {
 static int wait_timeout(io_worker_t *w) {
   if (w->ready.head)
     return 0;
-  if (w->timer_count == 0)
+  io_timer_t *first = timer_heap_first(&w->timers);
+  if (!first)
     return -1;
   uint64_t now = clock_now_ms();
-  uint64_t due = w->timers[0]->due_ms;
+  uint64_t due = first->due_ms;
   if (due <= now)
     return 0;
   uint64_t wait = due - now;
@@ -505,7 +445,7 @@ static void worker_release(io_worker_t *w) {
   if (w->wake_fd >= 0)
     close(w->wake_fd);
   pthread_mutex_destroy(&w->mailbox_lock);
-  free(w->timers);
+  timer_heap_free(&w->timers);
   free(w->recv_buffer);
 }
 

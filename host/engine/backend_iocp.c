@@ -48,6 +48,7 @@
 #include <ws2tcpip.h>
 
 #include "engine/log.h"
+#include "engine/timer_heap.h"
 
 #define RECV_BUFFER_BYTES (64 * 1024)
 #define ENTRIES_PER_WAIT 64
@@ -80,9 +81,8 @@ struct io_core {
   io_worker_t *strands;
   atomic_uint next_strand;
   atomic_uint_fast64_t completions;
-  SRWLOCK timer_lock;
-  io_timer_t **timers;
-  uint32_t timer_count, timer_capacity;
+  SRWLOCK timer_lock;  /* the core's timers are shared by its threads */
+  timer_heap_t timers;
   LPFN_ACCEPTEX accept_ex;
   LPFN_GETACCEPTEXSOCKADDRS get_accept_addresses;
   LPFN_CONNECTEX connect_ex;
@@ -249,70 +249,14 @@ static io_core_t *core_of(const io_handle_t *h) { return h->worker->core; }
 
 /* ---- timers: one heap per core, under a lock ---- */
 
-static int timer_less(const io_timer_t *a, const io_timer_t *b) {
-  return a->due_ms < b->due_ms;
-}
-
-static void heap_swap(io_core_t *c, uint32_t i, uint32_t j) {
-  io_timer_t *t = c->timers[i];
-  c->timers[i] = c->timers[j];
-  c->timers[j] = t;
-  c->timers[i]->heap_index = i;
-  c->timers[j]->heap_index = j;
-}
-
-static void heap_up(io_core_t *c, uint32_t i) {
-  while (i > 0) {
-    uint32_t parent = (i - 1) / 2;
-    if (!timer_less(c->timers[i], c->timers[parent]))
-      break;
-    heap_swap(c, i, parent);
-    i = parent;
-  }
-}
-
-static void heap_down(io_core_t *c, uint32_t i) {
-  for (;;) {
-    uint32_t l = 2 * i + 1, r = l + 1, m = i;
-    if (l < c->timer_count && timer_less(c->timers[l], c->timers[m]))
-      m = l;
-    if (r < c->timer_count && timer_less(c->timers[r], c->timers[m]))
-      m = r;
-    if (m == i)
-      break;
-    heap_swap(c, i, m);
-    i = m;
-  }
-}
-
-static void heap_remove(io_core_t *c, io_timer_t *t) {
-  uint32_t i = t->heap_index;
-  uint32_t last = --c->timer_count;
-  if (i != last) {
-    heap_swap(c, i, last);
-    heap_down(c, i);
-    heap_up(c, i);
-  }
-  t->heap_index = UINT32_MAX;
-}
-
 static void timer_arm(io_timer_t *t) {
   io_core_t *c = core_of(t->op.handle);
   AcquireSRWLockExclusive(&c->timer_lock);
-  if (c->timer_count == c->timer_capacity) {
-    uint32_t cap = c->timer_capacity ? c->timer_capacity * 2 : 64;
-    io_timer_t **grown = realloc(c->timers, cap * sizeof *grown);
-    if (!grown) {
-      ReleaseSRWLockExclusive(&c->timer_lock);
-      post_result(c, &t->op, -ENOMEM);
-      return;
-    }
-    c->timers = grown;
-    c->timer_capacity = cap;
+  if (timer_heap_insert(&c->timers, t) != 0) {
+    ReleaseSRWLockExclusive(&c->timer_lock);
+    post_result(c, &t->op, -ENOMEM);
+    return;
   }
-  t->heap_index = c->timer_count;
-  c->timers[c->timer_count++] = t;
-  heap_up(c, t->heap_index);
   int earliest = t->heap_index == 0;
   ReleaseSRWLockExclusive(&c->timer_lock);
   /* Threads may be sleeping with a longer timeout: wake one. */
@@ -323,9 +267,9 @@ static void timer_arm(io_timer_t *t) {
 static void expire_timers(io_core_t *c) {
   uint64_t now = clock_now_ms();
   AcquireSRWLockExclusive(&c->timer_lock);
-  while (c->timer_count > 0 && c->timers[0]->due_ms <= now) {
-    io_timer_t *t = c->timers[0];
-    heap_remove(c, t);
+  io_timer_t *t;
+  while ((t = timer_heap_first(&c->timers)) != NULL && t->due_ms <= now) {
+    timer_heap_remove(&c->timers, t);
     post_result(c, &t->op, 0);
   }
   ReleaseSRWLockExclusive(&c->timer_lock);
@@ -334,9 +278,10 @@ static void expire_timers(io_core_t *c) {
 static DWORD wait_timeout(io_core_t *c) {
   DWORD wait = INFINITE;
   AcquireSRWLockShared(&c->timer_lock);
-  if (c->timer_count > 0) {
+  io_timer_t *first = timer_heap_first(&c->timers);
+  if (first) {
     uint64_t now = clock_now_ms();
-    uint64_t due = c->timers[0]->due_ms;
+    uint64_t due = first->due_ms;
     wait = due <= now ? 0 : (DWORD)(due - now > 60000 ? 60000 : due - now);
   }
   ReleaseSRWLockShared(&c->timer_lock);
@@ -362,7 +307,7 @@ void io_timer_cancel(io_timer_t *t) {
   AcquireSRWLockExclusive(&c->timer_lock);
   int armed = t->heap_index != UINT32_MAX;
   if (armed)
-    heap_remove(c, t);
+    timer_heap_remove(&c->timers, t);
   ReleaseSRWLockExclusive(&c->timer_lock);
   if (armed)
     post_result(c, &t->op, IO_ECANCELED);
@@ -720,7 +665,7 @@ void io_core_destroy(io_core_t *c) {
     CloseHandle(c->threads[i]);
   }
   CloseHandle(c->port);
-  free(c->timers);
+  timer_heap_free(&c->timers);
   free(c->threads);
   free(c->strands);
   free(c);
