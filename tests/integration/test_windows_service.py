@@ -264,6 +264,57 @@ class WindowsServiceTest(unittest.TestCase):
         self.assertNotEqual(query.returncode, 0, self.output(query))
         self.assertNotIn("RUNNING", query.stdout)
 
+    def test_a_service_stop_flushes_every_session_then_fin(self):
+        """SPEC section 9 through the service manager: 100 clients read a
+        known stream; the service is stopped mid-stream; each gets every
+        byte the plugin's sends accepted, then a FIN, and each session ends
+        with host_stopping."""
+        import test_stop  # the stream readers and their checks
+        port = harness.free_port()
+        self.write_config(
+            {"pusher": {"interval_ms": 1, "chunk_bytes": 2048,
+                        "max_in_flight": 65536}},
+            [harness.server_service("push", "pusher", port, "raw",
+                                    max_sessions=1000)],
+            drain_timeout_ms=test_stop.DRAIN_TIMEOUT_MS)
+        self.install()
+        result = self.cli("service", "start", "-c", self.config_path,
+                          "--name", self.name)
+        self.assertEqual(result.returncode, 0, self.output(result))
+        deadline = time.monotonic() + harness.scaled(90)
+        readers = [test_stop.StreamReader(port, deadline)
+                   for _ in range(test_stop.CLIENTS)]
+        for reader in readers:
+            reader.start()
+        for index, reader in enumerate(readers):
+            self.assertTrue(reader.has_data.wait(harness.scaled(30)),
+                            "client %d got no data" % index)
+        result = self.cli("service", "stop", "-c", self.config_path,
+                          "--name", self.name,
+                          timeout=test_stop.DRAIN_TIMEOUT_MS / 1000 + 60)
+        self.assertEqual(result.returncode, 0, self.output(result))
+        for reader in readers:
+            reader.join(harness.scaled(30))
+        log = self.log()
+        logged = {int(m.group(1)): (int(m.group(2)), m.group(3))
+                  for m in test_stop.SESSION_LINE.finditer(log)}
+        problems = []
+        for index, reader in enumerate(readers):
+            if reader.end != "fin":
+                problems.append("client %d ended with %s after %d bytes" %
+                                (index, reader.end, reader.received))
+                continue
+            accepted, reason = logged.get(reader.session_id, (None, None))
+            if reason != "host_stopping" or accepted != reader.received:
+                problems.append("client %d (session %s): accepted %s, "
+                                "received %d, reason %s" %
+                                (index, reader.session_id, accepted,
+                                 reader.received, reason))
+        self.assertEqual(problems, [], "\n".join(problems[:20]))
+        self.assertNotIn("drain_timeout_ms", log)
+        query = self.sc("query", self.name)
+        self.assertIn("STOPPED", query.stdout, self.output(query))
+
     def test_a_service_whose_config_went_bad_stops_with_exit_code_1(self):
         self.write_config(
             {"echo": {}},
