@@ -202,6 +202,11 @@ static int fail(loader_t *ld, const char *path, const char *fmt, ...) {
   va_start(ap, fmt);
   vsnprintf(ld->err + n, ld->err_len - (size_t)n, fmt, ap);
   va_end(ap);
+  /* One line whatever the config held: a value quoted in the message (a
+   * path with a newline in it, say) must not break or forge log lines. */
+  for (char *c = ld->err; *c; c++)
+    if ((unsigned char)*c < 0x20 || *c == 0x7f)
+      *c = '?';
   return -1;
 }
 
