@@ -1287,8 +1287,10 @@ static cJSON *parse_json(loader_t *ld, const char *text, size_t len) {
 
 /* ---- public ---------------------------------------------------------- */
 
-int config_parse(const char *file, const char *text, size_t len, config_t **out,
-                 char *err, size_t err_len) {
+/* identity_only: the top level alone (see config_load_identity). */
+static int parse_scoped(const char *file, const char *text, size_t len,
+                        int identity_only, config_t **out, char *err,
+                        size_t err_len) {
   if (file == NULL)
     file = "(config)";
   loader_t ld = {.file = file, .err = err, .err_len = err_len};
@@ -1312,8 +1314,9 @@ int config_parse(const char *file, const char *text, size_t len, config_t **out,
   cJSON *root = parse_json(&ld, text != NULL ? text : "", len);
   int rc = -1;
   if (root != NULL && parse_top(&ld, root, c) == 0 &&
-      parse_cores(&ld, root, c) == 0 && parse_plugins(&ld, root, c) == 0 &&
-      parse_services(&ld, root, c) == 0)
+      (identity_only ||
+       (parse_cores(&ld, root, c) == 0 && parse_plugins(&ld, root, c) == 0 &&
+        parse_services(&ld, root, c) == 0)))
     rc = 0;
   cJSON_Delete(root);
   if (rc != 0) {
@@ -1324,7 +1327,13 @@ int config_parse(const char *file, const char *text, size_t len, config_t **out,
   return 0;
 }
 
-int config_load(const char *file, config_t **out, char *err, size_t err_len) {
+int config_parse(const char *file, const char *text, size_t len, config_t **out,
+                 char *err, size_t err_len) {
+  return parse_scoped(file, text, len, 0, out, err, err_len);
+}
+
+static int load_scoped(const char *file, int identity_only, config_t **out,
+                       char *err, size_t err_len) {
   loader_t ld = {
       .file = file != NULL ? file : "(config)", .err = err, .err_len = err_len};
   *out = NULL;
@@ -1375,9 +1384,18 @@ int config_load(const char *file, config_t **out, char *err, size_t err_len) {
               "file?",
               CONFIG_MAX_BYTES / (1024u * 1024u));
   else
-    rc = config_parse(file, text, len, out, err, err_len);
+    rc = parse_scoped(file, text, len, identity_only, out, err, err_len);
   free(text);
   return rc;
+}
+
+int config_load(const char *file, config_t **out, char *err, size_t err_len) {
+  return load_scoped(file, 0, out, err, err_len);
+}
+
+int config_load_identity(const char *file, config_t **out, char *err,
+                         size_t err_len) {
+  return load_scoped(file, 1, out, err, err_len);
 }
 
 void config_free(config_t *config) {

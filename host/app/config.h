@@ -87,6 +87,15 @@ typedef struct config {
  * for syntax errors, line and column, and what to do about it. */
 int config_load(const char *file, config_t **out, char *err, size_t err_len);
 
+/* Reads only the top level: name, log, runtime_dir and shutdown, which is
+ * what finds a running instance (its control endpoint) and how long a stop
+ * may take. Cores, plugins and services are not read at all, so status,
+ * stop and reload still reach the host while a deployed plugin file is
+ * missing or a service is being edited: the host validates the whole file
+ * itself when it reloads. Errors as config_load. */
+int config_load_identity(const char *file, config_t **out, char *err,
+                         size_t err_len);
+
 /* The same from text already in memory; file names it in messages and its
  * folder is the base of relative paths. Used by tests and the fuzzer. */
 int config_parse(const char *file, const char *text, size_t len,

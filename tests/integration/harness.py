@@ -460,17 +460,10 @@ class Host:
             raise unittest.SkipTest(
                 "the Windows control endpoint is a named pipe that only "
                 "iocphost.exe's own commands reach; cannot send %r" % request)
-        # The command reads only "name" and "runtime_dir" to find the pipe,
-        # but validates the whole config: a config naming just those two (in
-        # the same folder, so runtime_dir resolves alike) still reaches a
-        # host whose own config no longer validates (a plugin file removed).
-        client = {"name": self.config.get("name", "iocphost")}
-        if "runtime_dir" in self.config:
-            client["runtime_dir"] = self.config["runtime_dir"]
-        client_path = os.path.join(self.dir, "control-client.json")
-        with open(client_path, "w") as f:
-            json.dump(client, f)
-        result = run_cli(words + ["-c", client_path], timeout=timeout)
+        # The command reads only the config's top level (name, runtime_dir)
+        # to find the pipe, so it reaches a host whose config no longer
+        # validates as a whole (a plugin file removed).
+        result = run_cli(words + ["-c", self.config_path], timeout=timeout)
         if result.returncode == 3:
             raise ConnectionRefusedError(
                 "control: %s" % (result.stderr.strip() or "no instance"))

@@ -41,6 +41,15 @@ def deploy(source, target):
 class Player:
     """One session exchanging ECHO packets, every byte checked."""
 
+    @classmethod
+    def version_of_new_session(cls, port, index):
+        """The plugin version a fresh session is served by."""
+        player = cls(port, index)
+        try:
+            return player.version()
+        finally:
+            player.close()
+
     def __init__(self, port, index):
         self.client = harness.PacketClient(port, timeout=10)
         self.index = index
@@ -271,11 +280,35 @@ class ReloadTest(HostTestCase):
         # A good version still deploys afterwards.
         deploy(built("versioned_v2"), self.deployed)
         self.reload()
-        self.assertEqual(Player(self.port, 1).version(), "2.0.0")
+        self.assertEqual(Player.version_of_new_session(self.port, 1), "2.0.0")
         player.exchange()
         self.assertEqual(player.version(), "1.0.0")
         player.close()
         self.host.stop()
+
+    def test_the_commands_reach_the_host_while_its_plugin_file_is_missing(
+            self):
+        """status, reload and stop read only the config's top level: with
+        the deployed plugin deleted (the host runs from its shadow copy),
+        an operator can still see the host, hear why a reload is refused,
+        and stop it through `iocphost stop -c FILE`."""
+        self.start_host()
+        player = Player(self.port, 0)
+        player.exchange()
+        os.remove(self.deployed)
+        path = self.host.config_path
+        status = harness.run_cli(["status", "-c", path])
+        self.assertEqual(status.returncode, 0, status.stderr)
+        self.assertIn("game", status.stdout)
+        reload = harness.run_cli(["reload", "-c", path], timeout=30)
+        self.assertNotEqual(reload.returncode, 0)
+        self.assertIn("not found", reload.stdout + reload.stderr)
+        self.assertIn("nothing changed", reload.stdout + reload.stderr)
+        player.exchange()  # the running generation still serves
+        player.close()
+        stop = harness.run_cli(["stop", "-c", path], timeout=60)
+        self.assertEqual(stop.returncode, 0, stop.stdout + stop.stderr)
+        self.assertEqual(self.host.process.wait(timeout=harness.scaled(30)), 0)
 
     def test_settings_change_redeploys_and_restart_only_changes_are_reported(
             self):
@@ -341,7 +374,7 @@ class ReloadTest(HostTestCase):
         harness.wait_until(
             lambda: self.generations()[0]["generation"] == expected_generation,
             10, "SIGHUP's reload")
-        self.assertEqual(Player(self.port, 0).version(), "2.0.0")
+        self.assertEqual(Player.version_of_new_session(self.port, 0), "2.0.0")
         self.host.stop()
 
 

@@ -504,6 +504,39 @@ START_TEST(a_missing_file_names_the_file_and_the_reason) {
 }
 END_TEST
 
+/* status, stop and reload only need to find the running instance. */
+START_TEST(the_identity_is_read_without_the_rest_of_the_file) {
+  const char *file = scratch_write(
+      "config.json",
+      "{ \"name\": \"game-1\", \"runtime_dir\": \"state\",\n"
+      "  \"shutdown\": { \"drain_timeout_ms\": 2500 },\n"
+      "  \"plugins\": [ { \"name\": \"p\", \"path\": \"gone/nowhere\" } ],\n"
+      "  \"services\": [ { \"name\": \"s\", \"type\": \"warp\" } ] }");
+  char err[1024];
+  config_t *c = NULL;
+  /* The whole file does not validate: the plugin file is missing. */
+  ck_assert_int_eq(config_load(file, &c, err, sizeof err), -1);
+  ck_assert_msg(strstr(err, "plugins[0].path") != NULL, "%s", err);
+  ck_assert_int_eq(config_load_identity(file, &c, err, sizeof err), 0);
+  ck_assert_str_eq(c->name, "game-1");
+  ck_assert_str_eq(c->runtime_dir, path_in_real_scratch("state"));
+  ck_assert_uint_eq(c->drain_timeout_ms, 2500);
+  ck_assert_uint_eq(c->plugin_count, 0);
+  ck_assert_uint_eq(c->service_count, 0);
+  config_free(c);
+  /* The top level itself is still checked, with the same messages. */
+  file = scratch_write("config.json", "{ \"name\": 7, \"services\": [] }");
+  c = (config_t *)1;
+  ck_assert_int_eq(config_load_identity(file, &c, err, sizeof err), -1);
+  ck_assert_ptr_null(c);
+  ck_assert_msg(strstr(err, file) == err && strstr(err, "name") != NULL, "%s",
+                err);
+  file = scratch_write("config.json", "{ \"name\": \"x\", ");
+  ck_assert_int_eq(config_load_identity(file, &c, err, sizeof err), -1);
+  ck_assert_msg(strstr(err, "line 1") != NULL, "%s", err);
+}
+END_TEST
+
 START_TEST(a_folder_is_not_a_config_file) {
   char err[1024];
   config_t *c = (config_t *)1;
@@ -603,6 +636,7 @@ static Suite *config_suite(void) {
   tcase_add_test(tc, keys_are_case_sensitive);
   tcase_add_test(tc, a_missing_file_names_the_file_and_the_reason);
   tcase_add_test(tc, a_folder_is_not_a_config_file);
+  tcase_add_test(tc, the_identity_is_read_without_the_rest_of_the_file);
   tcase_add_test(tc, numbers_must_be_integers_in_range);
   tcase_add_test(tc, a_server_listening_on_port_zero_does_not_conflict);
   tcase_add_test(tc, a_duplicate_names_both_paths);
