@@ -72,7 +72,9 @@ static void print_help(FILE *out) {
           "  iocphost status  [-c FILE] [--json]   ask the running instance: "
           "services, sessions, plugins, counters\n"
           "  iocphost reload  [-c FILE]            redeploy changed plugins "
-          "(not available yet)\n"
+          "and settings\n"
+          "  iocphost reopen-logs [-c FILE]        reopen log.file after a "
+          "rotation renamed it\n"
           "  iocphost stop    [-c FILE]            stop the running instance "
           "gracefully and wait for it\n"
           "  iocphost service install|uninstall|start|stop [-c FILE] [--name "
@@ -476,7 +478,17 @@ static char *handle_control(void *ctx, const char *request, int *stop) {
   if (strcmp(request, "reload --dry-run") == 0)
     return reload_now("the control endpoint", 1);
   if (strcmp(request, "reopen-logs") == 0) {
-    log_reopen();
+    if (log_reopen() != 0) {
+      char text[512], reply_text[600];
+      snprintf(text, sizeof text,
+               "cannot reopen the log file: %s; lines still go to the file "
+               "that was open (check the folder's permissions)",
+               strerror(errno));
+      log_write(LOG_ERROR, "host", "%s", text);
+      snprintf(reply_text, sizeof reply_text, "error: %s\n", text);
+      return strdup(reply_text);
+    }
+    log_write(LOG_INFO, "host", "control endpoint: log file reopened");
     return strdup("ok\nlog reopened\n");
   }
   size_t len = strlen(request);
@@ -1101,7 +1113,7 @@ int main(int argc, char **argv) {
   if (strcmp(command, "check") == 0)
     return cmd_check(o.file);
   if (strcmp(command, "status") == 0 || strcmp(command, "reload") == 0 ||
-      strcmp(command, "stop") == 0)
+      strcmp(command, "stop") == 0 || strcmp(command, "reopen-logs") == 0)
     return cmd_control(o.file, command, o.json);
   if (strcmp(command, "service") == 0)
     return cmd_service(&o);

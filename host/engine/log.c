@@ -125,11 +125,63 @@ int log_level_parse(const char *name) {
   return -1;
 }
 
+#ifdef _WIN32
+static int errno_of_win32(DWORD error) {
+  switch (error) {
+  case ERROR_FILE_NOT_FOUND:
+  case ERROR_PATH_NOT_FOUND:
+  case ERROR_INVALID_DRIVE:
+    return ENOENT;
+  case ERROR_ACCESS_DENIED:
+  case ERROR_SHARING_VIOLATION:
+  case ERROR_LOCK_VIOLATION:
+    return EACCES;
+  case ERROR_INVALID_NAME:
+    return EINVAL;
+  case ERROR_NOT_ENOUGH_MEMORY:
+  case ERROR_OUTOFMEMORY:
+    return ENOMEM;
+  case ERROR_DISK_FULL:
+    return ENOSPC;
+  default:
+    return EIO;
+  }
+}
+#endif
+
 static int open_append(const char *path) {
 #ifdef _WIN32
-  return _open(path,
-               _O_WRONLY | _O_CREAT | _O_APPEND | _O_BINARY | _O_NOINHERIT,
-               _S_IREAD | _S_IWRITE);
+  /* Not _open: the CRT opens without FILE_SHARE_DELETE, so a log rotator
+   * could not rename the file while the host has it open. Shared for
+   * delete, it rotates as on POSIX: rename, then "iocphost reopen-logs".
+   * FILE_APPEND_DATA alone makes every write land at the end, also with
+   * another writer. The path is UTF-8, like every path in the config. */
+  int wide_len = MultiByteToWideChar(CP_UTF8, MB_ERR_INVALID_CHARS, path, -1,
+                                     NULL, 0);
+  wchar_t *wide = wide_len > 0 ? malloc((size_t)wide_len * sizeof *wide) : NULL;
+  if (wide == NULL ||
+      MultiByteToWideChar(CP_UTF8, MB_ERR_INVALID_CHARS, path, -1, wide,
+                          wide_len) <= 0) {
+    free(wide);
+    errno = wide_len > 0 ? ENOMEM : EINVAL;
+    return -1;
+  }
+  HANDLE file = CreateFileW(
+      wide, FILE_APPEND_DATA | SYNCHRONIZE,
+      FILE_SHARE_READ | FILE_SHARE_WRITE | FILE_SHARE_DELETE,
+      NULL /* not inherited */, OPEN_ALWAYS, FILE_ATTRIBUTE_NORMAL, NULL);
+  DWORD error = GetLastError();
+  free(wide);
+  if (file == INVALID_HANDLE_VALUE) {
+    errno = errno_of_win32(error);
+    return -1;
+  }
+  int fd = _open_osfhandle((intptr_t)file, _O_WRONLY | _O_APPEND | _O_BINARY);
+  if (fd < 0) {
+    CloseHandle(file);
+    errno = EMFILE;
+  }
+  return fd;
 #else
   return open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
 #endif

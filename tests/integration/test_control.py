@@ -13,8 +13,8 @@
     host with the same name and runtime_dir exits 3 saying another instance
     runs, and the first keeps serving; a socket left by a killed host does
     not block the next start;
-  - SIGUSR1 and the `reopen-logs` request reopen log.file, so rotation by
-    renaming works.
+  - SIGUSR1 and `iocphost reopen-logs` (the `reopen-logs` request) reopen
+    log.file, so rotation by renaming works.
 """
 
 import json
@@ -453,10 +453,11 @@ class ControlTest(HostTestCase):
         host.process.send_signal(signal.SIGUSR1)
         harness.wait_until(lambda: "reopened" in read(log_path), 10,
                            "a new %s after SIGUSR1" % log_path)
-        # Rotation 2: rename, then the reopen-logs request.
+        # Rotation 2: rename, then `iocphost reopen-logs` (the request).
         os.rename(log_path, second)
-        reply = host.control("reopen-logs")
-        self.assertTrue(reply.startswith("ok\n"), reply)
+        result = harness.run_cli(["reopen-logs", "-c", host.config_path])
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertIn("log reopened", result.stdout)
         harness.wait_until(lambda: os.path.exists(log_path), 10,
                            "a new %s after reopen-logs" % log_path)
         host.stop()

@@ -8,12 +8,16 @@ counterparts of test_control.py's Unix socket tests:
     instance runs (Wine ignores FILE_FLAG_FIRST_PIPE_INSTANCE: the host
     probes for the pipe first), and the first keeps serving and stops;
   - a killed host leaves nothing behind that blocks the next start (a pipe
-    dies with its process).
+    dies with its process);
+  - log rotation: a Windows program (cmd's move) renames log.file while the
+    host has it open, and `iocphost reopen-logs` starts a new file; every
+    line lands in the file that was current when it was written.
 """
 
 import json
 import os
 import signal
+import subprocess
 import unittest
 
 import harness
@@ -76,6 +80,49 @@ class WindowsControlTest(HostTestCase):
         with harness.connect(port) as sock:
             self.assertEqual(harness.exchange(sock, b"again"), b"again")
         host.stop()
+
+
+    def test_a_renamed_log_file_is_reopened_by_reopen_logs(self):
+        config = self.echo_config()
+        config["log"]["file"] = "host.log"  # relative to the config's folder
+        host = Host(self, config, "logs")
+        log_path = os.path.join(host.dir, "host.log")
+        rotated = log_path + ".1"
+        host.extra_log_paths += [rotated, log_path]
+        host.start()
+
+        def read(path):
+            try:
+                with open(path, errors="replace") as f:
+                    return f.read()
+            except FileNotFoundError:
+                return ""
+
+        harness.wait_until(lambda: " ready" in read(log_path), 10,
+                           "the ready line in log.file")
+        # The rename is made by a Windows program, so Wine applies Windows'
+        # sharing rules: it fails unless the host opened the file with
+        # FILE_SHARE_DELETE.
+        wine = harness.host_command()[:-1] or ["wine"]
+        move = subprocess.run(
+            wine + ["cmd", "/c", "move", "/y", "host.log", "host.log.1"],
+            cwd=host.dir, stdin=subprocess.DEVNULL, capture_output=True,
+            text=True, errors="replace", timeout=harness.scaled(30))
+        self.assertTrue(os.path.exists(rotated) and
+                        not os.path.exists(log_path),
+                        "cmd's move did not rename the open log file: exit "
+                        "%d %s%s" % (move.returncode, move.stdout,
+                                     move.stderr))
+        result = harness.run_cli(["reopen-logs", "-c", host.config_path])
+        self.assertEqual(result.returncode, 0, self.output(result))
+        self.assertIn("log reopened", result.stdout)
+        harness.wait_until(lambda: "reopened" in read(log_path), 10,
+                           "a new %s after reopen-logs" % log_path)
+        host.stop()
+        self.assertIn(" ready", read(rotated))
+        self.assertNotIn("stopped", read(rotated))
+        self.assertIn("stopped", read(log_path))
+        self.assertNotIn(" ready", read(log_path))
 
 
 if __name__ == "__main__":
