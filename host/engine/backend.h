@@ -155,6 +155,10 @@ void io_handle_close(io_handle_t *h);
 int io_send_now(io_handle_t *h, const io_buf_t *bufs, int count);
 /* Sends FIN after what was written; reading goes on. */
 void io_handle_shutdown_write(io_handle_t *h);
+/* Makes the coming io_handle_close reset the connection (RST, SO_LINGER 0)
+ * instead of ending it with FIN: for a close that threw accepted bytes
+ * away, so the peer sees a cut stream, not a complete one. Worker only. */
+void io_handle_reset_on_close(io_handle_t *h);
 
 /* Issues op (type and arguments set, complete set) on op->handle. */
 void io_submit(io_op_t *op);

@@ -613,6 +613,13 @@ void io_handle_shutdown_write(io_handle_t *h) {
     shutdown(h->socket, SHUT_WR);
 }
 
+void io_handle_reset_on_close(io_handle_t *h) {
+  if (h->closed || h->socket == IO_INVALID_SOCKET)
+    return;
+  struct linger reset = {.l_onoff = 1, .l_linger = 0};
+  setsockopt(h->socket, SOL_SOCKET, SO_LINGER, &reset, sizeof reset);
+}
+
 io_socket_t io_socket_tcp(int family) {
   return socket(family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
 }

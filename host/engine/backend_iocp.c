@@ -751,6 +751,16 @@ void io_handle_shutdown_write(io_handle_t *h) {
     shutdown(h->socket, SD_SEND);
 }
 
+void io_handle_reset_on_close(io_handle_t *h) {
+  if (h->closed || h->socket == INVALID_SOCKET)
+    return;
+  /* closesocket with a zero linger timeout is an abortive close: RST, and
+   * pending sends are cancelled. */
+  struct linger reset = {.l_onoff = 1, .l_linger = 0};
+  setsockopt(h->socket, SOL_SOCKET, SO_LINGER, (const char *)&reset,
+             sizeof reset);
+}
+
 io_socket_t io_socket_tcp(int family) {
   SOCKET s = WSASocketW(family, SOCK_STREAM, IPPROTO_TCP, NULL, 0,
                         WSA_FLAG_OVERLAPPED | WSA_FLAG_NO_HANDLE_INHERIT);

@@ -191,7 +191,10 @@ int session_sendv(session_t *s, const session_buf_t *bufs, size_t count);
 int session_send_shared(session_t *s, shared_buf_t *buf);
 /* Flush, FIN, then on_disconnected(reason). The first reason wins. */
 int session_disconnect(session_t *s, session_reason_t reason);
-/* Close now, discarding the queue (RST if unread data). */
+/* Close now, discarding the queue. The connection ends with RST when queued
+ * bytes were thrown away (so the peer sees the stream was cut), with FIN when
+ * nothing was lost. The same holds for the engine's own forced closes:
+ * send_queue_full, close_timeout_ms passing while flushing. */
 int session_abort(session_t *s, session_reason_t reason);
 
 session_t *session_acquire(session_t *s);

@@ -1152,6 +1152,11 @@ static void begin_close(session_t *s, int reason, int graceful) {
      * not peer_closed): SPEC section 3. */
     if (lost && claims_clean_end(s->reason))
       s->reason = (uint8_t)reason;
+    /* Bytes the game was told were accepted will never arrive: a FIN would
+     * tell the peer the stream ended whole (a gateway would pass a clean
+     * EOF on). A reset says it was cut. */
+    if (lost)
+      io_handle_reset_on_close(&s->handle);
     while (c) {
       send_chunk_t *next = c->next;
       free_chunk(c);

@@ -209,6 +209,31 @@ def read_until_eof(sock, timeout=10.0, limit=64 << 20):
             raise AssertionError("more than %d bytes before EOF" % limit)
 
 
+def read_to_end(sock, timeout=10.0, limit=256 << 20):
+    """Reads until the connection ends; returns (bytes read, "fin" or
+    "reset"): how the peer ended the stream (bounded in time and size)."""
+    deadline = time.monotonic() + scaled(timeout)
+    count = 0
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise WaitTimeout("no end of stream within %.1fs (got %d bytes)" %
+                              (scaled(timeout), count))
+        sock.settimeout(left)
+        try:
+            chunk = sock.recv(65536)
+        except socket.timeout:
+            raise WaitTimeout("no end of stream within %.1fs (got %d bytes)"
+                              % (scaled(timeout), count)) from None
+        except ConnectionResetError:
+            return count, "reset"
+        if not chunk:
+            return count, "fin"
+        count += len(chunk)
+        if count > limit:
+            raise AssertionError("more than %d bytes before the end" % limit)
+
+
 # --- packet framing (SPEC section 5) ----------------------------------------
 
 def pack(packet_id, payload=b""):

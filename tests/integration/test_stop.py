@@ -378,6 +378,10 @@ class SlowReaderStopTest(HostTestCase):
         logged = {int(m.group(1)): m.group(3)
                   for m in SESSION_LINE.finditer(log)}
         self.assertEqual(logged.get(session_id), "host_stopping")
+        # Queued bytes were thrown away: the stream ends with a reset, so
+        # the reader knows it did not get everything.
+        _, end = harness.read_to_end(sock, timeout=30)
+        self.assertEqual(end, "reset")
         errors = [line for line in log.splitlines()
                   if re.search(r"\bERROR\b", line)]
         self.assertEqual(errors, [])
