@@ -26,7 +26,10 @@
 
 #define CLIENT_TIMEOUT_MS 2000
 #define DRAIN_MS 500
-#define STOP_WAITERS_MAX 16
+/* Clients of "stop" wait until the host is gone; more than this many at once
+ * get "ok" at once instead (the endpoint is the owner's alone, but a script
+ * looping on stop must not grow the host without bound). */
+#define STOP_WAITERS_MAX 1024
 
 struct control {
   int listen_fd;
@@ -35,9 +38,26 @@ struct control {
   control_handler_fn handler;
   void *ctx;
   char path[sizeof(((struct sockaddr_un *)0)->sun_path)];
-  int stop_waiters[STOP_WAITERS_MAX];
-  int stop_waiter_count;
+  int *stop_waiters; /* grows as clients of "stop" arrive */
+  int stop_waiter_count, stop_waiter_cap;
 };
+
+/* Keeps a client of "stop" until the host is gone; 0, or -1 when it cannot
+ * (then the caller answers and closes it now). */
+static int keep_stop_waiter(control_t *c, int client) {
+  if (c->stop_waiter_count == c->stop_waiter_cap) {
+    int cap = c->stop_waiter_cap ? c->stop_waiter_cap * 2 : 4;
+    if (cap > STOP_WAITERS_MAX)
+      return -1;
+    int *grown = realloc(c->stop_waiters, (size_t)cap * sizeof *grown);
+    if (!grown)
+      return -1;
+    c->stop_waiters = grown;
+    c->stop_waiter_cap = cap;
+  }
+  c->stop_waiters[c->stop_waiter_count++] = client;
+  return 0;
+}
 
 int control_path(const char *runtime_dir, const char *name, char *buf,
                  size_t len) {
@@ -179,9 +199,7 @@ static void serve_client(control_t *c, int fd) {
     write_all(fd, reply, strlen(reply));
     free(reply);
   }
-  if (stop && c->stop_waiter_count < STOP_WAITERS_MAX)
-    c->stop_waiters[c->stop_waiter_count++] = fd;
-  else
+  if (!stop || keep_stop_waiter(c, fd) != 0)
     close_gracefully(fd);
 }
 
@@ -292,6 +310,7 @@ void control_close(control_t *c) {
     const char *msg = "stopped\n";
     write_all(c->stop_waiters[i], msg, strlen(msg));
   }
+  free(c->stop_waiters);
   free(c);
 }
 

@@ -21,7 +21,10 @@
 #include "engine/log.h"
 
 #define CLIENT_TIMEOUT_MS 2000
-#define STOP_WAITERS_MAX 16
+/* Clients of "stop" wait until the host is gone; more than this many at once
+ * get "ok" at once instead (the endpoint is the owner's alone, but a script
+ * looping on stop must not grow the host without bound). */
+#define STOP_WAITERS_MAX 1024
 #define PIPE_BUFFER 4096
 
 struct control {
@@ -34,9 +37,26 @@ struct control {
   SECURITY_ATTRIBUTES security;
   PSECURITY_DESCRIPTOR descriptor;
   HANDLE first_instance;
-  HANDLE stop_waiters[STOP_WAITERS_MAX];
-  int stop_waiter_count;
+  HANDLE *stop_waiters; /* grows as clients of "stop" arrive */
+  int stop_waiter_count, stop_waiter_cap;
 };
+
+/* Keeps a client of "stop" until the host is gone; 0, or -1 when it cannot
+ * (then the caller answers and closes it now). */
+static int keep_stop_waiter(control_t *c, HANDLE client) {
+  if (c->stop_waiter_count == c->stop_waiter_cap) {
+    int cap = c->stop_waiter_cap ? c->stop_waiter_cap * 2 : 4;
+    if (cap > STOP_WAITERS_MAX)
+      return -1;
+    HANDLE *grown = realloc(c->stop_waiters, (size_t)cap * sizeof *grown);
+    if (!grown)
+      return -1;
+    c->stop_waiters = grown;
+    c->stop_waiter_cap = cap;
+  }
+  c->stop_waiters[c->stop_waiter_count++] = client;
+  return 0;
+}
 
 static uint32_t fnv1a(const char *text) {
   uint32_t h = 2166136261u;
@@ -180,10 +200,8 @@ static void serve_client(control_t *c, HANDLE pipe) {
       free(reply);
     }
   }
-  if (stop && c->stop_waiter_count < STOP_WAITERS_MAX) {
-    c->stop_waiters[c->stop_waiter_count++] = pipe;
+  if (stop && keep_stop_waiter(c, pipe) == 0)
     return;
-  }
   FlushFileBuffers(pipe);
   DisconnectNamedPipe(pipe);
   CloseHandle(pipe);
@@ -300,6 +318,7 @@ void control_close(control_t *c) {
     DisconnectNamedPipe(c->stop_waiters[i]);
     CloseHandle(c->stop_waiters[i]);
   }
+  free(c->stop_waiters);
   LocalFree(c->descriptor);
   free(c);
 }

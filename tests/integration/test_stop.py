@@ -358,6 +358,38 @@ class SlowReaderStopTest(HostTestCase):
                          (received, "host_stopping"),
                          "accepted/reason logged vs received %d" % received)
 
+    def test_every_concurrent_stop_client_waits_until_the_host_is_gone(self):
+        """Twenty `iocphost stop` at once (scripts, operators): each one
+        returns only when the host is gone, saying "stopped"; it once held
+        only 16 such clients and answered the rest at once."""
+        clients = 20
+        host, sock, session_id = self.start_stalled_reader(60000)
+
+        def stop():
+            return harness.run_cli(["stop", "-c", host.config_path],
+                                   timeout=120)
+
+        results = []
+        threads = [threading.Thread(target=lambda: results.append(stop()))
+                   for _ in range(clients)]
+        for t in threads:
+            t.start()
+        # The stalled reader keeps the host stopping until every client's
+        # request has reached it.
+        harness.wait_until(
+            lambda: host.log().count("stop requested through the control "
+                                     "endpoint") >= clients,
+            60, "%d stop requests to reach the host" % clients)
+        self.assertTrue(host.running())
+        harness.read_to_end(sock, timeout=60)
+        self.assertEqual(host.process.wait(timeout=harness.scaled(60)), 0)
+        for t in threads:
+            t.join(timeout=harness.scaled(60))
+        self.assertEqual(len(results), clients)
+        for result in results:
+            self.assertEqual(result.returncode, 0, result.stderr)
+            self.assertIn("stopped", result.stdout)
+
     def test_reader_that_never_reads_is_closed_at_drain_timeout(self):
         drain_ms = 2000
         host, sock, session_id = self.start_stalled_reader(drain_ms)
