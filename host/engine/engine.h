@@ -156,6 +156,12 @@ int service_wait_closed(service_t *svc, uint32_t timeout_ms);
 /* Stops, waits and frees. Sessions still referenced from outside keep their
  * memory until released. */
 void service_destroy(service_t *svc);
+/* The same, waiting at most timeout_ms (service_destroy: 10 s) for what the
+ * service's sessions and operations hold. Returns 0 when the service is
+ * freed; -1 when something still holds it: then it logs what (sessions,
+ * listener or client operations) and leaves the memory alone, and a later
+ * call, once that was released, frees it. */
+int service_destroy_within(service_t *svc, uint32_t timeout_ms);
 
 const char *service_name(const service_t *svc);
 core_t *service_core(const service_t *svc);

@@ -92,8 +92,8 @@ void service__unregister(service_t *svc, session_t *s, int reason);
 void service__count_bytes(service_t *svc, uint64_t in, uint64_t out);
 void service__connect_done(client_slot_t *slot, session_t *s, int status);
 void service__client_closed(client_slot_t *slot, session_t *s);
-void service__object_new(service_t *svc);
-void service__object_gone(service_t *svc);
+void service__session_allocated(service_t *svc);
+void service__session_freed(service_t *svc);
 
 void engine__live_add(long delta);
 

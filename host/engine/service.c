@@ -82,6 +82,7 @@ struct service {
   pthread_mutex_t lock;
   pthread_cond_t changed;
   long objects; /* sessions, the listener, slot ops in flight */
+  long session_objects; /* of which sessions (allocated, not yet freed) */
   uint64_t open_sessions;
   session_t *sessions;
   session_t **buckets;
@@ -106,8 +107,19 @@ static void objects_add(service_t *svc, long delta) {
   pthread_mutex_unlock(&svc->lock);
 }
 
-void service__object_new(service_t *svc) { objects_add(svc, 1); }
-void service__object_gone(service_t *svc) { objects_add(svc, -1); }
+static void session_objects_add(service_t *svc, long delta) {
+  pthread_mutex_lock(&svc->lock);
+  svc->session_objects += delta;
+  svc->objects += delta;
+  if (svc->objects == 0)
+    pthread_cond_broadcast(&svc->changed);
+  pthread_mutex_unlock(&svc->lock);
+}
+
+void service__session_allocated(service_t *svc) {
+  session_objects_add(svc, 1);
+}
+void service__session_freed(service_t *svc) { session_objects_add(svc, -1); }
 
 void service_options_init(service_options_t *o) {
   memset(o, 0, sizeof *o);
@@ -284,7 +296,7 @@ static void listener_release(listener_t *l) {
   free(l->slots);
   free(l);
   engine__live_add(-1);
-  service__object_gone(svc);
+  objects_add(svc, -1); /* the listener itself, not a session */
 }
 
 static void on_accept_done(io_op_t *op, int status, size_t bytes);
@@ -723,19 +735,50 @@ int service_wait_closed(service_t *svc, uint32_t timeout_ms) {
   return rc;
 }
 
+/* Names what keeps a stopped service alive: sessions (a plugin that never
+ * released one, or an operation that never completed) and the rest (the
+ * listener's or client slots' operations still in flight). */
+static void log_leftovers(service_t *svc, uint32_t waited_ms) {
+  char open_ids[160] = "";
+  size_t used = 0;
+  int listed = 0;
+  pthread_mutex_lock(&svc->lock);
+  long objects = svc->objects, sessions = svc->session_objects;
+  for (session_t *s = svc->sessions; s && listed < 5; s = s->service_next) {
+    int n = snprintf(open_ids + used, sizeof open_ids - used, "%s%llu",
+                     listed ? ", " : "", (unsigned long long)s->id);
+    if (n < 0 || (size_t)n >= sizeof open_ids - used)
+      break;
+    used += (size_t)n;
+    listed++;
+  }
+  uint64_t still_open = svc->open_sessions;
+  pthread_mutex_unlock(&svc->lock);
+  log_write(LOG_ERROR, "service",
+            "service %s: %ld objects still referenced %u ms after stop: %ld "
+            "sessions (%llu never closed%s%s%s) and %ld listener or client "
+            "operations; leaking them rather than freeing memory in use (a "
+            "plugin that kept a session must release it)",
+            svc->name, objects, (unsigned)waited_ms, sessions,
+            (unsigned long long)still_open,
+            listed ? ": id " : "", open_ids,
+            still_open > (uint64_t)listed ? ", ..." : "", objects - sessions);
+}
+
 void service_destroy(service_t *svc) {
+  (void)service_destroy_within(svc, 10000);
+}
+
+int service_destroy_within(service_t *svc, uint32_t timeout_ms) {
   if (!svc)
-    return;
+    return 0;
   service_stop_accepting(svc);
   service_abort_all(svc, REASON_HOST_STOPPING);
-  if (service_wait_closed(svc, 10000) != 0) {
+  if (service_wait_closed(svc, timeout_ms) != 0) {
     /* Something (usually a plugin) still holds a session: keep the memory
-     * it may reach rather than free it under it. */
-    log_write(LOG_ERROR, "service",
-              "service %s: %ld objects still referenced after stop; leaking "
-              "them (a plugin kept a session without releasing it)",
-              svc->name, svc->objects);
-    return;
+     * it may reach rather than free it under it, and say what is held. */
+    log_leftovers(svc, timeout_ms);
+    return -1;
   }
   free(svc->buckets);
   free(svc->slots);
@@ -743,4 +786,5 @@ void service_destroy(service_t *svc) {
   pthread_cond_destroy(&svc->changed);
   free(svc->name);
   free(svc);
+  return 0;
 }

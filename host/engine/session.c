@@ -134,7 +134,7 @@ static void destroy(session_t *s) {
   pthread_mutex_destroy(&s->lock);
   free(s);
   engine__live_add(-1);
-  service__object_gone(svc);
+  service__session_freed(svc);
 }
 
 session_t *session_acquire(session_t *s) {
@@ -172,7 +172,7 @@ session_t *session__new(service_t *svc) {
   engine__live_add(1);
   /* The service outlives its sessions: service_wait_closed waits for this
    * count, and destroy() still reads the service's options. */
-  service__object_new(svc);
+  service__session_allocated(svc);
   return s;
 }
 

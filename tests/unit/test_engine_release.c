@@ -17,6 +17,7 @@
 #include <string.h>
 
 #include "engine/engine.h"
+#include "engine/log.h"
 #include "testutil.h"
 
 enum { A = 0, B = 1 };
@@ -207,6 +208,46 @@ START_TEST(test_release_races_reset_completion_many_times_without_leaks) {
 }
 END_TEST
 
+static int file_contains(const char *path, const char *text) {
+  FILE *f = fopen(path, "rb");
+  if (!f)
+    return 0;
+  char buf[8192];
+  size_t n = fread(buf, 1, sizeof buf - 1, f);
+  fclose(f);
+  buf[n] = '\0';
+  return strstr(buf, text) != NULL;
+}
+
+START_TEST(test_sessions_kept_past_stop_are_named_then_freed_once_released) {
+  /* A plugin that keeps sessions past the stop: the service cannot be
+   * freed, says what holds it, and goes once they are released. */
+  rig_t r;
+  rig_start(&r);
+  char log_path[512];
+  ck_assert_int_eq(tu_temp_file(log_path, sizeof log_path, "leftovers"), 0);
+  ck_assert_int_eq(log_set_file(log_path), 0);
+  ck_assert_int_eq(service_destroy_within(r.svc, 300), -1);
+  ck_assert(wait_count(&w.disconnected, 2, 5000));
+  ck_assert_int_eq(atomic_load(&w.freed), 0);
+  ck_assert_int_eq(log_set_file(NULL), 0);
+  ck_assert_msg(file_contains(log_path, "service release: "), "no line");
+  ck_assert_msg(file_contains(log_path, " ms after stop: 2 sessions ("),
+                "the held sessions are not counted");
+  ck_assert_msg(file_contains(log_path, "must release it"), "no advice");
+  remove(log_path);
+  atomic_store(&w.gate_open, 1);
+  session_release(w.held[A]);
+  session_release(w.held[B]);
+  ck_assert_int_eq(service_destroy_within(r.svc, 5000), 0);
+  core_destroy(r.core);
+  tu_close(r.fd[A]);
+  tu_close(r.fd[B]);
+  ck_assert_int_eq(atomic_load(&w.freed), 2);
+  ck_assert_int_eq(engine_live_objects(), 0);
+}
+END_TEST
+
 int main(void) {
   Suite *s = suite_create("engine_release");
   TCase *tc = tcase_create("release");
@@ -215,6 +256,8 @@ int main(void) {
   tcase_add_test(tc,
                  test_release_after_close_while_cancelled_recv_is_pending_frees_later);
   tcase_add_test(tc, test_release_races_reset_completion_many_times_without_leaks);
+  tcase_add_test(
+      tc, test_sessions_kept_past_stop_are_named_then_freed_once_released);
   suite_add_tcase(s, tc);
   SRunner *sr = srunner_create(s);
   srunner_run_all(sr, CK_NORMAL);
