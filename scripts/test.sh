@@ -3,7 +3,7 @@
 # AddressSanitizer + UndefinedBehaviorSanitizer build, a ThreadSanitizer
 # build, and the Windows build (cross-compiled with mingw-w64, run under
 # Wine). Unit tests (Check) and integration tests (the real host binary over
-# loopback) run in each. Between them, the libFuzzer targets (the packet
+# loopback) run in each; every build treats warnings as errors. Between them, the libFuzzer targets (the packet
 # parser, the receive path, the config loader) run for a minute each.
 # Usage: scripts/test.sh [normal|asan|tsan|fuzz|windows ...]
 set -euo pipefail
@@ -28,6 +28,7 @@ windows_stage() {
   local dir=build-win
   scripts/windows-deps.sh
   cmake -S . -B "$dir" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+        -DIOCPHOST_WERROR=ON \
         -DCMAKE_TOOLCHAIN_FILE="$PWD/cmake/mingw-w64-x86_64.cmake" >/dev/null
   cmake --build "$dir"
   export WINEPREFIX="$PWD/$dir/wineprefix" WINEDEBUG=-all
@@ -67,7 +68,7 @@ for build in "${builds[@]}"; do
   esac
   echo "=== $build build ($dir) ==="
   cmake -S . -B "$dir" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
-        -DIOCPHOST_SANITIZE="$sanitize" >/dev/null
+        -DIOCPHOST_WERROR=ON -DIOCPHOST_SANITIZE="$sanitize" >/dev/null
   cmake --build "$dir"
   # Sanitizer reports fail the test that triggered them.
   ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 \
