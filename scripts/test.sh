@@ -3,8 +3,9 @@
 # AddressSanitizer + UndefinedBehaviorSanitizer build, a ThreadSanitizer
 # build, and the Windows build (cross-compiled with mingw-w64, run under
 # Wine). Unit tests (Check) and integration tests (the real host binary over
-# loopback) run in each; every build treats warnings as errors. Between them, the libFuzzer targets (the packet
-# parser, the receive path, the config loader) run for a minute each.
+# loopback) run in each; every build treats warnings as errors. Between them,
+# the libFuzzer targets (the packet parser, the receive path, the config
+# loader) run for a minute each.
 # Usage: scripts/test.sh [normal|asan|tsan|fuzz|windows ...]
 set -euo pipefail
 cd "$(dirname "$0")/.."
