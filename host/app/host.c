@@ -452,6 +452,18 @@ static int api_post(iocphost_session_t *s, iocphost_session_fn fn, void *arg) {
   return session_post2(SESSION(s), run_plugin_fn, u.ptr, arg);
 }
 
+static int api_service_framing(iocphost_service_t *service) {
+  if (!service)
+    return IOCPHOST_E_INVAL;
+  return ((host_service_t *)service)->packet_framing ? IOCPHOST_FRAMING_PACKET
+                                                     : IOCPHOST_FRAMING_RAW;
+}
+
+static uint32_t api_service_max_packet_bytes(iocphost_service_t *service) {
+  host_service_t *hs = (host_service_t *)service;
+  return hs && hs->packet_framing ? hs->max_packet_bytes : 0;
+}
+
 static const char *api_result_text(int result) {
   switch (result) {
 #define RESULT_TEXT(name, value, text)                                         \
@@ -497,6 +509,8 @@ static void fill_api(generation_t *g) {
   a->post = api_post;
   a->result_text = api_result_text;
   a->reason_text = api_reason_text;
+  a->service_framing = api_service_framing;
+  a->service_max_packet_bytes = api_service_max_packet_bytes;
 }
 
 /* ---- lifecycle ---- */

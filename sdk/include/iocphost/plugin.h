@@ -41,7 +41,7 @@ extern "C" {
 #endif
 
 #define IOCPHOST_ABI_MAJOR 1
-#define IOCPHOST_ABI_MINOR 0
+#define IOCPHOST_ABI_MINOR 1
 
 /* The exported entry symbol's name, as a string for the host's loader. */
 #define IOCPHOST_PLUGIN_ENTRY_NAME "iocphost_plugin_entry"
@@ -121,6 +121,12 @@ typedef enum iocphost_log_level {
   IOCPHOST_LOG_WARN = 2,
   IOCPHOST_LOG_ERROR = 3
 } iocphost_log_level_t;
+
+/* A service's framing (SPEC section 5): the config's "framing". Since 1.1. */
+typedef enum iocphost_framing {
+  IOCPHOST_FRAMING_RAW = 1,   /* a byte stream: on_recv, send */
+  IOCPHOST_FRAMING_PACKET = 2 /* packets: on_packet, send_packet */
+} iocphost_framing_t;
 
 /* Opaque handles. A session pointer passed to a callback is valid for that
  * callback; keep it longer only with session_acquire / session_release. */
@@ -209,6 +215,17 @@ struct iocphost_api {
   /* The text of a result code or of a reason. */
   const char *(*result_text)(int result);
   const char *(*reason_text)(iocphost_reason_t reason);
+
+  /* ---- ABI 1.1: check IOCPHOST_API_HAS(api, service_framing) first when
+   * the plugin may run on a 1.0 host (a 1.1 plugin never loads there). */
+
+  /* The service's framing (iocphost_framing_t), or IOCPHOST_E_INVAL. One
+   * plugin may serve raw and packet services: this says which send a
+   * session needs before any input arrives (a greeting in on_connected). */
+  int (*service_framing)(iocphost_service_t *service);
+  /* The service's max_packet_bytes (a whole packet, header included) on a
+   * packet service; 0 on a raw service or for NULL. */
+  uint32_t (*service_max_packet_bytes)(iocphost_service_t *service);
 };
 
 /* True if the host's table has the member (append-only evolution). */

@@ -1,9 +1,9 @@
 /*
  * hostile: a test plugin for the hostile-input, limits and faults tests
  * (tests/integration/test_hostile_*.py, tests/soak). What a session does
- * depends on its service's name, "<mode>-<anything>", and the name must
- * contain "pkt" when the service has packet framing (chaos services always
- * do), as a plugin cannot ask the host which framing a service has:
+ * depends on its service's name, "<mode>-<anything>", and on the service's
+ * framing, which it asks the host for (service_framing, ABI 1.1); chaos
+ * services must have packet framing:
  *
  *   echo-*   raw: sends back every byte; packet: sends back every packet.
  *   sink-*   consumes nothing (raw on_recv returns 0; packets are dropped).
@@ -382,13 +382,9 @@ static void start_push(iocphost_session_t *session, hs_state_t *st,
 
 /* ---- session callbacks ---- */
 
-static int mode_of(const char *service, int *packet) {
-  *packet = 0;
-  if (strncmp(service, "chaos", 5) == 0) {
-    *packet = 1;
+static int mode_of(const char *service) {
+  if (strncmp(service, "chaos", 5) == 0)
     return MODE_CHAOS;
-  }
-  *packet = strstr(service, "pkt") != NULL;
   if (strncmp(service, "sink", 4) == 0)
     return MODE_SINK;
   if (strncmp(service, "push", 4) == 0)
@@ -404,7 +400,17 @@ static void hostile_connected(iocphost_session_t *session, void *state) {
   atomic_store(&st->phase, PHASE_CONNECTED);
   enter(st, "on_connected");
   atomic_fetch_add(&sessions, 1);
-  st->mode = mode_of(api->session_service_name(session), &st->packet);
+  st->mode = mode_of(api->session_service_name(session));
+  iocphost_service_t *service = api->session_service(session);
+  int framing = api->service_framing(service);
+  st->packet = framing == IOCPHOST_FRAMING_PACKET;
+  if (framing != IOCPHOST_FRAMING_RAW && framing != IOCPHOST_FRAMING_PACKET)
+    violation(st->id, "on_connected", "service_framing gave no framing");
+  if ((api->service_max_packet_bytes(service) != 0) != st->packet)
+    violation(st->id, "on_connected",
+              "service_max_packet_bytes disagrees with service_framing");
+  if (st->mode == MODE_CHAOS && !st->packet)
+    violation(st->id, "on_connected", "a chaos service needs packet framing");
   uint8_t hello[8];
   for (int i = 0; i < 8; i++)
     hello[i] = (uint8_t)(st->id >> (8 * i));
@@ -426,7 +432,7 @@ static size_t hostile_recv(iocphost_session_t *session, void *state,
   hs_state_t *st = state;
   enter(st, "on_recv");
   if (st->packet)
-    violation(st->id, "on_recv", "a raw service's name contains \"pkt\"");
+    violation(st->id, "on_recv", "called on a packet service");
   size_t used = len;
   if (st->mode == MODE_SINK)
     used = 0;
@@ -511,8 +517,7 @@ static void hostile_packet(iocphost_session_t *session, void *state,
   hs_state_t *st = state;
   enter(st, "on_packet");
   if (!st->packet)
-    violation(st->id, "on_packet",
-              "a packet service's name lacks \"pkt\" (see hostile.c)");
+    violation(st->id, "on_packet", "called on a raw service");
   if (st->mode == MODE_ECHO)
     counted_send(session, st, id, payload, len);
   else if (st->mode == MODE_CHAOS)
