@@ -1,12 +1,16 @@
 """Soak: churn plus load against one host for a long time, on loopback.
 
-Not a CI test (tests/soak/soak.sh runs it). It starts the host with the
-hostile test plugin on five services and keeps, for the whole duration:
+Not a CI test (tests/soak/soak.sh runs it, against the Linux build or the
+Windows build under Wine). It starts the host with the hostile test plugin
+on six server services and one client service, and keeps, for the whole
+duration:
   - load: steady clients exchanging packets and raw bytes, every echo
     checked;
   - churn: clients that connect and leave in every way (FIN, reset,
     half-close, malformed frames, trickling, slow reading, chaos commands,
-    a flood past max_sessions).
+    a flood past max_sessions);
+  - the host's own client service: sessions to its echo-raw service that
+    go idle and are cut (idle_timeout_ms), then reconnect, all the time.
 Every interval it prints the host's memory (VmRSS, VmHWM), its descriptor
 count and its counters; at the end the drift between the first and the last
 sample, and it fails (exit 1) on a client error, a plugin violation, a
@@ -77,6 +81,13 @@ class Soak:
                                    max_packet_bytes=256, max_recv_bytes=512,
                                    incomplete_timeout_ms=1000),
         ]
+        # The engine's client side churns too: each session sends its hello
+        # to echo-raw, keeps the echo unconsumed (sink), goes idle, is cut
+        # and reconnects.
+        services.append(harness.client_service(
+            "sink-client", "hostile", p["echo-raw"], "raw",
+            sessions=self.args.client_sessions, idle_timeout_ms=200,
+            reconnect={"min_delay_ms": 10, "max_delay_ms": 50}))
         config = harness.make_config({"hostile": {"log_sessions": False}},
                                      services, threads=self.args.threads)
         self.dir = tempfile.mkdtemp(prefix="iocphost-soak-")
@@ -103,6 +114,16 @@ class Soak:
     def log(self):
         with open(self.log_path, "r", errors="replace") as f:
             return f.read()
+
+    def served_sessions(self):
+        """Sessions open now that the soak's own clients made: all of the
+        server services' sessions but those of the client service's."""
+        st = self.status()
+        if not st or not st.get("services"):
+            return None
+        by_name = {s["name"]: s["sessions"] for s in st["services"]}
+        own = by_name.pop("sink-client", 0)
+        return sum(by_name.values()) - own
 
     # --- load: steady clients ----------------------------------------------
 
@@ -307,13 +328,13 @@ class Soak:
         self.stop.set()
         for t in threads:
             t.join(30)
-        # Quiet again: every churn session has ended.
-        harness.wait_until(lambda: (self.status() or {}).get("services") and
-                           sum(s["sessions"] for s in
-                               self.status()["services"]) == 0,
+        # Quiet again: every churn session has ended (the client service's
+        # own sessions keep reconnecting; the echo-raw sessions they make
+        # are theirs).
+        harness.wait_until(lambda: self.served_sessions() == 0,
                            30, "every session to end")
         quiet_after = self.sample(started)
-        self.process.send_signal(signal.SIGTERM)
+        self.process.send_signal(harness.STOP_SIGNAL)  # Ctrl+C under Wine
         code = self.process.wait(timeout=60)
         self.log_file.close()
         log = self.log()
@@ -351,6 +372,8 @@ def main():
                         help="threads connecting and leaving")
     parser.add_argument("--threads", type=int, default=2,
                         help="the host's worker threads")
+    parser.add_argument("--client-sessions", type=int, default=8,
+                        help="sessions of the host's own client service")
     sys.exit(Soak(parser.parse_args()).run())
 
 
