@@ -590,10 +590,17 @@ END_TEST
 
 /* ---- 3. slowloris: incomplete_timeout_ms ---- */
 
+/* 1 s, against pieces 50 ms apart: a loaded machine (Wine, two test jobs on
+ * two cores) once stalled this test for more than 300 ms between two
+ * halves of a steady packet. */
+static void incomplete_1000(service_options_t *o) {
+  o->incomplete_timeout_ms = 1000;
+}
+
 START_TEST(test_incomplete_timeout_cuts_a_trickler_not_peers_that_complete) {
   rig_t r;
   rig_core(&r);
-  rig_service(&r, MODE_PACKET_ECHO, incomplete_300);
+  rig_service(&r, MODE_PACKET_ECHO, incomplete_1000);
   uint64_t trickler_id, steady_id, slow_id;
   int trickler = connect_hello(r.port[0], &trickler_id);
   int steady = connect_hello(r.port[0], &steady_id);
@@ -601,12 +608,12 @@ START_TEST(test_incomplete_timeout_cuts_a_trickler_not_peers_that_complete) {
   tu_set_nonblocking(trickler);
   /* The trickler declares 100 bytes and sends one every 50 ms: never idle,
    * never done. The steady client sends 10-byte packets in two halves,
-   * 50 ms apart, for 1.2 s: every packet is done within the deadline. */
+   * 50 ms apart, for 2 s: every packet is done within the deadline. */
   uint64_t t0 = mono_ms();
   ck_assert_int_eq(tu_write_all(trickler, "\x64\x00\x01\x00", 4), 0);
   uint64_t cut_at = 0;
   int steady_rounds = 0;
-  for (int tick = 0; tick < 24; tick++) { /* 1.2 s */
+  for (int tick = 0; tick < 40; tick++) { /* 2 s */
     if (!cut_at) {
       if (send(trickler, "t", 1, MSG_NOSIGNAL) != 1 ||
           tu_wait_closed(trickler, 1) != 0)
@@ -627,9 +634,9 @@ START_TEST(test_incomplete_timeout_cuts_a_trickler_not_peers_that_complete) {
     ck_assert_int_ne(tu_wait_closed(trickler, 5000), 0);
     cut_at = mono_ms();
   }
-  fprintf(stderr, "incomplete: trickler cut after %llu ms (limit 300)\n",
+  fprintf(stderr, "incomplete: trickler cut after %llu ms (limit 1000)\n",
           (unsigned long long)(cut_at - t0));
-  ck_assert_uint_ge(cut_at - t0, 300);
+  ck_assert_uint_ge(cut_at - t0, 1000);
   ck_assert_int_eq(reason_of(&r.w[0], trickler_id), REASON_PROTOCOL_ERROR);
   int with_word;
   ck_assert_int_eq(log_lines_about(&r, trickler_id, INCOMPLETE, &with_word),
@@ -647,7 +654,7 @@ START_TEST(test_incomplete_timeout_cuts_a_trickler_not_peers_that_complete) {
   uint8_t back[200];
   ck_assert_int_eq(tu_read_exact(slow, back, sizeof back, 5000), 0);
   ck_assert_mem_eq(back, packet, sizeof packet);
-  ck_assert_int_eq(steady_rounds, 12);
+  ck_assert_int_eq(steady_rounds, 20);
   ck_assert_int_eq(reason_of(&r.w[0], steady_id), -1);
   ck_assert_int_eq(reason_of(&r.w[0], slow_id), -1);
   tu_close(trickler);
