@@ -439,15 +439,18 @@ START_TEST(test_sessions_ending_every_way_keep_callbacks_serial_and_free_all) {
   o.reconnect_min_delay_ms = 5;
   o.reconnect_max_delay_ms = 20;
 #endif
-  /* KNOWN PROBLEM, open in issue 4: in the Windows build under Wine, about
-   * one run in twenty of the whole Windows suite on a heavily loaded
-   * machine (another Wine program hammering loopback beside it) ends with
-   * one client session never freed: service_destroy reports "1 sessions
-   * (0 never closed) and 0 listener or client operations", so it was never
-   * registered or already unregistered, and an operation of its never
-   * completed. Not seen in ~150 runs without that load, nor on Linux. Until
-   * it is understood (Wine or the IOCP backend), this part runs under Wine
-   * only on request, so CI stays deterministic:
+  /* A WINE BUG keeps this part off under Wine unless asked for. About one
+   * run in twenty of the whole Windows suite on a heavily loaded machine
+   * (another Wine program hammering loopback beside it) ends with one
+   * client session never freed. Traced with a per-session event log: the
+   * session connected (ConnectEx), issued its zero-byte WSARecv, was
+   * aborted, and io_handle_close ran CancelIoEx and closesocket; the
+   * WSARecv never completed, and its OVERLAPPED still held STATUS_PENDING
+   * (0x103) 10 s later, so Wine never finished the cancelled I/O. Windows
+   * guarantees that closesocket completes every outstanding overlapped
+   * operation; the engine must not free an OVERLAPPED before that, so the
+   * session stays referenced. Not seen in ~150 runs without that load, nor
+   * on Linux. To run it anyway:
    *   IOCPHOST_STRESS_WINE_CLIENT=1 ctest --test-dir build-win -R stress */
 #ifdef _WIN32
   const char *wine_client = getenv("IOCPHOST_STRESS_WINE_CLIENT");
