@@ -226,21 +226,6 @@ static void rig_stop(rig_t *r) {
   ck_assert_int_eq(engine_live_objects(), 0);
 }
 
-typedef struct count_at_least {
-  atomic_int *counter;
-  int want;
-} count_at_least_t;
-
-static int reached(void *arg) {
-  count_at_least_t *c = arg;
-  return atomic_load(c->counter) >= c->want;
-}
-
-static int wait_count(atomic_int *counter, int want, int timeout_ms) {
-  count_at_least_t c = {counter, want};
-  return tu_wait_until(reached, &c, timeout_ms);
-}
-
 static uint8_t pattern(uint64_t conn, int msg, size_t i) {
   uint64_t x = conn * 0x9E3779B97F4A7C15ULL + (uint64_t)msg * 0x632BE59BD9B4E019ULL +
                i * 0x2545F4914F6CDD1DULL;
@@ -394,7 +379,7 @@ START_TEST(test_echo_1000_concurrent_sessions_every_byte_checked) {
     pthread_create(&th[i], NULL, echo_client, &et[i]);
   }
   /* Every session is open on the server at the same time. */
-  ck_assert(wait_count(&r.b.connected, ECHO_CLIENTS, 20000));
+  ck_assert(tu_wait_at_least(&r.b.connected, ECHO_CLIENTS, 20000));
   uint64_t checked = 0;
   for (int i = 0; i < ECHO_THREADS; i++) {
     pthread_join(th[i], NULL);
@@ -402,7 +387,7 @@ START_TEST(test_echo_1000_concurrent_sessions_every_byte_checked) {
     checked += et[i].bytes_checked;
   }
   fprintf(stderr, "echo: %llu bytes checked\n", (unsigned long long)checked);
-  ck_assert(wait_count(&r.b.disconnected, ECHO_CLIENTS, 20000));
+  ck_assert(tu_wait_at_least(&r.b.disconnected, ECHO_CLIENTS, 20000));
   ck_assert_int_eq(atomic_load(&r.b.reasons[REASON_PEER_CLOSED]), ECHO_CLIENTS);
   service_stats_t stats;
   service_get_stats(r.svc, &stats);
@@ -425,7 +410,7 @@ START_TEST(test_echo_over_ipv6_loopback) {
   ck_assert_int_eq(tu_read_exact(fd, back, sizeof back, 5000), 0);
   ck_assert_mem_eq(msg, back, sizeof msg);
   tu_close(fd);
-  ck_assert(wait_count(&r.b.disconnected, 1, 5000));
+  ck_assert(tu_wait_at_least(&r.b.disconnected, 1, 5000));
   rig_stop(&r);
 }
 END_TEST
@@ -435,10 +420,10 @@ START_TEST(test_connected_once_then_disconnected_once_when_peer_closes) {
   rig_start(&r, MODE_ECHO, "127.0.0.1:0", 2, NULL);
   int fd = tu_connect(r.port, 0);
   ck_assert_int_ge(fd, 0);
-  ck_assert(wait_count(&r.b.connected, 1, 5000));
+  ck_assert(tu_wait_at_least(&r.b.connected, 1, 5000));
   ck_assert_int_eq(atomic_load(&r.b.disconnected), 0);
   tu_close(fd);
-  ck_assert(wait_count(&r.b.disconnected, 1, 5000));
+  ck_assert(tu_wait_at_least(&r.b.disconnected, 1, 5000));
   ck_assert_int_eq(atomic_load(&r.b.reasons[REASON_PEER_CLOSED]), 1);
   ck_assert_int_eq(atomic_load(&r.b.connected), 1);
   ck_assert_int_eq(atomic_load(&r.b.disconnected), 1);
@@ -458,7 +443,7 @@ START_TEST(test_server_disconnect_flushes_queue_then_fin_and_reason_local) {
   for (size_t i = 0; i < sizeof tail; i++)
     ck_assert_uint_eq(tail[i], (uint8_t)(i * 7 + 1));
   ck_assert_int_eq(tu_wait_closed(fd, 5000), 1);
-  ck_assert(wait_count(&r.b.disconnected, 1, 5000));
+  ck_assert(tu_wait_at_least(&r.b.disconnected, 1, 5000));
   ck_assert_int_eq(atomic_load(&r.b.reasons[REASON_LOCAL]), 1);
   ck_assert_int_eq(atomic_load(&r.b.send_after_close), ENGINE_E_CLOSED);
   tu_close(fd);
@@ -471,7 +456,7 @@ START_TEST(test_send_after_disconnect_returns_closed) {
   rig_start(&r, MODE_SILENT, "127.0.0.1:0", 2, NULL);
   int fd = tu_connect(r.port, 0);
   ck_assert_int_ge(fd, 0);
-  ck_assert(wait_count(&r.b.connected, 1, 5000));
+  ck_assert(tu_wait_at_least(&r.b.connected, 1, 5000));
   session_t *s = service_find_session(r.svc, atomic_load(&r.b.last_id));
   ck_assert_ptr_nonnull(s);
   ck_assert_int_eq(session_is_open(s), 1);
@@ -481,7 +466,7 @@ START_TEST(test_send_after_disconnect_returns_closed) {
   char hi[2];
   ck_assert_int_eq(tu_read_exact(fd, hi, 2, 5000), 0);
   ck_assert_int_eq(tu_wait_closed(fd, 5000), 1);
-  ck_assert(wait_count(&r.b.disconnected, 1, 5000));
+  ck_assert(tu_wait_at_least(&r.b.disconnected, 1, 5000));
   /* Held by the test after it ended: every call fails cleanly. */
   ck_assert_int_eq(session_is_open(s), 0);
   ck_assert_int_eq(session_send(s, "x", 1), ENGINE_E_CLOSED);
@@ -505,7 +490,7 @@ START_TEST(test_send_queue_limit_disconnects_slow_reader_send_queue_full) {
   int fd = tu_connect(r.port, 0);
   ck_assert_int_ge(fd, 0);
   /* The client never reads: kernel buffers fill, then the queue. */
-  ck_assert(wait_count(&r.b.disconnected, 1, 20000));
+  ck_assert(tu_wait_at_least(&r.b.disconnected, 1, 20000));
   ck_assert_int_eq(atomic_load(&r.b.reasons[REASON_SEND_QUEUE_FULL]), 1);
   ck_assert_int_eq(atomic_load(&r.b.flood_refused), 1);
   ck_assert_int_ne(tu_wait_closed(fd, 5000), 0);
@@ -524,7 +509,7 @@ START_TEST(test_unconsumed_input_past_max_recv_bytes_is_protocol_error) {
   uint8_t junk[2000];
   memset(junk, 'j', sizeof junk);
   ck_assert_int_eq(tu_write_all(fd, junk, sizeof junk), 0);
-  ck_assert(wait_count(&r.b.disconnected, 1, 5000));
+  ck_assert(tu_wait_at_least(&r.b.disconnected, 1, 5000));
   ck_assert_int_eq(atomic_load(&r.b.reasons[REASON_PROTOCOL_ERROR]), 1);
   ck_assert_int_ne(tu_wait_closed(fd, 5000), 0);
   tu_close(fd);
@@ -555,7 +540,7 @@ START_TEST(test_idle_timeout_disconnects_silent_session_not_chatty_one) {
   ck_assert_uint_ge(mono_ms() - t0, 200);
   ck_assert_int_ge(atomic_load(&r.b.reasons[REASON_IDLE_TIMEOUT]), 1);
   ck_assert_int_eq(tu_wait_closed(chatty, 5000), 1);
-  ck_assert(wait_count(&r.b.disconnected, 2, 5000));
+  ck_assert(tu_wait_at_least(&r.b.disconnected, 2, 5000));
   ck_assert_int_eq(atomic_load(&r.b.reasons[REASON_IDLE_TIMEOUT]), 2);
   tu_close(silent);
   tu_close(chatty);
@@ -573,15 +558,15 @@ START_TEST(test_timers_once_repeat_stop_and_never_after_disconnected) {
   rig_start(&r, MODE_TIMERS, "127.0.0.1:0", 2, NULL);
   int fd = tu_connect(r.port, 0);
   ck_assert_int_ge(fd, 0);
-  ck_assert(wait_count(&r.b.repeat_fired, 10, 5000));
-  ck_assert(wait_count(&r.b.once_fired, 1, 5000));
-  ck_assert(wait_count(&r.b.stopped_fired, 3, 5000));
+  ck_assert(tu_wait_at_least(&r.b.repeat_fired, 10, 5000));
+  ck_assert(tu_wait_at_least(&r.b.once_fired, 1, 5000));
+  ck_assert(tu_wait_at_least(&r.b.stopped_fired, 3, 5000));
   tu_wait_until(never, NULL, 30);
   ck_assert_int_eq(atomic_load(&r.b.once_fired), 1);
   ck_assert_int_eq(atomic_load(&r.b.stopped_fired), 3);
   ck_assert_int_eq(atomic_load(&r.b.stopped_after_stop), 0);
   tu_close(fd);
-  ck_assert(wait_count(&r.b.disconnected, 1, 5000));
+  ck_assert(tu_wait_at_least(&r.b.disconnected, 1, 5000));
   int after = atomic_load(&r.b.repeat_fired);
   tu_wait_until(never, NULL, 30);
   ck_assert_int_eq(atomic_load(&r.b.repeat_fired), after);
@@ -595,17 +580,17 @@ START_TEST(test_timer_started_from_thread_while_closing_does_not_hold_session) {
   rig_start(&r, MODE_HOLD, "127.0.0.1:0", 2, NULL);
   int fd = tu_connect(r.port, 0);
   ck_assert_int_ge(fd, 0);
-  ck_assert(wait_count(&r.b.connected, 1, 5000));
+  ck_assert(tu_wait_at_least(&r.b.connected, 1, 5000));
   session_t *s = service_find_session(r.svc, atomic_load(&r.b.last_id));
   ck_assert_ptr_nonnull(s);
   ck_assert_int_eq(tu_write_all(fd, "x", 1), 0);
-  ck_assert(wait_count(&r.b.in_recv, 1, 5000));
+  ck_assert(tu_wait_at_least(&r.b.in_recv, 1, 5000));
   /* The worker is inside on_recv and closes the session right after: the
    * long timer must be cancelled with it, not kept for 60 s. */
   ck_assert_uint_gt(session_timer_start(s, 60000, 0, once_fn, NULL), 0);
   atomic_store(&r.b.timer_started, 1);
   session_release(s);
-  ck_assert(wait_count(&r.b.disconnected, 1, 5000));
+  ck_assert(tu_wait_at_least(&r.b.disconnected, 1, 5000));
   uint64_t t0 = mono_ms();
   service_destroy(r.svc);
   r.svc = NULL;
@@ -633,7 +618,7 @@ START_TEST(test_post_from_foreign_thread_runs_in_order_on_session) {
   rig_start(&r, MODE_ECHO, "127.0.0.1:0", 2, NULL);
   int fd = tu_connect(r.port, 0);
   ck_assert_int_ge(fd, 0);
-  ck_assert(wait_count(&r.b.connected, 1, 5000));
+  ck_assert(tu_wait_at_least(&r.b.connected, 1, 5000));
   session_t *s = service_find_session(r.svc, atomic_load(&r.b.last_id));
   ck_assert_ptr_nonnull(s);
   /* Posts interleave with traffic: still one at a time, in order. */
@@ -645,11 +630,11 @@ START_TEST(test_post_from_foreign_thread_runs_in_order_on_session) {
       ck_assert_int_eq(tu_read_exact(fd, &back, 1, 5000), 0);
     }
   }
-  ck_assert(wait_count(&r.b.posts_run, POSTS, 5000));
+  ck_assert(tu_wait_at_least(&r.b.posts_run, POSTS, 5000));
   ck_assert_int_eq(atomic_load(&r.b.posts_out_of_order), 0);
   session_release(s);
   tu_close(fd);
-  ck_assert(wait_count(&r.b.disconnected, 1, 5000));
+  ck_assert(tu_wait_at_least(&r.b.disconnected, 1, 5000));
   rig_stop(&r);
 }
 END_TEST
@@ -663,7 +648,7 @@ START_TEST(test_find_session_and_broadcast_one_shared_buffer) {
     fds[i] = tu_connect(r.port, 0);
     ck_assert_int_ge(fds[i], 0);
   }
-  ck_assert(wait_count(&r.b.connected, N, 5000));
+  ck_assert(tu_wait_at_least(&r.b.connected, N, 5000));
   session_t *s = service_find_session(r.svc, atomic_load(&r.b.last_id));
   ck_assert_ptr_nonnull(s);
   ck_assert_uint_eq(session_id(s), atomic_load(&r.b.last_id));
@@ -681,7 +666,7 @@ START_TEST(test_find_session_and_broadcast_one_shared_buffer) {
     ck_assert_str_eq(got, "hello");
     tu_close(fds[i]);
   }
-  ck_assert(wait_count(&r.b.disconnected, N, 5000));
+  ck_assert(tu_wait_at_least(&r.b.disconnected, N, 5000));
   rig_stop(&r);
 }
 END_TEST

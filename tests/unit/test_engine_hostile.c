@@ -267,21 +267,6 @@ static int log_lines_about(rig_t *r, uint64_t id, const char *word,
   return count;
 }
 
-typedef struct at_least {
-  atomic_int *counter;
-  int want;
-} at_least_t;
-
-static int reached(void *arg) {
-  at_least_t *a = arg;
-  return atomic_load(a->counter) >= a->want;
-}
-
-static int wait_count(atomic_int *counter, int want, int timeout_ms) {
-  at_least_t a = {counter, want};
-  return tu_wait_until(reached, &a, timeout_ms);
-}
-
 static uint64_t mono_ms(void) { return tu_now_ms(); }
 
 static void sleep_ms(int ms) { tu_sleep_ms(ms); }
@@ -440,7 +425,7 @@ START_TEST(test_malformed_frames_end_only_the_offender_with_one_log_line) {
   rig_service(&r, MODE_RAW_SINK, incomplete_3000);
   bystander_t by;
   bystander_start(&by, r.port[PACKETS]);
-  ck_assert(wait_count(&by.rounds, 5, 5000));
+  ck_assert(tu_wait_at_least(&by.rounds, 5, 5000));
 
   int fds[BAD_CASES];
   uint64_t ids[BAD_CASES];
@@ -467,8 +452,9 @@ START_TEST(test_malformed_frames_end_only_the_offender_with_one_log_line) {
     offenders[bad_cases[i].target]++;
   /* Every offender ends (the slow ones after 300 ms or 3 s); the bystander is
    * still open. */
-  ck_assert(wait_count(&r.w[PACKETS].disconnected, offenders[PACKETS], 10000));
-  ck_assert(wait_count(&r.w[SINK].disconnected, offenders[SINK], 10000));
+  ck_assert(tu_wait_at_least(&r.w[PACKETS].disconnected, offenders[PACKETS],
+                             10000));
+  ck_assert(tu_wait_at_least(&r.w[SINK].disconnected, offenders[SINK], 10000));
   for (int i = 0; i < BAD_CASES; i++) {
     const bad_case_t *c = &bad_cases[i];
     ck_assert_msg(tu_wait_closed(fds[i], 5000) != 0, "%s: not closed",
@@ -485,11 +471,11 @@ START_TEST(test_malformed_frames_end_only_the_offender_with_one_log_line) {
                   c->log_word);
   }
   int before = atomic_load(&by.rounds);
-  ck_assert(wait_count(&by.rounds, before + 5, 5000));
+  ck_assert(tu_wait_at_least(&by.rounds, before + 5, 5000));
   int rounds = bystander_stop(&by);
   fprintf(stderr, "malformed: %d cases, bystander echoed %d packets\n",
           BAD_CASES, rounds);
-  ck_assert(wait_count(&r.w[PACKETS].disconnected, offenders[PACKETS] + 1,
+  ck_assert(tu_wait_at_least(&r.w[PACKETS].disconnected, offenders[PACKETS] + 1,
                        5000));
   ck_assert_int_eq(atomic_load(&r.w[PACKETS].reasons[REASON_PROTOCOL_ERROR]),
                    offenders[PACKETS]);
@@ -516,7 +502,7 @@ static void kept_of(rig_t *r, uint64_t id, kept_t *k) {
   ck_assert_ptr_nonnull(s);
   atomic_store(&k->done, 0);
   ck_assert_int_eq(session_post(s, read_kept, k), ENGINE_OK);
-  ck_assert(wait_count(&k->done, 1, 5000));
+  ck_assert(tu_wait_at_least(&k->done, 1, 5000));
   session_release(s);
 }
 
@@ -583,7 +569,7 @@ START_TEST(test_declared_sizes_are_never_allocated_before_the_bytes_arrive) {
   ck_assert_uint_eq(k.cap, 0);
   for (int i = 0; i < SESSIONS; i++)
     tu_close(fds[i]);
-  ck_assert(wait_count(&r.w[0].disconnected, SESSIONS, 5000));
+  ck_assert(tu_wait_at_least(&r.w[0].disconnected, SESSIONS, 5000));
   rig_stop(&r);
 }
 END_TEST
@@ -660,7 +646,7 @@ START_TEST(test_incomplete_timeout_cuts_a_trickler_not_peers_that_complete) {
   tu_close(trickler);
   tu_close(steady);
   tu_close(slow);
-  ck_assert(wait_count(&r.w[0].disconnected, 3, 5000));
+  ck_assert(tu_wait_at_least(&r.w[0].disconnected, 3, 5000));
   rig_stop(&r);
 }
 END_TEST
@@ -684,7 +670,7 @@ START_TEST(test_incomplete_timeout_zero_never_cuts) {
   ck_assert_int_eq(tu_read_exact(fd, back, 10, 5000), 0);
   ck_assert_mem_eq(back, "\x0a\x00\x01\x00" "123456", 10);
   tu_close(fd);
-  ck_assert(wait_count(&r.w[0].disconnected, 1, 5000));
+  ck_assert(tu_wait_at_least(&r.w[0].disconnected, 1, 5000));
   ck_assert_int_eq(r.w[0].reasons[REASON_PROTOCOL_ERROR], 0);
   rig_stop(&r);
 }
@@ -702,7 +688,7 @@ START_TEST(test_first_reason_wins_over_a_fin_read_before_the_close_request) {
   uint64_t id;
   int fd = connect_hello(r.port[0], &id);
   ck_assert_int_eq(tu_write_all(fd, "x", 1), 0);
-  ck_assert(wait_count(&r.w[0].held, 1, 5000));
+  ck_assert(tu_wait_at_least(&r.w[0].held, 1, 5000));
   /* The worker sits in on_recv: FIN first, then the close request. */
   shutdown(fd, SHUT_WR);
   session_t *s = service_find_session(r.svc[0], id);
@@ -711,7 +697,7 @@ START_TEST(test_first_reason_wins_over_a_fin_read_before_the_close_request) {
   session_release(s);
   sleep_ms(20); /* let the FIN land in the socket before the worker reads */
   atomic_store(&r.w[0].go, 1);
-  ck_assert(wait_count(&r.w[0].disconnected, 1, 5000));
+  ck_assert(tu_wait_at_least(&r.w[0].disconnected, 1, 5000));
   ck_assert_str_eq(session_reason_name(reason_of(&r.w[0], id)),
                    "send_queue_full");
   tu_close(fd);
@@ -734,7 +720,7 @@ START_TEST(test_bytes_lost_when_a_close_times_out_give_send_queue_full) {
   uint64_t id;
   int fd = connect_hello(r.port[0], &id);
   ck_assert_int_eq(tu_write_all(fd, "bye", 3), 0);
-  ck_assert(wait_count(&r.w[0].disconnected, 1, 5000));
+  ck_assert(tu_wait_at_least(&r.w[0].disconnected, 1, 5000));
   ck_assert_str_eq(session_reason_name(reason_of(&r.w[0], id)),
                    "send_queue_full");
   int with_word;
@@ -764,7 +750,7 @@ START_TEST(test_reset_while_flushing_gives_peer_reset_not_local) {
   ck_assert_int_eq(tu_read_exact(fd, some, sizeof some, 5000), 0);
   tu_set_reset_on_close(fd);
   tu_close(fd);
-  ck_assert(wait_count(&r.w[0].disconnected, 1, 5000));
+  ck_assert(tu_wait_at_least(&r.w[0].disconnected, 1, 5000));
   ck_assert_str_eq(session_reason_name(reason_of(&r.w[0], id)), "peer_reset");
   rig_stop(&r);
 }

@@ -86,21 +86,6 @@ typedef struct rig {
   int fd[2];
 } rig_t;
 
-typedef struct at_least {
-  atomic_int *counter;
-  int want;
-} at_least_t;
-
-static int reached(void *arg) {
-  at_least_t *a = arg;
-  return atomic_load(a->counter) >= a->want;
-}
-
-static int wait_count(atomic_int *counter, int want, int timeout_ms) {
-  at_least_t a = {counter, want};
-  return tu_wait_until(reached, &a, timeout_ms);
-}
-
 /* One thread, one serial order; A connects first, then B; the plugin holds
  * both. */
 static void rig_start(rig_t *r) {
@@ -123,13 +108,13 @@ static void rig_start(rig_t *r) {
   for (int i = 0; i < 2; i++) {
     r->fd[i] = tu_connect(address_port(&bound), 0);
     ck_assert_int_ge(r->fd[i], 0);
-    ck_assert(wait_count(&w.connected, i + 1, 5000));
+    ck_assert(tu_wait_at_least(&w.connected, i + 1, 5000));
   }
 }
 
 static void rig_stop(rig_t *r) {
   tu_close(r->fd[B]);
-  ck_assert(wait_count(&w.disconnected, 2, 5000));
+  ck_assert(tu_wait_at_least(&w.disconnected, 2, 5000));
   session_release(w.held[B]);
   service_destroy(r->svc);
   core_destroy(r->core);
@@ -144,7 +129,7 @@ START_TEST(test_release_while_recv_pending_then_reset_completes_after_it) {
   rig_start(&r);
   /* The serial order is held: A's receive stays pending in the kernel. */
   ck_assert_int_eq(session_post(w.held[B], gate, NULL), ENGINE_OK);
-  ck_assert(wait_count(&w.gate_entered, 1, 5000));
+  ck_assert(tu_wait_at_least(&w.gate_entered, 1, 5000));
   /* The peer resets, so A's receive completes with an error; then the
    * plugin lets go of A from this (foreign) thread. Only the pending
    * receive keeps A alive now. */
@@ -155,7 +140,7 @@ START_TEST(test_release_while_recv_pending_then_reset_completes_after_it) {
   ck_assert_int_eq(atomic_load(&w.freed), 0);
   /* The completion is processed now: a reset, handled as a failure. */
   atomic_store(&w.gate_open, 1);
-  ck_assert(wait_count(&w.freed, 1, 5000));
+  ck_assert(tu_wait_at_least(&w.freed, 1, 5000));
   ck_assert_int_eq(atomic_load(&w.disconnected), 1);
   ck_assert_int_eq(atomic_load(&w.reasons[REASON_PEER_RESET]), 1);
   ck_assert_int_eq(atomic_load(&w.freed_before_gate_opened), 0);
@@ -171,7 +156,7 @@ START_TEST(test_release_after_close_while_cancelled_recv_is_pending_frees_later)
    * completion (ERROR_OPERATION_ABORTED on Windows) waits behind the gate. */
   w.post_gate_on_disconnect = 1;
   ck_assert_int_eq(session_abort(w.held[A], REASON_LOCAL), ENGINE_OK);
-  ck_assert(wait_count(&w.gate_entered, 1, 5000));
+  ck_assert(tu_wait_at_least(&w.gate_entered, 1, 5000));
   ck_assert_int_eq(atomic_load(&w.disconnected), 1);
   /* Calls on the ended session fail cleanly; then the plugin lets go, and
    * the cancelled receive holds the last reference. */
@@ -180,7 +165,7 @@ START_TEST(test_release_after_close_while_cancelled_recv_is_pending_frees_later)
   session_release(w.held[A]);
   ck_assert_int_eq(atomic_load(&w.freed), 0);
   atomic_store(&w.gate_open, 1);
-  ck_assert(wait_count(&w.freed, 1, 5000));
+  ck_assert(tu_wait_at_least(&w.freed, 1, 5000));
   ck_assert_int_eq(atomic_load(&w.reasons[REASON_LOCAL]), 1);
   ck_assert_int_eq(atomic_load(&w.freed_before_gate_opened), 0);
   /* The peer sees the end of A. */
@@ -201,7 +186,7 @@ START_TEST(test_release_races_reset_completion_many_times_without_leaks) {
     if (round % 2)
       tu_sleep_us(round % 7 * 100);
     session_release(w.held[A]);
-    ck_assert(wait_count(&w.freed, 1, 5000));
+    ck_assert(tu_wait_at_least(&w.freed, 1, 5000));
     atomic_store(&w.gate_open, 1);
     rig_stop(&r);
   }
@@ -228,7 +213,7 @@ START_TEST(test_sessions_kept_past_stop_are_named_then_freed_once_released) {
   ck_assert_int_eq(tu_temp_file(log_path, sizeof log_path, "leftovers"), 0);
   ck_assert_int_eq(log_set_file(log_path), 0);
   ck_assert_int_eq(service_destroy_within(r.svc, 300), -1);
-  ck_assert(wait_count(&w.disconnected, 2, 5000));
+  ck_assert(tu_wait_at_least(&w.disconnected, 2, 5000));
   ck_assert_int_eq(atomic_load(&w.freed), 0);
   ck_assert_int_eq(log_set_file(NULL), 0);
   ck_assert_msg(file_contains(log_path, "service release: "), "no line");

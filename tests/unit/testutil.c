@@ -214,6 +214,21 @@ int tu_wait_until(int (*cond)(void *arg), void *arg, int timeout_ms) {
   }
 }
 
+typedef struct at_least {
+  atomic_int *counter;
+  int want;
+} at_least_t;
+
+static int reached_at_least(void *arg) {
+  at_least_t *a = arg;
+  return atomic_load(a->counter) >= a->want;
+}
+
+int tu_wait_at_least(atomic_int *counter, int want, int timeout_ms) {
+  at_least_t a = {counter, want};
+  return tu_wait_until(reached_at_least, &a, timeout_ms);
+}
+
 int tu_free_port(void) {
   int fd = tu_socket(AF_INET);
   if (fd < 0)

@@ -9,6 +9,7 @@
 #ifndef IOCPHOST_TESTUTIL_H
 #define IOCPHOST_TESTUTIL_H
 
+#include <stdatomic.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -54,6 +55,8 @@ int tu_wait_closed(int fd, int timeout_ms);
 void tu_set_reset_on_close(int fd);
 /* Polls cond(arg) every millisecond until true or timeout_ms; returns 1 if it held. */
 int tu_wait_until(int (*cond)(void *arg), void *arg, int timeout_ms);
+/* The same for a counter to reach at least want: 1, or 0 on timeout. */
+int tu_wait_at_least(atomic_int *counter, int want, int timeout_ms);
 /* A free loopback TCP port, found by binding port 0. */
 int tu_free_port(void);
 /* A deterministic PRNG (xorshift64*) for reproducible random tests. */
