@@ -209,6 +209,15 @@ def read_until_eof(sock, timeout=10.0, limit=64 << 20):
             raise AssertionError("more than %d bytes before EOF" % limit)
 
 
+def read_text(path):
+    """A text file's content, or "" while it does not exist (yet)."""
+    try:
+        with open(path, errors="replace") as f:
+            return f.read()
+    except FileNotFoundError:
+        return ""
+
+
 def read_to_end(sock, timeout=10.0, limit=256 << 20):
     """Reads until the connection ends; returns (bytes read, "fin" or
     "reset"): how the peer ended the stream (bounded in time and size)."""

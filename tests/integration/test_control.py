@@ -439,12 +439,7 @@ class ControlTest(HostTestCase):
         host.extra_log_paths += [first, second, log_path]
         host.start()
 
-        def read(path):
-            try:
-                with open(path, errors="replace") as f:
-                    return f.read()
-            except FileNotFoundError:
-                return ""
+        read = harness.read_text
 
         harness.wait_until(lambda: " ready" in read(log_path), 10,
                            "the ready line in log.file")
