@@ -119,6 +119,12 @@ typedef struct service_options {
   uint32_t reconnect_min_delay_ms;
   uint32_t reconnect_max_delay_ms;
   double reconnect_jitter;
+  /* A session that stayed connected this long proves the server healthy:
+   * the next reconnect starts again from min_delay_ms. One that ends
+   * sooner counts as a failure and the delay goes on doubling, so a
+   * server that accepts and drops at once is not hammered at the minimum.
+   * 0 = reconnect_max_delay_ms (at least 1 s). */
+  uint32_t reconnect_reset_after_ms;
 } service_options_t;
 
 /* Fills the documented defaults. */

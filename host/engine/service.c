@@ -11,10 +11,23 @@
  * doubling to 1 s, and the failure is logged at most once a second. An error
  * about one connection (aborted before accept) is retried at once.
  *
+ * The listener's own state (its slots, its backoff) is touched only on its
+ * worker: even the first accepts are issued there, by a posted start, so a
+ * factory refusing at start-up arms the backoff in the same serial order
+ * that accept completions run in.
+ *
  * Client slots: each slot lives on one worker with its session, so its
  * connect, timeout and backoff never race. The delay before a reconnect
- * doubles from min_delay_ms to max_delay_ms, with jitter, and returns to the
- * minimum after a successful connect.
+ * doubles from min_delay_ms to max_delay_ms, with jitter (from 0 it grows
+ * 1, 2, 4, ... ms), and returns to the minimum only after a session stayed
+ * up for reconnect_reset_after_ms: a server that accepts and drops at once
+ * is backed off like one that refuses.
+ *
+ * Stopping: service_stop_accepting marks the service stopping under its
+ * lock before anything else, and a session registered from then on is
+ * asked to close at once (service__register). A stop's sweep over the
+ * registered sessions therefore misses nobody: whoever registered before
+ * the mark is in the list it walks, whoever registers after closes itself.
  */
 #include <errno.h>
 #include <stdio.h>
@@ -46,6 +59,7 @@ struct listener {
   uint32_t backoff_ms;
   uint8_t backoff_armed;
   uint8_t stopped;
+  io_op_t start_op;
   io_op_t stop_op;
   uint64_t log_last_ms, log_suppressed;
   uint64_t reject_log_last_ms, reject_log_suppressed;
@@ -67,7 +81,9 @@ struct client_slot {
   io_op_t start_op;
   io_op_t stop_op;
   session_t *session;
-  uint32_t delay_ms;
+  uint32_t delay_ms;     /* the last backoff chosen */
+  uint8_t backing_off;   /* delay_ms counts: failures since a stable session */
+  uint64_t connected_ms; /* when the slot's session connected; 0 if none */
   uint8_t state;
   uint8_t stopping;
   uint64_t rng;
@@ -88,7 +104,8 @@ struct service {
   session_t **buckets;
   size_t bucket_count;
   int started;
-  int stopping;
+  /* Set under lock (see service__register); read without it elsewhere. */
+  atomic_int stopping;
   listener_t *listener;
   client_slot_t *slots;
   uint32_t slot_count;
@@ -194,7 +211,13 @@ void service__register(service_t *svc, session_t *s) {
   s->registered = 1;
   svc->open_sessions++;
   atomic_store(&svc->sessions_now, svc->open_sessions);
+  int stopping = atomic_load(&svc->stopping);
   pthread_mutex_unlock(&svc->lock);
+  /* Registered after the stop's sweep began (an accept or connect that was
+   * already completing): no sweep will see it, so it closes itself. It has
+   * not reached on_connected, so it ends quietly. */
+  if (stopping)
+    session_disconnect(s, REASON_HOST_STOPPING);
 }
 
 void service__unregister(service_t *svc, session_t *s, int reason) {
@@ -380,6 +403,11 @@ static void on_accept_done(io_op_t *op, int status, size_t bytes) {
   accept_slot_t *slot = container_of(op, accept_slot_t, op);
   listener_t *l = slot->listener;
   service_t *svc = l->service;
+  /* The service may be stopping before this listener's stop op arrives (on
+   * epoll a listener may deliver thousands of accepts first): a connection
+   * taken now is closed, and the slot stays idle. */
+  if (!l->stopped && atomic_load(&svc->stopping))
+    l->stopped = 1;
   if (status == IO_ECANCELED || l->stopped) {
     if (status == 0)
       io_socket_close(op->u.accept.socket);
@@ -422,6 +450,14 @@ static void on_accept_done(io_op_t *op, int status, size_t bytes) {
   atomic_fetch_add(&svc->accepted, 1);
   session__attach(s, sock, -1);
   issue_accept(l, slot);
+  listener_release(l);
+}
+
+static void on_listener_start(io_op_t *op, int status, size_t bytes) {
+  listener_t *l = container_of(op, listener_t, start_op);
+  if (!l->stopped && !atomic_load(&l->service->stopping))
+    for (int i = 0; i < l->slot_count; i++)
+      issue_accept(l, &l->slots[i]);
   listener_release(l);
 }
 
@@ -479,14 +515,17 @@ static int listener_start(service_t *svc, char *err, size_t err_len) {
     return -1;
   }
   io_timer_init(&l->backoff, &l->handle, on_backoff);
+  l->start_op.complete = on_listener_start;
   l->stop_op.complete = on_listener_stop;
   engine__live_add(1);
   objects_add(svc, 1);
   svc->listener = l;
-  for (int i = 0; i < count; i++) {
+  for (int i = 0; i < count; i++)
     l->slots[i].listener = l;
-    issue_accept(l, &l->slots[i]);
-  }
+  /* The first accepts are issued on the listener's worker, like every
+   * later one: see the top of this file. */
+  atomic_fetch_add_explicit(&l->refs, 1, memory_order_relaxed);
+  io_post(&l->handle, &l->start_op, 0);
   return 0;
 }
 
@@ -521,19 +560,34 @@ static void slot_timer_start(client_slot_t *slot, io_timer_t *t,
   io_timer_start(t, delay);
 }
 
+static uint64_t reset_after_ms(const service_t *svc) {
+  if (svc->opt.reconnect_reset_after_ms)
+    return svc->opt.reconnect_reset_after_ms;
+  return svc->opt.reconnect_max_delay_ms > 1000 ? svc->opt.reconnect_max_delay_ms
+                                                : 1000;
+}
+
 static void schedule_retry(client_slot_t *slot) {
   service_t *svc = slot->service;
-  if (slot->stopping || !svc->opt.reconnect) {
+  if (slot->stopping || !svc->opt.reconnect ||
+      atomic_load(&svc->stopping)) {
     slot->state = SLOT_IDLE;
     return;
   }
   uint32_t min = svc->opt.reconnect_min_delay_ms;
   uint32_t max = svc->opt.reconnect_max_delay_ms;
-  uint64_t delay = slot->delay_ms ? (uint64_t)slot->delay_ms * 2 : min;
+  uint64_t delay = min;
+  if (slot->backing_off) {
+    /* Doubling 0 stays 0: from a zero minimum the delay grows 1, 2, 4 ms. */
+    delay = (uint64_t)slot->delay_ms * 2;
+    if (delay == 0)
+      delay = 1;
+  }
   if (delay > max)
     delay = max;
   if (delay < min)
     delay = min;
+  slot->backing_off = 1;
   slot->delay_ms = (uint32_t)delay;
   atomic_store(&svc->reconnect_delay_ms, delay);
   double jitter = svc->opt.reconnect_jitter;
@@ -563,7 +617,9 @@ void service__connect_done(client_slot_t *slot, session_t *s, int status) {
     return;
   }
   atomic_fetch_add(&svc->connects, 1);
-  slot->delay_ms = 0;
+  /* The backoff is reset when this session ends, if it stayed up long
+   * enough to count as a healthy server (service__client_closed). */
+  slot->connected_ms = clock_now_ms();
   slot->state = SLOT_CONNECTED;
   log_write(LOG_DEBUG, "client", "service %s: connected to %s", svc->name,
             addr);
@@ -572,6 +628,10 @@ void service__connect_done(client_slot_t *slot, session_t *s, int status) {
 void service__client_closed(client_slot_t *slot, session_t *s) {
   if (slot->session == s)
     slot->session = NULL;
+  if (slot->connected_ms &&
+      clock_now_ms() - slot->connected_ms >= reset_after_ms(slot->service))
+    slot->backing_off = 0;
+  slot->connected_ms = 0;
   schedule_retry(slot);
 }
 
@@ -591,8 +651,10 @@ static void on_retry(io_op_t *op, int status, size_t bytes) {
 
 static void slot_connect(client_slot_t *slot) {
   service_t *svc = slot->service;
-  if (slot->stopping)
+  if (slot->stopping || atomic_load(&svc->stopping)) {
+    slot->state = SLOT_IDLE;
     return;
+  }
   session_t *s = session__new(svc);
   io_socket_t sock = IO_INVALID_SOCKET;
   if (s)
@@ -623,8 +685,12 @@ static void on_slot_stop(io_op_t *op, int status, size_t bytes) {
   slot->stopping = 1;
   io_timer_cancel(&slot->retry_timer);
   io_timer_cancel(&slot->connect_timer);
+  /* A connect still in flight is cut; a connected session closes
+   * gracefully (it was swept already, unless it connected just after). */
   if (slot->state == SLOT_CONNECTING && slot->session)
     session_abort(slot->session, REASON_HOST_STOPPING);
+  else if (slot->state == SLOT_CONNECTED && slot->session)
+    session_disconnect(slot->session, REASON_HOST_STOPPING);
   objects_add(slot->service, -1);
 }
 
@@ -698,8 +764,8 @@ int service_start(service_t *svc, char *err, size_t err_len) {
 
 void service_stop_accepting(service_t *svc) {
   pthread_mutex_lock(&svc->lock);
-  int first = !svc->stopping;
-  svc->stopping = 1;
+  int first = !atomic_load(&svc->stopping);
+  atomic_store(&svc->stopping, 1);
   pthread_mutex_unlock(&svc->lock);
   if (!first || !svc->started)
     return;
@@ -715,22 +781,30 @@ void service_stop_accepting(service_t *svc) {
   }
 }
 
+/* The wait is measured on the monotonic clock. pthread_cond_timedwait
+ * takes a wall-clock deadline (winpthreads has no other), so it waits in
+ * slices of at most 100 ms: a wall-clock step then moves one slice, not
+ * the whole drain. */
 int service_wait_closed(service_t *svc, uint32_t timeout_ms) {
-  struct timespec deadline;
-  clock_gettime(CLOCK_REALTIME, &deadline);
-  deadline.tv_sec += timeout_ms / 1000;
-  deadline.tv_nsec += (long)(timeout_ms % 1000) * 1000000L;
-  if (deadline.tv_nsec >= 1000000000L) {
-    deadline.tv_sec++;
-    deadline.tv_nsec -= 1000000000L;
-  }
-  int rc = 0;
+  uint64_t end = clock_now_ms() + timeout_ms;
   pthread_mutex_lock(&svc->lock);
-  while (svc->objects > 0 && rc == 0)
-    if (pthread_cond_timedwait(&svc->changed, &svc->lock, &deadline) != 0)
-      rc = -1;
-  if (svc->objects == 0)
-    rc = 0;
+  for (;;) {
+    if (svc->objects == 0)
+      break;
+    uint64_t now = clock_now_ms();
+    if (now >= end)
+      break;
+    uint64_t slice = end - now < 100 ? end - now : 100;
+    struct timespec deadline;
+    clock_gettime(CLOCK_REALTIME, &deadline);
+    deadline.tv_nsec += (long)slice * 1000000L;
+    if (deadline.tv_nsec >= 1000000000L) {
+      deadline.tv_sec++;
+      deadline.tv_nsec -= 1000000000L;
+    }
+    pthread_cond_timedwait(&svc->changed, &svc->lock, &deadline);
+  }
+  int rc = svc->objects == 0 ? 0 : -1;
   pthread_mutex_unlock(&svc->lock);
   return rc;
 }

@@ -253,7 +253,9 @@ static void on_timer_arm(io_op_t *op, int status, size_t bytes) {
   session_t *s = t->session;
   t->timer.op.complete = on_timer;
   pthread_mutex_lock(&s->lock);
-  int stopped = t->stopped;
+  /* Stopped, or its session ended while it travelled here: cancel_timers
+   * marks every listed timer, but only the state says a close ran. */
+  int stopped = t->stopped || (!t->internal && s->state >= SESSION_CLOSING);
   pthread_mutex_unlock(&s->lock);
   if (stopped || status != 0) {
     on_timer(op, IO_ECANCELED, bytes);
@@ -1116,10 +1118,13 @@ static void begin_close(session_t *s, int reason, int graceful) {
     s->close_started = 1;
     s->reason = (uint8_t)first;
     if (s->state == SESSION_OPENING) {
-      /* Never reached on_connected: end quietly, no callbacks. */
+      /* Never reached on_connected: end quietly, no callbacks. A timer
+       * armed meanwhile (the session is findable by id from the moment it
+       * is registered) dies with it rather than hold it for its delay. */
       pthread_mutex_lock(&s->lock);
       s->state = SESSION_CLOSED;
       pthread_mutex_unlock(&s->lock);
+      cancel_timers(s);
       service__unregister(s->service, s, first);
       if (s->slot)
         service__client_closed(s->slot, s);
