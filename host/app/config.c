@@ -603,7 +603,7 @@ static const char *const SERVER_ONLY_KEYS[] = {"max_sessions", "backlog", NULL};
 static const char *const CLIENT_ONLY_KEYS[] = {"sessions", "connect_timeout_ms",
                                                "reconnect", NULL};
 static const char *const RECONNECT_KEYS[] = {"min_delay_ms", "max_delay_ms",
-                                             "jitter", NULL};
+                                             "jitter", "reset_after_ms", NULL};
 static const char *const SERVICE_TYPES[] = {"server", "client", NULL};
 static const char *const FRAMINGS[] = {"raw", "packet", NULL};
 static const char *const LOG_LEVELS[] = {"debug", "info", "warn", "error",
@@ -857,6 +857,7 @@ static int parse_reconnect(loader_t *ld, const cJSON *item, const char *path,
   s->reconnect_min_delay_ms = 100;
   s->reconnect_max_delay_ms = 10000;
   s->reconnect_jitter = 0.2;
+  s->reconnect_reset_after_ms = 0; /* the engine's default */
   if (r == NULL || cJSON_IsTrue(r))
     return 0;
   if (cJSON_IsFalse(r)) {
@@ -872,7 +873,9 @@ static int parse_reconnect(loader_t *ld, const cJSON *item, const char *path,
       get_u32(ld, r, rpath.text, "min_delay_ms", 0, 86400000.0, 100,
               &s->reconnect_min_delay_ms) != 0 ||
       get_u32(ld, r, rpath.text, "max_delay_ms", 0, 86400000.0, 10000,
-              &s->reconnect_max_delay_ms) != 0)
+              &s->reconnect_max_delay_ms) != 0 ||
+      get_u32(ld, r, rpath.text, "reset_after_ms", 0, 86400000.0, 0,
+              &s->reconnect_reset_after_ms) != 0)
     return -1;
   const cJSON *jitter = member(r, "jitter");
   if (jitter != NULL) {

@@ -59,6 +59,8 @@ typedef struct config_service {
   uint32_t reconnect_min_delay_ms;
   uint32_t reconnect_max_delay_ms;
   double reconnect_jitter; /* 0..1 */
+  /* A session up this long resets the backoff; 0: max(max_delay_ms, 1 s). */
+  uint32_t reconnect_reset_after_ms;
   /* Unconsumed input (an incomplete packet or message) must be consumed
    * within this time or the session ends with protocol_error; 0 = never.
    * Default 30000. */

@@ -22,6 +22,7 @@
 #include "host.h"
 
 #include <pthread.h>
+#include <sched.h>
 #include <stdarg.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -81,7 +82,14 @@ typedef struct host_service {
   host_t *host;
   const config_service_t *config;
   host_plugin_t *plugin;
-  service_t *engine;
+  service_t *engine; /* main thread and status (under host->lock) */
+  /* The same service as seen by the plugin API, which plugin threads may
+   * call at any moment of a stop: each call pins it (api_pins) for its
+   * duration, and destroy_services frees it only once it is unpublished
+   * and unpinned. Lock-free, so a plugin thread calling in a loop can never
+   * starve the stop, and no lock is held while the call runs. */
+  _Atomic(service_t *) api_engine;
+  atomic_int api_pins;
   int packet_framing;
   uint32_t max_packet_bytes;
   atomic_uint_fast64_t packets_in;
@@ -114,6 +122,20 @@ struct host {
 
 static host_service_t *host_service_of(session_t *s) {
   return service_user(session_service(s));
+}
+
+/* Sequentially consistent on both sides: either the caller sees the
+ * service unpublished, or destroy_services sees the caller's pin. */
+static service_t *engine_pin(host_service_t *hs) {
+  atomic_fetch_add(&hs->api_pins, 1);
+  service_t *svc = atomic_load(&hs->api_engine);
+  if (!svc)
+    atomic_fetch_sub(&hs->api_pins, 1);
+  return svc;
+}
+
+static void engine_unpin(host_service_t *hs) {
+  atomic_fetch_sub(&hs->api_pins, 1);
 }
 
 /* ---- generations ---- */
@@ -352,9 +374,12 @@ static void api_session_release(iocphost_session_t *s) {
 static iocphost_session_t *api_session_find(iocphost_service_t *service,
                                             uint64_t id) {
   host_service_t *hs = (host_service_t *)service;
-  if (!hs || !hs->engine)
+  service_t *svc = hs ? engine_pin(hs) : NULL;
+  if (!svc)
     return NULL;
-  return PLUGIN_SESSION(service_find_session(hs->engine, id));
+  session_t *found = service_find_session(svc, id);
+  engine_unpin(hs);
+  return PLUGIN_SESSION(found);
 }
 
 static iocphost_service_t *api_session_service(iocphost_session_t *s) {
@@ -378,16 +403,20 @@ static const char *api_service_name(iocphost_service_t *service) {
 
 static int broadcast_bytes(host_service_t *hs, const void *header,
                            size_t header_len, const void *data, size_t len) {
-  if (!hs->engine)
+  service_t *svc = engine_pin(hs);
+  if (!svc)
     return IOCPHOST_E_CLOSED;
   shared_buf_t *buf = shared_buf_new(header_len + len);
-  if (!buf)
+  if (!buf) {
+    engine_unpin(hs);
     return IOCPHOST_E_NOMEM;
+  }
   if (header_len)
     memcpy(shared_buf_data(buf), header, header_len);
   if (len)
     memcpy(shared_buf_data(buf) + header_len, data, len);
-  int count = service_broadcast(hs->engine, buf);
+  int count = service_broadcast(svc, buf);
+  engine_unpin(hs);
   shared_buf_release(buf);
   return count;
 }
@@ -821,6 +850,7 @@ static int create_service(host_t *host, size_t i, char *err, size_t err_len) {
   o.reconnect_min_delay_ms = cs->reconnect_min_delay_ms;
   o.reconnect_max_delay_ms = cs->reconnect_max_delay_ms;
   o.reconnect_jitter = cs->reconnect_jitter;
+  o.reconnect_reset_after_ms = cs->reconnect_reset_after_ms;
   /* A session asked to close may flush for as long as a graceful stop may
    * drain, and a little longer: the stop's deadline, not one of its own,
    * decides when a stop gives up (and says so in the log). */
@@ -833,15 +863,22 @@ static int create_service(host_t *host, size_t i, char *err, size_t err_len) {
   pthread_mutex_lock(&host->lock); /* status may be reading */
   hs->engine = svc;
   pthread_mutex_unlock(&host->lock);
+  atomic_store(&hs->api_engine, svc);
   return 0;
 }
 
 static void destroy_services(host_t *host) {
   for (size_t i = 0; i < host->config->service_count; i++) {
+    host_service_t *hs = &host->services[i];
     pthread_mutex_lock(&host->lock);
-    service_t *svc = host->services[i].engine;
-    host->services[i].engine = NULL;
+    service_t *svc = hs->engine;
+    hs->engine = NULL;
     pthread_mutex_unlock(&host->lock);
+    atomic_store(&hs->api_engine, NULL);
+    /* A pin lasts one API call (a lookup, a broadcast): short, and it
+     * never waits for the stop. */
+    while (atomic_load(&hs->api_pins) > 0)
+      sched_yield();
     if (svc)
       service_destroy(svc);
   }
@@ -908,6 +945,37 @@ fail:
   return -3;
 }
 
+/* on_stopping for every loaded generation, with no host lock held: a
+ * plugin that releases its last reference to a session there frees the
+ * session, which releases its generation under gen_lock. The generations
+ * are pinned (counted like sessions) meanwhile so the reaper keeps them. */
+static void tell_plugins_stopping(host_t *host) {
+  size_t count = 0;
+  pthread_mutex_lock(&host->gen_lock);
+  for (size_t i = 0; i < host->plugin_count; i++)
+    for (generation_t *g = host->plugins[i].generations; g; g = g->next)
+      count++;
+  generation_t **pinned = count ? calloc(count, sizeof *pinned) : NULL;
+  size_t n = 0;
+  for (size_t i = 0; pinned && i < host->plugin_count; i++) {
+    for (generation_t *g = host->plugins[i].generations; g; g = g->next) {
+      if (g->loaded && g->desc->on_stopping) {
+        g->sessions++;
+        pinned[n++] = g;
+      }
+    }
+  }
+  pthread_mutex_unlock(&host->gen_lock);
+  if (count && !pinned)
+    log_write(LOG_ERROR, "host",
+              "out of memory: plugins are not told the host is stopping");
+  for (size_t i = 0; i < n; i++) {
+    pinned[i]->desc->on_stopping();
+    generation_release(pinned[i]);
+  }
+  free(pinned);
+}
+
 void host_stop(host_t *host) {
   if (!host->started || host->stopped)
     return;
@@ -915,12 +983,7 @@ void host_stop(host_t *host) {
   const config_t *c = host->config;
   for (size_t i = 0; i < c->service_count; i++)
     service_stop_accepting(host->services[i].engine);
-  pthread_mutex_lock(&host->gen_lock);
-  for (size_t i = 0; i < host->plugin_count; i++)
-    for (generation_t *g = host->plugins[i].generations; g; g = g->next)
-      if (g->loaded && g->desc->on_stopping)
-        g->desc->on_stopping();
-  pthread_mutex_unlock(&host->gen_lock);
+  tell_plugins_stopping(host);
   for (size_t i = 0; i < c->service_count; i++)
     service_disconnect_all(host->services[i].engine, REASON_HOST_STOPPING);
   uint64_t deadline = clock_now_ms() + c->drain_timeout_ms;

@@ -194,7 +194,7 @@ START_TEST(a_full_config_parses_with_every_field) {
       "      \"plugin\": \"relay\", \"address\": \"10.0.0.2:7000\",\n"
       "      \"sessions\": 3, \"connect_timeout_ms\": 1500,\n"
       "      \"reconnect\": { \"min_delay_ms\": 50, \"max_delay_ms\": 800,\n"
-      "                     \"jitter\": 0.5 } }\n"
+      "                     \"jitter\": 0.5, \"reset_after_ms\": 3000 } }\n"
       "  ]\n"
       "}\n");
   ck_assert_str_eq(c->dir, scratch_real);
@@ -255,6 +255,7 @@ START_TEST(a_full_config_parses_with_every_field) {
   ck_assert_uint_eq(s->reconnect_min_delay_ms, 50);
   ck_assert_uint_eq(s->reconnect_max_delay_ms, 800);
   ck_assert_double_eq_tol(s->reconnect_jitter, 0.5, 1e-12);
+  ck_assert_uint_eq(s->reconnect_reset_after_ms, 3000);
   config_free(c);
 }
 END_TEST
@@ -298,6 +299,7 @@ START_TEST(defaults_are_those_of_the_spec) {
   ck_assert_uint_eq(c->services[1].reconnect_min_delay_ms, 100);
   ck_assert_uint_eq(c->services[1].reconnect_max_delay_ms, 10000);
   ck_assert_double_eq_tol(c->services[1].reconnect_jitter, 0.2, 1e-12);
+  ck_assert_uint_eq(c->services[1].reconnect_reset_after_ms, 0);
   config_free(c);
 }
 END_TEST
