@@ -171,6 +171,12 @@ void io_timer_start(io_timer_t *t, uint64_t delay_ms);
 /* If still armed, completes it with IO_ECANCELED; otherwise nothing. */
 void io_timer_cancel(io_timer_t *t);
 
+/* Tests only (IOCP): the next count strand wake-ups fail as a failing
+ * PostQueuedCompletionStatus would, to prove such a strand still runs. */
+#ifdef _WIN32
+void io__fail_next_wakeups(int count);
+#endif
+
 /* Sockets. */
 io_socket_t io_socket_tcp(int family); /* non-blocking, close-on-exec */
 void io_socket_close(io_socket_t s);

@@ -77,8 +77,9 @@ struct io_worker { /* a strand */
   SRWLOCK lock;
   io_op_t *head, *tail; /* ops to run, in order */
   int running;          /* a thread is running the strand's ops */
-  int scheduled;        /* a wake-up for it is in the port */
+  int scheduled;        /* a wake-up for it is in the port (or orphaned) */
   OVERLAPPED wake;      /* the wake-up's packet (KEY_STRAND) */
+  io_worker_t *orphan_next; /* on the core's orphans list */
 };
 
 struct io_core {
@@ -94,7 +95,16 @@ struct io_core {
   LPFN_GETACCEPTEXSOCKADDRS get_accept_addresses;
   LPFN_CONNECTEX connect_ex;
   int timer_period_set; /* timeBeginPeriod(1) to undo */
+  /* Strands whose wake-up could not be posted (see wake_strand). */
+  SRWLOCK orphan_lock;
+  io_worker_t *orphans;
+  atomic_int has_orphans;
+  uint64_t wake_log_last_ms, wake_log_suppressed;
 };
+
+/* The longest a thread waits without looking at the orphans list: the
+ * bound on how late a strand whose wake-up failed runs. */
+#define ORPHAN_CHECK_MS 1000
 static _Thread_local io_worker_t *current_strand;
 static _Thread_local uint8_t *thread_buffer;
 
@@ -183,6 +193,62 @@ const char *io_strerror(int status) {
 
 static void complete_op(io_op_t *op);
 
+static atomic_int failing_wakes; /* io__fail_next_wakeups, for tests */
+
+void io__fail_next_wakeups(int count) { atomic_store(&failing_wakes, count); }
+
+static int injected_wake_failure(void) {
+  int n = atomic_load_explicit(&failing_wakes, memory_order_relaxed);
+  while (n > 0 && !atomic_compare_exchange_weak(&failing_wakes, &n, n - 1))
+    ;
+  return n > 0;
+}
+
+/* Posts a strand's wake-up (it is marked scheduled). PostQueuedCompletion-
+ * Status can fail (non-paged pool exhausted): the strand would then stay
+ * scheduled with no packet in the port and never run again. It goes on the
+ * core's orphans list instead, which every thread drains after each wait;
+ * no wait lasts longer than ORPHAN_CHECK_MS, so a strand is late, never
+ * lost. */
+static void wake_strand(io_core_t *c, io_worker_t *strand) {
+  int injected = injected_wake_failure();
+  if (!injected &&
+      PostQueuedCompletionStatus(c->port, 0, KEY_STRAND, &strand->wake))
+    return;
+  DWORD error = injected ? ERROR_NO_SYSTEM_RESOURCES : GetLastError();
+  AcquireSRWLockExclusive(&c->orphan_lock);
+  strand->orphan_next = c->orphans;
+  c->orphans = strand;
+  atomic_store(&c->has_orphans, 1);
+  int log = log_ratelimit(&c->wake_log_last_ms, &c->wake_log_suppressed);
+  ReleaseSRWLockExclusive(&c->orphan_lock);
+  if (log)
+    log_write(LOG_ERROR, "core",
+              "PostQueuedCompletionStatus failed (%lu): the strand runs at "
+              "the next wake-up of a thread instead (within %d ms)",
+              (unsigned long)error, ORPHAN_CHECK_MS);
+}
+
+static void strand_run(io_worker_t *strand);
+
+static void run_orphans(io_core_t *c) {
+  if (!atomic_load(&c->has_orphans))
+    return;
+  AcquireSRWLockExclusive(&c->orphan_lock);
+  io_worker_t *list = c->orphans;
+  c->orphans = NULL;
+  atomic_store(&c->has_orphans, 0);
+  ReleaseSRWLockExclusive(&c->orphan_lock);
+  while (list) {
+    io_worker_t *next = list->orphan_next;
+    AcquireSRWLockExclusive(&list->lock);
+    list->scheduled = 0;
+    ReleaseSRWLockExclusive(&list->lock);
+    strand_run(list);
+    list = next;
+  }
+}
+
 /* Runs the strand's queued ops on this thread, unless another thread is
  * running it already (which then runs ours too). After a budget it hands the
  * rest back to the port, so one busy strand cannot keep a thread from the
@@ -207,8 +273,7 @@ static void strand_run(io_worker_t *strand) {
         strand->scheduled = 1;
       ReleaseSRWLockExclusive(&strand->lock);
       if (reschedule)
-        PostQueuedCompletionStatus(strand->core->port, 0, KEY_STRAND,
-                                   &strand->wake);
+        wake_strand(strand->core, strand);
       break;
     }
     strand->head = op->next;
@@ -247,10 +312,8 @@ static int strand_append(io_worker_t *strand, io_op_t *op, int schedule) {
 static void post_result(io_core_t *core, io_op_t *op, int status) {
   op->status = status;
   io_worker_t *strand = op->handle->worker;
-  if (strand_append(strand, op, 1) &&
-      !PostQueuedCompletionStatus(core->port, 0, KEY_STRAND, &strand->wake))
-    log_write(LOG_ERROR, "core", "PostQueuedCompletionStatus failed: %lu",
-              (unsigned long)GetLastError());
+  if (strand_append(strand, op, 1))
+    wake_strand(core, strand);
 }
 
 static io_core_t *core_of(const io_handle_t *h) { return h->worker->core; }
@@ -284,13 +347,17 @@ static void expire_timers(io_core_t *c) {
 }
 
 static DWORD wait_timeout(io_core_t *c) {
-  DWORD wait = INFINITE;
+  if (atomic_load(&c->has_orphans))
+    return 0;
+  DWORD wait = ORPHAN_CHECK_MS;
   AcquireSRWLockShared(&c->timer_lock);
   io_timer_t *first = timer_heap_first(&c->timers);
   if (first) {
     uint64_t now = clock_now_ms();
     uint64_t due = first->due_ms;
-    wait = due <= now ? 0 : (DWORD)(due - now > 60000 ? 60000 : due - now);
+    wait = due <= now ? 0
+                      : (DWORD)(due - now > ORPHAN_CHECK_MS ? ORPHAN_CHECK_MS
+                                                            : due - now);
   }
   ReleaseSRWLockShared(&c->timer_lock);
   return wait;
@@ -460,6 +527,13 @@ static void complete_op(io_op_t *op) {
     status = h->closed ? IO_ECANCELED : io_result(op, &bytes);
     if (status != 0 && h->closed)
       status = IO_ECANCELED;
+    else if (status == IO_ECANCELED)
+      /* Cancelled, but not by the engine (CancelIoEx from elsewhere, a
+       * thread's exit, WSAEINTR): the handle is still open, so this is a
+       * failure of the operation, never the "closed" the engine reads
+       * IO_ECANCELED as (a receive would stop for good, an accept slot
+       * would be lost, a send queue would stick). */
+      status = -EIO;
   }
   size_t delivered = bytes;
   switch (op->type) {
@@ -537,6 +611,7 @@ static DWORD WINAPI thread_main(void *arg) {
     BOOL ok = GetQueuedCompletionStatusEx(c->port, entries, ENTRIES_PER_WAIT,
                                           &count, wait_timeout(c), FALSE);
     expire_timers(c);
+    run_orphans(c);
     if (!ok)
       continue; /* timeout */
     int stops = 0;
@@ -626,6 +701,7 @@ int io_core_create(int threads, io_core_t **out, char *err, size_t err_len) {
     return -1;
   }
   InitializeSRWLock(&c->timer_lock);
+  InitializeSRWLock(&c->orphan_lock);
   c->threads = calloc((size_t)threads, sizeof *c->threads);
   c->strands = calloc((size_t)threads, sizeof *c->strands);
   c->port = CreateIoCompletionPort(INVALID_HANDLE_VALUE, NULL, 0,

@@ -641,7 +641,7 @@ static void on_recv_done(io_op_t *op, int status, size_t bytes) {
     return;
   }
   if (status < 0) {
-    begin_close(s, REASON_PEER_RESET, 0);
+    begin_close(s, status == -EIO ? REASON_IO_ERROR : REASON_PEER_RESET, 0);
   } else if (bytes == 0) {
     s->peer_eof = 1;
     begin_close(s, REASON_PEER_CLOSED, 1);
@@ -848,7 +848,7 @@ static void on_send_done(io_op_t *op, int status, size_t bytes) {
   pthread_mutex_unlock(&s->lock);
   if (status < 0) {
     if (status != IO_ECANCELED)
-      begin_close(s, REASON_PEER_RESET, 0);
+      begin_close(s, status == -EIO ? REASON_IO_ERROR : REASON_PEER_RESET, 0);
     session_release(s);
     return;
   }

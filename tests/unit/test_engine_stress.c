@@ -439,26 +439,11 @@ START_TEST(test_sessions_ending_every_way_keep_callbacks_serial_and_free_all) {
   o.reconnect_min_delay_ms = 5;
   o.reconnect_max_delay_ms = 20;
 #endif
-  /* A WINE BUG keeps this part off under Wine unless asked for. About one
-   * run in twenty of the whole Windows suite on a heavily loaded machine
-   * (another Wine program hammering loopback beside it) ends with one
-   * client session never freed. Traced with a per-session event log: the
-   * session connected (ConnectEx), issued its zero-byte WSARecv, was
-   * aborted, and io_handle_close ran CancelIoEx and closesocket; the
-   * WSARecv never completed, and its OVERLAPPED still held STATUS_PENDING
-   * (0x103) 10 s later, so Wine never finished the cancelled I/O. Windows
-   * guarantees that closesocket completes every outstanding overlapped
-   * operation; the engine must not free an OVERLAPPED before that, so the
-   * session stays referenced. Not seen in ~150 runs without that load, nor
-   * on Linux. To run it anyway:
-   *   IOCPHOST_STRESS_WINE_CLIENT=1 ctest --test-dir build-win -R stress */
-#ifdef _WIN32
-  const char *wine_client = getenv("IOCPHOST_STRESS_WINE_CLIENT");
-  const int with_client = wine_client && strcmp(wine_client, "1") == 0;
-#else
-  const int with_client = 1;
-#endif
-  service_t *client = with_client ? make_service(core, &o) : NULL;
+  /* This part was once kept off under Wine, its rare "client session never
+   * freed" blamed on Wine. It was the engine's own stop race: a connect that
+   * completed after the stop's sweep registered a session nobody closed
+   * (issue "Engine edges"; tests/unit/test_engine_edges.c). */
+  service_t *client = make_service(core, &o);
 
   pthread_t plugin_thread;
   pthread_create(&plugin_thread, NULL, plugin_main, NULL);
@@ -480,8 +465,7 @@ START_TEST(test_sessions_ending_every_way_keep_callbacks_serial_and_free_all) {
       running |= !atomic_load(&ct[k].done);
     if (!running)
       break;
-    if (with_client)
-      service_abort_all(client, REASON_LOCAL);
+    service_abort_all(client, REASON_LOCAL);
     tu_sleep_ms(3);
   }
   long made = 0, errors = 0;
@@ -492,13 +476,11 @@ START_TEST(test_sessions_ending_every_way_keep_callbacks_serial_and_free_all) {
   }
   /* The plugin gives its references back before the services go: a
    * service waits for its sessions' memory. */
-  if (with_client)
-    service_stop_accepting(client);
+  service_stop_accepting(client);
   service_stop_accepting(server);
   atomic_store(&plugin.stop, 1);
   pthread_join(plugin_thread, NULL);
-  if (with_client)
-    service_destroy(client);
+  service_destroy(client);
   service_destroy(server);
   core_destroy(core);
 
@@ -514,18 +496,21 @@ START_TEST(test_sessions_ending_every_way_keep_callbacks_serial_and_free_all) {
   ck_assert_int_eq(made, total);
   ck_assert_int_lt(errors, total / 100 + 10);
   check_tally(&server_tally, "server");
-  if (with_client)
-    check_tally(&client_tally, "client service");
+  check_tally(&client_tally, "client service");
   /* Enough sessions reached on_connected to mean something. Many clients
    * reset or close before the host's kick runs; how many depends on the
-   * machine's load (under Wine on a busy machine, fewer than half), so
-   * this is a floor, not a ratio to expect. */
+   * machine's load, so this is a floor, not a ratio to expect. Under Wine,
+   * where every socket call is a round trip to the wineserver, a busy
+   * machine measured 47%, hence a lower floor there only. */
+#ifdef _WIN32
   ck_assert_int_gt(atomic_load(&server_tally.connected), total / 5);
+#else
+  ck_assert_int_gt(atomic_load(&server_tally.connected), total / 2);
+#endif
   ck_assert_int_gt(atomic_load(&server_tally.timers_run), 0);
   ck_assert_int_gt(atomic_load(&server_tally.posts_run), 0);
   ck_assert_int_gt(atomic_load(&server_tally.plugin_ops), 0);
-  if (with_client)
-    ck_assert_int_gt(atomic_load(&client_tally.connected), 0);
+  ck_assert_int_gt(atomic_load(&client_tally.connected), 0);
   ck_assert_int_eq(engine_live_objects(), 0);
 }
 END_TEST
