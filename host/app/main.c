@@ -519,9 +519,14 @@ static int open_log(const config_t *config, const char *file, int service) {
     path = fallback;
   }
   if (path && log_set_file(path) != 0) {
+    char why[4200];
+    snprintf(why, sizeof why, "%s: %s", path,
+             errno == ELOOP ? "it is a symbolic link, which the host does "
+                              "not follow (set log.file to the file itself)"
+                            : strerror(errno));
     report_error("%s: cannot open the log file %s (set log.file to a "
                  "writable path)",
-                 file, path);
+                 file, why);
     return -1;
   }
   return 0;
