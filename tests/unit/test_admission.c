@@ -78,7 +78,7 @@ START_TEST(refuses_a_file_whose_descriptor_names_another_plugin) {
    * plugin's build copied over this one's file. */
   plugin_admitted_t a;
   const config_t *c =
-      served_by("fixture_duplicate_name", "game", CONFIG_FRAMING_PACKET);
+      served_by("fixture_duplicate_name", "game", CONFIG_FRAMING_RAW);
   ck_assert_int_eq(plugin_admit("fixture_duplicate_name",
                                 fixture("fixture_duplicate_name"), c, NULL, 1,
                                 &a, err, sizeof err),
