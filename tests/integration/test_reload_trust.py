@@ -53,8 +53,11 @@ class ReloadTrustTest(HostTestCase):
         self.host = Host(self, config, "reload-trust").start()
         self.player = harness.PacketClient(self.port, timeout=10)
 
-    def tearDown(self):
+    def stop(self):
+        # The player closes first: a peer that never closes holds the
+        # host's stop for the linger after its FIN.
         self.player.close()
+        self.host.stop()
 
     def version_of(self, client):
         client.send(2)
@@ -94,7 +97,7 @@ class ReloadTrustTest(HostTestCase):
             "chmod o-w %s" % self.deploy_dir)
         os.chmod(self.deploy_dir, 0o755)
         self.assert_reload_deploys_v2()
-        self.host.stop()
+        self.stop()
 
     @harness.posix_only("POSIX modes (Windows relies on ACLs)")
     def test_reload_refuses_an_other_writable_file(self):
@@ -105,7 +108,7 @@ class ReloadTrustTest(HostTestCase):
             "chmod o-w %s" % self.deployed)
         os.chmod(self.deployed, 0o755)
         self.assert_reload_deploys_v2()
-        self.host.stop()
+        self.stop()
 
     @harness.posix_only("POSIX owners (Windows relies on ACLs)")
     @unittest.skipUnless(os.geteuid() == 0, "needs root to chown")
@@ -114,7 +117,7 @@ class ReloadTrustTest(HostTestCase):
         os.chown(self.deployed, OTHER_UID, OTHER_UID)
         self.assert_refused_and_still_serving(
             self.deployed, "owned by uid %d" % OTHER_UID)
-        self.host.stop()
+        self.stop()
 
     def test_reload_refuses_another_plugins_file_under_this_name(self):
         # The chat build copied over the versioned plugin's file.
@@ -123,7 +126,7 @@ class ReloadTrustTest(HostTestCase):
             'plugin "versioned"', 'descriptor name is "chat"')
         deploy(built("versioned_v2"), self.deployed)
         self.assert_reload_deploys_v2()
-        self.host.stop()
+        self.stop()
 
     def test_check_and_run_refuse_a_plugin_named_otherwise_in_its_file(self):
         config = harness.make_config(
@@ -138,7 +141,7 @@ class ReloadTrustTest(HostTestCase):
                              command + ": " + result.stdout + result.stderr)
             self.assertIn('plugin "zzz"', result.stderr)
             self.assertIn('descriptor name is "echo"', result.stderr)
-        self.host.stop()
+        self.stop()
 
 
 if __name__ == "__main__":
