@@ -11,8 +11,8 @@
 #include <direct.h>
 #include <fcntl.h>
 #include <io.h>
-#include <sys/stat.h>
 #include <process.h>
+#include <sys/stat.h>
 #include <windows.h>
 #define current_pid() ((long)_getpid())
 #define PLUGIN_SUFFIX ".dll"
@@ -140,9 +140,9 @@ int shadow_dir_create(const char *runtime_dir, const char *name, char **dir,
 static int create_copy(const char *dir, const char *file, char *target,
                        size_t target_len, char *err, size_t err_len) {
   snprintf(target, target_len, "%s/%s", dir, file);
-  int fd = _open(target, _O_WRONLY | _O_CREAT | _O_TRUNC | _O_BINARY |
-                             _O_NOINHERIT,
-                 _S_IREAD | _S_IWRITE);
+  int fd =
+      _open(target, _O_WRONLY | _O_CREAT | _O_TRUNC | _O_BINARY | _O_NOINHERIT,
+            _S_IREAD | _S_IWRITE);
   if (fd < 0)
     snprintf(err, err_len, "cannot write the shadow copy %s: %s", target,
              strerror(errno));
@@ -164,8 +164,8 @@ static void remove_entry_at(int dir_fd, const char *name, const char *shown) {
     unlinkat(dir_fd, name, 0);
     return;
   }
-  int fd = openat(dir_fd, name,
-                  O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+  int fd =
+      openat(dir_fd, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
   if (fd < 0)
     return;
   if (fstat(fd, &st) != 0 || st.st_uid != geteuid()) {
@@ -194,8 +194,7 @@ static void remove_entry_at(int dir_fd, const char *name, const char *shown) {
   }
   closedir(d);
   if (unlinkat(dir_fd, name, AT_REMOVEDIR) != 0)
-    log_write(LOG_WARN, "host", "cannot remove %s: %s", shown,
-              strerror(errno));
+    log_write(LOG_WARN, "host", "cannot remove %s: %s", shown, strerror(errno));
 }
 
 /* Splits path into its folder (malloc'd) and last name (inside path). */
@@ -215,9 +214,8 @@ void shadow_dir_remove(const char *dir) {
   const char *base;
   char *parent = split_parent(dir, &base);
   char reason[1024];
-  int parent_fd = parent ? trust_open_private_dir(parent, 0, reason,
-                                                  sizeof reason)
-                         : -1;
+  int parent_fd =
+      parent ? trust_open_private_dir(parent, 0, reason, sizeof reason) : -1;
   if (parent_fd >= 0) {
     remove_entry_at(parent_fd, base, dir);
     close(parent_fd);
@@ -248,8 +246,8 @@ static void remove_stale(int runtime_fd, const char *runtime_dir,
 int shadow_dir_create(const char *runtime_dir, const char *name, char **dir,
                       char *err, size_t err_len) {
   char reason[2048];
-  int runtime_fd = trust_open_private_dir(runtime_dir, 1, reason,
-                                          sizeof reason);
+  int runtime_fd =
+      trust_open_private_dir(runtime_dir, 1, reason, sizeof reason);
   if (runtime_fd < 0) {
     snprintf(err, err_len, "runtime_dir: %s", reason);
     return -1;
@@ -328,8 +326,8 @@ static int write_all(int fd, const unsigned char *p, size_t n) {
 }
 
 int shadow_copy(const char *dir, const char *plugin, unsigned generation,
-                int source_fd, const char *source, char **path,
-                uint64_t *hash, char *err, size_t err_len) {
+                int source_fd, const char *source, char **path, uint64_t *hash,
+                char *err, size_t err_len) {
   char file[320];
   snprintf(file, sizeof file, "%s.%u%s", plugin, generation, PLUGIN_SUFFIX);
   size_t len = strlen(dir) + strlen(file) + 2;

@@ -31,8 +31,8 @@ void shadow_dir_remove(const char *dir);
  * of the bytes loaded, not of a file that may change meanwhile). *path is
  * malloc'd. */
 int shadow_copy(const char *dir, const char *plugin, unsigned generation,
-                int source_fd, const char *source, char **path,
-                uint64_t *hash, char *err, size_t err_len);
+                int source_fd, const char *source, char **path, uint64_t *hash,
+                char *err, size_t err_len);
 void shadow_remove(const char *path);
 
 /* A 64-bit FNV-1a hash of a file's contents; 0, or -1 and a reason if

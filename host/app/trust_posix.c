@@ -203,8 +203,7 @@ static int only_dots_left(const char *rest) {
 }
 
 /* out = dir + "/" + name; -1 when it does not fit. */
-static int join_path(char *out, size_t cap, const char *dir,
-                     const char *name) {
+static int join_path(char *out, size_t cap, const char *dir, const char *name) {
   size_t dir_len = strcmp(dir, "/") == 0 ? 0 : strlen(dir);
   size_t name_len = strlen(name);
   if (dir_len + 1 + name_len + 1 > cap)
@@ -317,8 +316,7 @@ static int walk(const char *path, enum want want, int create, char *reason,
     }
     struct stat st;
     if (fd < 0 || fstat(fd, &st) != 0) {
-      snprintf(reason, len, "cannot open %s: %s", entry_path,
-               strerror(errno));
+      snprintf(reason, len, "cannot open %s: %s", entry_path, strerror(errno));
       if (fd >= 0)
         close(fd);
       goto done;
@@ -367,9 +365,9 @@ static int walk(const char *path, enum want want, int create, char *reason,
       snprintf(reason, len, "%s is not a folder", entry_path);
       goto done;
     }
-    if (want == WANT_FILE ? trust_check_file(&st, entry_path, reason, len)
-                          : trust_check_private_dir(&st, entry_path, w.user,
-                                                    reason, len))
+    if (want == WANT_FILE
+            ? trust_check_file(&st, entry_path, reason, len)
+            : trust_check_private_dir(&st, entry_path, w.user, reason, len))
       goto done;
     /* The object to use, from the checked folder; the same one that was
      * checked (only a trusted user could have swapped it meanwhile, but a
@@ -379,8 +377,7 @@ static int walk(const char *path, enum want want, int create, char *reason,
     int use = openat(w.dir_fd, name, flags);
     struct stat again;
     if (use < 0 || fstat(use, &again) != 0) {
-      snprintf(reason, len, "cannot open %s: %s", entry_path,
-               strerror(errno));
+      snprintf(reason, len, "cannot open %s: %s", entry_path, strerror(errno));
       if (use >= 0)
         close(use);
       goto done;

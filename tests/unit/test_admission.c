@@ -65,8 +65,7 @@ START_TEST(admits_a_plugin_whose_descriptor_carries_its_config_name) {
   ck_assert_ptr_nonnull(a.module);
   ck_assert_ptr_null(a.shadow_path); /* check loads in place */
   uint64_t hash = 0;
-  ck_assert_int_eq(file_hash(fixture("fixture_ok"), &hash, err, sizeof err),
-                   0);
+  ck_assert_int_eq(file_hash(fixture("fixture_ok"), &hash, err, sizeof err), 0);
   ck_assert_uint_eq(a.hash, hash);
   plugin_admitted_release(&a);
   ck_assert_ptr_null(a.module);
@@ -96,17 +95,15 @@ START_TEST(refuses_a_plugin_without_the_callback_its_service_needs) {
   plugin_admitted_t a;
   const config_t *c =
       served_by("fixture_raw_only", "lobby", CONFIG_FRAMING_PACKET);
-  ck_assert_int_eq(plugin_admit("fixture_raw_only",
-                                fixture("fixture_raw_only"), c, NULL, 1, &a,
-                                err, sizeof err),
+  ck_assert_int_eq(plugin_admit("fixture_raw_only", fixture("fixture_raw_only"),
+                                c, NULL, 1, &a, err, sizeof err),
                    -1);
   assert_contains(err, "service \"lobby\"");
   assert_contains(err, "cannot serve packet framing");
   /* Services of other plugins do not count. */
   c = served_by("someone_else", "lobby", CONFIG_FRAMING_PACKET);
-  ck_assert_int_eq(plugin_admit("fixture_raw_only",
-                                fixture("fixture_raw_only"), c, NULL, 1, &a,
-                                err, sizeof err),
+  ck_assert_int_eq(plugin_admit("fixture_raw_only", fixture("fixture_raw_only"),
+                                c, NULL, 1, &a, err, sizeof err),
                    0);
   plugin_admitted_release(&a);
 }
@@ -114,8 +111,8 @@ END_TEST
 
 START_TEST(passes_on_the_loaders_abi_refusal) {
   plugin_admitted_t a;
-  const config_t *c = served_by("fixture_abi_major", "game",
-                                CONFIG_FRAMING_RAW);
+  const config_t *c =
+      served_by("fixture_abi_major", "game", CONFIG_FRAMING_RAW);
   ck_assert_int_eq(plugin_admit("fixture_abi_major",
                                 fixture("fixture_abi_major"), c, NULL, 1, &a,
                                 err, sizeof err),
@@ -137,8 +134,7 @@ static void setup(void) {
 
 static void teardown(void) {
   char command[1024];
-  snprintf(command, sizeof command, "chmod -R u+w '%s'; rm -rf '%s'", tmp,
-           tmp);
+  snprintf(command, sizeof command, "chmod -R u+w '%s'; rm -rf '%s'", tmp, tmp);
   ck_assert_int_eq(system(command), 0);
 }
 

@@ -221,17 +221,15 @@ START_TEST(the_walk_checks_the_folder_of_a_link_and_of_its_target) {
   write_file(at("safe/game.so"), "x", 0755);
   make_dir(at("open"), 0777);
   ck_assert_int_eq(symlink(at("safe/game.so"), at("open/game.so")), 0);
-  ck_assert_int_eq(trust_open_plugin_file(at("open/game.so"), reason,
-                                          sizeof reason),
-                   -1);
+  ck_assert_int_eq(
+      trust_open_plugin_file(at("open/game.so"), reason, sizeof reason), -1);
   assert_contains(reason, "its folder ");
   assert_contains(reason, at("open"));
   /* And the other way round: a safe link to a file in an open folder. */
   write_file(at("open/real.so"), "x", 0755);
   ck_assert_int_eq(symlink(at("open/real.so"), at("safe/link.so")), 0);
-  ck_assert_int_eq(trust_open_plugin_file(at("safe/link.so"), reason,
-                                          sizeof reason),
-                   -1);
+  ck_assert_int_eq(
+      trust_open_plugin_file(at("safe/link.so"), reason, sizeof reason), -1);
   assert_contains(reason, at("open"));
   assert_contains(reason, "writable by other users");
 }
@@ -314,13 +312,11 @@ static Suite *trust_suite(void) {
                  a_folder_of_another_user_is_refused_naming_it_and_its_owner);
   tcase_add_test(steps, an_entry_of_another_user_is_refused_whatever_it_is);
   tcase_add_test(steps, a_folder_others_may_write_is_refused_unless_sticky);
-  tcase_add_test(steps,
-                 a_sticky_folder_does_not_make_another_users_entry_safe);
+  tcase_add_test(steps, a_sticky_folder_does_not_make_another_users_entry_safe);
   tcase_add_test(steps, a_folder_its_group_may_write_is_refused);
   tcase_add_test(steps,
                  a_plugin_file_must_be_regular_and_written_by_its_owner_only);
-  tcase_add_test(steps,
-                 runtime_dir_must_be_the_users_own_and_closed_to_others);
+  tcase_add_test(steps, runtime_dir_must_be_the_users_own_and_closed_to_others);
   tcase_add_test(steps,
                  a_shared_runtime_dir_is_refused_with_its_mode_never_changed);
   suite_add_tcase(s, steps);
