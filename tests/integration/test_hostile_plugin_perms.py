@@ -1,7 +1,9 @@
-"""Plugins on disk (Linux): the host refuses a plugin file, or a plugin
-folder, that other users may write, with a message naming the path and the
-fix; a sticky folder (like /tmp) holding the host user's own file is fine.
-`check` and `run` refuse alike, with exit code 1."""
+"""Plugins on disk (Linux): the host refuses a plugin file, a folder on its
+way from the root, or a link (the link and its target) that anyone but the
+host's user and root may change (another owner; group or other write), with
+a message naming the path and the fix; a sticky folder (like /tmp) holding
+the host user's own file is fine. `check` and `run` refuse alike, with exit
+code 1 (reload: test_reload_trust.py)."""
 
 import os
 import re
