@@ -171,7 +171,7 @@ static int read_request(int fd, char *buf) {
 }
 
 static void serve_client(control_t *c, int fd) {
-  struct ucred cred;
+  struct ucred cred = {.pid = 0, .uid = (uid_t)-1, .gid = (gid_t)-1};
   socklen_t cred_len = sizeof cred;
   if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &cred_len) != 0 ||
       cred.uid != geteuid()) {
