@@ -1,5 +1,9 @@
 /*
- * The control endpoint on Linux: a Unix stream socket served by one thread.
+ * The control endpoint on Linux: a Unix stream socket served by one thread,
+ * in runtime_dir, which trust.h has made sure is the host's own. The
+ * instance holds an flock on <runtime_dir>/<name>.lock for its whole life,
+ * so two instances of one name never both take the socket however they
+ * race; and the client believes only a server of its own uid.
  * Operator traffic is a few requests a minute, so requests are handled one
  * at a time with short timeouts rather than on the engine: a stuck or
  * hostile client can delay the next request by CLIENT_TIMEOUT_MS at most and
@@ -16,6 +20,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -23,6 +28,7 @@
 #include <unistd.h>
 
 #include "engine/log.h"
+#include "trust.h"
 
 #define CLIENT_TIMEOUT_MS 2000
 #define DRAIN_MS 500
@@ -33,6 +39,9 @@
 
 struct control {
   int listen_fd;
+  int dir_fd;  /* runtime_dir, checked */
+  int lock_fd; /* holds the instance's lock while the endpoint lives */
+  char socket_name[sizeof(((struct sockaddr_un *)0)->sun_path)];
   int wake_pipe[2];
   pthread_t thread;
   control_handler_fn handler;
@@ -162,7 +171,7 @@ static int read_request(int fd, char *buf) {
 }
 
 static void serve_client(control_t *c, int fd) {
-  struct ucred cred;
+  struct ucred cred = {.pid = 0, .uid = (uid_t)-1, .gid = (gid_t)-1};
   socklen_t cred_len = sizeof cred;
   if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &cred_len) != 0 ||
       cred.uid != geteuid()) {
@@ -222,25 +231,44 @@ static void *control_main(void *arg) {
   return NULL;
 }
 
-/* A socket file left by an instance that died is removed; one that still
- * answers belongs to a live instance, which we must not steal from. */
-static int claim_path(const struct sockaddr_un *addr, char *err,
-                      size_t err_len) {
-  int probe = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  if (probe < 0)
-    return 0;
-  int live = connect(probe, (const struct sockaddr *)addr, sizeof *addr) == 0;
-  close(probe);
-  if (live) {
-    snprintf(err, err_len,
-             "another instance is running with the control socket %s: stop "
-             "it (iocphost stop) or give this one another \"name\" or "
-             "runtime_dir",
-             addr->sun_path);
+/* Takes <name>.lock in runtime_dir (created 0600, never through a link)
+ * and holds it: the one instance that holds it owns the endpoint. Probing
+ * the socket, unlinking and binding are three steps two instances could
+ * interleave; the lock is one. Returns the lock's descriptor, or -1. */
+static int take_lock(int dir_fd, const char *runtime_dir, const char *name,
+                     const char *socket_path, char *err, size_t err_len) {
+  char file[300];
+  snprintf(file, sizeof file, "%s.lock", name);
+  int fd = openat(dir_fd, file, O_RDWR | O_CREAT | O_NOFOLLOW | O_CLOEXEC,
+                  0600);
+  struct stat st;
+  if (fd < 0 || fstat(fd, &st) != 0) {
+    snprintf(err, err_len, "cannot open the instance lock %s/%s: %s",
+             runtime_dir, file, strerror(errno));
+    if (fd >= 0)
+      close(fd);
     return -1;
   }
-  unlink(addr->sun_path);
-  return 0;
+  if (!S_ISREG(st.st_mode) || st.st_uid != geteuid()) {
+    snprintf(err, err_len,
+             "the instance lock %s/%s is not a file of the host's user: "
+             "remove it",
+             runtime_dir, file);
+    close(fd);
+    return -1;
+  }
+  if (flock(fd, LOCK_EX | LOCK_NB) != 0) {
+    int busy = errno == EWOULDBLOCK;
+    snprintf(err, err_len,
+             busy ? "another instance is running with the control socket "
+                    "%s (it holds %s/%s): stop it (iocphost stop) or give "
+                    "this one another \"name\" or runtime_dir"
+                  : "cannot lock %s: %s/%s: %s",
+             socket_path, runtime_dir, file, strerror(errno));
+    close(fd);
+    return -1;
+  }
+  return fd;
 }
 
 int control_open(const char *runtime_dir, const char *name,
@@ -249,14 +277,31 @@ int control_open(const char *runtime_dir, const char *name,
   struct sockaddr_un addr;
   if (make_address(runtime_dir, name, &addr, err, err_len) != 0)
     return -1;
-  chmod(runtime_dir, 0700);
-  if (claim_path(&addr, err, err_len) != 0)
+  char reason[2048];
+  int dir_fd = trust_open_private_dir(runtime_dir, 0, reason, sizeof reason);
+  if (dir_fd < 0) {
+    snprintf(err, err_len, "runtime_dir: %s", reason);
     return -1;
+  }
+  int lock_fd =
+      take_lock(dir_fd, runtime_dir, name, addr.sun_path, err, err_len);
+  if (lock_fd < 0) {
+    close(dir_fd);
+    return -1;
+  }
   control_t *c = calloc(1, sizeof *c);
   if (!c) {
     snprintf(err, err_len, "out of memory");
+    close(lock_fd);
+    close(dir_fd);
     return -1;
   }
+  c->dir_fd = dir_fd;
+  c->lock_fd = lock_fd;
+  snprintf(c->socket_name, sizeof c->socket_name, "%s.sock", name);
+  /* A socket file left by an instance that died: with the lock held, no
+   * live instance owns it. */
+  unlinkat(dir_fd, c->socket_name, 0);
   c->handler = handler;
   c->ctx = ctx;
   memcpy(c->path, addr.sun_path, sizeof c->path);
@@ -273,6 +318,10 @@ int control_open(const char *runtime_dir, const char *name,
              addr.sun_path, strerror(errno));
     if (c->listen_fd >= 0)
       close(c->listen_fd);
+    if (bound)
+      unlinkat(dir_fd, c->socket_name, 0);
+    close(lock_fd);
+    close(dir_fd);
     free(c);
     return -1;
   }
@@ -281,7 +330,9 @@ int control_open(const char *runtime_dir, const char *name,
     close(c->listen_fd);
     close(c->wake_pipe[0]);
     close(c->wake_pipe[1]);
-    unlink(c->path);
+    unlinkat(dir_fd, c->socket_name, 0);
+    close(lock_fd);
+    close(dir_fd);
     free(c);
     return -1;
   }
@@ -297,7 +348,10 @@ void control_close(control_t *c) {
   (void)ignored;
   pthread_join(c->thread, NULL);
   close(c->listen_fd);
-  unlink(c->path);
+  unlinkat(c->dir_fd, c->socket_name, 0);
+  /* The lock goes last: the next instance may take the path now. */
+  close(c->lock_fd);
+  close(c->dir_fd);
   close(c->wake_pipe[0]);
   close(c->wake_pipe[1]);
   /* The clients of "stop" hear "stopped" now, but their connections are
@@ -328,6 +382,21 @@ int control_request(const char *runtime_dir, const char *name,
              addr.sun_path, strerror(errno));
     if (fd >= 0)
       close(fd);
+    return -1;
+  }
+  /* Only the host's user can serve its endpoint: another user's socket in
+   * its place (a rename in a shared folder) must not answer "stopped". */
+  struct ucred cred = {.pid = 0, .uid = (uid_t)-1, .gid = (gid_t)-1};
+  socklen_t cred_len = sizeof cred;
+  if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &cred_len) != 0 ||
+      cred.uid != geteuid()) {
+    snprintf(err, err_len,
+             "refusing the answer of %s: it is served by uid %ld, not by "
+             "this user (uid %ld), so it is not the host's endpoint; run "
+             "the command as the host's user, and make sure runtime_dir is "
+             "the host's own",
+             addr.sun_path, (long)cred.uid, (long)geteuid());
+    close(fd);
     return -1;
   }
   char line[CONTROL_REQUEST_MAX + 2];

@@ -33,6 +33,7 @@
 
 #include <cjson/cJSON.h>
 
+#include "admission.h"
 #include "engine/engine.h"
 #include "engine/log.h"
 #include "framing.h"
@@ -544,9 +545,10 @@ static void fill_api(generation_t *g) {
 
 /* ---- lifecycle ---- */
 
-/* Opens a generation of plugin p from path (ABI-checked, nothing of the
- * plugin run but its entry symbol). shadow_dir NULL loads the file in place
- * (for `check`); otherwise from a fresh copy. */
+/* Opens a generation of plugin p from path, admitted by the one decision
+ * run, check and reload share (admission.h; nothing of the plugin run but
+ * its entry symbol). shadow_dir NULL loads the file in place (for `check`);
+ * otherwise from a fresh copy of the checked file. */
 static generation_t *generation_open(host_plugin_t *p, const char *path,
                                      const char *settings_json,
                                      const char *shadow_dir, char *err,
@@ -563,27 +565,20 @@ static generation_t *generation_open(host_plugin_t *p, const char *path,
   }
   g->plugin = p;
   g->number = p->generation_count + 1;
-  const char *load_path = path;
-  if (shadow_dir) {
-    if (shadow_copy(shadow_dir, p->name, g->number, path, &g->shadow_path,
-                    &g->source_hash, err, err_len) != 0)
-      goto fail;
-    load_path = g->shadow_path;
-  } else if (file_hash(path, &g->source_hash, err, err_len) != 0) {
-    goto fail;
+  plugin_admitted_t admitted;
+  if (plugin_admit(p->name, path, p->host->config, shadow_dir, g->number,
+                   &admitted, err, err_len) != 0) {
+    free(g->settings_json);
+    free(g->source_path);
+    free(g);
+    return NULL;
   }
-  if (plugin_module_open(p->name, load_path, &g->module, err, err_len) != 0)
-    goto fail;
+  g->module = admitted.module;
+  g->shadow_path = admitted.shadow_path;
+  g->source_hash = admitted.hash;
   g->desc = plugin_module_descriptor(g->module);
   fill_api(g);
   return g;
-fail:
-  shadow_remove(g->shadow_path);
-  free(g->shadow_path);
-  free(g->settings_json);
-  free(g->source_path);
-  free(g);
-  return NULL;
 }
 
 /* on_unload if owed, then the library and its copy go. */
@@ -615,30 +610,6 @@ static int generation_load(generation_t *g, char *err, size_t err_len) {
   log_write(LOG_INFO, "host", "plugin %s %s (generation %u) loaded from %s",
             g->plugin->name, g->desc->version, g->number, g->source_path);
   return 0;
-}
-
-/* The refusals that span plugins and services: one name per plugin, and
- * every service's plugin able to serve its framing. */
-static int check_generations(host_t *host, generation_t **gens, char *err,
-                             size_t err_len) {
-  const config_t *c = host->config;
-  plugin_module_t **modules = calloc(host->plugin_count + 1, sizeof *modules);
-  if (!modules) {
-    snprintf(err, err_len, "out of memory");
-    return -1;
-  }
-  for (size_t i = 0; i < host->plugin_count; i++)
-    modules[i] = gens[i]->module;
-  int rc = plugin_modules_check_unique(modules, host->plugin_count, err,
-                                       err_len);
-  free(modules);
-  for (size_t i = 0; rc == 0 && i < c->service_count; i++) {
-    const config_service_t *cs = &c->services[i];
-    rc = plugin_module_check_framing(gens[cs->plugin_index]->module,
-                                     cs->framing == CONFIG_FRAMING_PACKET,
-                                     cs->name, err, err_len);
-  }
-  return rc;
 }
 
 static void generation_make_current(host_plugin_t *p, generation_t *g) {
@@ -694,8 +665,6 @@ int host_open(const config_t *config, host_t **out, char *err,
     hs->packet_framing = cs->framing == CONFIG_FRAMING_PACKET;
     hs->max_packet_bytes = cs->max_packet_bytes;
   }
-  if (rc == 0)
-    rc = check_generations(host, gens, err, err_len);
   for (size_t i = 0; i < config->plugin_count; i++) {
     if (!gens[i])
       continue;
@@ -806,14 +775,6 @@ static int move_to_shadow(host_t *host, char *err, size_t err_len) {
                                       host->shadow_dir, err, err_len);
     if (!g) {
       p->generation_count = checked->number;
-      return -1;
-    }
-    if (strcmp(g->desc->name, checked->desc->name) != 0) {
-      snprintf(err, err_len,
-               "plugin \"%s\" (%s) changed while the host was starting; "
-               "start again",
-               p->name, checked->source_path);
-      generation_close(g);
       return -1;
     }
     p->generations = checked->next;
@@ -1309,10 +1270,9 @@ char *host_reload(host_t *host, const char *config_file, int dry_run) {
   }
   const config_t *c = host->config;
   size_t count = host->plugin_count;
-  generation_t **candidates = calloc(count + 1, sizeof *candidates);
   generation_t **fresh = calloc(count + 1, sizeof *fresh);
   char **why = calloc(count + 1, sizeof *why);
-  int failed = !candidates || !fresh || !why;
+  int failed = !fresh || !why;
   if (failed)
     snprintf(err, sizeof err, "out of memory");
   char *notes = NULL;
@@ -1331,7 +1291,6 @@ char *host_reload(host_t *host, const char *config_file, int dry_run) {
     pthread_mutex_lock(&host->gen_lock);
     generation_t *current = p->current;
     pthread_mutex_unlock(&host->gen_lock);
-    candidates[i] = current;
     const config_plugin_t *np = NULL;
     for (size_t j = 0; j < next->plugin_count; j++)
       if (strcmp(next->plugins[j].name, p->name) == 0)
@@ -1357,10 +1316,7 @@ char *host_reload(host_t *host, const char *config_file, int dry_run) {
       failed = 1;
       break;
     }
-    candidates[i] = fresh[i];
   }
-  if (!failed && !dry_run)
-    failed = check_generations(host, candidates, err, sizeof err) != 0;
   for (size_t i = 0; !failed && !dry_run && i < count; i++)
     if (fresh[i] && generation_load(fresh[i], err, sizeof err) != 0)
       failed = 1;
@@ -1406,7 +1362,6 @@ char *host_reload(host_t *host, const char *config_file, int dry_run) {
   }
   pthread_mutex_unlock(&host->reload_lock);
   free(notes);
-  free(candidates);
   free(fresh);
   free(why);
   config_free(next);

@@ -45,6 +45,7 @@
 #include "host.h"
 #include "iocphost/plugin.h"
 #include "notify.h"
+#include "trust.h"
 #include "version.h"
 
 #define DEFAULT_CONFIG "conf/iocphost.json"
@@ -100,52 +101,6 @@ static int usage_error(const char *fmt, const char *arg) {
 }
 
 /* ---- small platform helpers ---- */
-
-static int is_separator(char c) {
-#ifdef _WIN32
-  return c == '/' || c == '\\';
-#else
-  return c == '/';
-#endif
-}
-
-static int is_directory(const char *path) {
-  struct stat st;
-  return stat(path, &st) == 0 && (st.st_mode & S_IFMT) == S_IFDIR;
-}
-
-static int make_one_directory(const char *path) {
-#ifdef _WIN32
-  return _mkdir(path);
-#else
-  return mkdir(path, 0700);
-#endif
-}
-
-/* Creates path and its missing parents. A parent that cannot be created
- * (a drive "C:", a UNC share, a folder we may not list) is not an error by
- * itself: only the last folder decides. */
-static int mkdir_p(const char *path) {
-  char buf[4096];
-  size_t len = strlen(path);
-  if (len == 0 || len >= sizeof buf)
-    return -1;
-  memcpy(buf, path, len + 1);
-  for (char *p = buf + 1; *p; p++) {
-    if (is_separator(*p) && !is_separator(p[-1])) {
-      char saved = *p;
-      *p = '\0';
-      (void)make_one_directory(buf);
-      *p = saved;
-    }
-  }
-  if (make_one_directory(buf) != 0 && !is_directory(buf)) {
-    if (errno == EEXIST)
-      errno = ENOTDIR;
-    return -1;
-  }
-  return 0;
-}
 
 #ifndef _WIN32
 /* Game servers hold many sockets: take the whole hard limit. (Windows has
@@ -519,9 +474,14 @@ static int open_log(const config_t *config, const char *file, int service) {
     path = fallback;
   }
   if (path && log_set_file(path) != 0) {
+    char why[4200];
+    snprintf(why, sizeof why, "%s: %s", path,
+             errno == ELOOP ? "it is a symbolic link, which the host does "
+                              "not follow (set log.file to the file itself)"
+                            : strerror(errno));
     report_error("%s: cannot open the log file %s (set log.file to a "
                  "writable path)",
-                 file, path);
+                 file, why);
     return -1;
   }
   return 0;
@@ -532,13 +492,12 @@ static int cmd_run(const char *file, int service) {
   if (load_config(file, &config) != 0)
     return EXIT_INVALID;
   log_set_level(config->log_level);
-  if (config->runtime_dir && mkdir_p(config->runtime_dir) != 0) {
-    char reason[512];
-    snprintf(reason, sizeof reason, "%s: runtime_dir: cannot create %s",
-             file, config->runtime_dir);
-    report_error("%s: %s (create it or point runtime_dir at a writable "
-                 "folder)",
-                 reason, strerror(errno));
+  /* Before anything is put there: runtime_dir must be the host's own. */
+  char reason[2048];
+  if (config->runtime_dir &&
+      trust_prepare_runtime_dir(config->runtime_dir, reason, sizeof reason) !=
+          0) {
+    report_error("%s: runtime_dir: %s", file, reason);
     config_free(config);
     return EXIT_RUNTIME;
   }

@@ -192,51 +192,6 @@ static iocphost_plugin_entry_fn library_entry(void *library) {
 
 static void library_close(void *library) { dlclose(library); }
 
-/* A plugin runs with the host's rights, so whoever can change its file can
- * run code as the host. Refused: a file other users may write, and a
- * folder other users may write (they could put another file in its place),
- * unless the folder is sticky (like /tmp) and the file is the host user's
- * or root's, so others cannot rename or delete it. Symbolic links are
- * followed: what is checked is the file dlopen maps. Returns 0, or -1 with
- * the problem and the fix in reason. */
-static int check_not_writable_by_others(const char *path, char *reason,
-                                        size_t len) {
-  char *real = realpath(path, NULL);
-  if (real == NULL)
-    return 0; /* missing or unreadable: dlopen says so in its own words */
-  struct stat file, folder;
-  int rc = -1;
-  char *slash = strrchr(real, '/');
-  char *dir = NULL;
-  if (slash != NULL)
-    dir = slash == real ? strdup("/") : strndup(real, (size_t)(slash - real));
-  if (dir == NULL) {
-    snprintf(reason, len, "out of memory");
-  } else if (stat(real, &file) != 0 || stat(dir, &folder) != 0) {
-    snprintf(reason, len, "cannot stat %s: %s", real, strerror(errno));
-  } else if (file.st_mode & S_IWOTH) {
-    snprintf(reason, len,
-             "the file %s is writable by other users (mode %04o), so anyone "
-             "on this machine could replace the code the host runs; fix: "
-             "chmod o-w %s",
-             real, (unsigned)(file.st_mode & 07777), real);
-  } else if ((folder.st_mode & S_IWOTH) &&
-             !((folder.st_mode & S_ISVTX) &&
-               (file.st_uid == geteuid() || file.st_uid == 0))) {
-    snprintf(reason, len,
-             "its folder %s is writable by other users (mode %04o), so "
-             "anyone on this machine could put another file in its place; "
-             "fix: chmod o-w %s, or move the plugin to a folder only its "
-             "owner can write",
-             dir, (unsigned)(folder.st_mode & 07777), dir);
-  } else {
-    rc = 0;
-  }
-  free(dir);
-  free(real);
-  return rc;
-}
-
 #endif
 
 /* Checks a descriptor read from the plugin; on success fills the module's
@@ -347,15 +302,9 @@ int plugin_module_open(const char *config_name, const char *path,
     return -1;
   }
 
+  /* Whether the file may be trusted at all is decided before, from the
+   * file the caller copies (admission.h). */
   char reason[PATH_MAX_REASON];
-#ifndef _WIN32
-  if (check_not_writable_by_others(path, reason, sizeof reason) != 0) {
-    set_error(err, err_len, "plugin \"%s\" (%s): refusing to load: %s",
-              config_name, path, reason);
-    plugin_module_close(m);
-    return -1;
-  }
-#endif
   m->library = library_open(path, reason, sizeof reason);
   if (m->library == NULL) {
     set_error(err, err_len,
@@ -441,25 +390,6 @@ uint32_t plugin_module_struct_size(const plugin_module_t *m) {
 
 uint16_t plugin_module_abi_minor(const plugin_module_t *m) {
   return m->abi_minor;
-}
-
-int plugin_modules_check_unique(plugin_module_t *const *modules, size_t count,
-                                char *err, size_t err_len) {
-  for (size_t i = 1; i < count; i++) {
-    for (size_t j = 0; j < i; j++) {
-      const plugin_module_t *a = modules[j];
-      const plugin_module_t *b = modules[i];
-      if (strcmp(a->name, b->name) != 0)
-        continue;
-      set_error(err, err_len,
-                "plugin \"%s\" (%s): duplicate plugin name: expected a name "
-                "no other plugin has, found \"%s\", already the name of "
-                "plugin \"%s\" (%s); give each plugin its own .name",
-                b->config_name, b->path, b->name, a->config_name, a->path);
-      return -1;
-    }
-  }
-  return 0;
 }
 
 int plugin_module_check_framing(const plugin_module_t *m, int needs_packet,

@@ -53,11 +53,6 @@ const char *plugin_module_path(const plugin_module_t *module);
 uint32_t plugin_module_struct_size(const plugin_module_t *module);
 uint16_t plugin_module_abi_minor(const plugin_module_t *module);
 
-/* Refuses two modules whose descriptors carry the same name. Returns 0, or
- * -1 with a message naming both plugins, their paths and the name. */
-int plugin_modules_check_unique(plugin_module_t *const *modules, size_t count,
-                                char *err, size_t err_len);
-
 /* Refuses to serve a service with a plugin that lacks the callback its
  * framing needs: on_packet for needs_packet = 1, on_recv for 0. Returns 0,
  * or -1 with a message naming the service, the plugin and its path. */

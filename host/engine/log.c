@@ -183,7 +183,11 @@ static int open_append(const char *path) {
   }
   return fd;
 #else
-  return open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
+  /* Never world-readable (lines carry peers' addresses and what plugins
+   * log), and never through a link: in a shared folder a planted link
+   * would send the host's writes, with its rights, into any file. */
+  return open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC | O_NOFOLLOW,
+              0640);
 #endif
 }
 

@@ -258,21 +258,38 @@ class ControlTest(HostTestCase):
         config = harness.make_config(
             {"echo": {}}, [harness.server_service("echo", "echo", port)])
         host = Host(self, config, "modes")
-        # A runtime_dir that exists with looser permissions is narrowed.
-        os.mkdir(os.path.join(host.dir, "run"), 0o755)
-        os.chmod(os.path.join(host.dir, "run"), 0o755)
         host.start()
         path = host.control_path()
         info = os.stat(path)
         self.assertTrue(stat.S_ISSOCK(info.st_mode))
         self.assertEqual(stat.S_IMODE(info.st_mode), 0o600, oct(info.st_mode))
         self.assertEqual(info.st_uid, os.geteuid())
+        # The host made runtime_dir: 0700.
         folder = os.stat(os.path.dirname(path))
         self.assertEqual(stat.S_IMODE(folder.st_mode), 0o700,
                          oct(folder.st_mode))
         host.stop()
         self.assertFalse(os.path.exists(path),
                          "the socket file outlived the host")
+
+    @harness.posix_only("Unix file modes")
+    def test_an_existing_runtime_dir_keeps_its_mode(self):
+        """A runtime_dir others may read but not write is used as it is:
+        the host never changes the mode of a folder it did not create
+        (test_trust_runtime_dir.py: one others may write is refused)."""
+        port = harness.free_port()
+        config = harness.make_config(
+            {"echo": {}}, [harness.server_service("echo", "echo", port)])
+        host = Host(self, config, "keep-mode")
+        os.mkdir(os.path.join(host.dir, "run"), 0o755)
+        os.chmod(os.path.join(host.dir, "run"), 0o755)
+        host.start()
+        path = host.control_path()
+        self.assertEqual(stat.S_IMODE(os.stat(path).st_mode), 0o600)
+        folder = os.stat(os.path.dirname(path))
+        self.assertEqual(stat.S_IMODE(folder.st_mode), 0o755,
+                         oct(folder.st_mode))
+        host.stop()
 
     def other_user_tries(self, path, request=b"stop\n"):
         """Forks a child that becomes uid/gid 65534 (nobody), connects to

@@ -1,9 +1,12 @@
-"""Plugins on disk (Linux): the host refuses a plugin file, or a plugin
-folder, that other users may write, with a message naming the path and the
-fix; a sticky folder (like /tmp) holding the host user's own file is fine.
-`check` and `run` refuse alike, with exit code 1."""
+"""Plugins on disk (Linux): the host refuses a plugin file, a folder on its
+way from the root, or a link (the link and its target) that anyone but the
+host's user and root may change (another owner; group or other write), with
+a message naming the path and the fix; a sticky folder (like /tmp) holding
+the host user's own file is fine. `check` and `run` refuse alike, with exit
+code 1 (reload: test_reload_trust.py)."""
 
 import os
+import re
 import shutil
 import stat
 import tempfile
@@ -11,6 +14,8 @@ import unittest
 
 import harness
 from harness import Host, HostTestCase
+
+OTHER_UID = 65534  # nobody: another user, played by root in CI
 
 
 @unittest.skipIf(os.name == "nt" or harness.PLUGIN_SUFFIX == ".dll",
@@ -47,7 +52,9 @@ class PluginPermissionsTest(HostTestCase):
         self.assertEqual(result.returncode, 1, result.stdout + result.stderr)
         self.assertIn("refusing to load", result.stderr)
         self.assertIn("writable by other users", result.stderr)
-        self.assertIn("chmod o-w %s" % culprit, result.stderr)
+        # "chmod o-w X", or "chmod go-w X" when the group may write too.
+        self.assertRegex(result.stderr,
+                         r"chmod g?o-w %s\b" % re.escape(culprit))
 
     def test_a_private_plugin_loads(self):
         result = self.check()
@@ -77,6 +84,63 @@ class PluginPermissionsTest(HostTestCase):
         link = os.path.join(safe, "hostile" + harness.PLUGIN_SUFFIX)
         os.symlink(self.plugin, link)
         self.assert_refused(self.check(link), self.plugin)
+
+    def assert_refused_naming(self, result, *parts):
+        self.assertEqual(result.returncode, 1, result.stdout + result.stderr)
+        self.assertIn("refusing to load", result.stderr)
+        for part in parts:
+            self.assertIn(part, result.stderr)
+
+    @unittest.skipUnless(os.geteuid() == 0, "needs root to chown")
+    def test_a_file_owned_by_another_user_is_refused(self):
+        # Theirs, 0644, in their own 0755 folder: they can change it.
+        os.chown(self.plugin, OTHER_UID, OTHER_UID)
+        os.chmod(self.plugin, 0o644)
+        os.chown(self.folder, OTHER_UID, OTHER_UID)
+        self.assert_refused_naming(self.check(), self.folder,
+                                   "owned by uid %d" % OTHER_UID)
+        os.chown(self.folder, 0, 0)
+        self.assert_refused_naming(self.check(), self.plugin,
+                                   "owned by uid %d" % OTHER_UID)
+
+    def test_a_group_writable_file_in_a_group_writable_folder_is_refused(self):
+        os.chmod(self.plugin, 0o775)
+        self.assert_refused_naming(self.check(), self.plugin,
+                                   "writable by its group",
+                                   "chmod g-w %s" % self.plugin)
+        os.chmod(self.plugin, 0o755)
+        os.chmod(self.folder, 0o775)
+        self.assert_refused_naming(self.check(), self.folder,
+                                   "writable by its group",
+                                   "chmod g-w %s" % self.folder)
+
+    def test_a_safe_folder_under_an_other_writable_folder_is_refused(self):
+        os.chmod(self.dir, 0o777)
+        self.assert_refused(self.check(), self.dir)
+
+    def test_a_link_in_an_other_writable_folder_is_refused(self):
+        # The target is safe; the link is not: anyone may replace it.
+        shared = os.path.join(self.dir, "shared")
+        os.mkdir(shared)
+        os.chmod(shared, 0o777)
+        link = os.path.join(shared, "hostile" + harness.PLUGIN_SUFFIX)
+        os.symlink(self.plugin, link)
+        self.assert_refused(self.check(link), shared)
+
+    @unittest.skipUnless(os.geteuid() == 0, "needs root to chown")
+    def test_a_link_owned_by_another_user_is_refused(self):
+        link = os.path.join(self.folder, "link" + harness.PLUGIN_SUFFIX)
+        os.symlink(self.plugin, link)
+        os.lchown(link, OTHER_UID, OTHER_UID)
+        self.assert_refused_naming(self.check(link), link,
+                                   "owned by uid %d" % OTHER_UID)
+
+    def test_a_relative_link_to_a_safe_file_loads(self):
+        link = os.path.join(self.folder, "link" + harness.PLUGIN_SUFFIX)
+        os.symlink(os.path.join("..", "plugins",
+                                "hostile" + harness.PLUGIN_SUFFIX), link)
+        result = self.check(link)
+        self.assertEqual(result.returncode, 0, result.stderr)
 
 
 if __name__ == "__main__":

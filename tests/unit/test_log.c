@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 static char log_dir[256];
@@ -169,6 +170,37 @@ START_TEST(test_set_file_failure_keeps_the_old_target) {
   char *text = read_all(log_path);
   ck_assert_ptr_nonnull(strstr(text, "still here\n"));
   free(text);
+}
+END_TEST
+
+START_TEST(test_set_file_creates_the_file_readable_by_owner_and_group_only) {
+  /* Whatever the umask lets through: a log may hold peers' addresses and
+   * plugins' words, so it is never world-readable. */
+  mode_t old_mask = umask(0);
+  int rc = log_set_file(log_path);
+  umask(old_mask);
+  ck_assert_int_eq(rc, 0);
+  struct stat st;
+  ck_assert_int_eq(stat(log_path, &st), 0);
+  ck_assert_int_eq(st.st_mode & 07777, 0640);
+}
+END_TEST
+
+START_TEST(test_set_file_refuses_a_symbolic_link) {
+  /* In a shared folder a planted link would send the host's lines, with
+   * the host's rights, into any file. */
+  char target[400];
+  snprintf(target, sizeof target, "%s/elsewhere", log_dir);
+  FILE *f = fopen(target, "w");
+  ck_assert_ptr_nonnull(f);
+  fclose(f);
+  ck_assert_int_eq(symlink(target, log_path), 0);
+  ck_assert_int_eq(log_set_file(log_path), -1);
+  ck_assert_int_eq(errno, ELOOP);
+  struct stat st;
+  ck_assert_int_eq(stat(target, &st), 0);
+  ck_assert_int_eq(st.st_size, 0);
+  unlink(target);
 }
 END_TEST
 
@@ -446,6 +478,9 @@ static Suite *log_suite(void) {
   tcase_add_test(lines, test_lines_below_the_level_are_dropped);
   tcase_add_test(lines, test_set_file_appends_to_existing_content);
   tcase_add_test(lines, test_set_file_failure_keeps_the_old_target);
+  tcase_add_test(lines,
+                 test_set_file_creates_the_file_readable_by_owner_and_group_only);
+  tcase_add_test(lines, test_set_file_refuses_a_symbolic_link);
   tcase_add_test(lines, test_reopen_follows_the_path_after_rotation);
   tcase_add_test(lines, test_reopen_on_stderr_is_a_no_op);
   tcase_add_test(lines,

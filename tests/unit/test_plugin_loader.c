@@ -254,36 +254,6 @@ START_TEST(refuses_a_descriptor_with_neither_on_recv_nor_on_packet) {
 }
 END_TEST
 
-START_TEST(refuses_two_plugins_with_the_same_name) {
-  plugin_module_t *mods[3] = {open_ok("echo", "fixture_ok"),
-                              open_ok("chat", "fixture_raw_only"),
-                              open_ok("impostor", "fixture_duplicate_name")};
-  char err[1024] = "";
-  ck_assert_int_eq(plugin_modules_check_unique(mods, 3, err, sizeof err), -1);
-  assert_contains(err, "plugin \"impostor\" (");
-  assert_contains(err, fixture("fixture_duplicate_name"));
-  assert_contains(err, "duplicate plugin name");
-  assert_contains(err, "found \"fixture_ok\"");
-  assert_contains(err, "plugin \"echo\" (");
-  assert_contains(err, fixture("fixture_ok"));
-  ck_assert_msg(strchr(err, '\n') == NULL, "not one line: %s", err);
-  for (int i = 0; i < 3; i++)
-    plugin_module_close(mods[i]);
-}
-END_TEST
-
-START_TEST(accepts_plugins_with_distinct_names) {
-  plugin_module_t *mods[3] = {open_ok("echo", "fixture_ok"),
-                              open_ok("raw", "fixture_raw_only"),
-                              open_ok("packet", "fixture_packet_only")};
-  char err[256] = "";
-  ck_assert_int_eq(plugin_modules_check_unique(mods, 3, err, sizeof err), 0);
-  ck_assert_int_eq(plugin_modules_check_unique(mods, 0, err, sizeof err), 0);
-  for (int i = 0; i < 3; i++)
-    plugin_module_close(mods[i]);
-}
-END_TEST
-
 START_TEST(refuses_a_raw_service_for_a_plugin_without_on_recv) {
   plugin_module_t *m = open_ok("packets", "fixture_packet_only");
   char err[1024] = "";
@@ -360,8 +330,6 @@ static Suite *loader_suite(void) {
   tcase_add_test(refuse, refuses_a_descriptor_without_on_disconnected);
   tcase_add_test(refuse,
                  refuses_a_descriptor_with_neither_on_recv_nor_on_packet);
-  tcase_add_test(refuse, refuses_two_plugins_with_the_same_name);
-  tcase_add_test(refuse, accepts_plugins_with_distinct_names);
   tcase_add_test(refuse, refuses_a_raw_service_for_a_plugin_without_on_recv);
   tcase_add_test(refuse,
                  refuses_a_packet_service_for_a_plugin_without_on_packet);
