@@ -63,6 +63,7 @@ struct session_timer {
   uint32_t repeat_ms;
   session_fn fn;
   session_fn2 fn2; /* instead of fn, when the caller forwards two pointers */
+  session_fn2 done; /* once, when the timer is gone (fn2 timers) */
   void *arg;
   void *arg2;
   uint8_t stopped;  /* under the session's lock */
@@ -75,6 +76,7 @@ typedef struct session_post_op {
   session_t *session;
   session_fn fn;
   session_fn2 fn2;
+  session_fn2 done; /* once, when the post is gone (fn2 posts) */
   void *arg;
   void *arg2;
   int internal;
@@ -95,8 +97,8 @@ static uint64_t timer_start(session_t *s, uint32_t delay_ms,
                             int internal);
 static uint64_t timer_start_full(session_t *s, uint32_t delay_ms,
                                  uint32_t repeat_ms, session_fn fn,
-                                 session_fn2 fn2, void *arg, void *arg2,
-                                 int internal);
+                                 session_fn2 fn2, session_fn2 done, void *arg,
+                                 void *arg2, int internal);
 
 static size_t extra_offset(void) {
   return (sizeof(session_t) + 15) & ~(size_t)15;
@@ -238,6 +240,8 @@ static void on_timer(io_op_t *op, int status, size_t bytes) {
     }
   }
   unlink_timer(s, t);
+  if (t->done)
+    t->done(s, t->arg, t->arg2);
   free(t);
   engine__live_add(-1);
   session_release(s);
@@ -266,20 +270,21 @@ static void on_timer_arm(io_op_t *op, int status, size_t bytes) {
 static uint64_t timer_start(session_t *s, uint32_t delay_ms,
                             uint32_t repeat_ms, session_fn fn, void *arg,
                             int internal) {
-  return timer_start_full(s, delay_ms, repeat_ms, fn, NULL, arg, NULL,
+  return timer_start_full(s, delay_ms, repeat_ms, fn, NULL, NULL, arg, NULL,
                           internal);
 }
 
 static uint64_t timer_start_full(session_t *s, uint32_t delay_ms,
                                  uint32_t repeat_ms, session_fn fn,
-                                 session_fn2 fn2, void *arg, void *arg2,
-                                 int internal) {
+                                 session_fn2 fn2, session_fn2 done, void *arg,
+                                 void *arg2, int internal) {
   session_timer_t *t = calloc(1, sizeof *t);
   if (!t)
     return 0;
   t->session = s;
   t->fn = fn;
   t->fn2 = fn2;
+  t->done = done;
   t->arg = arg;
   t->arg2 = arg2;
   t->repeat_ms = repeat_ms;
@@ -316,11 +321,12 @@ uint64_t session_timer_start(session_t *s, uint32_t delay_ms,
 }
 
 uint64_t session_timer_start2(session_t *s, uint32_t delay_ms,
-                              uint32_t repeat_ms, session_fn2 fn, void *arg,
-                              void *arg2) {
+                              uint32_t repeat_ms, session_fn2 fn,
+                              session_fn2 done, void *arg, void *arg2) {
   if (!fn)
     return 0;
-  return timer_start_full(s, delay_ms, repeat_ms, NULL, fn, arg, arg2, 0);
+  return timer_start_full(s, delay_ms, repeat_ms, NULL, fn, done, arg, arg2,
+                          0);
 }
 
 static void cancel_timer_on_worker(session_t *s, void *arg) {
@@ -368,19 +374,22 @@ static void on_post(io_op_t *op, int status, size_t bytes) {
     p->fn2(s, p->arg, p->arg2);
   else if (run)
     p->fn(s, p->arg);
+  if (p->done)
+    p->done(s, p->arg, p->arg2);
   free(p);
   engine__live_add(-1);
   session_release(s);
 }
 
-static int post_full(session_t *s, session_fn fn, session_fn2 fn2, void *arg,
-                     void *arg2, int internal) {
+static int post_full(session_t *s, session_fn fn, session_fn2 fn2,
+                     session_fn2 done, void *arg, void *arg2, int internal) {
   session_post_op_t *p = calloc(1, sizeof *p);
   if (!p)
     return ENGINE_E_NOMEM;
   p->session = s;
   p->fn = fn;
   p->fn2 = fn2;
+  p->done = done;
   p->arg = arg;
   p->arg2 = arg2;
   p->internal = internal;
@@ -399,7 +408,7 @@ static int post_full(session_t *s, session_fn fn, session_fn2 fn2, void *arg,
 }
 
 static int post(session_t *s, session_fn fn, void *arg, int internal) {
-  return post_full(s, fn, NULL, arg, NULL, internal);
+  return post_full(s, fn, NULL, NULL, arg, NULL, internal);
 }
 
 int session_post(session_t *s, session_fn fn, void *arg) {
@@ -408,10 +417,11 @@ int session_post(session_t *s, session_fn fn, void *arg) {
   return post(s, fn, arg, 0);
 }
 
-int session_post2(session_t *s, session_fn2 fn, void *arg, void *arg2) {
+int session_post2(session_t *s, session_fn2 fn, session_fn2 done, void *arg,
+                  void *arg2) {
   if (!fn)
     return ENGINE_E_INVAL;
-  return post_full(s, NULL, fn, arg, arg2, 0);
+  return post_full(s, NULL, fn, done, arg, arg2, 0);
 }
 
 /* ---- idle timeout ---- */

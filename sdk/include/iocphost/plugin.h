@@ -203,13 +203,20 @@ struct iocphost_api {
 
   /* Run fn after delay_ms, then every repeat_ms if repeat_ms > 0, in the
    * session's serial order. Returns a timer id (> 0) or 0 if the session
-   * has ended. The timer dies with the session. */
+   * has ended. The timer dies with the session.
+   * Timers and posts keep your code loaded: fn may run on a session of
+   * another plugin or of a newer generation of yours (after a reload), and
+   * the generation whose library holds fn stays loaded (and gets on_unload)
+   * only after its last session, timer and post have ended. fn must be a
+   * function of your plugin's own library for that: a function of another
+   * library you link is not kept. */
   uint64_t (*timer_start)(iocphost_session_t *session, uint32_t delay_ms,
                           uint32_t repeat_ms, iocphost_session_fn fn,
                           void *arg);
   /* Stop a timer; IOCPHOST_E_NOTFOUND if it already fired or was stopped. */
   int (*timer_stop)(iocphost_session_t *session, uint64_t timer_id);
-  /* Run fn soon, in the session's serial order (e.g. from a plugin thread). */
+  /* Run fn soon, in the session's serial order (e.g. from a plugin thread).
+   * Keeps fn's generation loaded until it ran (see timer_start). */
   int (*post)(iocphost_session_t *session, iocphost_session_fn fn, void *arg);
 
   /* The text of a result code or of a reason. */
