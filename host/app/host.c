@@ -345,6 +345,8 @@ static int api_send_packet(iocphost_session_t *s, uint16_t id,
   if (!s || (!payload && len))
     return IOCPHOST_E_INVAL;
   host_service_t *hs = host_service_of(SESSION(s));
+  if (!hs->packet_framing)
+    return IOCPHOST_E_FRAMING;
   /* A small packet is written as one buffer: one plain send rather than a
    * two-part sendmsg, for the cost of copying a few hundred bytes. */
   uint8_t packet[FRAMING_HEADER_BYTES + 512];
@@ -425,8 +427,16 @@ static const char *api_service_name(iocphost_service_t *service) {
   return service ? ((host_service_t *)service)->config->name : NULL;
 }
 
+/* A broadcast larger than send_queue_limit_bytes could only end with every
+ * session that cannot take it at once disconnected (send_queue_full): it is
+ * refused before anyone is harmed. Nothing to send is sent to nobody. */
 static int broadcast_bytes(host_service_t *hs, const void *header,
                            size_t header_len, const void *data, size_t len) {
+  if (len > SIZE_MAX - header_len ||
+      header_len + len > hs->config->send_queue_limit_bytes)
+    return IOCPHOST_E_TOOBIG;
+  if (header_len + len == 0)
+    return 0;
   if (!hs->engine)
     return IOCPHOST_E_CLOSED;
   shared_buf_t *buf = shared_buf_new(header_len + len);
@@ -453,6 +463,8 @@ static int api_broadcast_packet(iocphost_service_t *service, uint16_t id,
   host_service_t *hs = (host_service_t *)service;
   if (!hs || (!payload && len))
     return IOCPHOST_E_INVAL;
+  if (!hs->packet_framing)
+    return IOCPHOST_E_FRAMING;
   uint8_t header[FRAMING_HEADER_BYTES];
   if (framing_write_header(header, id, len, hs->max_packet_bytes) != 0)
     return IOCPHOST_E_TOOBIG;
