@@ -18,6 +18,13 @@
  * Each generation has its own iocphost_api_t, embedded first in it, so the
  * functions that take the api pointer (log, service_find) know which plugin
  * is calling without any global state.
+ *
+ * A timer or post keeps the generation whose code it will run loaded, as a
+ * session does: a generation-1 timer armed on a generation-2 session (the
+ * gateway after its link reconnected) or on another plugin's session may
+ * outlive every generation-1 session. The host tells by address which
+ * generation's library holds the function, counts a hold on it, and drops
+ * the hold when the engine is done with the timer or post.
  */
 #include "host.h"
 
@@ -56,6 +63,8 @@ struct generation {
   char *settings_json; /* what on_load got */
   uint64_t source_hash;
   long sessions; /* bound sessions; under host->gen_lock */
+  long holds;    /* timers and posts that will run its code; gen_lock */
+  uintptr_t image_start, image_end; /* where its library is mapped */
   int loaded;    /* on_load succeeded: on_unload is owed */
   int retired;   /* no longer current: unload at 0 sessions */
   generation_t *next; /* the plugin's generations, newest first */
@@ -65,6 +74,7 @@ struct host_plugin {
   host_t *host;
   char *name;            /* the config's name */
   generation_t *current; /* under host->gen_lock */
+  generation_t *loading; /* a reload's new one, before it is current */
   generation_t *generations;
   unsigned generation_count;
 };
@@ -150,11 +160,50 @@ static generation_t *generation_acquire(host_plugin_t *p) {
   return g;
 }
 
+/* Nothing can run the generation's code any more; under gen_lock. */
+static int generation_unused(const generation_t *g) {
+  return g->retired && g->sessions == 0 && g->holds == 0;
+}
+
 static void generation_release(generation_t *g) {
   host_t *host = g->plugin->host;
   pthread_mutex_lock(&host->gen_lock);
-  if (--g->sessions == 0 && g->retired)
+  g->sessions--;
+  if (generation_unused(g))
     pthread_cond_broadcast(&host->gen_changed); /* the reaper's turn */
+  pthread_mutex_unlock(&host->gen_lock);
+}
+
+static int generation_holds_code(const generation_t *g, uintptr_t address) {
+  return address >= g->image_start && address < g->image_end;
+}
+
+/* Holds the generation whose library holds the code at address, or none
+ * (NULL) when it is no plugin's: a function of a library a plugin links,
+ * which the host cannot keep. */
+static generation_t *generation_hold_code(host_t *host, uintptr_t address) {
+  generation_t *found = NULL;
+  pthread_mutex_lock(&host->gen_lock);
+  for (size_t i = 0; i < host->plugin_count && !found; i++) {
+    host_plugin_t *p = &host->plugins[i];
+    if (p->loading && generation_holds_code(p->loading, address))
+      found = p->loading;
+    for (generation_t *g = p->generations; g && !found; g = g->next)
+      if (generation_holds_code(g, address))
+        found = g;
+  }
+  if (found)
+    found->holds++;
+  pthread_mutex_unlock(&host->gen_lock);
+  return found;
+}
+
+static void generation_drop_hold(generation_t *g) {
+  host_t *host = g->plugin->host;
+  pthread_mutex_lock(&host->gen_lock);
+  g->holds--;
+  if (generation_unused(g))
+    pthread_cond_broadcast(&host->gen_changed);
   pthread_mutex_unlock(&host->gen_lock);
 }
 
@@ -319,6 +368,8 @@ static int api_send_packet(iocphost_session_t *s, uint16_t id,
   if (!s || (!payload && len))
     return IOCPHOST_E_INVAL;
   host_service_t *hs = host_service_of(SESSION(s));
+  if (!hs->packet_framing)
+    return IOCPHOST_E_FRAMING;
   /* A small packet is written as one buffer: one plain send rather than a
    * two-part sendmsg, for the cost of copying a few hundred bytes. */
   uint8_t packet[FRAMING_HEADER_BYTES + 512];
@@ -402,8 +453,16 @@ static const char *api_service_name(iocphost_service_t *service) {
   return service ? ((host_service_t *)service)->config->name : NULL;
 }
 
+/* A broadcast larger than send_queue_limit_bytes could only end with every
+ * session that cannot take it at once disconnected (send_queue_full): it is
+ * refused before anyone is harmed. Nothing to send is sent to nobody. */
 static int broadcast_bytes(host_service_t *hs, const void *header,
                            size_t header_len, const void *data, size_t len) {
+  if (len > SIZE_MAX - header_len ||
+      header_len + len > hs->config->send_queue_limit_bytes)
+    return IOCPHOST_E_TOOBIG;
+  if (header_len + len == 0)
+    return 0;
   service_t *svc = engine_pin(hs);
   if (!svc)
     return IOCPHOST_E_CLOSED;
@@ -434,6 +493,8 @@ static int api_broadcast_packet(iocphost_service_t *service, uint16_t id,
   host_service_t *hs = (host_service_t *)service;
   if (!hs || (!payload && len))
     return IOCPHOST_E_INVAL;
+  if (!hs->packet_framing)
+    return IOCPHOST_E_FRAMING;
   uint8_t header[FRAMING_HEADER_BYTES];
   if (framing_write_header(header, id, len, hs->max_packet_bytes) != 0)
     return IOCPHOST_E_TOOBIG;
@@ -444,19 +505,45 @@ static int api_broadcast_packet(iocphost_service_t *service, uint16_t id,
   return count;
 }
 
-/* Timers and posts hand the plugin's function to the engine as its first
- * pointer, so the engine stays unaware of plugin types. */
-typedef union plugin_fn_ptr {
+/* A timer's or post's plugin function, its argument and the generation
+ * it holds (see the top of the file); the engine carries it as a pointer
+ * and says when it is done with it. */
+typedef struct plugin_call {
   iocphost_session_fn fn;
-  void *ptr;
-} plugin_fn_ptr_t;
+  void *arg;
+  generation_t *generation; /* held; NULL when fn is no plugin's code */
+} plugin_call_t;
 
-_Static_assert(sizeof(iocphost_session_fn) == sizeof(void *),
-               "function and data pointers must have one size here");
+static plugin_call_t *plugin_call_new(session_t *s, iocphost_session_fn fn,
+                                      void *arg) {
+  plugin_call_t *c = malloc(sizeof *c);
+  if (!c)
+    return NULL;
+  c->fn = fn;
+  c->arg = arg;
+  /* A function pointer as an address: what the library's image holds. */
+  uintptr_t address;
+  _Static_assert(sizeof fn == sizeof address,
+                 "function pointers and addresses must have one size here");
+  memcpy(&address, &fn, sizeof address);
+  c->generation = generation_hold_code(host_service_of(s)->host, address);
+  return c;
+}
 
-static void run_plugin_fn(session_t *s, void *fn, void *arg) {
-  plugin_fn_ptr_t u = {.ptr = fn};
-  u.fn(PLUGIN_SESSION(s), plugin_state(s), arg);
+/* The engine is done with the timer or post (or never took it). */
+static void plugin_call_free(plugin_call_t *c) {
+  if (c->generation)
+    generation_drop_hold(c->generation);
+  free(c);
+}
+
+static void run_plugin_call(session_t *s, void *call, void *unused) {
+  plugin_call_t *c = call;
+  c->fn(PLUGIN_SESSION(s), plugin_state(s), c->arg);
+}
+
+static void plugin_call_done(session_t *s, void *call, void *unused) {
+  plugin_call_free(call);
 }
 
 static uint64_t api_timer_start(iocphost_session_t *s, uint32_t delay_ms,
@@ -464,9 +551,15 @@ static uint64_t api_timer_start(iocphost_session_t *s, uint32_t delay_ms,
                                 void *arg) {
   if (!s || !fn)
     return 0;
-  plugin_fn_ptr_t u = {.fn = fn};
-  return session_timer_start2(SESSION(s), delay_ms, repeat_ms, run_plugin_fn,
-                              u.ptr, arg);
+  plugin_call_t *c = plugin_call_new(SESSION(s), fn, arg);
+  if (!c)
+    return 0;
+  uint64_t id = session_timer_start2(SESSION(s), delay_ms, repeat_ms,
+                                     run_plugin_call, plugin_call_done, c,
+                                     NULL);
+  if (id == 0)
+    plugin_call_free(c);
+  return id;
 }
 
 static int api_timer_stop(iocphost_session_t *s, uint64_t timer_id) {
@@ -478,8 +571,14 @@ static int api_timer_stop(iocphost_session_t *s, uint64_t timer_id) {
 static int api_post(iocphost_session_t *s, iocphost_session_fn fn, void *arg) {
   if (!s || !fn)
     return IOCPHOST_E_INVAL;
-  plugin_fn_ptr_t u = {.fn = fn};
-  return session_post2(SESSION(s), run_plugin_fn, u.ptr, arg);
+  plugin_call_t *c = plugin_call_new(SESSION(s), fn, arg);
+  if (!c)
+    return IOCPHOST_E_NOMEM;
+  int rc = session_post2(SESSION(s), run_plugin_call, plugin_call_done, c,
+                         NULL);
+  if (rc != 0)
+    plugin_call_free(c);
+  return rc;
 }
 
 static int api_service_framing(iocphost_service_t *service) {
@@ -577,6 +676,11 @@ static generation_t *generation_open(host_plugin_t *p, const char *path,
   g->shadow_path = admitted.shadow_path;
   g->source_hash = admitted.hash;
   g->desc = plugin_module_descriptor(g->module);
+  if (plugin_module_image(g->module, &g->image_start, &g->image_end) != 0)
+    log_write(LOG_WARN, "host",
+              "plugin %s (%s): cannot tell where its library is mapped; "
+              "its timers and posts will not keep it loaded",
+              p->name, path);
   fill_api(g);
   return g;
 }
@@ -619,6 +723,29 @@ static void generation_make_current(host_plugin_t *p, generation_t *g) {
   if (p->current)
     p->current->retired = 1;
   p->current = g;
+  if (p->loading == g)
+    p->loading = NULL;
+}
+
+/* A refused reload's new generation goes: at once, unless its on_load
+ * armed timers or posts that still hold it; then the reaper closes it
+ * after them, as a retired one. */
+static void generation_discard(host_plugin_t *p, generation_t *g) {
+  host_t *host = p->host;
+  pthread_mutex_lock(&host->gen_lock);
+  if (p->loading == g)
+    p->loading = NULL;
+  int held = g->holds > 0;
+  if (held) {
+    g->retired = 1;
+    g->next = p->generations;
+    p->generations = g;
+    p->generation_count = g->number;
+    pthread_cond_broadcast(&host->gen_changed);
+  }
+  pthread_mutex_unlock(&host->gen_lock);
+  if (!held)
+    generation_close(g);
 }
 
 int host_open(const config_t *config, host_t **out, char *err,
@@ -695,7 +822,7 @@ static void *reaper_main(void *arg) {
       for (generation_t **link = &host->plugins[i].generations; *link;
            link = &(*link)->next) {
         generation_t *g = *link;
-        if (g->retired && g->sessions == 0) {
+        if (generation_unused(g)) {
           *link = g->next;
           done = g;
           break;
@@ -705,7 +832,8 @@ static void *reaper_main(void *arg) {
     if (done) {
       pthread_mutex_unlock(&host->gen_lock);
       log_write(LOG_INFO, "host",
-                "plugin %s generation %u (%s): last session ended; unloading",
+                "plugin %s generation %u (%s): last session, timer and post "
+                "ended; unloading",
                 done->plugin->name, done->number, done->desc->version);
       /* Loading and unloading never interleave: a reload may map its new
        * library where this one was (and ThreadSanitizer, which cannot see
@@ -746,11 +874,12 @@ static void unload_plugins(host_t *host) {
     pthread_mutex_unlock(&host->gen_lock);
     while (g) {
       generation_t *next = g->next;
-      if (g->sessions != 0)
+      if (g->sessions != 0 || g->holds != 0)
         log_write(LOG_ERROR, "host",
-                  "plugin %s generation %u still has %ld sessions at unload "
-                  "(a session handle was kept without release)",
-                  p->name, g->number, g->sessions);
+                  "plugin %s generation %u still has %ld sessions and %ld "
+                  "timers or posts at unload (a session handle was kept "
+                  "without release)",
+                  p->name, g->number, g->sessions, g->holds);
       generation_close(g);
       g = next;
     }
@@ -1067,6 +1196,8 @@ static cJSON *status_json(host_t *host, uint64_t uptime_ms) {
       cJSON_AddStringToObject(go, "version", g->desc->version);
       cJSON_AddStringToObject(go, "state", g == current ? "current" : "retired");
       cJSON_AddNumberToObject(go, "sessions", (double)g->sessions);
+      /* Timers and posts of its code still to run (or be dropped). */
+      cJSON_AddNumberToObject(go, "timers_and_posts", (double)g->holds);
       cJSON_AddItemToArray(gens, go);
     }
     pthread_mutex_unlock(&host->gen_lock);
@@ -1138,11 +1269,16 @@ char *host_status(host_t *host, int json, uint64_t uptime_ms) {
            version ? version->valuestring : "-", path ? path->valuestring : "-");
     cJSON *g;
     cJSON_ArrayForEach(g, cJSON_GetObjectItem(item, "generations")) {
-      append(&out, &len, &cap, " %.0f (%s, %s, %.0f sessions)",
+      append(&out, &len, &cap, " %.0f (%s, %s, %.0f sessions",
              cJSON_GetObjectItem(g, "generation")->valuedouble,
              cJSON_GetObjectItem(g, "version")->valuestring,
              cJSON_GetObjectItem(g, "state")->valuestring,
              cJSON_GetObjectItem(g, "sessions")->valuedouble);
+      double holds =
+          cJSON_GetObjectItem(g, "timers_and_posts")->valuedouble;
+      if (holds > 0)
+        append(&out, &len, &cap, ", %.0f timers or posts", holds);
+      append(&out, &len, &cap, ")");
     }
     append(&out, &len, &cap, "\n");
   }
@@ -1316,6 +1452,10 @@ char *host_reload(host_t *host, const char *config_file, int dry_run) {
       failed = 1;
       break;
     }
+    /* Its on_load may arm timers on running sessions: they must find it. */
+    pthread_mutex_lock(&host->gen_lock);
+    p->loading = fresh[i];
+    pthread_mutex_unlock(&host->gen_lock);
   }
   for (size_t i = 0; !failed && !dry_run && i < count; i++)
     if (fresh[i] && generation_load(fresh[i], err, sizeof err) != 0)
@@ -1325,7 +1465,7 @@ char *host_reload(host_t *host, const char *config_file, int dry_run) {
      * on_load ran; the running ones never noticed. */
     for (size_t i = 0; fresh && i < count; i++)
       if (fresh[i])
-        generation_close(fresh[i]);
+        generation_discard(&host->plugins[i], fresh[i]);
     append(&out, &len, &cap, "error: reload refused; nothing changed: %s\n",
            err);
     log_write(LOG_ERROR, "host", "reload refused; nothing changed: %s", err);

@@ -13,6 +13,7 @@
 #include <windows.h>
 #else
 #include <dlfcn.h>
+#include <link.h>
 #include <sys/stat.h>
 #include <unistd.h>
 #endif
@@ -409,3 +410,77 @@ int plugin_module_check_framing(const plugin_module_t *m, int needs_packet,
       needs_packet ? "on_packet" : "on_recv", needs_packet ? "raw" : "packet");
   return -1;
 }
+
+/* ---- where a module's code and data lie ---- */
+
+#ifdef _WIN32
+
+int plugin_module_image(const plugin_module_t *m, uintptr_t *start,
+                        uintptr_t *end) {
+  /* A module handle is the address its image is mapped at; the image is
+   * SizeOfImage bytes from there, headers, code and data. */
+  const unsigned char *base = (const unsigned char *)m->library;
+  const IMAGE_DOS_HEADER *dos = (const IMAGE_DOS_HEADER *)base;
+  if (base == NULL || dos->e_magic != IMAGE_DOS_SIGNATURE)
+    return -1;
+  const IMAGE_NT_HEADERS *nt =
+      (const IMAGE_NT_HEADERS *)(base + dos->e_lfanew);
+  if (nt->Signature != IMAGE_NT_SIGNATURE)
+    return -1;
+  *start = (uintptr_t)base;
+  *end = (uintptr_t)base + nt->OptionalHeader.SizeOfImage;
+  return 0;
+}
+
+#else
+
+typedef struct image_search {
+  uintptr_t address; /* one address known to lie in the module */
+  uintptr_t start, end;
+  int found;
+} image_search_t;
+
+/* dl_iterate_phdr's callback: the object whose loaded segments hold the
+ * address gives the span from its lowest segment to its highest. */
+static int find_image(struct dl_phdr_info *info, size_t size, void *data) {
+  image_search_t *search = data;
+  uintptr_t start = UINTPTR_MAX, end = 0;
+  int inside = 0;
+  for (size_t i = 0; i < info->dlpi_phnum; i++) {
+    const ElfW(Phdr) *ph = &info->dlpi_phdr[i];
+    if (ph->p_type != PT_LOAD)
+      continue;
+    uintptr_t lo = (uintptr_t)info->dlpi_addr + (uintptr_t)ph->p_vaddr;
+    uintptr_t hi = lo + (uintptr_t)ph->p_memsz;
+    if (lo < start)
+      start = lo;
+    if (hi > end)
+      end = hi;
+    if (search->address >= lo && search->address < hi)
+      inside = 1;
+  }
+  if (!inside)
+    return 0;
+  search->start = start;
+  search->end = end;
+  search->found = 1;
+  return 1;
+}
+
+int plugin_module_image(const plugin_module_t *m, uintptr_t *start,
+                        uintptr_t *end) {
+  if (m->library == NULL)
+    return -1;
+  image_search_t search = {0, 0, 0, 0};
+  search.address = (uintptr_t)library_entry(m->library);
+  if (search.address == 0)
+    return -1;
+  dl_iterate_phdr(find_image, &search);
+  if (!search.found)
+    return -1;
+  *start = search.start;
+  *end = search.end;
+  return 0;
+}
+
+#endif

@@ -60,4 +60,10 @@ int plugin_module_check_framing(const plugin_module_t *module, int needs_packet,
                                 const char *service_name, char *err,
                                 size_t err_len);
 
+/* Where the module is mapped: its lowest to its highest loaded byte (code,
+ * constants and data). The host tells by address which generation a plugin
+ * function belongs to. Returns 0, or -1 if that cannot be found. */
+int plugin_module_image(const plugin_module_t *module, uintptr_t *start,
+                        uintptr_t *end);
+
 #endif /* IOCPHOST_PLUGIN_LOADER_H */

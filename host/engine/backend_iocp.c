@@ -686,6 +686,31 @@ static int load_extensions(io_core_t *c, char *err, size_t err_len) {
   return 0;
 }
 
+/* timeBeginPeriod and timeEndPeriod live in winmm.dll, which is not one of
+ * the system's KnownDLLs: imported, it would be looked for in the
+ * executable's folder first, before main runs, so a winmm.dll planted there
+ * would run as the host. It is loaded from the system folder only. */
+typedef MMRESULT(WINAPI *time_period_fn)(UINT);
+static time_period_fn time_begin_period, time_end_period;
+static INIT_ONCE winmm_once = INIT_ONCE_STATIC_INIT;
+
+static BOOL CALLBACK load_winmm(PINIT_ONCE once, PVOID param, PVOID *context) {
+  HMODULE winmm =
+      LoadLibraryExW(L"winmm.dll", NULL, LOAD_LIBRARY_SEARCH_SYSTEM32);
+  if (winmm) { /* kept loaded: the functions are used until exit */
+    time_begin_period = (time_period_fn)(void (*)(void))GetProcAddress(
+        winmm, "timeBeginPeriod");
+    time_end_period = (time_period_fn)(void (*)(void))GetProcAddress(
+        winmm, "timeEndPeriod");
+  }
+  if (!time_begin_period || !time_end_period)
+    log_write(LOG_WARN, "core",
+              "cannot load timeBeginPeriod from winmm.dll in the system "
+              "folder (error %lu): timers run on the 15.6 ms system tick",
+              (unsigned long)GetLastError());
+  return TRUE;
+}
+
 int io_core_create(int threads, io_core_t **out, char *err, size_t err_len) {
   WSADATA wsa;
   if (WSAStartup(MAKEWORD(2, 2), &wsa) != 0) {
@@ -728,7 +753,9 @@ int io_core_create(int threads, io_core_t **out, char *err, size_t err_len) {
    * to the system tick: 15.6 ms unless someone asks for better. A game's
    * 10 ms tick or a 5 ms reconnect would run late by up to a tick. Since
    * Windows 10 2004 this affects only this process; undone at destroy. */
-  c->timer_period_set = timeBeginPeriod(1) == TIMERR_NOERROR;
+  InitOnceExecuteOnce(&winmm_once, load_winmm, NULL, NULL);
+  c->timer_period_set = time_begin_period && time_end_period &&
+                        time_begin_period(1) == TIMERR_NOERROR;
   for (int i = 0; i < threads; i++) {
     c->threads[i] = CreateThread(NULL, 0, thread_main, c, 0, NULL);
     if (!c->threads[i]) {
@@ -755,7 +782,7 @@ void io_core_destroy(io_core_t *c) {
   }
   CloseHandle(c->port);
   if (c->timer_period_set)
-    timeEndPeriod(1);
+    time_end_period(1);
   timer_heap_free(&c->timers);
   free(c->threads);
   free(c->strands);

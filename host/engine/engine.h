@@ -231,11 +231,17 @@ int session_timer_stop(session_t *s, uint64_t timer_id);
 int session_post(session_t *s, session_fn fn, void *arg);
 
 /* The same with two pointers passed through, for a layer above that forwards
- * to a callback of its own (the host: the plugin's function and argument). */
+ * to a callback of its own (the host: the plugin's function and argument).
+ * done, if not NULL, runs exactly once, on the session's worker, when the
+ * timer or post is gone for good: after its last run, or stopped, or dropped
+ * with its session; never while fn runs. It does not run when the call
+ * fails (0 or an error): what arg and arg2 hold stays the caller's then.
+ * (The host keeps the plugin's code loaded until then.) */
 typedef void (*session_fn2)(session_t *s, void *arg, void *arg2);
 uint64_t session_timer_start2(session_t *s, uint32_t delay_ms,
-                              uint32_t repeat_ms, session_fn2 fn, void *arg,
-                              void *arg2);
-int session_post2(session_t *s, session_fn2 fn, void *arg, void *arg2);
+                              uint32_t repeat_ms, session_fn2 fn,
+                              session_fn2 done, void *arg, void *arg2);
+int session_post2(session_t *s, session_fn2 fn, session_fn2 done, void *arg,
+                  void *arg2);
 
 #endif /* IOCPHOST_ENGINE_H */

@@ -28,6 +28,8 @@
  * because of unread input; a timer bounds both the flush and the linger.
  */
 #include <errno.h>
+#include <limits.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -63,6 +65,7 @@ struct session_timer {
   uint32_t repeat_ms;
   session_fn fn;
   session_fn2 fn2; /* instead of fn, when the caller forwards two pointers */
+  session_fn2 done; /* once, when the timer is gone (fn2 timers) */
   void *arg;
   void *arg2;
   uint8_t stopped;  /* under the session's lock */
@@ -75,6 +78,7 @@ typedef struct session_post_op {
   session_t *session;
   session_fn fn;
   session_fn2 fn2;
+  session_fn2 done; /* once, when the post is gone (fn2 posts) */
   void *arg;
   void *arg2;
   int internal;
@@ -95,8 +99,8 @@ static uint64_t timer_start(session_t *s, uint32_t delay_ms,
                             int internal);
 static uint64_t timer_start_full(session_t *s, uint32_t delay_ms,
                                  uint32_t repeat_ms, session_fn fn,
-                                 session_fn2 fn2, void *arg, void *arg2,
-                                 int internal);
+                                 session_fn2 fn2, session_fn2 done, void *arg,
+                                 void *arg2, int internal);
 
 static size_t extra_offset(void) {
   return (sizeof(session_t) + 15) & ~(size_t)15;
@@ -238,6 +242,8 @@ static void on_timer(io_op_t *op, int status, size_t bytes) {
     }
   }
   unlink_timer(s, t);
+  if (t->done)
+    t->done(s, t->arg, t->arg2);
   free(t);
   engine__live_add(-1);
   session_release(s);
@@ -268,20 +274,21 @@ static void on_timer_arm(io_op_t *op, int status, size_t bytes) {
 static uint64_t timer_start(session_t *s, uint32_t delay_ms,
                             uint32_t repeat_ms, session_fn fn, void *arg,
                             int internal) {
-  return timer_start_full(s, delay_ms, repeat_ms, fn, NULL, arg, NULL,
+  return timer_start_full(s, delay_ms, repeat_ms, fn, NULL, NULL, arg, NULL,
                           internal);
 }
 
 static uint64_t timer_start_full(session_t *s, uint32_t delay_ms,
                                  uint32_t repeat_ms, session_fn fn,
-                                 session_fn2 fn2, void *arg, void *arg2,
-                                 int internal) {
+                                 session_fn2 fn2, session_fn2 done, void *arg,
+                                 void *arg2, int internal) {
   session_timer_t *t = calloc(1, sizeof *t);
   if (!t)
     return 0;
   t->session = s;
   t->fn = fn;
   t->fn2 = fn2;
+  t->done = done;
   t->arg = arg;
   t->arg2 = arg2;
   t->repeat_ms = repeat_ms;
@@ -318,11 +325,12 @@ uint64_t session_timer_start(session_t *s, uint32_t delay_ms,
 }
 
 uint64_t session_timer_start2(session_t *s, uint32_t delay_ms,
-                              uint32_t repeat_ms, session_fn2 fn, void *arg,
-                              void *arg2) {
+                              uint32_t repeat_ms, session_fn2 fn,
+                              session_fn2 done, void *arg, void *arg2) {
   if (!fn)
     return 0;
-  return timer_start_full(s, delay_ms, repeat_ms, NULL, fn, arg, arg2, 0);
+  return timer_start_full(s, delay_ms, repeat_ms, NULL, fn, done, arg, arg2,
+                          0);
 }
 
 static void cancel_timer_on_worker(session_t *s, void *arg) {
@@ -370,19 +378,22 @@ static void on_post(io_op_t *op, int status, size_t bytes) {
     p->fn2(s, p->arg, p->arg2);
   else if (run)
     p->fn(s, p->arg);
+  if (p->done)
+    p->done(s, p->arg, p->arg2);
   free(p);
   engine__live_add(-1);
   session_release(s);
 }
 
-static int post_full(session_t *s, session_fn fn, session_fn2 fn2, void *arg,
-                     void *arg2, int internal) {
+static int post_full(session_t *s, session_fn fn, session_fn2 fn2,
+                     session_fn2 done, void *arg, void *arg2, int internal) {
   session_post_op_t *p = calloc(1, sizeof *p);
   if (!p)
     return ENGINE_E_NOMEM;
   p->session = s;
   p->fn = fn;
   p->fn2 = fn2;
+  p->done = done;
   p->arg = arg;
   p->arg2 = arg2;
   p->internal = internal;
@@ -401,7 +412,7 @@ static int post_full(session_t *s, session_fn fn, session_fn2 fn2, void *arg,
 }
 
 static int post(session_t *s, session_fn fn, void *arg, int internal) {
-  return post_full(s, fn, NULL, arg, NULL, internal);
+  return post_full(s, fn, NULL, NULL, arg, NULL, internal);
 }
 
 int session_post(session_t *s, session_fn fn, void *arg) {
@@ -410,10 +421,11 @@ int session_post(session_t *s, session_fn fn, void *arg) {
   return post(s, fn, arg, 0);
 }
 
-int session_post2(session_t *s, session_fn2 fn, void *arg, void *arg2) {
+int session_post2(session_t *s, session_fn2 fn, session_fn2 done, void *arg,
+                  void *arg2) {
   if (!fn)
     return ENGINE_E_INVAL;
-  return post_full(s, NULL, fn, arg, arg2, 0);
+  return post_full(s, NULL, fn, done, arg, arg2, 0);
 }
 
 /* ---- idle timeout ---- */
@@ -775,6 +787,22 @@ static void deliver_input(session_t *s, const uint8_t *in, size_t n) {
 
 static void on_send_done(io_op_t *op, int status, size_t bytes);
 
+/* Fills one gather buffer. Returns 0 when the piece had to be cut (a
+ * WSABUF's length is a ULONG): nothing after it may join the same call,
+ * since what a partial write took must be a prefix of the bytes. */
+static int fill_buf(io_buf_t *b, const void *data, size_t len) {
+#ifdef _WIN32
+  int whole = len <= ULONG_MAX;
+  b->buf = (CHAR *)data;
+  b->len = whole ? (ULONG)len : ULONG_MAX;
+  return whole;
+#else
+  b->iov_base = (void *)data;
+  b->iov_len = len;
+  return 1;
+#endif
+}
+
 static void flush(session_t *s) {
   pthread_mutex_lock(&s->lock);
   if (s->sending || s->handle.closed || s->state == SESSION_NEW) {
@@ -798,14 +826,8 @@ static void flush(session_t *s) {
   int count = 0;
   for (send_chunk_t *c = s->queue_head; c && count < SEND_BUFS_MAX;
        c = c->next) {
-#ifdef _WIN32
-    s->send_bufs[count].buf = (CHAR *)c->data;
-    s->send_bufs[count].len = (ULONG)c->len;
-#else
-    s->send_bufs[count].iov_base = c->data;
-    s->send_bufs[count].iov_len = c->len;
-#endif
-    count++;
+    if (!fill_buf(&s->send_bufs[count++], c->data, c->len))
+      break;
   }
   s->sending = 1;
   session__ref(s);
@@ -904,6 +926,9 @@ static int enqueue(session_t *s, const session_buf_t *bufs, size_t count,
     for (size_t i = 0; i < count; i++) {
       if (!bufs[i].data && bufs[i].len)
         return ENGINE_E_INVAL;
+      /* Lengths adding up past SIZE_MAX describe no memory there is. */
+      if (bufs[i].len > SIZE_MAX - total)
+        return ENGINE_E_INVAL;
       total += bufs[i].len;
     }
   }
@@ -914,23 +939,13 @@ static int enqueue(session_t *s, const session_buf_t *bufs, size_t count,
     pthread_mutex_unlock(&s->lock);
     return ENGINE_E_CLOSED;
   }
-  if (s->queued_bytes + total > opts_of(s)->send_queue_limit_bytes) {
-    pthread_mutex_unlock(&s->lock);
-    char peer[ADDRESS_TEXT_MAX] = "?";
-    address_format(&s->peer, peer, sizeof peer);
-    log_write(LOG_WARN, "session",
-              "service %s: session %llu (%s) would queue more than "
-              "send_queue_limit_bytes %llu (a slow reader): disconnecting "
-              "(send_queue_full)",
-              service_name(s->service), (unsigned long long)s->id, peer,
-              (unsigned long long)opts_of(s)->send_queue_limit_bytes);
-    session_abort(s, REASON_SEND_QUEUE_FULL);
-    return ENGINE_E_QUEUE_FULL;
-  }
   /* Like libuv's try-write: on the session's worker, with nothing queued
    * or in flight, the bytes go to the socket at once, from the caller's
    * buffer; only what the socket does not take is copied into the queue.
-   * Echo-like traffic then costs no allocation, no copy and no op. */
+   * Echo-like traffic then costs no allocation, no copy and no op. It is
+   * tried before the limit is looked at: send_queue_limit_bytes bounds what
+   * waits unsent, so a send larger than it still goes out whole when the
+   * socket takes the excess. */
   size_t sent = 0;
   if (!s->queue_head && !s->sending && s->state == SESSION_OPEN &&
       io_handle_on_worker(&s->handle)) {
@@ -940,13 +955,8 @@ static int enqueue(session_t *s, const session_buf_t *bufs, size_t count,
       for (size_t i = 0; i < n_iov; i++) {
         const void *d = shared ? shared->data : bufs[i].data;
         size_t l = shared ? shared->len : bufs[i].len;
-#ifdef _WIN32
-        iov[i].buf = (CHAR *)d;
-        iov[i].len = (ULONG)l;
-#else
-        iov[i].iov_base = (void *)d;
-        iov[i].iov_len = l;
-#endif
+        if (!fill_buf(&iov[i], d, l))
+          n_iov = i + 1;
       }
       int n = io_send_now(&s->handle, iov, (int)n_iov);
       if (n > 0) {
@@ -966,6 +976,24 @@ static int enqueue(session_t *s, const session_buf_t *bufs, size_t count,
   if (sent == total) {
     pthread_mutex_unlock(&s->lock);
     return ENGINE_OK;
+  }
+  uint64_t limit = opts_of(s)->send_queue_limit_bytes;
+  if (total - sent > limit || s->queued_bytes > limit - (total - sent)) {
+    pthread_mutex_unlock(&s->lock);
+    char peer[ADDRESS_TEXT_MAX] = "?";
+    address_format(&s->peer, peer, sizeof peer);
+    log_write(LOG_WARN, "session",
+              "service %s: session %llu (%s) would queue more than "
+              "send_queue_limit_bytes %llu (a slow reader, or one send "
+              "larger than the limit): disconnecting (send_queue_full)",
+              service_name(s->service), (unsigned long long)s->id, peer,
+              (unsigned long long)limit);
+    /* Part of this call's bytes went out, the rest never will: a FIN
+     * would tell the peer the stream ended whole. */
+    if (sent > 0)
+      io_handle_reset_on_close(&s->handle);
+    session_abort(s, REASON_SEND_QUEUE_FULL);
+    return ENGINE_E_QUEUE_FULL;
   }
   int rc;
   if (shared && sent > 0) {
@@ -1201,6 +1229,8 @@ int session_is_open(session_t *s) {
 /* ---- shared buffers ---- */
 
 shared_buf_t *shared_buf_new(size_t len) {
+  if (len > SIZE_MAX - sizeof(shared_buf_t))
+    return NULL;
   shared_buf_t *b = malloc(sizeof *b + len);
   if (!b)
     return NULL;

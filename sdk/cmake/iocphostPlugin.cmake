@@ -47,6 +47,8 @@ function(iocphost_add_plugin name)
       "LINKER:--version-script=${dir}/iocphostPlugin.map")
     set_property(TARGET ${name} APPEND PROPERTY
       LINK_DEPENDS "${dir}/iocphostPlugin.map")
+    # Full RELRO, as the host: bound at load, the GOT read-only afterwards.
+    target_link_options(${name} PRIVATE "LINKER:-z,relro,-z,now")
 
     # Clang does not link the sanitizer runtimes into shared objects, so
     # their symbols are undefined there until the host loads the plugin.

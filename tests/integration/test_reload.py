@@ -250,6 +250,51 @@ class ReloadTest(HostTestCase):
         self.assertEqual(len(shadow_files), 1)
         self.host.stop()
 
+    def test_a_timer_keeps_the_generation_whose_code_it_runs_loaded(self):
+        # The gateway pattern: code of generation 1 arms a repeating timer
+        # on a session of generation 2, then generation 1's last session
+        # ends. Unloading generation 1 then would make the timer run
+        # unmapped code (a crash): its timer holds it until it ends.
+        self.start_host()
+        old = Player(self.port, 0)
+        self.addCleanup(old.close)
+        self.assertEqual(old.version(), "1.0.0")
+        deploy(built("versioned_v2"), self.deployed)
+        self.reload()
+        new = Player(self.port, 1)
+        self.addCleanup(new.close)
+        self.assertEqual(new.version(), "2.0.0")
+        new.client.send(4)
+        packet_id, whoami = new.client.recv(timeout=10)
+        self.assertEqual(packet_id, 4)
+        old.client.send(3, whoami)
+        self.assertEqual(old.client.recv(timeout=10), (3, b"armed"))
+        self.assertEqual(new.client.recv(timeout=10), (3, b"1.0.0"))
+        old.close()
+        # Generation 1 has no session left; the timer still runs its code.
+        harness.wait_until(
+            lambda: {g["generation"]: g["sessions"]
+                     for g in self.generations()}.get(1, 0) == 0, 30,
+            "generation 1's last session to end")
+        for _ in range(20):
+            self.assertEqual(new.client.recv(timeout=10), (3, b"1.0.0"))
+        self.assertTrue(self.host.running(), "the host died")
+        gens = {g["generation"]: g for g in self.generations()}
+        self.assertEqual(gens[1]["state"], "retired")
+        self.assertEqual(gens[1]["sessions"], 0)
+        self.assertEqual(gens[1]["timers_and_posts"], 1)
+        self.assertIn("1 timers or posts", self.host.control("status"))
+        # The timer dies with its session, and with it the last hold.
+        new.close()
+        harness.wait_until(
+            lambda: [g["generation"] for g in self.generations()] == [2], 30,
+            "generation 1 to be unloaded after its last timer")
+        harness.wait_until(
+            lambda: re.search(r"versioned 1\.0\.0 unloaded after \d+ sessions",
+                              self.host.log()), 10, "generation 1's on_unload")
+        self.host.stop()
+        self.assertNotIn(" ERROR ", self.host.log())
+
     def test_a_broken_new_version_is_refused_and_the_old_keeps_serving(self):
         self.start_host()
         player = Player(self.port, 0)

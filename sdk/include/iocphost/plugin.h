@@ -88,7 +88,7 @@ extern "C" {
   X(E_NOMEM, -3, "out of memory")                                              \
   X(E_QUEUE_FULL, -4, "send queue limit reached; the session is closing")      \
   X(E_NOTFOUND, -5, "not found")                                               \
-  X(E_TOOBIG, -6, "packet larger than max_packet_bytes or 65535")             \
+  X(E_TOOBIG, -6, "larger than the service allows")                          \
   X(E_FRAMING, -7, "wrong call for this service's framing")
 
 enum iocphost_result {
@@ -162,14 +162,26 @@ struct iocphost_api {
       ;
 
   /* Queue bytes for sending (copied). Raw framing: the bytes as given.
-   * Packet framing: these bytes too (they must be whole packets). */
+   * Packet framing: these bytes too (they must be whole packets).
+   * Returns 0 (accepted; 0 bytes are accepted and send nothing), or
+   * IOCPHOST_E_CLOSED, IOCPHOST_E_INVAL (NULL data with a length),
+   * IOCPHOST_E_NOMEM, or IOCPHOST_E_QUEUE_FULL: the bytes not yet sent
+   * would pass the service's send_queue_limit_bytes, so the session is
+   * closing (reason send_queue_full). The limit bounds what waits unsent:
+   * with nothing queued, called from the session's own callback, timer or
+   * post, the bytes go to the socket at once, and a send larger than the
+   * limit succeeds if the socket takes the excess. Otherwise (a plugin
+   * thread, or a queue already waiting) it ends the session: send large
+   * data in pieces no larger than the limit, paced by on_send. */
   int (*send)(iocphost_session_t *session, const void *data, size_t len);
-  /* Queue several buffers as one send (copied, in order). */
+  /* Queue several buffers as one send (copied, in order); as send.
+   * IOCPHOST_E_INVAL if their lengths add up past SIZE_MAX. */
   int (*sendv)(iocphost_session_t *session, const iocphost_buf_t *bufs,
                size_t count);
   /* Queue one packet: 4-byte header (uint16 size incl. header, uint16 id,
-   * little-endian) then the payload. IOCPHOST_E_TOOBIG if it exceeds the
-   * service's max_packet_bytes. */
+   * little-endian) then the payload; otherwise as send.
+   * IOCPHOST_E_TOOBIG if it exceeds the service's max_packet_bytes;
+   * IOCPHOST_E_FRAMING on a raw service (nothing is sent). */
   int (*send_packet)(iocphost_session_t *session, uint16_t id,
                      const void *payload, size_t len);
   /* Flush what was queued, then close with FIN. on_disconnected follows
@@ -196,20 +208,35 @@ struct iocphost_api {
                                       const char *name);
   const char *(*service_name)(iocphost_service_t *service);
   /* Send one copy of the data, shared by every open session of the service
-   * (not N copies). Returns how many sessions it was queued to, or < 0. */
+   * (not N copies). Returns how many sessions it was queued to, or < 0.
+   * 0 bytes reach nobody: 0. IOCPHOST_E_TOOBIG, with nothing sent to
+   * anyone, if the data is larger than the service's
+   * send_queue_limit_bytes: it could only end every session that cannot
+   * take it at once. A session whose queue the data would push past the
+   * limit (a slow reader) is closed with send_queue_full, as by send, and
+   * not counted. */
   int (*broadcast)(iocphost_service_t *service, const void *data, size_t len);
+  /* The same for one packet (header as send_packet): IOCPHOST_E_TOOBIG past
+   * max_packet_bytes too, IOCPHOST_E_FRAMING on a raw service. */
   int (*broadcast_packet)(iocphost_service_t *service, uint16_t id,
                           const void *payload, size_t len);
 
   /* Run fn after delay_ms, then every repeat_ms if repeat_ms > 0, in the
    * session's serial order. Returns a timer id (> 0) or 0 if the session
-   * has ended. The timer dies with the session. */
+   * has ended. The timer dies with the session.
+   * Timers and posts keep your code loaded: fn may run on a session of
+   * another plugin or of a newer generation of yours (after a reload), and
+   * the generation whose library holds fn stays loaded (and gets on_unload)
+   * only after its last session, timer and post have ended. fn must be a
+   * function of your plugin's own library for that: a function of another
+   * library you link is not kept. */
   uint64_t (*timer_start)(iocphost_session_t *session, uint32_t delay_ms,
                           uint32_t repeat_ms, iocphost_session_fn fn,
                           void *arg);
   /* Stop a timer; IOCPHOST_E_NOTFOUND if it already fired or was stopped. */
   int (*timer_stop)(iocphost_session_t *session, uint64_t timer_id);
-  /* Run fn soon, in the session's serial order (e.g. from a plugin thread). */
+  /* Run fn soon, in the session's serial order (e.g. from a plugin thread).
+   * Keeps fn's generation loaded until it ran (see timer_start). */
   int (*post)(iocphost_session_t *session, iocphost_session_fn fn, void *arg);
 
   /* The text of a result code or of a reason. */

@@ -5,6 +5,12 @@
  *   id 1  ECHO     the payload comes back as is
  *   id 2  VERSION  the answer is the VERSION this file was built with and
  *                  the generation-local count of sessions it has seen
+ *   id 3  ARM      payload: a session id (8 bytes, little-endian) of this
+ *                  service. This generation's code arms a repeating 10 ms
+ *                  timer on that session (which may be another
+ *                  generation's), sending it TICK (id 3, this VERSION) each
+ *                  time; the answer is "armed" or "not found"
+ *   id 4  WHOAMI   the answer is this session's id (8 bytes, little-endian)
  *
  * Builds (tests/integration/plugins/versioned/CMakeLists.txt): versioned_v1
  * and versioned_v2 differ in VERSION and in session_size (a new generation
@@ -66,10 +72,45 @@ static void on_connected(iocphost_session_t *s, void *state) {
   atomic_fetch_add(&sessions_seen, 1);
 }
 
+/* Runs this generation's code on whatever session it was armed on. */
+static void tick(iocphost_session_t *s, void *state, void *arg) {
+  (void)state;
+  (void)arg;
+  host->send_packet(s, 3, VERSION, strlen(VERSION));
+}
+
+static uint64_t read_u64(const uint8_t *p) {
+  uint64_t v = 0;
+  for (int i = 7; i >= 0; i--)
+    v = (v << 8) | p[i];
+  return v;
+}
+
+static void write_u64(uint8_t *p, uint64_t v) {
+  for (int i = 0; i < 8; i++)
+    p[i] = (uint8_t)(v >> (8 * i));
+}
+
 static void on_packet(iocphost_session_t *s, void *state, uint16_t id,
                       const uint8_t *payload, size_t len) {
   session_state_t *st = state;
   st->packets++;
+  if (id == 3 && len == 8) {
+    iocphost_session_t *target =
+        host->session_find(host->session_service(s), read_u64(payload));
+    int armed = target && host->timer_start(target, 10, 10, tick, NULL) != 0;
+    if (target)
+      host->session_release(target);
+    const char *answer = armed ? "armed" : "not found";
+    host->send_packet(s, 3, answer, strlen(answer));
+    return;
+  }
+  if (id == 4) {
+    uint8_t answer[8];
+    write_u64(answer, host->session_id(s));
+    host->send_packet(s, 4, answer, sizeof answer);
+    return;
+  }
   if (id == 2) {
     char answer[64];
     int n = snprintf(answer, sizeof answer, "%s", VERSION);
