@@ -71,6 +71,15 @@ struct session {
   /* extra state follows, aligned */
 };
 
+/* service.c and session.c call into each other, and only each other: a
+ * parent and its child. The service creates sessions (its listener or
+ * client slots) and keeps the set of them; a session reports back the
+ * moments the service must count or act on (registered, unregistered,
+ * bytes, a client session's connect and close, its memory freed). No other
+ * pair of engine files is circular, and nothing above the engine calls
+ * these double-underscore functions (but the tests and the fuzzer, which
+ * stub the socket out). */
+
 /* session.c, for service.c */
 session_t *session__new(service_t *svc);
 void session__free_unattached(session_t *s);

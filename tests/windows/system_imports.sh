@@ -5,7 +5,7 @@
 # executable's folder first, before main runs, so one planted there would
 # run as the host; such DLLs are loaded at run time from System32 instead
 # (LoadLibraryExW with LOAD_LIBRARY_SEARCH_SYSTEM32, as winmm.dll in
-# host/engine/backend_iocp.c).
+# host/engine/win/iocp.c).
 #
 #   tests/windows/system_imports.sh <objdump> <exe>...
 set -eu
