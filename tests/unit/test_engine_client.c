@@ -156,7 +156,8 @@ START_TEST(test_client_backs_off_connects_and_reconnects_after_server_restart) {
   core_t *core;
   ck_assert_msg(core_create("client", 2, &core, err, sizeof err) == 0, "%s",
                 err);
-  int port = tu_free_port();
+  int holder = -1;
+  int port = tu_closed_port(&holder);
   ck_assert_int_gt(port, 0);
   service_t *client = start_service(core, SERVICE_CLIENT, port, &client_side);
 
@@ -188,6 +189,7 @@ START_TEST(test_client_backs_off_connects_and_reconnects_after_server_restart) {
   ck_assert_int_eq(atomic_load(&client_side.connected), 0);
 
   /* A server appears: the client connects and data flows. */
+  tu_close(holder);
   service_t *server = start_service(core, SERVICE_SERVER, port, &server_side);
   ck_assert(at_least(&client_side.connected, 1, 2000));
   ck_assert(at_least(&client_side.echoes, 1, 2000));
@@ -234,14 +236,18 @@ START_TEST(test_client_service_destroyed_while_connecting_frees_everything) {
   core_t *core;
   ck_assert_msg(core_create("client", 2, &core, err, sizeof err) == 0, "%s",
                 err);
-  /* Nothing listens; each service is destroyed while its first connect,
+  /* Nothing listens (a port of ours, bound and not listening, so no
+   * parallel test can take it); each service is destroyed while its first connect,
    * its failure or its retry timer is still in flight. */
-  int port = tu_free_port();
+  int holder = -1;
+  int port = tu_closed_port(&holder);
+  ck_assert_int_gt(port, 0);
   service_t *clients[8];
   for (int i = 0; i < 8; i++)
     clients[i] = start_service(core, SERVICE_CLIENT, port, &client_side);
   for (int i = 0; i < 8; i++)
     service_destroy(clients[i]);
+  tu_close(holder);
   core_destroy(core);
   ck_assert_int_eq(atomic_load(&client_side.connected), 0);
   ck_assert_int_eq(engine_live_objects(), 0);

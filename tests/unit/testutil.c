@@ -247,6 +247,24 @@ int tu_free_port(void) {
   return ntohs(a.sin_port);
 }
 
+int tu_closed_port(int *holder) {
+  int fd = tu_socket(AF_INET);
+  if (fd < 0)
+    return -1;
+  struct sockaddr_in a;
+  memset(&a, 0, sizeof a);
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  socklen_t len = sizeof a;
+  if (bind(fd, (struct sockaddr *)&a, sizeof a) != 0 ||
+      getsockname(fd, (struct sockaddr *)&a, &len) != 0) {
+    tu_close(fd);
+    return -1;
+  }
+  *holder = fd;
+  return ntohs(a.sin_port);
+}
+
 int tu_temp_file(char *path, size_t len, const char *prefix) {
 #ifdef _WIN32
   char folder[MAX_PATH + 1], file[MAX_PATH + 1];

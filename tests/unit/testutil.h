@@ -59,6 +59,10 @@ int tu_wait_until(int (*cond)(void *arg), void *arg, int timeout_ms);
 int tu_wait_at_least(atomic_int *counter, int want, int timeout_ms);
 /* A free loopback TCP port, found by binding port 0. */
 int tu_free_port(void);
+/* A loopback port where connections are refused and stay refused: bound
+ * (so no other process, a parallel test say, can take it) but not
+ * listening. *holder keeps it; tu_close(*holder) frees it. */
+int tu_closed_port(int *holder);
 /* A deterministic PRNG (xorshift64*) for reproducible random tests. */
 uint64_t tu_rand(uint64_t *state);
 /* Monotonic milliseconds. */
