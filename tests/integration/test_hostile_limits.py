@@ -6,6 +6,7 @@ served throughout (their latency is reported, not asserted)."""
 
 import os
 import random
+import select
 import socket
 import struct
 import sys
@@ -103,26 +104,81 @@ class SlowSenderTest(HostTestCase):
             "session %d to end" % session_id)
 
     def test_idle_timeout_cuts_silent_sessions_not_chatty_ones(self):
-        # A wide margin between the chatty client's pace (100 ms) and the
-        # timeout (1 s): a loaded machine (Wine, two test jobs on two cores)
-        # may stall the host or this client for a few hundred ms.
-        self.start(idle_timeout_ms=1000)
-        silent = PacketClient(self.port)
-        silent_id = hc.hello_packet(silent)
+        """idle_timeout_ms counts from a session's last receive (its start,
+        for one that never talks): a silent peer is cut idle after it
+        connected, a peer that talked once idle after that, not earlier and
+        not much later; a chatty peer (every 100 ms) stays. The window is
+        [idle, idle + idle/2], idle being 1 s scaled (3 s under Wine): a
+        deadline at half or twice the setting falls outside it."""
+        idle = harness.scaled(1.0)
+        margin, early = idle / 2, 0.02  # 20 ms: the host's clock is in ms
+        self.start(idle_timeout_ms=int(idle * 1000))
         chatty = PacketClient(self.port)
         chatty_id = hc.hello_packet(chatty)
-        started = time.monotonic()
-        # The chatty client talks every 100 ms for 2 s and stays.
-        for i in range(20):
-            chatty.send(3, b"ping %d" % i)
-            self.assertEqual(chatty.recv(), (3, b"ping %d" % i))
-            time.sleep(0.1)
-        self.assertIsNone(silent.recv(timeout=10), "the silent one is cut")
-        self.assertGreaterEqual(time.monotonic() - started, 1.0)
-        self.assertEqual(self.wait_end(silent_id)[2], "idle_timeout")
+        chatty_stop = threading.Event()
+        chatty_errors = []
+
+        def talk():
+            try:
+                i = 0
+                while not chatty_stop.wait(0.1):
+                    chatty.send(3, b"ping %d" % i)
+                    self.assertEqual(chatty.recv(), (3, b"ping %d" % i))
+                    i += 1
+            except BaseException as error:  # reported below
+                chatty_errors.append(error)
+
+        talker = threading.Thread(target=talk, daemon=True)
+        talker.start()
+        before = {}
+        after = {}
+        clients = {}
+        ids = {}
+        for name in ("silent", "quiet"):
+            before[name] = time.monotonic()
+            clients[name] = PacketClient(self.port)
+            ids[name] = hc.hello_packet(clients[name])
+            after[name] = time.monotonic()
+        # The quiet one talks once, 0.6 idle in (the scenario's pause, not a
+        # wait for a condition); its idle time starts again from there.
+        time.sleep(max(0.0, after["quiet"] + 0.6 * idle - time.monotonic()))
+        before["quiet"] = time.monotonic()
+        clients["quiet"].send(3, b"once")
+        self.assertEqual(clients["quiet"].recv(), (3, b"once"))
+        after["quiet"] = time.monotonic()
+        cut = {}
+        deadline = time.monotonic() + idle * 3 + harness.scaled(5)
+        while len(cut) < 2 and time.monotonic() < deadline:
+            waiting = [c.sock for n, c in clients.items() if n not in cut]
+            readable, _, _ = select.select(waiting, [], [], 0.5)
+            now = time.monotonic()
+            for name, client in clients.items():
+                if client.sock in readable:
+                    try:
+                        data = client.sock.recv(4096)
+                    except ConnectionResetError:
+                        data = b""
+                    self.assertEqual(data, b"", "%s got %r" % (name, data))
+                    cut[name] = now
+        chatty_stop.set()
+        talker.join(harness.scaled(10))
+        self.assertEqual(chatty_errors, [])
+        self.assertEqual(sorted(cut), ["quiet", "silent"], "both are cut")
+        report = []
+        for name in ("silent", "quiet"):
+            low, high = cut[name] - after[name], cut[name] - before[name]
+            report.append("%s cut %.0f..%.0f ms after its last byte" %
+                          (name, low * 1000, high * 1000))
+            self.assertGreaterEqual(high, idle - early,
+                                    "%s cut early: %.3f s" % (name, high))
+            self.assertLessEqual(low, idle + margin,
+                                 "%s cut late: %.3f s" % (name, low))
+            self.assertEqual(self.wait_end(ids[name])[2], "idle_timeout")
+        print("\nidle: idle_timeout_ms %d: %s; the chatty one stayed" %
+              (idle * 1000, ", ".join(report)), file=sys.stderr)
         self.assertNotIn(chatty_id, hc.session_ends(self.host.log()))
-        silent.close()
-        chatty.close()
+        for client in list(clients.values()) + [chatty]:
+            client.close()
         self.host.stop()
         hc.assert_no_sanitizer_reports(self, self.host)
 
