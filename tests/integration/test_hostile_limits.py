@@ -22,13 +22,22 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)),
 import hostile_client as hc  # noqa: E402
 
 MIB = 1 << 20
+SOCKET_SLACK = 256 * 1024  # the kernel's buffering, run to run
+MEMORY_SLACK = 8 * MIB     # the host's own growth beside the queues
 
 
 class SlowReaderTest(HostTestCase):
 
     def test_slow_readers_are_cut_at_the_queue_limit_memory_stays_bounded(self):
+        """Each slow reader is cut once the host's queue for it would pass
+        send_queue_limit_bytes: the host accepted at most the limit plus
+        what the kernel holds for a reader that never reads (measured here
+        the same way: SOCKET_SLACK covers its variation, well under the
+        limit, so a limit applied twice over fails). The host's peak memory
+        grows by at most every queue full at once plus MEMORY_SLACK."""
         readers, limit = 24, 1 * MIB
         push_port, echo_port = harness.free_port(), harness.free_port()
+        kernel = hc.socket_buffer_bytes(rcvbuf=4096)
         config = harness.make_config(
             {"hostile": {"log_sessions": True, "push_chunk": 16384,
                          "push_burst": 8}},
@@ -37,12 +46,11 @@ class SlowReaderTest(HostTestCase):
              harness.server_service("echo-pkt", "hostile", echo_port,
                                     "packet")])
         host = Host(self, config, "hostile").start()
-        pid = hc.linux_pid(host)
+        pid = hc.host_pid(host)
         bystander = hc.Bystander(echo_port).start_and_wait()
         bystander.wait_rounds(5)
-        if pid:
-            hc.reset_peak(pid)
-            base = hc.memory_kib(pid)["VmRSS"]
+        hc.reset_peak(pid)
+        base = hc.memory_kib(pid)["VmRSS"]
         socks = [hc.small_receive_buffer_socket(push_port)
                  for _ in range(readers)]
         # Each reads its hello (the session id), then never reads again.
@@ -62,19 +70,26 @@ class SlowReaderTest(HostTestCase):
         lines = [l for l in log.splitlines()
                  if "send_queue_limit_bytes" in l and "push-raw" in l]
         self.assertEqual(len(lines), readers, "one log line per slow reader")
-        if pid:
-            mem = hc.memory_kib(pid)
-            peak = mem["VmHWM"] - base
-            bound = readers * limit // 1024 + 32 * 1024
-            print("\nslow readers: %d readers, send_queue_limit_bytes %d KiB: "
-                  "each cut after the host accepted %d..%d KiB for it; "
-                  "host RSS before %d KiB, peak +%d KiB (bound %d x %d KiB + "
-                  "32 MiB = %d KiB), now %d KiB" %
-                  (readers, limit // 1024, min(accepted) // 1024,
-                   max(accepted) // 1024, base, peak, readers, limit // 1024,
-                   bound, mem["VmRSS"]), file=sys.stderr)
-            if not hc.sanitized(pid):
-                self.assertLess(peak, bound)
+        mem = hc.memory_kib(pid)
+        peak = mem["VmHWM"] - base
+        bound = readers * limit // 1024 + MEMORY_SLACK // 1024
+        most = limit + kernel + SOCKET_SLACK
+        print("\nslow readers: %d readers, send_queue_limit_bytes %d KiB, "
+              "the kernel holds %d KiB for one: each cut after the host "
+              "accepted %d..%d KiB for it (bound %d KiB); host RSS before %d "
+              "KiB, peak +%d KiB (bound %d x %d KiB + %d MiB = %d KiB), now "
+              "%d KiB" %
+              (readers, limit // 1024, kernel // 1024, min(accepted) // 1024,
+               max(accepted) // 1024, most // 1024, base, peak, readers,
+               limit // 1024, MEMORY_SLACK // MIB, bound, mem["VmRSS"]),
+              file=sys.stderr)
+        self.assertLessEqual(max(accepted), most,
+                             "a slow reader got more than the queue limit "
+                             "plus what the kernel holds")
+        # Sanitizer builds report, do not assert: their allocators keep
+        # freed memory in quarantine and shadow every byte.
+        if not hc.sanitized(pid):
+            self.assertLess(peak, bound)
         # What the host had accepted for them was thrown away: each stream
         # ends with a reset, not a FIN that would pass it off as complete.
         for s in socks[:3]:
