@@ -12,6 +12,7 @@ import socket
 import struct
 import threading
 import time
+import unittest
 
 import harness
 
@@ -108,6 +109,9 @@ def host_pid(host):
     process's VmRSS and VmHWM as the program's working set and peak working
     set (GetProcessMemoryInfo), so the same figures serve both builds; they
     include Wine's own ~20 MiB, which a difference cancels out."""
+    if not os.path.isdir("/proc"):
+        raise unittest.SkipTest("no /proc here to read the host's memory "
+                                "(a native Windows run)")
     pid = host.process.pid
     try:
         exe = os.path.basename(os.readlink("/proc/%d/exe" % pid))
