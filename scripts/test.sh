@@ -3,7 +3,10 @@
 # AddressSanitizer + UndefinedBehaviorSanitizer build, a ThreadSanitizer
 # build, and the Windows build (cross-compiled with mingw-w64, run under
 # Wine). Unit tests (Check) and integration tests (the real host binary over
-# loopback) run in each; every build treats warnings as errors. Between them,
+# loopback) run in each; every build treats warnings as errors. A test that
+# ran nothing shows as Not Run, and a build fails when a test that
+# tests/must_run.txt says must run on its platform did not (checked from
+# ctest's JUnit report by scripts/check_must_run.py). Between them,
 # the libFuzzer targets (the packet parser, the receive path, the config
 # loader) run for a minute each.
 # Usage: scripts/test.sh [normal|asan|tsan|fuzz|windows ...]
@@ -44,7 +47,8 @@ windows_stage() {
   # output: start them here, writing nowhere.
   wine cmd /c exit </dev/null >/dev/null 2>&1 || true
   IOCPHOST_STRESS_SESSIONS=10000 \
-    ctest --test-dir "$dir" --output-on-failure -j "$jobs"
+    ctest --test-dir "$dir" --output-on-failure -j "$jobs" \
+          --output-junit "$PWD/$dir/ctest-junit.xml"
   wineserver -k 2>/dev/null || true
   trap - EXIT
 }
@@ -62,6 +66,7 @@ for build in "${builds[@]}"; do
       echo "=== windows build (build-win, under Wine) ==="
       start=$SECONDS
       windows_stage
+      scripts/check_must_run.py build-win/ctest-junit.xml windows
       echo "=== windows build: $((SECONDS - start)) s ==="
       continue ;;
     *) echo "unknown build '$build' (normal, asan, tsan, fuzz or windows)" >&2
@@ -76,5 +81,7 @@ for build in "${builds[@]}"; do
   UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
   TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1 \
   IOCPHOST_STRESS_SESSIONS=$stress \
-    ctest --test-dir "$dir" --output-on-failure -j "$jobs"
+    ctest --test-dir "$dir" --output-on-failure -j "$jobs" \
+          --output-junit "$PWD/$dir/ctest-junit.xml"
+  scripts/check_must_run.py "$dir/ctest-junit.xml" linux
 done

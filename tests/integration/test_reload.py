@@ -10,6 +10,7 @@ import shutil
 import signal
 import socket
 import struct
+import sys
 import tempfile
 import threading
 import time
@@ -17,6 +18,10 @@ import unittest
 
 import harness
 from harness import HostTestCase, Host
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                                "plugins", "hostile"))
+import hostile_client as hc  # noqa: E402
 
 PLUGIN_DIR = os.path.join(harness.BUILD_DIR, "tests", "integration", "plugins",
                           "versioned")
@@ -185,21 +190,18 @@ class ReloadTest(HostTestCase):
         self.host.stop()
         self.assertNotIn(" ERROR ", self.host.log())
 
+    # /proc of the host process: on Linux the host itself; under Wine the
+    # Wine process running iocphost.exe, which maps each DLL from its file
+    # and whose VmRSS Wine reports as the program's working set.
     def mapped_shadow_files(self):
-        with open("/proc/%d/maps" % self.host.process.pid) as f:
+        with open("/proc/%d/maps" % hc.host_pid(self.host)) as f:
             return len({line.split()[-1] for line in f
                         if "/plugins-" in line and line.strip()
                         .endswith(harness.PLUGIN_SUFFIX)})
 
     def rss_kib(self):
-        with open("/proc/%d/status" % self.host.process.pid) as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1])
-        raise AssertionError("no VmRSS")
+        return hc.memory_kib(hc.host_pid(self.host))["VmRSS"]
 
-    @unittest.skipIf(harness.PLUGIN_SUFFIX == ".dll",
-                     "reads /proc of the host process")
     def test_twenty_reloads_under_load_keep_memory_and_mappings_flat(self):
         self.start_host()
         stop = threading.Event()
@@ -374,11 +376,33 @@ class ReloadTest(HostTestCase):
                            10, "the new generation's on_load")
         self.host.stop()
 
+    def next_version(self):
+        """Deploys the next of v2, v1, v2, ...; returns the generation the
+        next reload must make."""
+        self.generation = getattr(self, "generation", 1) + 1
+        versions = ["versioned_v2", "versioned_v1"]
+        deploy(built(versions[self.generation % 2]), self.deployed)
+        return self.generation
+
+    def test_the_control_endpoint_and_the_command_line_reload(self):
+        self.start_host()
+        # 1. The control endpoint (on Windows, its named pipe).
+        expected = self.next_version()
+        self.reload()
+        self.assertEqual(self.generations()[-1]["generation"], expected)
+        # 2. The command line.
+        expected = self.next_version()
+        result = harness.run_cli(["reload", "-c", self.host.config_path])
+        self.assertEqual(result.returncode, 0, result.stdout + result.stderr)
+        self.assertIn("generation %d" % expected, result.stdout)
+        self.assertEqual(Player.version_of_new_session(self.port, 0), "1.0.0")
+        self.host.stop()
+
     @harness.posix_only(
-        "SIGHUP and systemd's RELOADING=1 (Windows: the control pipe here, "
-        "the service manager's param change in test_windows_service.py)")
-    def test_every_trigger_reloads(self):
-        # The test plays systemd too, to see RELOADING=1 / READY=1.
+        "SIGHUP and systemd's RELOADING=1 (Windows: the service manager's "
+        "param change in test_windows_service.py)")
+    def test_sighup_reloads_telling_systemd(self):
+        # The test plays systemd, to see RELOADING=1 / READY=1.
         notify_dir = tempfile.mkdtemp(prefix="iocphost-notify-")
         self.addCleanup(shutil.rmtree, notify_dir, True)
         notify_path = os.path.join(notify_dir, "notify")
@@ -388,25 +412,8 @@ class ReloadTest(HostTestCase):
         self.start_host(env={"NOTIFY_SOCKET": notify_path})
         notify.settimeout(harness.scaled(10))
         self.assertIn(b"READY=1", notify.recv(4096))
-        versions = ["versioned_v2", "versioned_v1", "versioned_v2"]
-        expected_generation = 1
-
-        def next_version():
-            nonlocal expected_generation
-            deploy(built(versions[(expected_generation - 1) % 3]),
-                   self.deployed)
-            expected_generation += 1
-
-        # 1. The control endpoint.
-        next_version()
-        self.reload()
-        # 2. The command line.
-        next_version()
-        result = harness.run_cli(["reload", "-c", self.host.config_path])
-        self.assertEqual(result.returncode, 0, result.stdout + result.stderr)
-        self.assertIn("generation %d" % expected_generation, result.stdout)
-        # 3. SIGHUP, which is also systemd's ExecReload.
-        next_version()
+        # SIGHUP, which is also systemd's ExecReload.
+        expected = self.next_version()
         self.host.process.send_signal(signal.SIGHUP)
         messages = []
         deadline = time.monotonic() + harness.scaled(10)
@@ -417,7 +424,7 @@ class ReloadTest(HostTestCase):
         self.assertIn("RELOADING=1", text)
         self.assertLess(text.index("RELOADING=1"), text.index("READY=1"))
         harness.wait_until(
-            lambda: self.generations()[0]["generation"] == expected_generation,
+            lambda: self.generations()[0]["generation"] == expected,
             10, "SIGHUP's reload")
         self.assertEqual(Player.version_of_new_session(self.port, 0), "2.0.0")
         self.host.stop()

@@ -6,6 +6,11 @@ client has data, the host is stopped in the middle of the pushing - by
 SIGTERM (Ctrl+C on the Windows build), or by `iocphost stop -c FILE` - and then every client reads to the
 end. What must hold:
 
+  - the stop finds bytes queued in the host: every tenth client stops
+    reading (with a small receive window) before the stop, so its session's
+    queue fills, and reads on only once on_stopping has run; the pusher
+    logs how many accepted bytes were still unsent then, and the test
+    asserts half a full queue's worth per paused client at least;
   - every connection ends with a FIN (recv returns b""), never a reset;
   - each client received exactly the bytes the plugin's send calls had
     ACCEPTED for its session (the plugin logs `accepted=` per session; the
@@ -18,10 +23,12 @@ end. What must hold:
   - `iocphost stop` exits 0 and returns only once the host process is gone.
 """
 
+import os
 import re
 import signal
 import socket
 import struct
+import sys
 import threading
 import time
 import unittest
@@ -30,6 +37,8 @@ import harness
 from harness import HostTestCase, Host
 
 CLIENTS = 100
+PAUSE_EVERY = 10                # every tenth client pauses before the stop
+MAX_IN_FLIGHT = 65536           # the pusher's unsent bytes per session
 DRAIN_TIMEOUT_MS = 10000
 ENOUGH_BEFORE_STOP = 256 * 1024  # bytes each client has before the stop
 UNLOAD_DELAY_MS = 1000          # the plugin's slow unload (stop via CLI)
@@ -51,15 +60,43 @@ def pattern(seed):
     return big
 
 
+def host_send_queues(port, peers):
+    """{peer port: bytes in the kernel's send queue} of the loopback TCP
+    sockets with local port `port` whose peer port is in `peers`, from
+    /proc/net/tcp (tx_queue: written, not yet acknowledged)."""
+    queues = {}
+    if not os.path.exists("/proc/net/tcp"):
+        raise unittest.SkipTest("no /proc/net/tcp here to see the host's "
+                                "send queues (a native Windows run)")
+    with open("/proc/net/tcp") as f:
+        next(f)
+        for line in f:
+            fields = line.split()
+            local, remote = fields[1], fields[2]
+            if int(local.split(":")[1], 16) != port:
+                continue
+            peer = int(remote.split(":")[1], 16)
+            if peer in peers:
+                queues[peer] = int(fields[4].split(":")[0], 16)
+    return queues
+
+
 class StreamReader(threading.Thread):
     """One client: reads the session id, then checks every byte of the
     stream as it arrives, until EOF (or a reset, a wrong byte, the
     deadline)."""
 
-    def __init__(self, port, deadline):
+    def __init__(self, port, deadline, pause=False):
+        """pause: once it has ENOUGH_BEFORE_STOP bytes, stop reading (with
+        a 4 KiB receive window, so the host's queue fills rather than the
+        kernel's buffers) until resume is set."""
         super().__init__(daemon=True)
         self.port = port
         self.deadline = deadline
+        self.pause = pause
+        self.paused = threading.Event()
+        self.resume = threading.Event()
+        self.sock = None
         self.session_id = None
         self.received = 0       # stream bytes, the 8-byte id included
         self.end = None         # "fin", "reset", "timeout", "error: ..."
@@ -76,7 +113,14 @@ class StreamReader(threading.Thread):
             self.has_data.set()  # never leave the test waiting for us
 
     def read(self):
-        sock = harness.connect(self.port, timeout=30)
+        if self.pause:
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            sock.settimeout(harness.scaled(30))
+            sock.connect((harness.LOOPBACK, self.port))
+        else:
+            sock = harness.connect(self.port, timeout=30)
+        self.sock = sock
         try:
             header = bytearray()
             while len(header) < 8:
@@ -116,6 +160,12 @@ class StreamReader(threading.Thread):
                 self.received += len(chunk)
                 if self.received >= ENOUGH_BEFORE_STOP:
                     self.has_data.set()
+                    if self.pause and not self.resume.is_set():
+                        self.paused.set()
+                        if not self.resume.wait(
+                                max(0.0, self.deadline - time.monotonic())):
+                            self.end = "timeout"
+                            return
         finally:
             sock.close()
 
@@ -126,7 +176,7 @@ class StopTest(HostTestCase):
         port = harness.free_port()
         config = harness.make_config(
             {"pusher": {"interval_ms": 1, "chunk_bytes": 2048,
-                        "max_in_flight": 65536,
+                        "max_in_flight": MAX_IN_FLIGHT,
                         "unload_delay_ms": unload_delay_ms}},
             [harness.server_service("push", "pusher", port, "raw",
                                     max_sessions=1000)],
@@ -136,7 +186,8 @@ class StopTest(HostTestCase):
 
     def start_readers(self, port):
         deadline = time.monotonic() + harness.scaled(90)
-        readers = [StreamReader(port, deadline) for _ in range(CLIENTS)]
+        readers = [StreamReader(port, deadline, pause=i % PAUSE_EVERY == 0)
+                   for i in range(CLIENTS)]
         for reader in readers:
             reader.start()
         wait_deadline = time.monotonic() + harness.scaled(30)
@@ -149,7 +200,53 @@ class StopTest(HostTestCase):
             if reader.error is not None or reader.end is not None:
                 raise AssertionError("client %d ended before the stop: %s" %
                                      (index, reader.end))
+        self.wait_paused_readers_stalled(readers, port)
         return readers
+
+    def wait_paused_readers_stalled(self, readers, port):
+        """Until the host's send buffer toward every paused client has stood
+        still for 0.5 s (its tx_queue in /proc/net/tcp; the host's sockets
+        are Linux sockets under Wine too): the client's window is closed,
+        the kernel holds all it will, and the session's queue in the host
+        fills (the pusher keeps it topped up to MAX_IN_FLIGHT, 2 KiB a ms)."""
+        paused = [r for r in readers if r.pause]
+        for reader in paused:
+            if not reader.paused.wait(harness.scaled(30)):
+                raise AssertionError("client %d never paused" %
+                                     readers.index(reader))
+        peers = {reader.sock.getsockname()[1]: reader for reader in paused}
+        last = {}
+
+        def stalled():
+            now = time.monotonic()
+            queued = host_send_queues(port, peers)
+            for peer, size in queued.items():
+                if last.get(peer, (None,))[0] != size:
+                    last[peer] = (size, now)
+            return len(last) == len(peers) and \
+                all(now - since >= 0.5 for _, since in last.values())
+        harness.wait_until(stalled, 30, "the host's sends to the paused "
+                           "clients to stall")
+        import fcntl, termios
+        for peer, reader in peers.items():
+            reader.dbg = (reader.received, last[peer][0], struct.unpack("i", fcntl.ioctl(reader.sock.fileno(), termios.FIONREAD, b"\0\0\0\0"))[0])
+
+    def resume_once_stopping(self, host, readers):
+        """Resumes the paused clients once on_stopping has run (and 0.3 s
+        more: the host is flushing queues they are not reading), in a
+        thread of its own, as the stop may block the test's."""
+        def body():
+            try:
+                harness.wait_until(
+                    lambda: "pusher on_stopping:" in host.log(), 30,
+                    "on_stopping")
+                time.sleep(0.3)  # the scenario: away while the host flushes
+            finally:
+                for reader in readers:
+                    reader.resume.set()
+        thread = threading.Thread(target=body, daemon=True)
+        thread.start()
+        return thread
 
     def join_readers(self, readers):
         deadline = time.monotonic() + harness.scaled(30)
@@ -203,6 +300,26 @@ class StopTest(HostTestCase):
         others = {sid: v for sid, v in logged.items() if sid not in ours}
         self.assertLessEqual(len(others), host.probe_connections, others)
 
+        # The stop found bytes queued for the paused clients (the pusher
+        # tops each queue up to MAX_IN_FLIGHT; at least half of that each,
+        # accepted and not yet handed to the network, as the kernel may
+        # still take a little): the FINs above came after those bytes, not
+        # instead of them.
+        paused = sum(1 for reader in readers if reader.pause)
+        for r in readers:
+            if r.pause:
+                at, txq, inq = r.dbg
+                print("DBG paused at %d txq %d inq %d final %d -> host queue %d" % (at, txq, inq, r.received, r.received - at - txq - inq), file=sys.stderr)
+        stopping = re.search(r"pusher on_stopping: .* (\d+) unsent", log)
+        self.assertIsNotNone(stopping, "no on_stopping line with unsent")
+        unsent = int(stopping.group(1))
+        print("\nstop: %d clients, %d paused before the stop; %d bytes "
+              "queued in the host at on_stopping; every byte arrived before "
+              "the FIN" % (len(readers), paused, unsent), file=sys.stderr)
+        self.assertGreaterEqual(unsent, paused * MAX_IN_FLIGHT // 2,
+                                "the stop found too little queued: the test "
+                                "did not test a flush")
+
         # The plugin's view: on_stopping once, then every session's end, then
         # on_unload; no send refused for a full queue.
         summary = harness.summary_fields(r"pusher summary:", log)
@@ -234,6 +351,7 @@ class StopTest(HostTestCase):
     def test_sigterm_flushes_every_session_then_fin(self):
         host, port = self.start_pusher()
         readers = self.start_readers(port)
+        resumer = self.resume_once_stopping(host, readers)
         started = time.monotonic()
         host.process.send_signal(harness.STOP_SIGNAL)  # Ctrl+C under Wine
         limit = harness.scaled(DRAIN_TIMEOUT_MS / 1000.0 + EXIT_MARGIN)
@@ -243,6 +361,7 @@ class StopTest(HostTestCase):
             self.fail("the host did not exit within %.1fs of SIGTERM" % limit)
         stop_seconds = time.monotonic() - started
         self.assertEqual(code, 0, "exit code after SIGTERM")
+        resumer.join(harness.scaled(30))
         self.join_readers(readers)
         self.check_after_stop(host, readers, stop_seconds)
 
@@ -252,6 +371,7 @@ class StopTest(HostTestCase):
         # process is gone. `iocphost stop` must wait for that too.
         host, port = self.start_pusher(unload_delay_ms=UNLOAD_DELAY_MS)
         readers = self.start_readers(port)
+        resumer = self.resume_once_stopping(host, readers)
         started = time.monotonic()
         result = harness.run_cli(
             ["stop", "-c", host.config_path],
@@ -271,6 +391,7 @@ class StopTest(HostTestCase):
                                 "`iocphost stop` returned before the plugin "
                                 "had even been unloaded")
         self.assertEqual(host.process.returncode, 0, "exit code of the host")
+        resumer.join(harness.scaled(30))
         self.join_readers(readers)
         self.check_after_stop(host, readers, stop_seconds)
 

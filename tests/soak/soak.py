@@ -14,7 +14,15 @@ duration:
 Every interval it prints the host's memory (VmRSS, VmHWM), its descriptor
 count and its counters; at the end the drift between the first and the last
 sample, and it fails (exit 1) on a client error, a plugin violation, a
-sanitizer report or an unclean stop.
+sanitizer report, an unclean stop, or drift beyond its bounds:
+  - VmRSS under load, first sample to last: at most --max-rss-drift-kib
+    (default 1024 KiB; the runs in docs/robustness.md drifted +8..+156 KiB,
+    all of it in the first minutes);
+  - descriptors held by no session (descriptors minus open sessions, which
+    also counts the host's own client sessions, reconnecting all the time),
+    quiet after the load against the median under load: at most
+    --max-fd-drift more (default 8: a sample may catch a few connections
+    between their accept or connect and their session).
 """
 
 import argparse
@@ -355,8 +363,28 @@ class Soak:
         print("host exit code %d; plugin summary %s; %d client errors; "
               "sanitizer reports: %s" % (code, totals, len(self.errors),
                                          reports or "none"), flush=True)
+        rss_drift = last["rss"] - first["rss"]
+        spare = sorted(row["fds"] - row["sessions"] for row in rows)
+        spare_under_load = spare[len(spare) // 2]
+        spare_after = quiet_after["fds"] - quiet_after["sessions"]
+        fd_drift = spare_after - spare_under_load
+        print("descriptors held by no session: %d under load (median), %d "
+              "quiet after it (%+d)" %
+              (spare_under_load, spare_after, fd_drift), flush=True)
+        drift_problems = []
+        if rss_drift > self.args.max_rss_drift_kib:
+            drift_problems.append(
+                "VmRSS grew %d KiB under load, more than --max-rss-drift-kib "
+                "%d: a leak?" % (rss_drift, self.args.max_rss_drift_kib))
+        if fd_drift > self.args.max_fd_drift:
+            drift_problems.append(
+                "%d more descriptors held by no session after the load than "
+                "under it, more than --max-fd-drift %d: a descriptor leak?" %
+                (fd_drift, self.args.max_fd_drift))
+        for problem in drift_problems:
+            print("soak: %s" % problem, flush=True)
         ok = (code == 0 and not self.errors and not reports and
-              totals.get("violations", 1) == 0)
+              totals.get("violations", 1) == 0 and not drift_problems)
         print("soak: %s" % ("PASSED" if ok else "FAILED"), flush=True)
         return 0 if ok else 1
 
@@ -374,7 +402,17 @@ def main():
                         help="the host's worker threads")
     parser.add_argument("--client-sessions", type=int, default=8,
                         help="sessions of the host's own client service")
-    sys.exit(Soak(parser.parse_args()).run())
+    parser.add_argument("--max-rss-drift-kib", type=int, default=1024,
+                        help="VmRSS growth allowed under load, first sample "
+                        "to last")
+    parser.add_argument("--max-fd-drift", type=int, default=8,
+                        help="descriptors held by no session allowed to "
+                        "stay open after the load, over the median under it")
+    args = parser.parse_args()
+    if args.minutes * 60 < 2 * args.interval:
+        parser.error("--minutes must give at least two samples under load "
+                     "(two --interval periods) to measure drift")
+    sys.exit(Soak(args).run())
 
 
 if __name__ == "__main__":

@@ -517,32 +517,82 @@ START_TEST(test_unconsumed_input_past_max_recv_bytes_is_protocol_error) {
 }
 END_TEST
 
-static void idle_200(service_options_t *o) { o->idle_timeout_ms = 200; }
+/* idle_timeout_ms counts from a session's last receive (its start, for one
+ * that never talks). The window a cut must fall in is [IDLE_MS, IDLE_MS +
+ * IDLE_MARGIN_MS] from the last byte: a deadline at half or twice the
+ * setting falls outside it. */
+enum { IDLE_MS = 500, IDLE_MARGIN_MS = 300 };
+
+static void idle_500(service_options_t *o) { o->idle_timeout_ms = IDLE_MS; }
 
 static uint64_t mono_ms(void) { return tu_now_ms(); }
 
+typedef struct idle_peer {
+  int fd;
+  uint64_t before, after; /* around its last byte (or its connect) */
+  uint64_t cut;           /* when its end was seen; 0 while open */
+} idle_peer_t;
+
+/* Sees whether a peer's session was cut, waiting at most 1 ms. */
+static void see_cut(idle_peer_t *p) {
+  if (!p->cut && tu_wait_closed(p->fd, 1) != 0)
+    p->cut = mono_ms();
+}
+
+static void assert_cut_in_window(const idle_peer_t *p, const char *name) {
+  ck_assert_msg(p->cut != 0, "%s was never cut", name);
+  ck_assert_msg(p->cut - p->before >= IDLE_MS,
+                "%s cut early: %llu ms after its last byte (idle %d)", name,
+                (unsigned long long)(p->cut - p->before), IDLE_MS);
+  ck_assert_msg(p->cut - p->after <= IDLE_MS + IDLE_MARGIN_MS,
+                "%s cut late: %llu ms after its last byte (idle %d)", name,
+                (unsigned long long)(p->cut - p->after), IDLE_MS);
+}
+
 START_TEST(test_idle_timeout_disconnects_silent_session_not_chatty_one) {
   rig_t r;
-  rig_start(&r, MODE_ECHO, "127.0.0.1:0", 2, idle_200);
-  uint64_t t0 = mono_ms();
-  int silent = tu_connect(r.port, 0);
+  rig_start(&r, MODE_ECHO, "127.0.0.1:0", 2, idle_500);
+  idle_peer_t silent = {0}, quiet = {0};
+  silent.before = mono_ms();
+  silent.fd = tu_connect(r.port, 0);
+  silent.after = mono_ms();
+  quiet.fd = tu_connect(r.port, 0);
   int chatty = tu_connect(r.port, 0);
-  ck_assert_int_ge(silent, 0);
+  ck_assert_int_ge(silent.fd, 0);
+  ck_assert_int_ge(quiet.fd, 0);
   ck_assert_int_ge(chatty, 0);
-  /* The chatty client talks every 20 ms for 500 ms and stays. */
-  for (int i = 0; i < 25; i++) {
+  uint64_t start = mono_ms();
+  int quiet_talked = 0;
+  /* The chatty client talks every few ms for three idle periods and stays;
+   * the quiet one talks once, 0.6 idle in; each round looks whether the
+   * others were cut. */
+  while (mono_ms() - start < 3 * IDLE_MS) {
     char c = 'a', back;
     ck_assert_int_eq(tu_write_all(chatty, &c, 1), 0);
     ck_assert_int_eq(tu_read_exact(chatty, &back, 1, 5000), 0);
-    tu_sleep_ms(20);
+    if (!quiet_talked && mono_ms() - start >= IDLE_MS * 6 / 10) {
+      quiet.before = mono_ms();
+      ck_assert_int_eq(tu_write_all(quiet.fd, &c, 1), 0);
+      ck_assert_int_eq(tu_read_exact(quiet.fd, &back, 1, 5000), 0);
+      quiet.after = mono_ms();
+      quiet_talked = 1;
+    }
+    see_cut(&silent);
+    if (quiet_talked)
+      see_cut(&quiet);
   }
-  ck_assert_int_eq(tu_wait_closed(silent, 5000), 1);
-  ck_assert_uint_ge(mono_ms() - t0, 200);
-  ck_assert_int_ge(atomic_load(&r.b.reasons[REASON_IDLE_TIMEOUT]), 1);
-  ck_assert_int_eq(tu_wait_closed(chatty, 5000), 1);
-  ck_assert(tu_wait_at_least(&r.b.disconnected, 2, 5000));
+  assert_cut_in_window(&silent, "the silent peer");
+  assert_cut_in_window(&quiet, "the peer that talked once");
+  printf("idle: idle_timeout_ms %d: the silent peer cut %llu ms, the one "
+         "that talked once %llu ms after its last byte\n",
+         IDLE_MS, (unsigned long long)(silent.cut - silent.before),
+         (unsigned long long)(quiet.cut - quiet.before));
   ck_assert_int_eq(atomic_load(&r.b.reasons[REASON_IDLE_TIMEOUT]), 2);
-  tu_close(silent);
+  ck_assert_int_eq(tu_wait_closed(chatty, 5000), 1);
+  ck_assert(tu_wait_at_least(&r.b.disconnected, 3, 5000));
+  ck_assert_int_eq(atomic_load(&r.b.reasons[REASON_IDLE_TIMEOUT]), 3);
+  tu_close(silent.fd);
+  tu_close(quiet.fd);
   tu_close(chatty);
   rig_stop(&r);
 }

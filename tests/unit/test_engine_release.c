@@ -29,6 +29,8 @@ typedef struct world {
   atomic_int freed_before_gate_opened;
   session_t *held[2]; /* acquired in on_connected: the plugin's references */
   int post_gate_on_disconnect; /* A's on_disconnected posts the gate to B */
+  int close_a_on_b_recv;       /* B's on_recv: 1 disconnects A, 2 aborts */
+  atomic_int close_a_rc;       /* ... and what that call returned */
 } world_t;
 
 static world_t w;
@@ -49,8 +51,12 @@ static void on_connected(session_t *s) {
 }
 
 static size_t on_recv(session_t *s, const uint8_t *data, size_t len) {
-  (void)s;
   (void)data;
+  if (w.close_a_on_b_recv && s == w.held[B])
+    atomic_store(&w.close_a_rc,
+                 w.close_a_on_b_recv == 2
+                     ? session_abort(w.held[A], REASON_LOCAL)
+                     : session_disconnect(w.held[A], REASON_LOCAL));
   return len;
 }
 
@@ -86,13 +92,13 @@ typedef struct rig {
   int fd[2];
 } rig_t;
 
-/* One thread, one serial order; A connects first, then B; the plugin holds
- * both. */
-static void rig_start(rig_t *r) {
+/* One thread (unless asked for more), one serial order; A connects first,
+ * then B; the plugin holds both. */
+static void rig_start_threads(rig_t *r, int threads) {
   memset(r, 0, sizeof *r);
   memset(&w, 0, sizeof w);
   char err[256];
-  ck_assert_msg(core_create("release", 1, &r->core, err, sizeof err) == 0,
+  ck_assert_msg(core_create("release", threads, &r->core, err, sizeof err) == 0,
                 "%s", err);
   service_options_t o;
   service_options_init(&o);
@@ -111,6 +117,8 @@ static void rig_start(rig_t *r) {
     ck_assert(tu_wait_at_least(&w.connected, i + 1, 5000));
   }
 }
+
+static void rig_start(rig_t *r) { rig_start_threads(r, 1); }
 
 static void rig_stop(rig_t *r) {
   tu_close(r->fd[B]);
@@ -172,6 +180,73 @@ START_TEST(test_release_after_close_while_cancelled_recv_is_pending_frees_later)
   ck_assert_int_ne(tu_wait_closed(r.fd[A], 5000), 0);
   tu_close(r.fd[A]);
   rig_stop(&r);
+}
+END_TEST
+
+/* on_disconnected runs exactly once when two ends race: the plugin asks to
+ * close A while A is still open, and the peer's own end of A is already
+ * waiting in A's serial order, ahead of the request's kick: the worker
+ * ends A on the peer's end, and the kick then finds A closed and must do
+ * nothing. Each backend orders things its own way, so both orders that put
+ * the kick behind the peer's end are made:
+ *  - from_b_recv: with one thread held by a gate, B's byte arrives, then
+ *    A's end; once the gate opens, B's on_recv (on the worker) asks to
+ *    close A. Linux's epoll delivers both in arrival order, so the kick
+ *    queues behind A's end.
+ *  - behind_gate: with two threads, a gate holds A's own serial order; A's
+ *    end arrives, the second thread files it behind the gate (IOCP keeps a
+ *    serial order per session), then the test thread asks to close A.
+ * Both kinds of end: an abort against a reset, a graceful disconnect
+ * against a FIN. */
+static void race_close_with_peer_end(int behind_gate, int reset) {
+  rig_t r;
+  rig_start_threads(&r, behind_gate ? 2 : 1);
+  session_t *held = w.held[behind_gate ? A : B];
+  if (!behind_gate)
+    w.close_a_on_b_recv = reset ? 2 : 1;
+  ck_assert_int_eq(session_post(held, gate, NULL), ENGINE_OK);
+  ck_assert(tu_wait_at_least(&w.gate_entered, 1, 5000));
+  if (!behind_gate)
+    ck_assert_int_eq(tu_write_all(r.fd[B], "b", 1), 0);
+  if (reset)
+    tu_set_reset_on_close(r.fd[A]);
+  tu_close(r.fd[A]);
+  if (behind_gate) {
+    /* Nothing outside the engine shows when the second thread has filed
+     * A's end behind the gate; loopback delivers it at once and the
+     * thread is idle, so a moment is plenty. Too short a moment makes the
+     * race a plain close (the test then passes without testing it), never
+     * a false failure. */
+    tu_sleep_ms(100);
+    atomic_store(&w.close_a_rc,
+                 reset ? session_abort(w.held[A], REASON_LOCAL)
+                       : session_disconnect(w.held[A], REASON_LOCAL));
+  }
+  ck_assert_int_eq(atomic_load(&w.disconnected), 0);
+  atomic_store(&w.gate_open, 1);
+  ck_assert(tu_wait_at_least(&w.disconnected, 1, 5000));
+  /* Whatever was queued for A is through once a post to A's order (B's,
+   * when A has none left) queued now has run. */
+  atomic_store(&w.gate_entered, 0);
+  if (session_post(w.held[A], gate, NULL) != ENGINE_OK)
+    ck_assert_int_eq(session_post(w.held[B], gate, NULL), ENGINE_OK);
+  ck_assert(tu_wait_at_least(&w.gate_entered, 1, 5000));
+  /* The request was taken while A was open: the race was run. */
+  ck_assert_int_eq(atomic_load(&w.close_a_rc), ENGINE_OK);
+  ck_assert_msg(atomic_load(&w.disconnected) == 1,
+                "on_disconnected ran %d times for one session (%s, %s)",
+                atomic_load(&w.disconnected),
+                behind_gate ? "asked behind a gate" : "asked from on_recv",
+                reset ? "abort against a reset" : "disconnect against a FIN");
+  session_release(w.held[A]);
+  ck_assert(tu_wait_at_least(&w.freed, 1, 5000));
+  rig_stop(&r);
+}
+
+START_TEST(test_close_asked_while_the_peers_end_waits_is_a_no_op_afterwards) {
+  for (int behind_gate = 0; behind_gate < 2; behind_gate++)
+    for (int reset = 0; reset < 2; reset++)
+      race_close_with_peer_end(behind_gate, reset);
 }
 END_TEST
 
@@ -237,10 +312,14 @@ int main(void) {
   Suite *s = suite_create("engine_release");
   TCase *tc = tcase_create("release");
   tcase_set_timeout(tc, 120);
-  tcase_add_test(tc, test_release_while_recv_pending_then_reset_completes_after_it);
   tcase_add_test(tc,
-                 test_release_after_close_while_cancelled_recv_is_pending_frees_later);
-  tcase_add_test(tc, test_release_races_reset_completion_many_times_without_leaks);
+                 test_release_while_recv_pending_then_reset_completes_after_it);
+  tcase_add_test(
+      tc, test_release_after_close_while_cancelled_recv_is_pending_frees_later);
+  tcase_add_test(
+      tc, test_close_asked_while_the_peers_end_waits_is_a_no_op_afterwards);
+  tcase_add_test(tc,
+                 test_release_races_reset_completion_many_times_without_leaks);
   tcase_add_test(
       tc, test_sessions_kept_past_stop_are_named_then_freed_once_released);
   suite_add_tcase(s, tc);

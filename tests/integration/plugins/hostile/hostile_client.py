@@ -7,10 +7,12 @@ next to harness.py (which this module uses and does not change)."""
 import json
 import os
 import re
+import select
 import socket
 import struct
 import threading
 import time
+import unittest
 
 import harness
 
@@ -97,17 +99,33 @@ def service_status(host, name):
     raise AssertionError("no service %s in status" % name)
 
 
-# --- the host process, seen from /proc (Linux builds only) -------------------
+# --- the host process, seen from /proc --------------------------------------
 
-def linux_pid(host):
-    """The host's pid when it runs natively on Linux (not under Wine), so
-    /proc describes it; else None (the memory checks are then skipped)."""
+def host_pid(host):
+    """The pid whose /proc entry describes the running host: the host itself
+    on Linux; under Wine, the Wine process that runs iocphost.exe (the
+    harness starts `wine iocphost.exe`, which becomes that process). Wine
+    runs a Windows program inside one Linux process and reports that
+    process's VmRSS and VmHWM as the program's working set and peak working
+    set (GetProcessMemoryInfo), so the same figures serve both builds; they
+    include Wine's own ~20 MiB, which a difference cancels out."""
+    if not os.path.isdir("/proc"):
+        raise unittest.SkipTest("no /proc here to read the host's memory "
+                                "(a native Windows run)")
     pid = host.process.pid
     try:
-        exe = os.readlink("/proc/%d/exe" % pid)
-    except OSError:
-        return None
-    return pid if os.path.basename(exe).startswith("iocphost") else None
+        exe = os.path.basename(os.readlink("/proc/%d/exe" % pid))
+        with open("/proc/%d/cmdline" % pid, "rb") as f:
+            argv = f.read().split(b"\0")
+    except OSError as error:
+        raise AssertionError("cannot read /proc/%d of %s: %s" %
+                             (pid, host.label, error)) from None
+    program = os.path.basename(argv[0].decode(errors="replace")).lower()
+    if exe.startswith("iocphost") or (exe.startswith("wine") and
+                                      program == "iocphost.exe"):
+        return pid
+    raise AssertionError("/proc/%d is %s running %r, not the host" %
+                         (pid, exe, argv[0]))
 
 
 def memory_kib(pid):
@@ -130,6 +148,39 @@ def reset_peak(pid):
         return True
     except OSError:
         return False
+
+
+def socket_buffer_bytes(rcvbuf=4096, chunk=16384):
+    """How many bytes the kernel holds between a loopback sender and a peer
+    that never reads (the sender's send buffer, grown as Linux grows it, and
+    the reader's receive window of rcvbuf): what a host hands to the network
+    for a slow reader beyond its own queue. Measured with a socket set up as
+    the host sets its own (TCP_NODELAY, default buffers), written until a
+    write has not gone through for 0.3 s."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as listener:
+        listener.bind((harness.LOOPBACK, 0))
+        listener.listen(1)
+        reader = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        reader.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        reader.connect(listener.getsockname())
+        sender, _ = listener.accept()
+    with reader, sender:
+        sender.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sender.setblocking(False)
+        data = b"x" * chunk
+        total = 0
+        deadline = time.monotonic() + harness.scaled(30)
+        last = time.monotonic()
+        while time.monotonic() - last < 0.3:
+            if time.monotonic() > deadline:
+                raise AssertionError("the kernel took more than %d bytes" %
+                                     total)
+            try:
+                total += sender.send(data)
+                last = time.monotonic()
+            except BlockingIOError:
+                select.select([], [sender], [], 0.05)
+        return total
 
 
 def descriptor_count(pid):

@@ -21,6 +21,9 @@
  * Log lines tests read (api->log, level info):
  *   pusher session <id> accepted=<bytes> reason=<reason text>
  *       one per session, from on_disconnected
+ *   pusher on_stopping: N session(s) so far, B bytes accepted, U unsent
+ *       U: accepted bytes the host had not yet handed to the network (its
+ *       queues), summed over the sessions, when on_stopping ran
  *   pusher summary: sessions=N disconnected=D accepted=B host_stopping=H
  *       after_stopping=A refused=R queue_full=Q stopping_calls=S
  *       from on_unload
@@ -66,6 +69,7 @@ static uint64_t unload_delay_ms;
 static atomic_ullong sessions;
 static atomic_ullong disconnected;
 static atomic_ullong accepted_total;
+static atomic_ullong unsent_total;   /* accepted - reported by on_send */
 static atomic_ullong host_stopping;
 static atomic_ullong after_stopping; /* bytes accepted after on_stopping */
 static atomic_ullong refused;        /* sends the host refused */
@@ -125,6 +129,7 @@ static int pusher_load(const iocphost_api_t *host_api,
 static void count_accepted(pusher_state_t *st, size_t len) {
   st->accepted += len;
   atomic_fetch_add(&accepted_total, len);
+  atomic_fetch_add(&unsent_total, len);
   if (atomic_load(&stopping))
     atomic_fetch_add(&after_stopping, len);
 }
@@ -191,6 +196,7 @@ static void pusher_sent(iocphost_session_t *session, void *state,
                         size_t bytes) {
   pusher_state_t *st = state;
   st->sent += bytes;
+  atomic_fetch_sub(&unsent_total, bytes);
   /* Room again: top up at once rather than waiting for the next tick. */
   push(session, state, NULL);
 }
@@ -212,9 +218,11 @@ static void pusher_stopping(void) {
   atomic_store(&stopping, 1);
   atomic_fetch_add(&stopping_calls, 1);
   api->log(api, IOCPHOST_LOG_INFO,
-           "pusher on_stopping: %llu session(s) so far, %llu bytes accepted",
+           "pusher on_stopping: %llu session(s) so far, %llu bytes "
+           "accepted, %llu unsent",
            (unsigned long long)atomic_load(&sessions),
-           (unsigned long long)atomic_load(&accepted_total));
+           (unsigned long long)atomic_load(&accepted_total),
+           (unsigned long long)atomic_load(&unsent_total));
 }
 
 static void pusher_unload(void) {
