@@ -30,7 +30,8 @@ set(CMAKE_FIND_ROOT_PATH_MODE_PACKAGE ONLY)
 # An explicit iocphost_DIR is not searched for, so the find roots above do
 # not hide it; a -Diocphost_DIR given by the user wins.
 if(NOT DEFINED iocphost_DIR AND EXISTS ${CMAKE_CURRENT_LIST_DIR}/iocphostConfig.cmake)
-  set(iocphost_DIR ${CMAKE_CURRENT_LIST_DIR})
+  set(iocphost_DIR ${CMAKE_CURRENT_LIST_DIR} CACHE PATH
+      "The folder holding iocphostConfig.cmake")
 endif()
 
 # Self-contained DLLs and executables: no libgcc or winpthread DLL to ship.
