@@ -36,8 +36,11 @@ else()
   set(plugins "${plugindir}")
 endif()
 
-set(out "${IOCPHOST_GENERATED_DIR}")
-file(REMOVE_RECURSE "${out}")
+# One folder per install, removed after it: cpack and cmake --install may
+# run at the same time from one build.
+string(MD5 install_id "$ENV{DESTDIR}|${prefix}")
+string(RANDOM LENGTH 8 nonce)
+set(out "${IOCPHOST_GENERATED_DIR}/${install_id}-${nonce}")
 file(MAKE_DIRECTORY "${out}")
 set(configs iocphost.json gateway.json backend.json)
 foreach(config ${configs})
@@ -83,3 +86,4 @@ if(NOT IOCPHOST_WINDOWS)
        DESTINATION "${prefix}/${IOCPHOST_SYSTEMDUNITDIR}"
        PERMISSIONS OWNER_READ OWNER_WRITE GROUP_READ WORLD_READ)
 endif()
+file(REMOVE_RECURSE "${out}")
