@@ -3,13 +3,15 @@
 # that is already there. Safe to run any number of times.
 #   scripts/deps.sh            the Linux builds
 #   scripts/deps.sh windows    also the Windows cross-build and Wine to run it
-#                              (dpkg-dev: apt-get source, scripts/windows-deps.sh)
+#                              (dpkg-dev also serves apt-get source in
+#                              scripts/windows-deps.sh)
 set -euo pipefail
 
+# dpkg-dev and file: cpack's .deb (dpkg-shlibdeps, file) for package.deb.
 packages=(cmake ninja-build gcc clang libclang-rt-14-dev pkg-config check libsubunit-dev
-          libcjson-dev python3 netcat-openbsd)
+          libcjson-dev python3 netcat-openbsd dpkg-dev file)
 if [ "${1:-}" = windows ]; then
-  packages+=(gcc-mingw-w64-x86-64 wine wine64 dpkg-dev)
+  packages+=(gcc-mingw-w64-x86-64 wine wine64)
 fi
 
 missing=()
