@@ -4,10 +4,13 @@
  * instance holds an flock on <runtime_dir>/<name>.lock for its whole life,
  * so two instances of one name never both take the socket however they
  * race; and the client believes only a server of its own uid.
- * Operator traffic is a few requests a minute, so requests are handled one
- * at a time with short timeouts rather than on the engine: a stuck or
- * hostile client can delay the next request by CLIENT_TIMEOUT_MS at most and
- * can never touch a game session.
+ * Operator traffic is a few requests a minute, served by this one thread
+ * rather than the engine, so nothing here can touch a game session. Clients
+ * are multiplexed (up to CLIENTS_MAX at once, each a small state machine:
+ * read the request, write the reply, drain), each bounded in time as a
+ * whole: a client that is silent, trickles, or never reads a long reply
+ * holds only its own connection, never the next operator's request.
+ * Handlers (status, reload, stop) run one at a time, here.
  */
 #ifndef _WIN32 /* Windows: control_win.c */
 #include "control.h"
@@ -30,8 +33,9 @@
 #include "engine/log.h"
 #include "trust.h"
 
-#define CLIENT_TIMEOUT_MS 2000
+#define CLIENT_TIMEOUT_MS 2000 /* to send the request; then to take the reply */
 #define DRAIN_MS 500
+#define CLIENTS_MAX 64
 /* Clients of "stop" wait until the host is gone; more than this many at once
  * get "ok" at once instead (the endpoint is the owner's alone, but a script
  * looping on stop must not grow the host without bound). */
@@ -89,9 +93,10 @@ static int make_address(const char *runtime_dir, const char *name,
   return 0;
 }
 
+/* Blocking write, for the "stopped" line at close (the waiters read). */
 static void write_all(int fd, const char *data, size_t len) {
   while (len > 0) {
-    ssize_t n = send(fd, data, len, MSG_NOSIGNAL);
+    ssize_t n = send(fd, data, len, MSG_NOSIGNAL | MSG_DONTWAIT);
     if (n < 0 && errno == EINTR)
       continue;
     if (n <= 0)
@@ -107,70 +112,74 @@ static uint64_t now_ms(void) {
   return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
 }
 
-/* Closes after the reply without a reset: a client that sent more than we
- * read would otherwise get an RST, and with it lose the reply. Bounded in
- * bytes and in time (DRAIN_MS in all): a client that keeps sending must not
- * hold the endpoint. */
-static void close_gracefully(int fd) {
-  shutdown(fd, SHUT_WR);
-  char sink[4096];
-  uint64_t deadline = now_ms() + DRAIN_MS;
-  for (int budget = 16; budget > 0; budget--) {
-    uint64_t now = now_ms();
-    if (now >= deadline)
-      break;
-    struct pollfd p = {.fd = fd, .events = POLLIN};
-    if (poll(&p, 1, (int)(deadline - now)) <= 0)
-      break;
-    ssize_t n = recv(fd, sink, sizeof sink, 0);
-    if (n <= 0)
-      break;
-  }
-  close(fd);
+typedef enum client_phase {
+  CLIENT_READING, /* the request line */
+  CLIENT_WRITING, /* the reply */
+  CLIENT_DRAINING /* after our FIN: read and discard, so no reset eats the
+                     reply a client that sent too much is still reading */
+} client_phase_t;
+
+typedef struct client {
+  int fd;
+  client_phase_t phase;
+  uint64_t deadline; /* of the current phase */
+  int stop;          /* a "stop": kept until the host is gone */
+  int drain_budget;  /* reads left while draining */
+  size_t len;        /* request bytes read */
+  char request[CONTROL_REQUEST_MAX + 2];
+  char *reply;       /* malloc'd, or a constant when reply_owned is 0 */
+  int reply_owned;
+  size_t reply_len, reply_sent;
+} client_t;
+
+static void client_free(client_t *cl) {
+  if (cl->reply_owned)
+    free(cl->reply);
+  free(cl);
 }
 
-/* Reads one line; returns its length, -1 on timeout or error, -2 when the
- * line is longer than CONTROL_REQUEST_MAX, -3 when it holds a NUL byte.
- * CLIENT_TIMEOUT_MS bounds the whole request, not each read: a client that
- * trickles one byte a second must not hold the endpoint (and with it every
- * other request, and control_close at stop) for minutes. */
-static int read_request(int fd, char *buf) {
-  size_t len = 0;
-  uint64_t deadline = now_ms() + CLIENT_TIMEOUT_MS;
-  for (;;) {
-    uint64_t now = now_ms();
-    if (now >= deadline)
-      return -1;
-    struct pollfd p = {.fd = fd, .events = POLLIN};
-    int r = poll(&p, 1, (int)(deadline - now));
-    if (r < 0 && errno == EINTR)
-      continue;
-    if (r <= 0)
-      return -1;
-    ssize_t n = recv(fd, buf + len, CONTROL_REQUEST_MAX + 1 - len, 0);
-    if (n < 0 && errno == EINTR)
-      continue;
-    if (n <= 0)
-      return len > 0 ? (int)len : -1; /* a request without newline */
-    for (size_t i = len; i < len + (size_t)n; i++) {
-      /* The request is handled as a C string: "stop\0junk" must not pass
-       * for "stop". */
-      if (buf[i] == '\0')
-        return -3;
-      if (buf[i] == '\n') {
-        buf[i] = '\0';
-        if (i > 0 && buf[i - 1] == '\r')
-          buf[i - 1] = '\0';
-        return (int)i;
-      }
+static void client_reply(client_t *cl, char *reply, int owned) {
+  cl->reply = reply;
+  cl->reply_owned = owned;
+  cl->reply_len = reply ? strlen(reply) : 0;
+  cl->reply_sent = 0;
+  cl->phase = CLIENT_WRITING;
+  cl->deadline = now_ms() + CLIENT_TIMEOUT_MS;
+}
+
+/* Scans what was read; returns 1 when the request is complete (and
+ * handled: a reply is set), 0 to read on. "stop\0junk" must not pass for
+ * "stop", so a NUL is refused; so is a line longer than the limit. */
+static int client_take_request(control_t *c, client_t *cl, size_t from) {
+  for (size_t i = from; i < cl->len; i++) {
+    if (cl->request[i] == '\0') {
+      client_reply(cl, "error: request holds a NUL byte\n", 0);
+      return 1;
     }
-    len += (size_t)n;
-    if (len > CONTROL_REQUEST_MAX)
-      return -2;
+    if (cl->request[i] == '\n') {
+      cl->request[i] = '\0';
+      if (i > 0 && cl->request[i - 1] == '\r')
+        cl->request[i - 1] = '\0';
+      client_reply(cl, c->handler(c->ctx, cl->request, &cl->stop), 1);
+      return 1;
+    }
   }
+  if (cl->len > CONTROL_REQUEST_MAX) {
+    client_reply(cl, "error: request too long (at most 256 bytes)\n", 0);
+    return 1;
+  }
+  return 0;
 }
 
-static void serve_client(control_t *c, int fd) {
+static client_t *client_accept(control_t *c, int fd) {
+  client_t *cl = calloc(1, sizeof *cl);
+  if (!cl) {
+    close(fd);
+    return NULL;
+  }
+  cl->fd = fd;
+  cl->phase = CLIENT_READING;
+  cl->deadline = now_ms() + CLIENT_TIMEOUT_MS;
   struct ucred cred = {.pid = 0, .uid = (uid_t)-1, .gid = (gid_t)-1};
   socklen_t cred_len = sizeof cred;
   if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &cred_len) != 0 ||
@@ -181,52 +190,136 @@ static void serve_client(control_t *c, int fd) {
                 "refused a control client of uid %ld: only uid %ld (the "
                 "host's user) may use %s",
                 (long)cred.uid, (long)geteuid(), c->path);
-    const char *msg = "error: permission denied: only the host's user may "
-                      "use this endpoint\n";
-    write_all(fd, msg, strlen(msg));
-    close_gracefully(fd);
-    return;
+    client_reply(cl,
+                 "error: permission denied: only the host's user may use "
+                 "this endpoint\n",
+                 0);
   }
-  char request[CONTROL_REQUEST_MAX + 2];
-  int n = read_request(fd, request);
-  if (n == -2 || n == -3) {
-    const char *msg = n == -2
-                          ? "error: request too long (at most 256 bytes)\n"
-                          : "error: request holds a NUL byte\n";
-    write_all(fd, msg, strlen(msg));
-    close_gracefully(fd);
-    return;
+  return cl;
+}
+
+/* Moves a client on after poll said it may; returns 0 to keep it, 1 when
+ * it is finished (closed, or handed to the stop waiters). */
+static int client_step(control_t *c, client_t *cl, short revents) {
+  if (cl->phase == CLIENT_READING && (revents & (POLLIN | POLLHUP | POLLERR))) {
+    ssize_t n = recv(cl->fd, cl->request + cl->len,
+                     CONTROL_REQUEST_MAX + 1 - cl->len, MSG_DONTWAIT);
+    if (n < 0 && (errno == EINTR || errno == EAGAIN))
+      return 0;
+    if (n <= 0) {
+      if (cl->len == 0 || n < 0) {
+        close(cl->fd); /* said nothing: no reply to protect, no drain */
+        return 1;
+      }
+      /* A request without its newline, then EOF: take it as a line. */
+      cl->request[cl->len++] = '\n';
+      client_take_request(c, cl, cl->len - 1);
+    } else {
+      size_t from = cl->len;
+      cl->len += (size_t)n;
+      if (!client_take_request(c, cl, from))
+        return 0;
+    }
+    /* Answered: write at once. The handler may have begun the stop, and
+     * the thread may end before another poll; a short reply goes out now
+     * (a "stop" client is then kept among the waiters). */
+    return client_step(c, cl, POLLOUT);
   }
-  if (n < 0) {
-    close(fd); /* silent or too slow: no reply to protect, so no drain */
-    return;
+  if (cl->phase == CLIENT_WRITING && (revents & (POLLOUT | POLLHUP | POLLERR))) {
+    while (cl->reply_sent < cl->reply_len) {
+      ssize_t n = send(cl->fd, cl->reply + cl->reply_sent,
+                       cl->reply_len - cl->reply_sent,
+                       MSG_NOSIGNAL | MSG_DONTWAIT);
+      if (n < 0 && errno == EINTR)
+        continue;
+      if (n < 0 && errno == EAGAIN)
+        return 0;
+      if (n <= 0) {
+        close(cl->fd);
+        return 1;
+      }
+      cl->reply_sent += (size_t)n;
+    }
+    if (cl->stop && keep_stop_waiter(c, cl->fd) == 0)
+      return 1;
+    shutdown(cl->fd, SHUT_WR);
+    cl->phase = CLIENT_DRAINING;
+    cl->deadline = now_ms() + DRAIN_MS;
+    cl->drain_budget = 16;
+    return 0;
   }
-  request[n] = '\0';
-  int stop = 0;
-  char *reply = c->handler(c->ctx, request, &stop);
-  if (reply) {
-    write_all(fd, reply, strlen(reply));
-    free(reply);
+  if (cl->phase == CLIENT_DRAINING && (revents & (POLLIN | POLLHUP | POLLERR))) {
+    char sink[4096];
+    ssize_t n = recv(cl->fd, sink, sizeof sink, MSG_DONTWAIT);
+    if ((n < 0 && (errno == EINTR || errno == EAGAIN)) ||
+        (n > 0 && --cl->drain_budget > 0))
+      return 0;
+    close(cl->fd);
+    return 1;
   }
-  if (!stop || keep_stop_waiter(c, fd) != 0)
-    close_gracefully(fd);
+  return 0;
 }
 
 static void *control_main(void *arg) {
   control_t *c = arg;
+  client_t *clients[CLIENTS_MAX];
+  int count = 0;
   for (;;) {
-    struct pollfd p[2] = {{.fd = c->listen_fd, .events = POLLIN},
-                          {.fd = c->wake_pipe[0], .events = POLLIN}};
-    int r = poll(p, 2, -1);
-    if (r < 0 && errno == EINTR)
-      continue;
-    if (r < 0 || (p[1].revents & POLLIN))
-      break;
-    if (p[0].revents & POLLIN) {
-      int fd = accept4(c->listen_fd, NULL, NULL, SOCK_CLOEXEC);
-      if (fd >= 0)
-        serve_client(c, fd);
+    struct pollfd p[CLIENTS_MAX + 2];
+    p[0] = (struct pollfd){.fd = c->wake_pipe[0], .events = POLLIN};
+    /* At CLIENTS_MAX the listener is not polled: newcomers wait in the
+     * backlog until one of the others is done. */
+    p[1] = (struct pollfd){.fd = count < CLIENTS_MAX ? c->listen_fd : -1,
+                           .events = POLLIN};
+    uint64_t now = now_ms(), next = UINT64_MAX;
+    for (int i = 0; i < count; i++) {
+      client_t *cl = clients[i];
+      p[2 + i] = (struct pollfd){
+          .fd = cl->fd,
+          .events = cl->phase == CLIENT_WRITING ? POLLOUT : POLLIN};
+      if (cl->deadline < next)
+        next = cl->deadline;
     }
+    int timeout = next == UINT64_MAX ? -1
+                  : next <= now      ? 0
+                                     : (int)(next - now);
+    int r = poll(p, (nfds_t)(2 + count), timeout);
+    if (r < 0 && errno != EINTR)
+      break;
+    if (r > 0 && (p[0].revents & POLLIN))
+      break;
+    now = now_ms();
+    /* Clients first (their slots match p[] as built), then newcomers. */
+    int kept = 0;
+    for (int i = 0; i < count; i++) {
+      client_t *cl = clients[i];
+      int done = r > 0 ? client_step(c, cl, p[2 + i].revents) : 0;
+      if (!done && now >= cl->deadline) {
+        close(cl->fd); /* too slow to send, or to take the reply */
+        done = 1;
+      }
+      if (done)
+        client_free(cl);
+      else
+        clients[kept++] = cl;
+    }
+    count = kept;
+    if (r > 0 && (p[1].revents & POLLIN) && count < CLIENTS_MAX) {
+      int fd = accept4(c->listen_fd, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK);
+      if (fd >= 0) {
+        client_t *cl = client_accept(c, fd);
+        if (cl)
+          clients[count++] = cl;
+      }
+    }
+  }
+  /* Ending (the host stops): a reply still owed gets one more try, so a
+   * client whose request began the stop still hears its answer. */
+  for (int i = 0; i < count; i++) {
+    client_t *cl = clients[i];
+    if (!(cl->phase == CLIENT_WRITING && client_step(c, cl, POLLOUT)))
+      close(cl->fd);
+    client_free(cl);
   }
   return NULL;
 }

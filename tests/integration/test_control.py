@@ -250,6 +250,27 @@ class ControlTest(HostTestCase):
         host.stop(timeout=10)
         self.assertLess(time.monotonic() - started, harness.scaled(5.0))
 
+    @harness.posix_only("idle clients of the Unix socket")
+    def test_idle_clients_do_not_delay_the_next_request(self):
+        # Served one at a time, eight idle connections held the endpoint 2 s
+        # each: a status behind them waited 16 s and timed out. Each client
+        # now holds only its own connection.
+        host, _ = self.start_echo()
+        idle = []
+        for _ in range(8):
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            self.addCleanup(sock.close)
+            sock.connect(host.control_path())
+            idle.append(sock)
+        took = self.assert_still_answers(host, within=5.0)
+        self.assertLess(took, harness.scaled(1.0),
+                        "status waited %.1f s behind 8 idle clients" % took)
+        # The idle ones are still cut at their own deadline.
+        for sock in idle:
+            sock.settimeout(harness.scaled(5))
+            self.assertEqual(sock.recv(100), b"")
+        host.stop()
+
     # --- who may use it ----------------------------------------------------
 
     @harness.posix_only(
