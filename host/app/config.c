@@ -579,6 +579,7 @@ static const char *const SERVER_KEYS[] = {"name",
                                           "send_queue_limit_bytes",
                                           "idle_timeout_ms",
                                           "incomplete_timeout_ms",
+                                          "close_linger_ms",
                                           "tcp_nodelay",
                                           "max_sessions",
                                           "backlog",
@@ -594,6 +595,7 @@ static const char *const CLIENT_KEYS[] = {"name",
                                           "send_queue_limit_bytes",
                                           "idle_timeout_ms",
                                           "incomplete_timeout_ms",
+                                          "close_linger_ms",
                                           "tcp_nodelay",
                                           "sessions",
                                           "connect_timeout_ms",
@@ -1023,6 +1025,8 @@ static int parse_service(loader_t *ld, const cJSON *item, const char *path,
               &s->idle_timeout_ms) != 0 ||
       get_u32(ld, item, path, "incomplete_timeout_ms", 0, MS_MAX, 30000,
               &s->incomplete_timeout_ms) != 0 ||
+      get_u32(ld, item, path, "close_linger_ms", 0, MS_MAX, 2000,
+              &s->close_linger_ms) != 0 ||
       get_bool(ld, item, path, "tcp_nodelay", 1, &s->tcp_nodelay) != 0)
     return -1;
   s->send_queue_limit_bytes = (uint64_t)queue_limit;

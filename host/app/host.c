@@ -931,6 +931,7 @@ static int create_service(host_t *host, size_t i, char *err, size_t err_len) {
   o.send_queue_limit_bytes = cs->send_queue_limit_bytes;
   o.idle_timeout_ms = cs->idle_timeout_ms;
   o.incomplete_timeout_ms = cs->incomplete_timeout_ms;
+  o.close_linger_ms = cs->close_linger_ms;
   o.tcp_nodelay = cs->tcp_nodelay;
   o.max_sessions = cs->max_sessions;
   o.backlog = cs->backlog;
@@ -1373,6 +1374,7 @@ static void restart_notes(const config_t *a, const config_t *b, char **out,
     DIFF_NUM(label, x, y, send_queue_limit_bytes);
     DIFF_NUM(label, x, y, idle_timeout_ms);
     DIFF_NUM(label, x, y, incomplete_timeout_ms);
+    DIFF_NUM(label, x, y, close_linger_ms);
     DIFF_NUM(label, x, y, tcp_nodelay);
     DIFF_NUM(label, x, y, max_sessions);
     DIFF_NUM(label, x, y, backlog);
