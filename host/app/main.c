@@ -171,9 +171,8 @@ static int cmd_check(const char *file) {
     printf("a reload of the running instance would answer:\n%s",
            reply.text ? reply.text : "");
   } else if (rc > 0) {
-    fprintf(stderr, "iocphost: %s: the running instance would refuse a "
-                    "reload: %s\n",
-            file, why);
+    fprintf(stderr, "iocphost: %s: the running instance says: %s\n", file,
+            why);
     code = EXIT_INVALID;
   } else {
     printf("(no running instance of this config)\n");
