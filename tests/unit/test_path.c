@@ -26,7 +26,9 @@ START_TEST(dots_and_repeated_separators_go) {
   expect("./run", "run");
   expect("a/./b/.", "a/b");
   expect("/", "/");
-  expect("//", "/");
+#ifndef _WIN32
+  expect("//", "/"); /* on Windows the start of a UNC path */
+#endif
 }
 END_TEST
 
