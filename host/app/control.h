@@ -7,9 +7,9 @@
  * The protocol is one request line (at most CONTROL_REQUEST_MAX bytes), then
  * a reply the server ends by closing. The first reply line is "ok" or
  * "error: ..."; the rest is the answer. The status line is the protocol's
- * own: the commands never print it (SPEC section 8). A "stop" request is answered at once
- * and its connection stays open until the host has stopped, so the client
- * can wait for the end.
+ * own: the commands never print it (SPEC section 8). A "stop" request is
+ * answered at once and its connection stays open until the host has stopped, so
+ * the client can wait for the end.
  */
 #ifndef IOCPHOST_CONTROL_H
 #define IOCPHOST_CONTROL_H

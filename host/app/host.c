@@ -1499,8 +1499,8 @@ char *host_reload(host_t *host, const char *config_file, int dry_run) {
     if (dry_run) {
       append(&out, &len, &cap, "error: a reload would be refused: %s\n", err);
     } else {
-      append(&out, &len, &cap,
-             "error: reload refused; nothing changed: %s\n", err);
+      append(&out, &len, &cap, "error: reload refused; nothing changed: %s\n",
+             err);
       log_write(LOG_ERROR, "host", "reload refused; nothing changed: %s", err);
     }
   } else {

@@ -171,8 +171,7 @@ static int cmd_check(const char *file) {
     printf("a reload of the running instance would answer:\n%s",
            reply.text ? reply.text : "");
   } else if (rc > 0) {
-    fprintf(stderr, "iocphost: %s: the running instance says: %s\n", file,
-            why);
+    fprintf(stderr, "iocphost: %s: the running instance says: %s\n", file, why);
     code = EXIT_INVALID;
   } else {
     printf("(no running instance of this config)\n");
@@ -608,7 +607,9 @@ static int cmd_control(const char *file, const char *command, int json,
   }
   char request[64];
   snprintf(request, sizeof request, "%s%s", command,
-           json ? " --json" : dry_run ? " --dry-run" : "");
+           json      ? " --json"
+           : dry_run ? " --dry-run"
+                     : "");
   unsigned wait_ms = 10000;
   if (strcmp(command, "stop") == 0)
     wait_ms = config->drain_timeout_ms + 15000;
@@ -617,8 +618,8 @@ static int cmd_control(const char *file, const char *command, int json,
   control_reply_t reply;
   control_reply_init(&reply, stdout);
   char err[8192];
-  int rc = control_request(config->runtime_dir, config->name, request,
-                           wait_ms, &reply, err, sizeof err);
+  int rc = control_request(config->runtime_dir, config->name, request, wait_ms,
+                           &reply, err, sizeof err);
   control_reply_free(&reply);
   config_free(config);
   if (rc != 0)

@@ -26,8 +26,9 @@
  *
  * Settings: {"presence_interval_ms": 1000} (the default; 0 turns PRESENCE
  * off; at most 3600000), checked by check_settings (ABI 1.2), so `iocphost
- * check` refuses a bad value before a deploy. The settings text is read with strstr/strtol, not a JSON parser: a
- * plugin must not link cJSON, and one integer does not need one.
+ * check` refuses a bad value before a deploy. The settings text is read with
+ * strstr/strtol, not a JSON parser: a plugin must not link cJSON, and one
+ * integer does not need one.
  */
 #include <iocphost/plugin.h>
 
@@ -134,8 +135,8 @@ static int chat_load(const iocphost_api_t *host, const char *settings_json,
   atomic_store(&joined_count, 0);
   /* chat_check_settings accepted them before this runs. */
   presence_interval_ms = 1000;
-  settings_uint(settings_json, "presence_interval_ms", 0,
-                PRESENCE_INTERVAL_MAX, &presence_interval_ms, NULL);
+  settings_uint(settings_json, "presence_interval_ms", 0, PRESENCE_INTERVAL_MAX,
+                &presence_interval_ms, NULL);
   return 0;
 }
 

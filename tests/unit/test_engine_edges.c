@@ -437,8 +437,10 @@ int main(void) {
   tcase_add_test(tc, test_reconnect_with_zero_min_delay_still_backs_off);
   tcase_add_test(tc, test_a_server_that_drops_at_once_does_not_reset_the_backoff);
   tcase_add_test(tc, test_a_session_aborted_before_it_opens_drops_its_timers_at_once);
-  tcase_add_test(tc, test_a_peer_that_never_closes_is_released_after_close_linger_ms);
-  tcase_add_test(tc, test_close_linger_ms_zero_releases_the_session_right_after_fin);
+  tcase_add_test(
+      tc, test_a_peer_that_never_closes_is_released_after_close_linger_ms);
+  tcase_add_test(
+      tc, test_close_linger_ms_zero_releases_the_session_right_after_fin);
   suite_add_tcase(s, tc);
   SRunner *sr = srunner_create(s);
   srunner_run_all(sr, CK_NORMAL);
