@@ -5,6 +5,7 @@
  * wins; its message names the file, the JSON path and what to do.
  */
 #include "config.h"
+#include "path.h"
 
 #include <cjson/cJSON.h>
 
@@ -104,20 +105,25 @@ static size_t path_base_offset(const char *p) {
   return base;
 }
 
-/* dir joined with a relative path; "./" prefixes are dropped so messages
- * show the path a user would write. */
+/* dir joined with a relative path, normalised (path.h) so that messages,
+ * logs and status show "/srv/game/build/x.so", not
+ * "/srv/game/conf/../build/x.so". */
 static char *path_join(const char *dir, const char *relative) {
-  while (relative[0] == '.' && is_separator(relative[1]))
-    relative += 2;
   size_t n = strlen(dir);
   int need_separator = n > 0 && !is_separator(dir[n - 1]);
-  return dup_printf("%s%s%s", dir, need_separator ? "/" : "", relative);
+  char *joined = dup_printf("%s%s%s", dir, need_separator ? "/" : "", relative);
+  if (joined != NULL)
+    path_normalise(joined);
+  return joined;
 }
 
 static char *path_resolve(const char *dir, const char *given) {
-  if (path_is_absolute(given))
-    return dup_string(given);
-  return path_join(dir, given);
+  if (!path_is_absolute(given))
+    return path_join(dir, given);
+  char *path = dup_string(given);
+  if (path != NULL)
+    path_normalise(path);
+  return path;
 }
 
 /* The absolute folder of a file, with symbolic links resolved when the
@@ -579,6 +585,7 @@ static const char *const SERVER_KEYS[] = {"name",
                                           "send_queue_limit_bytes",
                                           "idle_timeout_ms",
                                           "incomplete_timeout_ms",
+                                          "close_linger_ms",
                                           "tcp_nodelay",
                                           "max_sessions",
                                           "backlog",
@@ -594,6 +601,7 @@ static const char *const CLIENT_KEYS[] = {"name",
                                           "send_queue_limit_bytes",
                                           "idle_timeout_ms",
                                           "incomplete_timeout_ms",
+                                          "close_linger_ms",
                                           "tcp_nodelay",
                                           "sessions",
                                           "connect_timeout_ms",
@@ -1023,6 +1031,8 @@ static int parse_service(loader_t *ld, const cJSON *item, const char *path,
               &s->idle_timeout_ms) != 0 ||
       get_u32(ld, item, path, "incomplete_timeout_ms", 0, MS_MAX, 30000,
               &s->incomplete_timeout_ms) != 0 ||
+      get_u32(ld, item, path, "close_linger_ms", 0, MS_MAX, 2000,
+              &s->close_linger_ms) != 0 ||
       get_bool(ld, item, path, "tcp_nodelay", 1, &s->tcp_nodelay) != 0)
     return -1;
   s->send_queue_limit_bytes = (uint64_t)queue_limit;

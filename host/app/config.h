@@ -65,6 +65,9 @@ typedef struct config_service {
    * within this time or the session ends with protocol_error; 0 = never.
    * Default 30000. */
   uint32_t incomplete_timeout_ms;
+  /* After the host's FIN, how long to wait for the peer's before closing
+   * the socket anyway; 0 = close at once. Default 2000. */
+  uint32_t close_linger_ms;
 } config_service_t;
 
 typedef struct config {

@@ -462,8 +462,8 @@ void control_close(control_t *c) {
 }
 
 int control_request(const char *runtime_dir, const char *name,
-                    const char *request, unsigned wait_ms, char *err,
-                    size_t err_len) {
+                    const char *request, unsigned wait_ms,
+                    control_reply_t *reply, char *err, size_t err_len) {
   struct sockaddr_un addr;
   if (make_address(runtime_dir, name, &addr, err, err_len) != 0)
     return -1;
@@ -495,7 +495,6 @@ int control_request(const char *runtime_dir, const char *name,
   char line[CONTROL_REQUEST_MAX + 2];
   snprintf(line, sizeof line, "%s\n", request);
   write_all(fd, line, strlen(line));
-  int first = 1, ok = 0;
   char buf[4096];
   struct timespec start;
   clock_gettime(CLOCK_MONOTONIC, &start);
@@ -522,14 +521,9 @@ int control_request(const char *runtime_dir, const char *name,
       continue;
     if (n <= 0)
       break;
-    if (first) {
-      ok = n >= 3 && memcmp(buf, "ok\n", 3) == 0;
-      first = 0;
-    }
-    fwrite(buf, 1, (size_t)n, stdout);
+    control_reply_feed(reply, buf, (size_t)n);
   }
-  fflush(stdout);
   close(fd);
-  return ok ? 0 : 1;
+  return control_reply_end(reply, err, err_len);
 }
 #endif /* !_WIN32 */

@@ -324,8 +324,8 @@ void control_close(control_t *c) {
 }
 
 int control_request(const char *runtime_dir, const char *name,
-                    const char *request, unsigned wait_ms, char *err,
-                    size_t err_len) {
+                    const char *request, unsigned wait_ms,
+                    control_reply_t *reply, char *err, size_t err_len) {
   char path[256];
   wchar_t wide[256];
   if (pipe_name(runtime_dir, name, path, sizeof path, wide,
@@ -354,7 +354,6 @@ int control_request(const char *runtime_dir, const char *name,
   snprintf(line, sizeof line, "%s\n", request);
   DWORD written;
   WriteFile(pipe, line, (DWORD)strlen(line), &written, NULL);
-  int first = 1, ok = 0;
   char buf[4096];
   for (;;) {
     DWORD got = 0;
@@ -363,14 +362,9 @@ int control_request(const char *runtime_dir, const char *name,
      * the host's own drain timeout. */
     if (!ReadFile(pipe, buf, sizeof buf, &got, NULL) || got == 0)
       break;
-    if (first) {
-      ok = got >= 3 && memcmp(buf, "ok\n", 3) == 0;
-      first = 0;
-    }
-    fwrite(buf, 1, got, stdout);
+    control_reply_feed(reply, buf, got);
   }
-  fflush(stdout);
   CloseHandle(pipe);
-  return ok ? 0 : 1;
+  return control_reply_end(reply, err, err_len);
 }
 #endif /* _WIN32 */

@@ -698,6 +698,26 @@ static void generation_close(generation_t *g) {
   free(g);
 }
 
+/* The plugin's own verdict on its settings (ABI 1.2 check_settings, when
+ * it has one): before on_load at run and reload, and all that check and
+ * reload --dry-run run of it. index is the plugin's place in the config,
+ * for the JSON path. */
+static int generation_check_settings(generation_t *g, size_t index, char *err,
+                                     size_t err_len) {
+  if (!g->desc->check_settings)
+    return 0;
+  char reason[512] = "";
+  if (g->desc->check_settings(g->settings_json, reason, sizeof reason) == 0)
+    return 0;
+  reason[sizeof reason - 1] = '\0';
+  snprintf(err, err_len,
+           "plugins[%zu].settings: plugin \"%s\" (%s) refused its settings: "
+           "%s",
+           index, g->plugin->name, g->source_path,
+           reason[0] ? reason : "(no reason given)");
+  return -1;
+}
+
 static int generation_load(generation_t *g, char *err, size_t err_len) {
   if (g->desc->on_load) {
     char reason[512] = "";
@@ -780,7 +800,7 @@ int host_open(const config_t *config, host_t **out, char *err,
     gens[i] = generation_open(&host->plugins[i], config->plugins[i].path,
                               config->plugins[i].settings_json, NULL, err,
                               err_len);
-    if (!gens[i])
+    if (!gens[i] || generation_check_settings(gens[i], i, err, err_len) != 0)
       rc = -1;
   }
   for (size_t i = 0; i < config->service_count; i++) {
@@ -931,6 +951,7 @@ static int create_service(host_t *host, size_t i, char *err, size_t err_len) {
   o.send_queue_limit_bytes = cs->send_queue_limit_bytes;
   o.idle_timeout_ms = cs->idle_timeout_ms;
   o.incomplete_timeout_ms = cs->incomplete_timeout_ms;
+  o.close_linger_ms = cs->close_linger_ms;
   o.tcp_nodelay = cs->tcp_nodelay;
   o.max_sessions = cs->max_sessions;
   o.backlog = cs->backlog;
@@ -1373,6 +1394,7 @@ static void restart_notes(const config_t *a, const config_t *b, char **out,
     DIFF_NUM(label, x, y, send_queue_limit_bytes);
     DIFF_NUM(label, x, y, idle_timeout_ms);
     DIFF_NUM(label, x, y, incomplete_timeout_ms);
+    DIFF_NUM(label, x, y, close_linger_ms);
     DIFF_NUM(label, x, y, tcp_nodelay);
     DIFF_NUM(label, x, y, max_sessions);
     DIFF_NUM(label, x, y, backlog);
@@ -1428,9 +1450,12 @@ char *host_reload(host_t *host, const char *config_file, int dry_run) {
     generation_t *current = p->current;
     pthread_mutex_unlock(&host->gen_lock);
     const config_plugin_t *np = NULL;
+    size_t np_index = 0;
     for (size_t j = 0; j < next->plugin_count; j++)
-      if (strcmp(next->plugins[j].name, p->name) == 0)
+      if (strcmp(next->plugins[j].name, p->name) == 0) {
         np = &next->plugins[j];
+        np_index = j;
+      }
     if (!np)
       continue; /* reported as needing a restart */
     uint64_t hash = 0;
@@ -1444,14 +1469,19 @@ char *host_reload(host_t *host, const char *config_file, int dry_run) {
       why[i] = "settings changed";
     else if (strcmp(np->path, current->source_path) != 0)
       why[i] = "path changed";
-    if (!why[i] || dry_run)
+    if (!why[i])
       continue;
+    /* A dry run makes every check a reload would (admission, the plugin's
+     * settings check), all but on_load. */
     fresh[i] = generation_open(p, np->path, np->settings_json,
                                host->shadow_dir, err, sizeof err);
-    if (!fresh[i]) {
+    if (!fresh[i] ||
+        generation_check_settings(fresh[i], np_index, err, sizeof err) != 0) {
       failed = 1;
       break;
     }
+    if (dry_run)
+      continue;
     /* Its on_load may arm timers on running sessions: they must find it. */
     pthread_mutex_lock(&host->gen_lock);
     p->loading = fresh[i];
@@ -1466,9 +1496,13 @@ char *host_reload(host_t *host, const char *config_file, int dry_run) {
     for (size_t i = 0; fresh && i < count; i++)
       if (fresh[i])
         generation_discard(&host->plugins[i], fresh[i]);
-    append(&out, &len, &cap, "error: reload refused; nothing changed: %s\n",
-           err);
-    log_write(LOG_ERROR, "host", "reload refused; nothing changed: %s", err);
+    if (dry_run) {
+      append(&out, &len, &cap, "error: a reload would be refused: %s\n", err);
+    } else {
+      append(&out, &len, &cap, "error: reload refused; nothing changed: %s\n",
+             err);
+      log_write(LOG_ERROR, "host", "reload refused; nothing changed: %s", err);
+    }
   } else {
     append(&out, &len, &cap, "ok\n");
     if (!dry_run) {
@@ -1481,6 +1515,8 @@ char *host_reload(host_t *host, const char *config_file, int dry_run) {
     }
     for (size_t i = 0; i < count; i++) {
       host_plugin_t *p = &host->plugins[i];
+      if (dry_run && fresh[i])
+        generation_discard(p, fresh[i]); /* checked, never loaded */
       if (!why[i]) {
         append(&out, &len, &cap, "plugin %s: unchanged\n", p->name);
       } else if (dry_run) {

@@ -59,6 +59,7 @@ typedef struct options {
   const char *file;
   const char *name; /* --name: the Windows service's name */
   int json;
+  int dry_run; /* reload --dry-run: say what a reload would do */
   int service; /* run --service: started by the Windows service manager */
 } options_t;
 
@@ -72,8 +73,10 @@ static void print_help(FILE *out) {
           "and ABI-check every plugin\n"
           "  iocphost status  [-c FILE] [--json]   ask the running instance: "
           "services, sessions, plugins, counters\n"
-          "  iocphost reload  [-c FILE]            redeploy changed plugins "
-          "and settings\n"
+          "  iocphost reload  [-c FILE] [--dry-run]  redeploy changed "
+          "plugins and settings\n"
+          "                                        (--dry-run: check them and "
+          "say what would change)\n"
           "  iocphost reopen-logs [-c FILE]        reopen log.file after a "
           "rotation renamed it\n"
           "  iocphost stop    [-c FILE]            stop the running instance "
@@ -156,16 +159,26 @@ static int cmd_check(const char *file) {
   printf("%s: ok: %zu core(s), %zu plugin(s), %zu service(s)\n", file,
          config->core_count, config->plugin_count, config->service_count);
   host_close(host);
-  /* If this config's instance is running, say what a reload would change. */
-  char ignored[512];
-  fflush(stdout);
-  printf("a reload of the running instance would answer:\n");
-  fflush(stdout);
-  if (control_request(config->runtime_dir, config->name, "reload --dry-run",
-                      10000, ignored, sizeof ignored) < 0)
+  /* If this config's instance is running, say what a reload would change;
+   * a reload it would refuse fails the check like a refusal of our own. */
+  control_reply_t reply;
+  control_reply_init(&reply, NULL);
+  char why[8192];
+  int code = EXIT_OK;
+  int rc = control_request(config->runtime_dir, config->name,
+                           "reload --dry-run", 10000, &reply, why, sizeof why);
+  if (rc == 0) {
+    printf("a reload of the running instance would answer:\n%s",
+           reply.text ? reply.text : "");
+  } else if (rc > 0) {
+    fprintf(stderr, "iocphost: %s: the running instance says: %s\n", file, why);
+    code = EXIT_INVALID;
+  } else {
     printf("(no running instance of this config)\n");
+  }
+  control_reply_free(&reply);
   config_free(config);
-  return EXIT_OK;
+  return code;
 }
 
 /* ---- reload: one entry for every trigger ---- */
@@ -194,9 +207,31 @@ static char *reload_now(const char *trigger, int dry_run) {
 
 /* ---- stop triggers: the platform part of `run` ---- */
 
+static atomic_int stop_announced;
+
+/* Logs what stops the host, once: the first trigger is the one that
+ * happened. A stop through the control endpoint reaches the main thread as
+ * a SIGTERM on Linux, which must not be logged as a second, made-up cause.
+ * Returns 1 for the first trigger, 0 for any later one. */
+static int announce_stop(const char *trigger) {
+  if (atomic_exchange(&stop_announced, 1) != 0)
+    return 0;
+  log_write(LOG_INFO, "host", "%s: stopping gracefully", trigger);
+  return 1;
+}
+
+/* A trigger from any thread: announce it (or say a stop is under way
+ * already), then wake the main thread (stop_wake, per platform). */
+static void stop_wake(void);
+static void stop_request(const char *why) {
+  if (!announce_stop(why))
+    log_write(LOG_INFO, "host", "%s: already stopping", why);
+  stop_wake();
+}
+
 /* Each platform provides:
  *  stop_triggers_install  before any thread exists (masks, handlers);
- *  stop_request           from any thread: ask the main thread to stop;
+ *  stop_wake              from any thread: wake the main thread to stop;
  *  ready                  every listener accepts;
  *  wait_for_stop          blocks until a stop is asked for;
  *  stopping / stopped     around the graceful stop (progress reports). */
@@ -217,13 +252,10 @@ typedef struct service_state {
 static service_state_t service_state = {.lock = SRWLOCK_INIT};
 static HANDLE stop_event;    /* set: stop now */
 static HANDLE stopped_event; /* set: the graceful stop has finished */
-static atomic_int stop_reason_logged;
 
 static void service_report(DWORD state, DWORD exit_code, DWORD wait_hint);
 
-static void stop_request(const char *why) {
-  if (why && atomic_exchange(&stop_reason_logged, 1) == 0)
-    log_write(LOG_INFO, "host", "%s: stopping gracefully", why);
+static void stop_wake(void) {
   if (stop_event)
     SetEvent(stop_event);
 }
@@ -318,8 +350,7 @@ static void stopped(void) {
 
 static sigset_t waited_signals;
 
-static void stop_request(const char *why) {
-  (void)why;
+static void stop_wake(void) {
   kill(getpid(), SIGTERM); /* the main thread takes it in sigwait */
 }
 
@@ -383,8 +414,7 @@ static void wait_for_stop(void) {
       log_write(LOG_INFO, "host", "SIGUSR1: log file reopened");
       continue;
     }
-    log_write(LOG_INFO, "host", "%s: stopping gracefully",
-              sig == SIGTERM ? "SIGTERM" : "SIGINT");
+    announce_stop(sig == SIGTERM ? "SIGTERM" : "SIGINT");
     return;
   }
 }
@@ -424,8 +454,7 @@ static char *handle_control(void *ctx, const char *request, int *stop) {
   }
   if (strcmp(request, "stop") == 0) {
     *stop = 1;
-    log_write(LOG_INFO, "host", "stop requested through the control endpoint");
-    stop_request(NULL);
+    stop_request("stop requested through the control endpoint");
     return strdup("ok\nstopping\n");
   }
   if (strcmp(request, "reload") == 0)
@@ -566,7 +595,8 @@ static int cmd_run(const char *file, int service) {
   return EXIT_OK;
 }
 
-static int cmd_control(const char *file, const char *command, int json) {
+static int cmd_control(const char *file, const char *command, int json,
+                       int dry_run) {
   /* Only the instance's identity: the host owns the rest of the file, and a
    * missing plugin must not keep an operator from stopping it. */
   config_t *config;
@@ -577,19 +607,24 @@ static int cmd_control(const char *file, const char *command, int json) {
   }
   char request[64];
   snprintf(request, sizeof request, "%s%s", command,
-           json && strcmp(command, "status") == 0 ? " --json" : "");
+           json      ? " --json"
+           : dry_run ? " --dry-run"
+                     : "");
   unsigned wait_ms = 10000;
   if (strcmp(command, "stop") == 0)
     wait_ms = config->drain_timeout_ms + 15000;
-  char err[1024];
-  int rc = control_request(config->runtime_dir, config->name, request,
-                           wait_ms, err, sizeof err);
+  /* The answer streams to stdout as it arrives; the protocol's status line
+   * never does, and an error goes to stderr (SPEC section 8). */
+  control_reply_t reply;
+  control_reply_init(&reply, stdout);
+  char err[8192];
+  int rc = control_request(config->runtime_dir, config->name, request, wait_ms,
+                           &reply, err, sizeof err);
+  control_reply_free(&reply);
   config_free(config);
-  if (rc < 0) {
+  if (rc != 0)
     fprintf(stderr, "iocphost: %s: %s\n", command, err);
-    return EXIT_RUNTIME;
-  }
-  return rc == 0 ? EXIT_OK : EXIT_INVALID;
+  return rc == 0 ? EXIT_OK : rc > 0 ? EXIT_INVALID : EXIT_RUNTIME;
 }
 
 /* ---- the Windows service ---- */
@@ -1011,8 +1046,12 @@ static int parse_options(int argc, char **argv, options_t *o) {
       if (i + 1 >= argc)
         return usage_error("%s needs a file name", argv[i]);
       o->file = argv[++i];
-    } else if (strcmp(argv[i], "--json") == 0) {
+    } else if (strcmp(argv[i], "--json") == 0 &&
+               strcmp(o->command, "status") == 0) {
       o->json = 1;
+    } else if (strcmp(argv[i], "--dry-run") == 0 &&
+               strcmp(o->command, "reload") == 0) {
+      o->dry_run = 1;
     } else if (strcmp(argv[i], "--name") == 0) {
       if (i + 1 >= argc || argv[i + 1][0] == '\0')
         return usage_error("%s needs a service name", argv[i]);
@@ -1073,7 +1112,7 @@ int main(int argc, char **argv) {
     return cmd_check(o.file);
   if (strcmp(command, "status") == 0 || strcmp(command, "reload") == 0 ||
       strcmp(command, "stop") == 0 || strcmp(command, "reopen-logs") == 0)
-    return cmd_control(o.file, command, o.json);
+    return cmd_control(o.file, command, o.json, o.dry_run);
   if (strcmp(command, "service") == 0)
     return cmd_service(&o);
   return usage_error("unknown command '%s'", command);

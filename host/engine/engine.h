@@ -108,6 +108,12 @@ typedef struct service_options {
   uint32_t incomplete_timeout_ms;
   int tcp_nodelay;
   uint32_t close_timeout_ms; /* flush + FIN before giving up; default 5000 */
+  /* After our FIN, how long a session keeps reading (and discarding) until
+   * the peer's FIN before its socket is closed anyway: closing with unread
+   * input would turn the clean end into a reset. A peer that never closes
+   * holds the session (and a graceful stop) this long. 0 = close at once
+   * after the FIN; default 2000. */
+  uint32_t close_linger_ms;
   /* server */
   uint32_t max_sessions;
   int backlog;

@@ -146,6 +146,7 @@ void service_options_init(service_options_t *o) {
   o->incomplete_timeout_ms = 30000;
   o->tcp_nodelay = 1;
   o->close_timeout_ms = 5000;
+  o->close_linger_ms = 2000;
   o->max_sessions = 10000;
   o->backlog = 511;
   o->accepts_pending = 8;

@@ -25,7 +25,8 @@
  * Closing is graceful unless the peer failed: stop delivering input, flush
  * the queue, send FIN, call on_disconnected, then keep reading (and
  * discarding) until the peer's FIN, so the close never turns into a reset
- * because of unread input; a timer bounds both the flush and the linger.
+ * because of unread input; a timer bounds both the flush and the linger
+ * (close_timeout_ms, close_linger_ms).
  */
 #include <errno.h>
 #include <limits.h>
@@ -40,7 +41,6 @@
 #define SEND_BUFS_MAX 64
 #define SEND_NOW_BUFS 8 /* buffers of one send call that may go out at once */
 #define CHUNK_MIN_ROOM 512
-#define LINGER_MS 2000
 
 struct send_chunk {
   send_chunk_t *next;
@@ -1113,11 +1113,13 @@ static void finish_close(session_t *s, int graceful) {
   o->factory.handler->on_disconnected(s, (session_reason_t)s->reason);
   if (s->slot)
     service__client_closed(s->slot, s);
-  if (graceful && !s->peer_eof && s->handle.socket != IO_INVALID_SOCKET) {
+  if (graceful && !s->peer_eof && s->handle.socket != IO_INVALID_SOCKET &&
+      o->close_linger_ms > 0) {
     /* Our FIN is out; read until the peer's, bounded in time. (A session
-     * with no socket, as tests and the fuzzer make, has nothing to drain.) */
+     * with no socket, as tests and the fuzzer make, has nothing to drain;
+     * a close_linger_ms of 0 asks for no wait.) */
     s->lingering = 1;
-    timer_start(s, LINGER_MS, 0, on_close_timeout, NULL, 1);
+    timer_start(s, o->close_linger_ms, 0, on_close_timeout, NULL, 1);
   } else {
     drop_socket(s);
   }

@@ -25,8 +25,10 @@
  *                                            a too long text, an unknown id
  *
  * Settings: {"presence_interval_ms": 1000} (the default; 0 turns PRESENCE
- * off). The settings text is read with strstr/strtol, not a JSON parser: a
- * plugin must not link cJSON, and one integer does not need one.
+ * off; at most 3600000), checked by check_settings (ABI 1.2), so `iocphost
+ * check` refuses a bad value before a deploy. The settings text is read with
+ * strstr/strtol, not a JSON parser: a plugin must not link cJSON, and one
+ * integer does not need one.
  */
 #include <iocphost/plugin.h>
 
@@ -62,9 +64,9 @@ static atomic_int joined_count;
 
 /* Reads `"key": <integer>` from flat settings JSON. Returns 0 if the key is
  * absent (value untouched), 1 if read, -1 if the value is not an integer in
- * [min, max]. */
+ * [min, max] (then *found points at it, when found is not NULL). */
 static int settings_uint(const char *json, const char *key, long min, long max,
-                         uint32_t *value) {
+                         uint32_t *value, const char **found) {
   char quoted[64];
   snprintf(quoted, sizeof quoted, "\"%s\"", key);
   const char *at = json ? strstr(json, quoted) : NULL;
@@ -73,8 +75,14 @@ static int settings_uint(const char *json, const char *key, long min, long max,
   at += strlen(quoted);
   while (*at == ' ' || *at == '\t' || *at == '\r' || *at == '\n')
     at++;
+  if (found)
+    *found = at;
   if (*at++ != ':')
     return -1;
+  while (*at == ' ' || *at == '\t' || *at == '\r' || *at == '\n')
+    at++;
+  if (found)
+    *found = at;
   char *end;
   errno = 0;
   long parsed = strtol(at, &end, 10);
@@ -98,18 +106,37 @@ static void presence_tick(iocphost_session_t *session, void *state,
   api->send_packet(session, CHAT_PRESENCE, text, (size_t)len);
 }
 
-static int chat_load(const iocphost_api_t *host, const char *settings_json,
-                     char *err, size_t err_len) {
-  api = host;
-  atomic_store(&joined_count, 0);
-  presence_interval_ms = 1000;
-  if (settings_uint(settings_json, "presence_interval_ms", 0, 3600000,
-                    &presence_interval_ms) < 0) {
+#define PRESENCE_INTERVAL_MAX 3600000 /* an hour */
+
+/* ABI 1.2: the settings' check, with no side effects: `iocphost check` and
+ * `reload --dry-run` refuse bad settings before a deploy, and the host
+ * calls it before chat_load too. */
+static int chat_check_settings(const char *settings_json, char *err,
+                               size_t err_len) {
+  uint32_t interval;
+  const char *found = "";
+  if (settings_uint(settings_json, "presence_interval_ms", 0,
+                    PRESENCE_INTERVAL_MAX, &interval, &found) < 0) {
+    size_t shown = strcspn(found, ",}\r\n");
     snprintf(err, err_len,
-             "settings.presence_interval_ms must be an integer from 0 to "
-             "3600000 (milliseconds; 0 turns PRESENCE off)");
+             "presence_interval_ms must be an integer from 0 to %d "
+             "(milliseconds; 0 turns PRESENCE off), found %.*s",
+             PRESENCE_INTERVAL_MAX, (int)(shown > 40 ? 40 : shown), found);
     return 1;
   }
+  return 0;
+}
+
+static int chat_load(const iocphost_api_t *host, const char *settings_json,
+                     char *err, size_t err_len) {
+  (void)err;
+  (void)err_len;
+  api = host;
+  atomic_store(&joined_count, 0);
+  /* chat_check_settings accepted them before this runs. */
+  presence_interval_ms = 1000;
+  settings_uint(settings_json, "presence_interval_ms", 0, PRESENCE_INTERVAL_MAX,
+                &presence_interval_ms, NULL);
   return 0;
 }
 
@@ -213,6 +240,7 @@ static const iocphost_plugin_t chat_plugin = {
     .on_connected = chat_connected,
     .on_packet = chat_packet,
     .on_disconnected = chat_disconnected,
+    .check_settings = chat_check_settings,
 };
 
 IOCPHOST_PLUGIN_ENTRY { return &chat_plugin; }

@@ -476,44 +476,87 @@ class Host:
                             self.config.get("name", "iocphost") + ".sock")
 
     def control(self, request, timeout=10.0):
-        """Sends one request line to the control endpoint; returns the whole
-        reply (text) once the host closed the connection."""
-        if WINDOWS:
-            return self.control_through_cli(request, timeout)
-        return control_exchange(self.control_path(),
-                                request.encode() + b"\n",
-                                timeout=timeout).decode("utf-8", "replace")
-
-    def control_through_cli(self, request, timeout=10.0):
-        """The Windows build's control pipe is out of Linux's reach: ask
-        through `iocphost.exe status|stop|reload -c FILE`, which prints the
-        reply. Other requests (raw bytes) cannot be sent: the test skips."""
+        """Asks the running host, as an operator does: through `iocphost
+        status|stop|reload|reopen-logs -c FILE` on every platform, whose
+        standard output is the answer only and whose standard error holds
+        an error (SPEC section 8). Returns a ControlReply. A request the
+        command line cannot send (garbage, for the protocol's own tests)
+        goes over the Unix socket on Linux; the Windows pipe is out of
+        reach, so the test skips."""
         words = request.split()
-        if not words or words[0] not in ("status", "stop", "reload") or \
-                words[1:] not in ([], ["--json"]):
+        if words and words[0] in CLI_CONTROL_COMMANDS and \
+                words[1:] in CLI_CONTROL_COMMANDS[words[0]]:
+            return self.control_through_cli(words, timeout)
+        if WINDOWS:
             raise unittest.SkipTest(
                 "the Windows control endpoint is a named pipe that only "
                 "iocphost.exe's own commands reach; cannot send %r" % request)
+        wire = control_exchange(self.control_path(), request.encode() + b"\n",
+                                timeout=timeout).decode("utf-8", "replace")
+        first, _, rest = wire.partition("\n")
+        if first == "ok":
+            return ControlReply(True, rest)
+        return ControlReply(False, wire[len("error: "):]
+                            if wire.startswith("error: ") else wire)
+
+    def control_through_cli(self, words, timeout=10.0):
         # The command reads only the config's top level (name, runtime_dir)
-        # to find the pipe, so it reaches a host whose config no longer
+        # to find the endpoint, so it reaches a host whose config no longer
         # validates as a whole (a plugin file removed).
         result = run_cli(words + ["-c", self.config_path], timeout=timeout)
         if result.returncode == 3:
             raise ConnectionRefusedError(
                 "control: %s" % (result.stderr.strip() or "no instance"))
-        return result.stdout
+        if result.returncode == 0:
+            # The answer alone: no protocol status line, nothing on stderr.
+            if result.stdout.startswith("ok\n") or result.stderr:
+                raise AssertionError(
+                    "`iocphost %s` printed more than its answer:\nstdout "
+                    "%r\nstderr %r" % (" ".join(words), result.stdout[:300],
+                                        result.stderr[:300]))
+            return ControlReply(True, result.stdout)
+        prefix = "iocphost: %s: " % words[0]
+        if result.returncode != 1 or result.stdout or \
+                not result.stderr.startswith(prefix):
+            raise AssertionError(
+                "`iocphost %s` failed with %d, stdout %r, stderr %r; an "
+                "error reply is exit code 1 with the reason on stderr only" %
+                (" ".join(words), result.returncode, result.stdout[:300],
+                 result.stderr[:300]))
+        return ControlReply(False, result.stderr[len(prefix):])
 
     def status_json(self, timeout=10.0):
-        """`status --json` over the control endpoint, parsed."""
+        """`iocphost status --json`, parsed: its standard output must be
+        exactly one JSON document."""
         reply = self.control("status --json", timeout)
-        if not reply.startswith("ok\n"):
+        if not reply.ok:
             raise AssertionError("status --json answered: %r" % reply[:500])
-        return json.loads(reply[3:])
+        return json.loads(reply)
 
     def remove(self):
         if KEEP_TEMP:
             return
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+# The control commands of the command line, with the options each takes.
+CLI_CONTROL_COMMANDS = {
+    "status": ([], ["--json"]),
+    "stop": ([],),
+    "reload": ([], ["--dry-run"]),
+    "reopen-logs": ([],),
+}
+
+
+class ControlReply(str):
+    """What the running host answered: the text is the answer, or when ok
+    is False the error's text (without "error: "). The control protocol's
+    status line is never part of it."""
+
+    def __new__(cls, ok, text):
+        reply = str.__new__(cls, text)
+        reply.ok = ok
+        return reply
 
 
 def control_exchange(path, data, timeout=10.0):

@@ -126,15 +126,16 @@ class ControlTest(HostTestCase):
         # The command line says the same, as JSON and as text.
         result = harness.run_cli(["status", "--json", "-c", host.config_path])
         self.assertEqual(result.returncode, 0, self.output(result))
-        self.assertTrue(result.stdout.startswith("ok\n"), result.stdout)
-        cli = {s["name"]: s for s in json.loads(result.stdout[3:])["services"]}
+        self.assertEqual(result.stderr, "")
+        # Standard output is the JSON document alone (no protocol "ok").
+        cli = {s["name"]: s for s in json.loads(result.stdout)["services"]}
         for name, fields in expected.items():
             for key, value in fields.items():
                 self.assertEqual(cli[name][key], value, (name, key))
         result = harness.run_cli(["status", "-c", host.config_path])
         self.assertEqual(result.returncode, 0, self.output(result))
         lines = result.stdout.splitlines()
-        self.assertEqual(lines[0], "ok")
+        self.assertTrue(lines[0].startswith("iocphost "), result.stdout)
         for name, fields in expected.items():
             line = [l for l in lines if l.startswith("service %s " % name)]
             self.assertEqual(len(line), 1, result.stdout)

@@ -188,7 +188,7 @@ START_TEST(a_full_config_parses_with_every_field) {
       "\"packet\",\n"
       "      \"max_recv_bytes\": 131072, \"max_packet_bytes\": 8192,\n"
       "      \"send_queue_limit_bytes\": 65536, \"idle_timeout_ms\": 30000,\n"
-      "      \"tcp_nodelay\": false },\n"
+      "      \"close_linger_ms\": 0, \"tcp_nodelay\": false },\n"
       "    { \"name\": \"to-login\", \"type\": \"client\", \"core\": "
       "\"links\",\n"
       "      \"plugin\": \"relay\", \"address\": \"10.0.0.2:7000\",\n"
@@ -236,6 +236,7 @@ START_TEST(a_full_config_parses_with_every_field) {
   ck_assert_uint_eq(s->max_packet_bytes, 8192);
   ck_assert_uint_eq(s->send_queue_limit_bytes, 65536);
   ck_assert_uint_eq(s->idle_timeout_ms, 30000);
+  ck_assert_uint_eq(s->close_linger_ms, 0);
   ck_assert_int_eq(s->tcp_nodelay, 0);
   ck_assert_uint_eq(s->max_sessions, 500);
   ck_assert_int_eq(s->backlog, 128);
@@ -289,6 +290,7 @@ START_TEST(defaults_are_those_of_the_spec) {
     ck_assert_uint_eq(s->max_packet_bytes, 65535);
     ck_assert_uint_eq(s->send_queue_limit_bytes, 1048576);
     ck_assert_uint_eq(s->idle_timeout_ms, 0);
+    ck_assert_uint_eq(s->close_linger_ms, 2000);
     ck_assert_int_eq(s->tcp_nodelay, 1);
   }
   ck_assert_uint_eq(c->services[0].max_sessions, 10000);
@@ -363,7 +365,8 @@ START_TEST(relative_paths_resolve_against_the_config_folder) {
   ck_assert_str_eq(c->file, "conf/host.json");
   ck_assert_str_eq(c->dir, path_in_real_scratch("conf"));
   ck_assert_str_eq(c->log_file, path_in_real_scratch("conf/logs/host.log"));
-  ck_assert_str_eq(c->runtime_dir, path_in_real_scratch("conf/../run"));
+  /* Shown normalised, not as "conf/../run" (issue 13). */
+  ck_assert_str_eq(c->runtime_dir, path_in_real_scratch("run"));
   ck_assert_str_eq(c->plugins[0].path_given, "plugins/game");
   ck_assert_str_eq(c->plugins[0].path,
                    path_in_real_scratch("conf/plugins/game.so"));
@@ -549,6 +552,7 @@ START_TEST(a_folder_is_not_a_config_file) {
 END_TEST
 
 START_TEST(numbers_must_be_integers_in_range) {
+  scratch_write("p.so", "");
   parse_fails("{ \"cores\": [ { \"name\": \"m\", \"threads\": 1.5 } ] }",
               "cores[0].threads", "from 0 to 1024, found 1.5");
   parse_fails("{ \"cores\": [ { \"name\": \"m\", \"threads\": 1025 } ] }",
@@ -560,6 +564,16 @@ START_TEST(numbers_must_be_integers_in_range) {
   parse_fails("{ \"shutdown\": 5 }", "shutdown: must be an object", NULL);
   parse_fails("{ \"log\": { \"level\": 2 } }", "log.level",
               "\"debug\", \"info\", \"warn\", \"error\"");
+  parse_fails("{ \"plugins\": [ { \"name\": \"p\", \"path\": \"p\" } ],\n"
+              "  \"services\": [ { \"name\": \"s\", \"type\": \"server\",\n"
+              "  \"plugin\": \"p\", \"address\": \"127.0.0.1:1\",\n"
+              "  \"close_linger_ms\": -1 } ] }",
+              "services[0].close_linger_ms", "found -1");
+  parse_fails("{ \"plugins\": [ { \"name\": \"p\", \"path\": \"p\" } ],\n"
+              "  \"services\": [ { \"name\": \"s\", \"type\": \"client\",\n"
+              "  \"plugin\": \"p\", \"address\": \"127.0.0.1:1\",\n"
+              "  \"close_linger_ms\": \"2s\" } ] }",
+              "services[0].close_linger_ms", "found a string");
 }
 END_TEST
 

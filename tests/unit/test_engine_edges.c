@@ -19,7 +19,9 @@
 
 typedef struct tally {
   atomic_int connected, disconnected, freed;
-  atomic_int abort_on_connect; /* the server drops every session at once */
+  atomic_int abort_on_connect;      /* the server drops every session at once */
+  atomic_int disconnect_on_connect; /* ... or closes it gracefully (FIN) */
+  _Atomic uint64_t disconnected_ms, freed_ms; /* when the last one was */
 } tally_t;
 
 static tally_t server_tally, client_tally;
@@ -36,6 +38,8 @@ static void on_connected(session_t *s) {
   atomic_fetch_add(&t->connected, 1);
   if (atomic_load(&t->abort_on_connect))
     session_abort(s, REASON_LOCAL);
+  if (atomic_load(&t->disconnect_on_connect))
+    session_disconnect(s, REASON_LOCAL);
 }
 
 static size_t on_recv(session_t *s, const uint8_t *data, size_t len) {
@@ -46,10 +50,14 @@ static size_t on_recv(session_t *s, const uint8_t *data, size_t len) {
 
 static void on_disconnected(session_t *s, session_reason_t reason) {
   (void)reason;
+  atomic_store(&tally_of(s)->disconnected_ms, tu_now_ms());
   atomic_fetch_add(&tally_of(s)->disconnected, 1);
 }
 
-static void on_free(session_t *s) { atomic_fetch_add(&tally_of(s)->freed, 1); }
+static void on_free(session_t *s) {
+  atomic_store(&tally_of(s)->freed_ms, tu_now_ms());
+  atomic_fetch_add(&tally_of(s)->freed, 1);
+}
 
 static const session_handler_t handler = {
     .on_connected = on_connected,
@@ -375,6 +383,54 @@ START_TEST(test_a_session_aborted_before_it_opens_drops_its_timers_at_once) {
 }
 END_TEST
 
+/* ---- 6. the linger after our FIN: close_linger_ms ---- */
+
+/* The server closes each session gracefully as it opens; the peer reads
+ * nothing and never closes. Returns how long the session was held after
+ * on_disconnected (our FIN) before it was released. */
+static uint64_t held_after_fin(uint32_t close_linger_ms) {
+  memset(&server_tally, 0, sizeof server_tally);
+  atomic_store(&server_tally.disconnect_on_connect, 1);
+  char err[256];
+  core_t *core;
+  ck_assert_msg(core_create("edges", 1, &core, err, sizeof err) == 0, "%s",
+                err);
+  int port = tu_free_port();
+  service_options_t o;
+  options(&o, SERVICE_SERVER, port, &server_tally);
+  o.close_linger_ms = close_linger_ms;
+  service_t *svc = start(core, &o);
+  int fd = tu_connect(port, 0);
+  ck_assert_int_ge(fd, 0);
+  ck_assert(tu_wait_at_least(&server_tally.disconnected, 1, 5000));
+  /* The old fixed linger was 2 s: wait longer than that before judging. */
+  ck_assert_msg(tu_wait_at_least(&server_tally.freed, 1, 10000),
+                "a session whose peer never closes is never released");
+  uint64_t held = atomic_load(&server_tally.freed_ms) -
+                  atomic_load(&server_tally.disconnected_ms);
+  tu_close(fd); /* only now: the peer never closed while it mattered */
+  ck_assert_int_eq(service_destroy_within(svc, 5000), 0);
+  core_destroy(core);
+  ck_assert_int_eq(engine_live_objects(), 0);
+  return held;
+}
+
+START_TEST(test_a_peer_that_never_closes_is_released_after_close_linger_ms) {
+  uint64_t held = held_after_fin(300);
+  /* Not before the linger; well before the 2 s it used to be. */
+  ck_assert_msg(held >= 250 && held < 1500,
+                "held %llu ms after our FIN with close_linger_ms 300",
+                (unsigned long long)held);
+}
+END_TEST
+
+START_TEST(test_close_linger_ms_zero_releases_the_session_right_after_fin) {
+  uint64_t held = held_after_fin(0);
+  ck_assert_msg(held < 250, "held %llu ms after our FIN with close_linger_ms 0",
+                (unsigned long long)held);
+}
+END_TEST
+
 int main(void) {
   Suite *s = suite_create("engine_edges");
   TCase *tc = tcase_create("edges");
@@ -384,6 +440,10 @@ int main(void) {
   tcase_add_test(tc, test_reconnect_with_zero_min_delay_still_backs_off);
   tcase_add_test(tc, test_a_server_that_drops_at_once_does_not_reset_the_backoff);
   tcase_add_test(tc, test_a_session_aborted_before_it_opens_drops_its_timers_at_once);
+  tcase_add_test(
+      tc, test_a_peer_that_never_closes_is_released_after_close_linger_ms);
+  tcase_add_test(
+      tc, test_close_linger_ms_zero_releases_the_session_right_after_fin);
   suite_add_tcase(s, tc);
   SRunner *sr = srunner_create(s);
   srunner_run_all(sr, CK_NORMAL);

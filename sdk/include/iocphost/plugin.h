@@ -41,7 +41,7 @@ extern "C" {
 #endif
 
 #define IOCPHOST_ABI_MAJOR 1
-#define IOCPHOST_ABI_MINOR 1
+#define IOCPHOST_ABI_MINOR 2
 
 /* The exported entry symbol's name, as a string for the host's loader. */
 #define IOCPHOST_PLUGIN_ENTRY_NAME "iocphost_plugin_entry"
@@ -291,6 +291,21 @@ typedef struct iocphost_plugin {
   void (*on_send)(iocphost_session_t *session, void *state, size_t bytes);
   void (*on_disconnected)(iocphost_session_t *session, void *state,
                           iocphost_reason_t reason);
+
+  /* ---- ABI 1.2: settings checked before deploy. A descriptor built
+   * against an older header is shorter and has no such field: the host
+   * reads it only when struct_size covers it, as NULL otherwise. */
+
+  /* Optional: says whether settings_json (the config's "settings" as JSON
+   * text, "{}" if none) is acceptable, without side effects: return 0, or
+   * non-zero after writing a reason into err (say which setting, what it
+   * must be and what was found). It may run at any time, even while
+   * another generation of the plugin serves, and on a library that is never
+   * loaded further: it must not touch globals, files, threads or the host,
+   * and it gets no host table. `iocphost check` and `reload --dry-run` call
+   * it to refuse bad settings before a deploy; `run` and `reload` call it
+   * before on_load, so on_load may rely on settings it accepted. */
+  int (*check_settings)(const char *settings_json, char *err, size_t err_len);
 } iocphost_plugin_t;
 
 /* The smallest descriptor the host accepts: everything up to on_disconnected. */
