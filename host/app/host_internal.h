@@ -1,0 +1,194 @@
+/*
+ * The host's inside, shared by its files (host.h is the outside):
+ *   host.c             the host's life: open (check), start, stop, close
+ *   generations.c      plugin generations: open from a shadow copy, load,
+ *                      make current, retire, the reaper that unloads them
+ *   plugin_sessions.c  the engine's session handler: a plugin's sessions
+ *                      ("derived sessions") forwarded to their generation
+ *   plugin_api.c       the table of host functions a plugin calls
+ *   services.c         the config's cores and services made engine objects
+ *   status.c           status, as text and as JSON
+ *   reload.c           reload (hot deploy)
+ *
+ * A plugin's sessions are engine sessions carrying a small host record and
+ * the plugin's session_size bytes (the "derived session").
+ * iocphost_session_t is the engine's session_t and iocphost_service_t is
+ * the host's service record: both stay opaque to plugins.
+ *
+ * Generations (hot deploy, SPEC section 10): every load of a plugin is a
+ * generation, loaded from its own shadow copy. A session binds to the
+ * plugin's current generation when it connects (not when it is allocated:
+ * a listener keeps sessions ready for its pending accepts, and those must
+ * not pin an old generation) and keeps it to the end; the generation counts
+ * its sessions. A reload makes new generations current all at once, or
+ * none; a retired generation is unloaded by the reaper thread once its last
+ * session is freed, never from inside plugin code.
+ *
+ * Each generation has its own iocphost_api_t, embedded first in it, so the
+ * functions that take the api pointer (log, service_find) know which plugin
+ * is calling without any global state.
+ *
+ * A timer or post keeps the generation whose code it will run loaded, as a
+ * session does: a generation-1 timer armed on a generation-2 session (the
+ * gateway after its link reconnected) or on another plugin's session may
+ * outlive every generation-1 session. The host tells by address which
+ * generation's library holds the function, counts a hold on it, and drops
+ * the hold when the engine is done with the timer or post.
+ */
+#ifndef IOCPHOST_HOST_INTERNAL_H
+#define IOCPHOST_HOST_INTERNAL_H
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdint.h>
+
+#include "config.h"
+#include "engine/engine.h"
+#include "host.h"
+#include "iocphost/plugin.h"
+#include "plugin_loader.h"
+
+typedef struct host_plugin host_plugin_t;
+typedef struct generation generation_t;
+typedef struct generation generation_t;
+
+struct generation {
+  iocphost_api_t api; /* first: the plugin's api pointer leads back here */
+  host_plugin_t *plugin;
+  plugin_module_t *module;
+  const iocphost_plugin_t *desc;
+  unsigned number;     /* 1, 2, ... per plugin */
+  char *source_path;   /* the deployed file */
+  char *shadow_path;   /* the copy it was loaded from (NULL for check) */
+  char *settings_json; /* what on_load got */
+  uint64_t source_hash;
+  long sessions; /* bound sessions; under host->gen_lock */
+  long holds;    /* timers and posts that will run its code; gen_lock */
+  uintptr_t image_start, image_end; /* where its library is mapped */
+  int loaded;                       /* on_load succeeded: on_unload is owed */
+  int retired;        /* no longer current: unload at 0 sessions */
+  generation_t *next; /* the plugin's generations, newest first */
+};
+
+struct host_plugin {
+  host_t *host;
+  char *name;            /* the config's name */
+  generation_t *current; /* under host->gen_lock */
+  generation_t *loading; /* a reload's new one, before it is current */
+  generation_t *generations;
+  unsigned generation_count;
+};
+
+/* The host's part of a session's extra state; the plugin's state follows
+ * it when it fits (it is sized by the generation current at allocation). */
+typedef struct host_session {
+  generation_t *generation; /* bound at connect; NULL before */
+  void *state;
+  int connected; /* the plugin saw on_connected */
+} host_session_t;
+
+#define HOST_SESSION_BYTES ((sizeof(host_session_t) + 15) & ~(size_t)15)
+
+typedef struct host_service {
+  host_t *host;
+  const config_service_t *config;
+  host_plugin_t *plugin;
+  service_t *engine; /* main thread and status (under host->lock) */
+  /* The same service as seen by the plugin API, which plugin threads may
+   * call at any moment of a stop: each call pins it (api_pins) for its
+   * duration, and destroy_services frees it only once it is unpublished
+   * and unpinned. Lock-free, so a plugin thread calling in a loop can never
+   * starve the stop, and no lock is held while the call runs. */
+  _Atomic(service_t *) api_engine;
+  atomic_int api_pins;
+  int packet_framing;
+  uint32_t max_packet_bytes;
+  atomic_uint_fast64_t packets_in;
+  atomic_uint_fast64_t packets_out;
+} host_service_t;
+
+struct host {
+  /* Guards the service and core pointers against a status request racing
+   * the stop: they are detached under it, destroyed outside it. */
+  pthread_mutex_t lock;
+  /* Guards generations: current pointers, session counts, retirement. */
+  pthread_mutex_t gen_lock;
+  pthread_cond_t gen_changed;
+  pthread_t reaper;
+  int reaper_running;
+  int reaper_stop;
+  pthread_mutex_t reload_lock; /* one reload at a time */
+  char *shadow_dir;
+  const config_t *config;
+  host_plugin_t *plugins;
+  size_t plugin_count;
+  core_t **cores;
+  host_service_t *services;
+  int started;
+  atomic_int stopped;
+};
+
+#define SESSION(x) ((session_t *)(x))
+#define PLUGIN_SESSION(x) ((iocphost_session_t *)(x))
+
+static inline host_service_t *host_service_of(session_t *s) {
+  return service_user(session_service(s));
+}
+
+/* The host's record and the plugin's state of a plugin's session. */
+static inline host_session_t *host_session(session_t *s) {
+  return session_extra(s);
+}
+static inline void *plugin_state(session_t *s) {
+  return host_session(s)->state;
+}
+
+/* ---- generations.c ---- */
+
+int generation_check_settings(generation_t *g, size_t index, char *err,
+                              size_t err_len);
+void generation_close(generation_t *g);
+void generation_discard(host_plugin_t *p, generation_t *g);
+int generation_load(generation_t *g, char *err, size_t err_len);
+void generation_make_current(host_plugin_t *p, generation_t *g);
+generation_t *generation_open(host_plugin_t *p, const char *path,
+                              const char *settings_json, const char *shadow_dir,
+                              char *err, size_t err_len);
+/* Sessions and pins count on a generation (under gen_lock). */
+generation_t *generation_acquire(host_plugin_t *p);
+void generation_release(generation_t *g);
+/* Holds: timers and posts that will run a generation's code. */
+void generation_drop_hold(generation_t *g);
+generation_t *generation_hold_code(host_t *host, uintptr_t address);
+/* The reaper thread's body; unload_plugins ends it and unloads the rest. */
+int move_to_shadow(host_t *host, char *err, size_t err_len);
+void *reaper_main(void *arg);
+void tell_plugins_stopping(host_t *host);
+void unload_plugins(host_t *host);
+
+/* ---- plugin_sessions.c ---- */
+
+extern const session_handler_t plugin_session_handler;
+/* The engine's factory hook: room for the host's record and the current
+ * generation's state. */
+size_t prepare_session(void *ctx, void **session_context);
+
+/* ---- plugin_api.c ---- */
+
+void fill_api(generation_t *g);
+/* Unpublishes a service from the plugin API and waits until no API call
+ * still uses it; then it may be destroyed. */
+void service_unpublish(host_service_t *hs);
+
+/* ---- services.c ---- */
+
+int create_service(host_t *host, size_t i, char *err, size_t err_len);
+void destroy_cores(host_t *host);
+void destroy_services(host_t *host);
+
+/* ---- status.c ---- */
+
+/* printf into a growing malloc'd buffer (*buf NULL at first). */
+void text_append(char **buf, size_t *len, size_t *cap, const char *fmt, ...);
+
+#endif

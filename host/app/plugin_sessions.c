@@ -1,0 +1,131 @@
+/*
+ * A plugin's sessions: the engine's session handler, forwarding each
+ * callback to the generation the session bound to when it connected, and
+ * splitting packets for packet-framing services (SPEC section 5).
+ */
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "engine/log.h"
+#include "framing.h"
+#include "host_internal.h"
+
+/* ---- engine handler: forwards to the session's generation ---- */
+
+static const iocphost_plugin_t *desc_of(session_t *s) {
+  return host_session(s)->generation->desc;
+}
+
+static void on_connected(session_t *s) {
+  host_session_t *h = host_session(s);
+  host_service_t *hs = host_service_of(s);
+  generation_t *g = generation_acquire(hs->plugin);
+  h->generation = g;
+  uint32_t size = g->desc->session_size;
+  if (size <= session_extra_size(s) - HOST_SESSION_BYTES) {
+    h->state = (char *)h + HOST_SESSION_BYTES;
+  } else {
+    /* The generation changed since this session was allocated and needs
+     * more room than was reserved. */
+    h->state = calloc(1, size);
+    if (!h->state) {
+      session_abort(s, REASON_IO_ERROR);
+      return;
+    }
+  }
+  h->connected = 1;
+  g->desc->on_connected(PLUGIN_SESSION(s), h->state);
+}
+
+static void on_disconnected(session_t *s, session_reason_t reason) {
+  host_session_t *h = host_session(s);
+  if (h->connected)
+    desc_of(s)->on_disconnected(PLUGIN_SESSION(s), h->state,
+                                (iocphost_reason_t)reason);
+}
+
+static void on_sent(session_t *s, size_t bytes) {
+  const iocphost_plugin_t *d = desc_of(s);
+  if (d->on_send)
+    d->on_send(PLUGIN_SESSION(s), plugin_state(s), bytes);
+}
+
+static void on_free(session_t *s) {
+  host_session_t *h = host_session(s);
+  if (!h->generation)
+    return;
+  if (h->state != (char *)h + HOST_SESSION_BYTES)
+    free(h->state);
+  generation_release(h->generation);
+}
+
+/* What every packet of one receive needs, looked up once per receive
+ * rather than once per packet. */
+typedef struct packet_delivery {
+  session_t *session;
+  const iocphost_plugin_t *desc;
+  void *state;
+  uint64_t packets;
+} packet_delivery_t;
+
+static int deliver_packet(void *ctx, const framing_packet_t *packet) {
+  packet_delivery_t *d = ctx;
+  d->packets++;
+  d->desc->on_packet(PLUGIN_SESSION(d->session), d->state, packet->id,
+                     packet->payload, packet->payload_len);
+  return !session_is_open(d->session);
+}
+
+/* SPEC section 5, parsed by framing.c. A declared size is checked before
+ * anything waits for it, so a hostile header never makes the host keep
+ * more than max_packet_bytes. */
+static size_t on_recv_packets(session_t *s, host_service_t *hs,
+                              const uint8_t *data, size_t len) {
+  packet_delivery_t d = {s, desc_of(s), plugin_state(s), 0};
+  framing_result_t r =
+      framing_split(data, len, hs->max_packet_bytes, deliver_packet, &d);
+  if (d.packets)
+    atomic_fetch_add_explicit(&hs->packets_in, d.packets, memory_order_relaxed);
+  if (r.bad) {
+    char peer[ADDRESS_TEXT_MAX] = "?";
+    address_format(session_peer(s), peer, sizeof peer);
+    log_write(LOG_WARN, "framing",
+              "service %s: session %llu (%s) sent a packet header declaring "
+              "%u bytes (allowed 4..%u): disconnecting (protocol_error)",
+              hs->config->name, (unsigned long long)session_id(s), peer,
+              (unsigned)r.bad_size, hs->max_packet_bytes);
+    session_disconnect(s, REASON_PROTOCOL_ERROR);
+    return len;
+  }
+  return r.stopped ? len : r.used;
+}
+
+static size_t on_recv(session_t *s, const uint8_t *data, size_t len) {
+  host_service_t *hs = host_service_of(s);
+  if (hs->packet_framing)
+    return on_recv_packets(s, hs, data, len);
+  return desc_of(s)->on_recv(PLUGIN_SESSION(s), plugin_state(s), data, len);
+}
+
+const session_handler_t plugin_session_handler = {
+    .on_connected = on_connected,
+    .on_recv = on_recv,
+    .on_disconnected = on_disconnected,
+    .on_sent = on_sent,
+    .on_free = on_free,
+};
+
+/* Room for the host's record and the current generation's state. */
+size_t prepare_session(void *ctx, void **session_context) {
+  host_service_t *hs = ctx;
+  host_t *host = hs->host;
+  pthread_mutex_lock(&host->gen_lock);
+  size_t room =
+      ((size_t)hs->plugin->current->desc->session_size + 15) & ~(size_t)15;
+  pthread_mutex_unlock(&host->gen_lock);
+  *session_context = NULL;
+  return HOST_SESSION_BYTES + room;
+}

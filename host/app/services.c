@@ -1,0 +1,80 @@
+/*
+ * The config's cores and services made engine objects: service options from
+ * the config, the plugin's session factory, and their teardown. Services
+ * are published to the plugin API here and unpublished before they go.
+ */
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "host_internal.h"
+
+int create_service(host_t *host, size_t i, char *err, size_t err_len) {
+  host_service_t *hs = &host->services[i];
+  const config_service_t *cs = hs->config;
+  service_options_t o;
+  service_options_init(&o);
+  o.name = cs->name;
+  o.type = cs->type == CONFIG_SERVICE_CLIENT ? SERVICE_CLIENT : SERVICE_SERVER;
+  o.address = cs->address;
+  o.factory.handler = &plugin_session_handler;
+  o.factory.ctx = hs;
+  o.factory.prepare = prepare_session;
+  o.max_recv_bytes = cs->max_recv_bytes;
+  /* A whole packet must fit in what a session may keep unconsumed. */
+  if (hs->packet_framing && o.max_recv_bytes < cs->max_packet_bytes)
+    o.max_recv_bytes = cs->max_packet_bytes;
+  o.send_queue_limit_bytes = cs->send_queue_limit_bytes;
+  o.idle_timeout_ms = cs->idle_timeout_ms;
+  o.incomplete_timeout_ms = cs->incomplete_timeout_ms;
+  o.close_linger_ms = cs->close_linger_ms;
+  o.tcp_nodelay = cs->tcp_nodelay;
+  o.max_sessions = cs->max_sessions;
+  o.backlog = cs->backlog;
+  o.client_sessions = cs->sessions;
+  o.connect_timeout_ms = cs->connect_timeout_ms;
+  o.reconnect = cs->reconnect;
+  o.reconnect_min_delay_ms = cs->reconnect_min_delay_ms;
+  o.reconnect_max_delay_ms = cs->reconnect_max_delay_ms;
+  o.reconnect_jitter = cs->reconnect_jitter;
+  o.reconnect_reset_after_ms = cs->reconnect_reset_after_ms;
+  /* A session asked to close may flush for as long as a graceful stop may
+   * drain, and a little longer: the stop's deadline, not one of its own,
+   * decides when a stop gives up (and says so in the log). */
+  if (host->config->drain_timeout_ms > 0)
+    o.close_timeout_ms = host->config->drain_timeout_ms + 1000;
+  service_t *svc;
+  if (service_create(host->cores[cs->core_index], &o, &svc, err, err_len) != 0)
+    return -1;
+  service_set_user(svc, hs);
+  pthread_mutex_lock(&host->lock); /* status may be reading */
+  hs->engine = svc;
+  pthread_mutex_unlock(&host->lock);
+  atomic_store(&hs->api_engine, svc);
+  return 0;
+}
+
+void destroy_services(host_t *host) {
+  for (size_t i = 0; i < host->config->service_count; i++) {
+    host_service_t *hs = &host->services[i];
+    pthread_mutex_lock(&host->lock);
+    service_t *svc = hs->engine;
+    hs->engine = NULL;
+    pthread_mutex_unlock(&host->lock);
+    service_unpublish(hs);
+    if (svc)
+      service_destroy(svc);
+  }
+}
+
+void destroy_cores(host_t *host) {
+  for (size_t i = 0; i < host->config->core_count; i++) {
+    pthread_mutex_lock(&host->lock);
+    core_t *core = host->cores[i];
+    host->cores[i] = NULL;
+    pthread_mutex_unlock(&host->lock);
+    core_destroy(core);
+  }
+}

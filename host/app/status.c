@@ -1,0 +1,219 @@
+/*
+ * `status` (SPEC section 8): services, sessions, plugins and their
+ * generations, counters; as text for people and as one JSON document for
+ * tools.
+ */
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <cjson/cJSON.h>
+
+#include "engine/log.h"
+#include "host_internal.h"
+#include "version.h"
+
+/* ---- status (SPEC section 8) ---- */
+
+static const char *const reason_names[] = {
+#define REASON_NAME(name, value, text) [value] = text,
+    IOCPHOST_REASONS(REASON_NAME)
+#undef REASON_NAME
+};
+#define REASON_COUNT ((int)(sizeof reason_names / sizeof reason_names[0]))
+
+static cJSON *service_json(host_service_t *hs) {
+  const config_service_t *cs = hs->config;
+  service_stats_t st;
+  memset(&st, 0, sizeof st);
+  if (hs->engine)
+    service_get_stats(hs->engine, &st);
+  cJSON *o = cJSON_CreateObject();
+  cJSON_AddStringToObject(o, "name", cs->name);
+  cJSON_AddStringToObject(
+      o, "type", cs->type == CONFIG_SERVICE_SERVER ? "server" : "client");
+  cJSON_AddStringToObject(o, "address", cs->address_text);
+  cJSON_AddStringToObject(o, "core", cs->core);
+  cJSON_AddStringToObject(o, "plugin", cs->plugin);
+  cJSON_AddStringToObject(o, "framing", hs->packet_framing ? "packet" : "raw");
+  cJSON_AddNumberToObject(o, "sessions", (double)st.sessions_now);
+  cJSON_AddNumberToObject(o, "max_sessions", (double)st.sessions_max);
+  cJSON_AddNumberToObject(o, "accepted", (double)st.accepted);
+  cJSON_AddNumberToObject(o, "rejected", (double)st.rejected);
+  cJSON_AddNumberToObject(o, "accept_errors", (double)st.accept_errors);
+  cJSON_AddNumberToObject(o, "connects", (double)st.connects);
+  cJSON_AddNumberToObject(o, "connect_failures", (double)st.connect_failures);
+  cJSON_AddNumberToObject(o, "bytes_in", (double)st.bytes_in);
+  cJSON_AddNumberToObject(o, "bytes_out", (double)st.bytes_out);
+  cJSON_AddNumberToObject(o, "packets_in",
+                          (double)atomic_load(&hs->packets_in));
+  cJSON_AddNumberToObject(o, "packets_out",
+                          (double)atomic_load(&hs->packets_out));
+  cJSON *d = cJSON_AddObjectToObject(o, "disconnects");
+  for (int r = 1; r < REASON_COUNT && r < 10; r++)
+    if (reason_names[r])
+      cJSON_AddNumberToObject(d, reason_names[r], (double)st.disconnects[r]);
+  return o;
+}
+
+static cJSON *status_json(host_t *host, uint64_t uptime_ms) {
+  const config_t *c = host->config;
+  cJSON *root = cJSON_CreateObject();
+  cJSON_AddStringToObject(root, "name", c->name);
+  cJSON_AddStringToObject(root, "version", IOCPHOST_VERSION);
+  cJSON_AddNumberToObject(root, "pid", (double)getpid());
+  cJSON_AddNumberToObject(root, "uptime_ms", (double)uptime_ms);
+  cJSON_AddStringToObject(root, "config", c->file);
+  cJSON_AddStringToObject(root, "state",
+                          host->stopped ? "stopping" : "running");
+  cJSON *cores = cJSON_AddArrayToObject(root, "cores");
+  for (size_t i = 0; i < c->core_count; i++) {
+    cJSON *o = cJSON_CreateObject();
+    cJSON_AddStringToObject(o, "name", c->cores[i].name);
+    if (host->cores[i]) {
+      cJSON_AddNumberToObject(o, "threads", core_thread_count(host->cores[i]));
+      cJSON_AddNumberToObject(o, "completions",
+                              (double)core_completions(host->cores[i]));
+    }
+    cJSON_AddItemToArray(cores, o);
+  }
+  cJSON *plugins = cJSON_AddArrayToObject(root, "plugins");
+  for (size_t i = 0; i < host->plugin_count; i++) {
+    host_plugin_t *p = &host->plugins[i];
+    cJSON *o = cJSON_CreateObject();
+    cJSON_AddStringToObject(o, "name", p->name);
+    pthread_mutex_lock(&host->gen_lock);
+    generation_t *current = p->current;
+    if (current) {
+      cJSON_AddStringToObject(o, "version", current->desc->version);
+      cJSON_AddStringToObject(o, "path", current->source_path);
+      cJSON_AddNumberToObject(o, "generation", current->number);
+    }
+    cJSON *gens = cJSON_AddArrayToObject(o, "generations");
+    for (generation_t *g = p->generations; g; g = g->next) {
+      cJSON *go = cJSON_CreateObject();
+      cJSON_AddNumberToObject(go, "generation", g->number);
+      cJSON_AddStringToObject(go, "version", g->desc->version);
+      cJSON_AddStringToObject(go, "state",
+                              g == current ? "current" : "retired");
+      cJSON_AddNumberToObject(go, "sessions", (double)g->sessions);
+      /* Timers and posts of its code still to run (or be dropped). */
+      cJSON_AddNumberToObject(go, "timers_and_posts", (double)g->holds);
+      cJSON_AddItemToArray(gens, go);
+    }
+    pthread_mutex_unlock(&host->gen_lock);
+    cJSON_AddItemToArray(plugins, o);
+  }
+  cJSON *services = cJSON_AddArrayToObject(root, "services");
+  for (size_t i = 0; i < c->service_count; i++)
+    cJSON_AddItemToArray(services, service_json(&host->services[i]));
+  return root;
+}
+
+void text_append(char **buf, size_t *len, size_t *cap, const char *fmt, ...) {
+  va_list ap;
+  for (;;) {
+    va_start(ap, fmt);
+    int n =
+        vsnprintf(*buf ? *buf + *len : NULL, *buf ? *cap - *len : 0, fmt, ap);
+    va_end(ap);
+    if (n < 0)
+      return;
+    if (*buf && *len + (size_t)n < *cap) {
+      *len += (size_t)n;
+      return;
+    }
+    size_t want = (*cap ? *cap * 2 : 1024) + (size_t)n;
+    char *grown = realloc(*buf, want);
+    if (!grown)
+      return;
+    *buf = grown;
+    *cap = want;
+  }
+}
+
+char *host_status(host_t *host, int json, uint64_t uptime_ms) {
+  pthread_mutex_lock(&host->lock);
+  cJSON *root = status_json(host, uptime_ms);
+  pthread_mutex_unlock(&host->lock);
+  char *out = NULL;
+  if (json) {
+    char *text = cJSON_Print(root);
+    size_t len = text ? strlen(text) : 0;
+    out = malloc(len + 5);
+    if (out)
+      snprintf(out, len + 5, "ok\n%s\n", text ? text : "");
+    cJSON_free(text);
+    cJSON_Delete(root);
+    return out;
+  }
+  size_t len = 0, cap = 0;
+  text_append(&out, &len, &cap,
+              "ok\niocphost %s \"%s\", pid %d, %s, up %llu s\n",
+              IOCPHOST_VERSION, host->config->name, (int)getpid(),
+              host->stopped ? "stopping" : "running",
+              (unsigned long long)(uptime_ms / 1000));
+  cJSON *item;
+  cJSON_ArrayForEach(item, cJSON_GetObjectItem(root, "cores")) {
+    text_append(&out, &len, &cap, "core %s: %d threads, %.0f completions\n",
+                cJSON_GetObjectItem(item, "name")->valuestring,
+                cJSON_GetObjectItem(item, "threads")
+                    ? cJSON_GetObjectItem(item, "threads")->valueint
+                    : 0,
+                cJSON_GetObjectItem(item, "completions")
+                    ? cJSON_GetObjectItem(item, "completions")->valuedouble
+                    : 0.0);
+  }
+  cJSON_ArrayForEach(item, cJSON_GetObjectItem(root, "plugins")) {
+    cJSON *version = cJSON_GetObjectItem(item, "version");
+    cJSON *path = cJSON_GetObjectItem(item, "path");
+    text_append(&out, &len, &cap, "plugin %s %s (%s), generations:",
+                cJSON_GetObjectItem(item, "name")->valuestring,
+                version ? version->valuestring : "-",
+                path ? path->valuestring : "-");
+    cJSON *g;
+    cJSON_ArrayForEach(g, cJSON_GetObjectItem(item, "generations")) {
+      text_append(&out, &len, &cap, " %.0f (%s, %s, %.0f sessions",
+                  cJSON_GetObjectItem(g, "generation")->valuedouble,
+                  cJSON_GetObjectItem(g, "version")->valuestring,
+                  cJSON_GetObjectItem(g, "state")->valuestring,
+                  cJSON_GetObjectItem(g, "sessions")->valuedouble);
+      double holds = cJSON_GetObjectItem(g, "timers_and_posts")->valuedouble;
+      if (holds > 0)
+        text_append(&out, &len, &cap, ", %.0f timers or posts", holds);
+      text_append(&out, &len, &cap, ")");
+    }
+    text_append(&out, &len, &cap, "\n");
+  }
+  cJSON_ArrayForEach(item, cJSON_GetObjectItem(root, "services")) {
+#define NUM(key) cJSON_GetObjectItem(item, key)->valuedouble
+#define STR(key) cJSON_GetObjectItem(item, key)->valuestring
+    text_append(
+        &out, &len, &cap,
+        "service %s (%s %s, plugin %s, %s): sessions %.0f/%.0f, accepted "
+        "%.0f, rejected %.0f, connects %.0f, connect failures %.0f, bytes "
+        "in %.0f out %.0f, packets in %.0f out %.0f, disconnects:",
+        STR("name"), STR("type"), STR("address"), STR("plugin"), STR("framing"),
+        NUM("sessions"), NUM("max_sessions"), NUM("accepted"), NUM("rejected"),
+        NUM("connects"), NUM("connect_failures"), NUM("bytes_in"),
+        NUM("bytes_out"), NUM("packets_in"), NUM("packets_out"));
+    cJSON *reason;
+    int any = 0;
+    cJSON_ArrayForEach(reason, cJSON_GetObjectItem(item, "disconnects")) {
+      if (reason->valuedouble > 0) {
+        text_append(&out, &len, &cap, " %s %.0f", reason->string,
+                    reason->valuedouble);
+        any = 1;
+      }
+    }
+    text_append(&out, &len, &cap, "%s\n", any ? "" : " none");
+#undef NUM
+#undef STR
+  }
+  cJSON_Delete(root);
+  return out;
+}
