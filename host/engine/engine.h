@@ -249,5 +249,9 @@ uint64_t session_timer_start2(session_t *s, uint32_t delay_ms,
                               session_fn2 done, void *arg, void *arg2);
 int session_post2(session_t *s, session_fn2 fn, session_fn2 done, void *arg,
                   void *arg2);
+/* Runs fn in the session's serial order even if the session has ended by
+ * then (a work completion must run exactly once, to free what it holds);
+ * fn can tell with session_is_open. Returns ENGINE_OK or ENGINE_E_NOMEM. */
+int session_post_always(session_t *s, session_fn2 fn, void *arg, void *arg2);
 
 #endif /* IOCPHOST_ENGINE_H */

@@ -428,6 +428,12 @@ int session_post2(session_t *s, session_fn2 fn, session_fn2 done, void *arg,
   return post_full(s, NULL, fn, done, arg, arg2, 0);
 }
 
+int session_post_always(session_t *s, session_fn2 fn, void *arg, void *arg2) {
+  if (!fn)
+    return ENGINE_E_INVAL;
+  return post_full(s, NULL, fn, NULL, arg, arg2, 1);
+}
+
 /* ---- idle timeout ---- */
 
 static void check_idle(session_t *s, void *arg) {

@@ -89,7 +89,8 @@ extern "C" {
   X(E_QUEUE_FULL, -4, "send queue limit reached; the session is closing")      \
   X(E_NOTFOUND, -5, "not found")                                               \
   X(E_TOOBIG, -6, "larger than the service allows")                          \
-  X(E_FRAMING, -7, "wrong call for this service's framing")
+  X(E_FRAMING, -7, "wrong call for this service's framing")                  \
+  X(E_BUSY, -8, "the work queue is full; try again later")
 
 enum iocphost_result {
 #define IOCPHOST_RESULT_ENUM(name, value, text) IOCPHOST_##name = value,
@@ -145,6 +146,70 @@ typedef void (*iocphost_session_fn)(iocphost_session_t *session, void *state,
                                     void *arg);
 
 typedef struct iocphost_api iocphost_api_t;
+
+/* ---- ABI 1.2: rooms and work (SPEC section 12) ---- */
+
+/* A room: an object of the plugin with its own serial order, like a
+ * session's. Its posts, timers, joins, leaves and work completions run one
+ * at a time, never concurrently with each other; different rooms and
+ * sessions run in parallel. Opaque; kept beyond a callback only with
+ * room_acquire / room_release. */
+typedef struct iocphost_room iocphost_room_t;
+
+/* How a member left a room (on_leave). */
+typedef enum iocphost_leave {
+  IOCPHOST_LEAVE_ASKED = 1,   /* room_leave */
+  IOCPHOST_LEAVE_ENDED = 2,   /* the session ended (on_disconnected ran) */
+  IOCPHOST_LEAVE_CLOSING = 3  /* the room is closing */
+} iocphost_leave_t;
+
+/* A room's callbacks and state size, given to room_create: a static
+ * constant of the plugin, like the descriptor. Every callback runs in the
+ * room's serial order with the room's state (state_size zeroed bytes). */
+typedef struct iocphost_room_class {
+  uint32_t struct_size; /* sizeof(iocphost_room_class_t) */
+  uint32_t state_size;
+  /* Optional: first, with room_create's arg. */
+  void (*on_open)(iocphost_room_t *room, void *state, void *arg);
+  /* Optional: a session joined (room_join) and is a member now. */
+  void (*on_join)(iocphost_room_t *room, void *state,
+                  iocphost_session_t *session);
+  /* Optional: a member left; after it, the session is no member. */
+  void (*on_leave)(iocphost_room_t *room, void *state,
+                   iocphost_session_t *session, iocphost_leave_t why);
+  /* Optional: last, after every member left (IOCPHOST_LEAVE_CLOSING);
+   * nothing of the room runs after it. Free what the state points to. */
+  void (*on_close)(iocphost_room_t *room, void *state);
+} iocphost_room_class_t;
+
+/* A room's timer tick: when it was due and how late it ran. Repeating
+ * timers are scheduled from their start (due = start + n * repeat), so they
+ * do not drift; a tick that runs late is counted and still runs (the next
+ * is not moved). */
+typedef struct iocphost_tick {
+  uint64_t due_ms;     /* monotonic milliseconds it was due at */
+  uint32_t late_ms;    /* how late it runs now */
+  uint32_t late_count; /* ticks of this timer that ran late so far */
+  uint64_t count;      /* ticks of this timer so far, this one included */
+} iocphost_tick_t;
+
+typedef void (*iocphost_room_fn)(iocphost_room_t *room, void *state,
+                                 void *arg);
+typedef void (*iocphost_room_timer_fn)(iocphost_room_t *room, void *state,
+                                       void *arg, const iocphost_tick_t *tick);
+typedef void (*iocphost_member_fn)(iocphost_room_t *room, void *state,
+                                   iocphost_session_t *member, void *arg);
+
+/* Work: work_fn runs on one of the host's work threads (never an I/O
+ * worker), so it may block (a database, a file, an HTTP call); then done
+ * runs in the serial order of the session or room that submitted it. done
+ * always runs, exactly once, also when the session or room ended meanwhile:
+ * then ended is 1 (send nothing; free what arg holds). */
+typedef void (*iocphost_work_fn)(void *arg);
+typedef void (*iocphost_session_done_fn)(iocphost_session_t *session,
+                                         void *state, void *arg, int ended);
+typedef void (*iocphost_room_done_fn)(iocphost_room_t *room, void *state,
+                                      void *arg, int ended);
 
 /* Host functions, passed to on_load. Valid until on_unload returns. */
 struct iocphost_api {
@@ -253,6 +318,82 @@ struct iocphost_api {
   /* The service's max_packet_bytes (a whole packet, header included) on a
    * packet service; 0 on a raw service or for NULL. */
   uint32_t (*service_max_packet_bytes)(iocphost_service_t *service);
+
+  /* ---- ABI 1.2: typed settings, rooms, work (SPEC section 12); check
+   * IOCPHOST_API_HAS(api, setting_int) first on a host that may be 1.1. */
+
+  /* The plugin's "settings" (the config's object), read by JSON pointer
+   * (RFC 6901: "/match/capacity", "/maps/0"; "" is the whole object). A
+   * missing value, or one of another type, gives def; so no plugin parses
+   * JSON by hand. Check types up front in check_settings if a wrong type
+   * must be an error. setting_string's text lives until on_unload. */
+  int64_t (*setting_int)(const iocphost_api_t *api, const char *pointer,
+                         int64_t def);
+  double (*setting_number)(const iocphost_api_t *api, const char *pointer,
+                           double def);
+  const char *(*setting_string)(const iocphost_api_t *api,
+                                const char *pointer, const char *def);
+  int (*setting_bool)(const iocphost_api_t *api, const char *pointer,
+                      int def);
+  /* Elements of the array there, or -1 if there is none. */
+  int (*setting_array_length)(const iocphost_api_t *api, const char *pointer);
+
+  /* Rooms. room_create returns the room with one reference the caller
+   * owns (room_release it when done), or NULL; on_open runs soon in the
+   * room's order. Rooms belong to the generation that created them (its
+   * code stays loaded while they live). */
+  iocphost_room_t *(*room_create)(const iocphost_api_t *api,
+                                  const iocphost_room_class_t *room_class,
+                                  void *arg);
+  uint64_t (*room_id)(iocphost_room_t *room); /* unique, never 0 */
+  /* Finds a room of this plugin by id, acquired; NULL if none or closed. */
+  iocphost_room_t *(*room_find)(const iocphost_api_t *api, uint64_t id);
+  iocphost_room_t *(*room_acquire)(iocphost_room_t *room);
+  void (*room_release)(iocphost_room_t *room);
+  /* Closes the room, from anywhere, at any moment, any number of times:
+   * members leave (on_leave, IOCPHOST_LEAVE_CLOSING), then on_close; its
+   * timers stop; posts not yet run are dropped and work completions come
+   * with ended = 1. Memory goes with the last reference. */
+  int (*room_close)(iocphost_room_t *room);
+  /* The room's state (state_size bytes); for the room's own callbacks. */
+  void *(*room_state)(iocphost_room_t *room);
+  /* Makes a session a member: on_join runs in the room's order. A session
+   * may be in several rooms. When it ends, it leaves each by itself
+   * (IOCPHOST_LEAVE_ENDED), each room in its own order, so room state never
+   * holds a dead member. IOCPHOST_E_CLOSED if the room or the session has
+   * ended; joining twice is one membership. */
+  int (*room_join)(iocphost_room_t *room, iocphost_session_t *session);
+  /* on_leave (IOCPHOST_LEAVE_ASKED) in the room's order; E_NOTFOUND if the
+   * session is no member by then (nothing runs). */
+  int (*room_leave)(iocphost_room_t *room, iocphost_session_t *session);
+  /* Inside the room's order only (its callbacks, timers, posts): how many
+   * members, and each member in turn (fn must not join or leave). */
+  uint32_t (*room_member_count)(iocphost_room_t *room);
+  void (*room_members)(iocphost_room_t *room, iocphost_member_fn fn,
+                       void *arg);
+  /* One copy of the data, shared by every member's send queue; returns how
+   * many members it was queued to, or < 0 (as broadcast). */
+  int (*room_broadcast)(iocphost_room_t *room, const void *data, size_t len);
+  int (*room_broadcast_packet)(iocphost_room_t *room, uint16_t id,
+                               const void *payload, size_t len);
+  /* Run fn soon in the room's order (from any thread). */
+  int (*room_post)(iocphost_room_t *room, iocphost_room_fn fn, void *arg);
+  /* A room timer: after delay_ms, then every repeat_ms from then on (ticks
+   * due at start + delay + n * repeat: no drift), in the room's order,
+   * until stopped or the room closes. A room with no members is the
+   * plugin's world clock. Returns a timer id (> 0) or 0. */
+  uint64_t (*room_timer_start)(iocphost_room_t *room, uint32_t delay_ms,
+                               uint32_t repeat_ms, iocphost_room_timer_fn fn,
+                               void *arg);
+  int (*room_timer_stop)(iocphost_room_t *room, uint64_t timer_id);
+
+  /* Work (see iocphost_work_fn): 0, or IOCPHOST_E_BUSY at once when the
+   * work queue is full (config "work": {"queue_limit"}), or
+   * IOCPHOST_E_CLOSED. The session or room is held until done ran. */
+  int (*session_work)(iocphost_session_t *session, iocphost_work_fn work,
+                      iocphost_session_done_fn done, void *arg);
+  int (*room_work)(iocphost_room_t *room, iocphost_work_fn work,
+                   iocphost_room_done_fn done, void *arg);
 };
 
 /* True if the host's table has the member (append-only evolution). */
