@@ -254,4 +254,64 @@ int session_post2(session_t *s, session_fn2 fn, session_fn2 done, void *arg,
  * fn can tell with session_is_open. Returns ENGINE_OK or ENGINE_E_NOMEM. */
 int session_post_always(session_t *s, session_fn2 fn, void *arg, void *arg2);
 
+/* ---- rooms: objects with a serial order of their own, no socket ---- */
+
+/* A room (SPEC section 12) runs posts and timers one at a time in its own
+ * serial order, like a session's (the same mechanism: strand.h), on a
+ * worker of its core. It follows the lifetime rule: every pending post or
+ * timer holds a reference, and memory goes with the last one. room_close
+ * is safe at any moment from any thread: the close runs in the room's
+ * order, stops its timers, drops its posts not yet run, and on_close is
+ * the last callback of the room. Membership and broadcast are the host's. */
+typedef struct room room_t;
+
+/* A room timer's tick (see room_timer_start). */
+typedef struct room_tick {
+  uint64_t due_ms;     /* monotonic ms it was due at */
+  uint32_t late_ms;    /* how late it runs */
+  uint32_t late_count; /* ticks of this timer that ran late so far */
+  uint64_t count;      /* ticks of this timer so far, this one included */
+} room_tick_t;
+
+typedef void (*room_fn)(room_t *r, void *arg, void *arg2);
+typedef void (*room_tick_fn)(room_t *r, void *arg, void *arg2,
+                             const room_tick_t *tick);
+
+typedef struct room_handler {
+  /* In the room's order, once, after room_close: its last callback. */
+  void (*on_close)(room_t *r);
+  /* When its memory goes (any thread): free what the extra state holds. */
+  void (*on_free)(room_t *r);
+} room_handler_t;
+
+/* A room on one of core's workers (round-robin), with extra zeroed bytes
+ * of state (room_extra). Returned with one reference, the caller's. */
+room_t *room_create(core_t *core, const room_handler_t *handler, size_t extra,
+                    void *context);
+uint64_t room_id(const room_t *r); /* unique, never 0 */
+void *room_extra(room_t *r);
+void *room_context(const room_t *r);
+room_t *room_acquire(room_t *r);
+void room_release(room_t *r);
+/* ENGINE_OK, or ENGINE_E_CLOSED if it was closed already. */
+int room_close(room_t *r);
+/* Not closed (nor closing). */
+int room_is_open(room_t *r);
+/* True when called in the room's serial order (its worker). */
+int room_in_order(const room_t *r);
+/* Runs fn soon in the room's order, if the room is still open then; done,
+ * if not NULL, once when the post is gone (ran or dropped). ENGINE_E_CLOSED
+ * if it is closed already (done is not called). */
+int room_post(room_t *r, room_fn fn, room_fn done, void *arg, void *arg2);
+/* Runs fn in the room's order even if the room has closed by then (a work
+ * completion must run exactly once). ENGINE_OK or ENGINE_E_NOMEM. */
+int room_post_always(room_t *r, room_fn fn, void *arg, void *arg2);
+/* After delay_ms, then every repeat_ms (repeat_ms 0: once), in the room's
+ * order until stopped or closed. Ticks are due at start + delay +
+ * n * repeat: no drift; a late tick runs late (tick->late_ms), never
+ * skipped. Returns an id (> 0) or 0 (closed, no memory; done not called). */
+uint64_t room_timer_start(room_t *r, uint32_t delay_ms, uint32_t repeat_ms,
+                          room_tick_fn fn, room_fn done, void *arg, void *arg2);
+int room_timer_stop(room_t *r, uint64_t timer_id);
+
 #endif /* IOCPHOST_ENGINE_H */

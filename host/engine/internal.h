@@ -10,6 +10,7 @@
 
 #include "engine/backend.h"
 #include "engine/engine.h"
+#include "engine/strand.h"
 
 struct core {
   char *name;
@@ -17,7 +18,6 @@ struct core {
 };
 
 typedef struct send_chunk send_chunk_t;
-typedef struct session_timer session_timer_t;
 typedef struct client_slot client_slot_t;
 
 typedef enum session_state {
@@ -64,7 +64,7 @@ struct session {
   uint32_t pending_in_len;
   uint32_t pending_in_cap;
   uint64_t pending_since_ms; /* when the oldest kept input byte arrived */
-  session_timer_t *timers; /* under lock */
+  strand_t strand; /* timers and posts in the session's order */
   uint64_t last_recv_ms;
   session_t *service_prev, *service_next, *hash_next; /* service lock */
   address_t peer;

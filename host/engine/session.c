@@ -57,38 +57,11 @@ struct shared_buf {
   uint8_t data[];
 };
 
-struct session_timer {
-  io_timer_t timer;
-  session_t *session;
-  session_timer_t *next;
-  uint64_t id;
-  uint32_t repeat_ms;
-  session_fn fn;
-  session_fn2 fn2; /* instead of fn, when the caller forwards two pointers */
-  session_fn2 done; /* once, when the timer is gone (fn2 timers) */
-  void *arg;
-  void *arg2;
-  uint8_t stopped;  /* under the session's lock */
-  uint8_t internal; /* the engine's own: runs while closing too */
-  uint64_t due_ms;  /* started from another thread: see on_timer_arm */
-};
-
-typedef struct session_post_op {
-  io_op_t op;
-  session_t *session;
-  session_fn fn;
-  session_fn2 fn2;
-  session_fn2 done; /* once, when the post is gone (fn2 posts) */
-  void *arg;
-  void *arg2;
-  int internal;
-} session_post_op_t;
 
 static atomic_uint_fast64_t next_session_id = 1;
 /* The session whose input this worker is delivering right now: bytes it
  * sends at once are reported (on_sent) when its callback has returned. */
 static _Thread_local session_t *delivering;
-static atomic_uint_fast64_t next_timer_id = 1;
 
 static void begin_close(session_t *s, int reason, int graceful);
 static void on_kick(io_op_t *op, int status, size_t bytes);
@@ -97,10 +70,8 @@ static void start_recv(session_t *s);
 static uint64_t timer_start(session_t *s, uint32_t delay_ms,
                             uint32_t repeat_ms, session_fn fn, void *arg,
                             int internal);
-static uint64_t timer_start_full(session_t *s, uint32_t delay_ms,
-                                 uint32_t repeat_ms, session_fn fn,
-                                 session_fn2 fn2, session_fn2 done, void *arg,
-                                 void *arg2, int internal);
+
+static const strand_owner_ops_t session_strand_ops;
 
 static size_t extra_offset(void) {
   return (sizeof(session_t) + 15) & ~(size_t)15;
@@ -173,6 +144,7 @@ session_t *session__new(service_t *svc) {
   s->handle.socket = IO_INVALID_SOCKET;
   s->kick_op.complete = on_kick;
   pthread_mutex_init(&s->lock, NULL);
+  strand_init(&s->strand, &s->handle, &s->lock, s, &session_strand_ops);
   engine__live_add(1);
   /* The service outlives its sessions: service_wait_closed waits for this
    * count, and destroy() still reads the service's options. */
@@ -196,125 +168,42 @@ static void drop_socket(session_t *s) {
   session_release(s);
 }
 
-/* ---- timers ---- */
+/* ---- timers and posts: the session's strand (strand.c) ---- */
 
-/* Worker only. Cancelling completes armed timers with IO_ECANCELED (they
- * unlink and free themselves then); one already fired finds itself stopped. */
-static void cancel_timers(session_t *s) {
-  pthread_mutex_lock(&s->lock);
-  for (session_timer_t *t = s->timers; t; t = t->next) {
-    t->stopped = 1;
-    io_timer_cancel(&t->timer);
-  }
-  pthread_mutex_unlock(&s->lock);
+static void strand_ref(void *owner) { session__ref(owner); }
+static void strand_release(void *owner) { session_release(owner); }
+
+/* Under the session's lock. The plugin's timers and posts may start until
+ * a close is asked for (also before on_connected), and run only while the
+ * session is open. */
+static int strand_may_start(void *owner) {
+  session_t *s = owner;
+  return !s->close_request && s->state < SESSION_CLOSING;
 }
 
-static void unlink_timer(session_t *s, session_timer_t *t) {
-  pthread_mutex_lock(&s->lock);
-  for (session_timer_t **p = &s->timers; *p; p = &(*p)->next) {
-    if (*p == t) {
-      *p = t->next;
-      break;
-    }
-  }
-  pthread_mutex_unlock(&s->lock);
+static int strand_may_run(void *owner) {
+  session_t *s = owner;
+  return s->state == SESSION_OPEN && !s->close_request;
 }
 
-static void on_timer(io_op_t *op, int status, size_t bytes) {
-  session_timer_t *t = container_of(op, session_timer_t, timer.op);
-  session_t *s = t->session;
-  pthread_mutex_lock(&s->lock);
-  int run = status == 0 && !t->stopped &&
-            (t->internal || (s->state == SESSION_OPEN && !s->close_request));
-  pthread_mutex_unlock(&s->lock);
-  if (run) {
-    if (t->fn2)
-      t->fn2(s, t->arg, t->arg2);
-    else
-      t->fn(s, t->arg);
-    pthread_mutex_lock(&s->lock);
-    int again = t->repeat_ms > 0 && !t->stopped &&
-                (t->internal || (s->state == SESSION_OPEN && !s->close_request));
-    pthread_mutex_unlock(&s->lock);
-    if (again) {
-      io_timer_start(&t->timer, t->repeat_ms);
-      return;
-    }
-  }
-  unlink_timer(s, t);
-  if (t->done)
-    t->done(s, t->arg, t->arg2);
-  free(t);
-  engine__live_add(-1);
-  session_release(s);
-}
+static const strand_owner_ops_t session_strand_ops = {
+    .ref = strand_ref,
+    .release = strand_release,
+    .may_start = strand_may_start,
+    .may_run = strand_may_run,
+    .room = 0,
+};
 
-/* A timer started from another thread travels to the worker as a post and
- * is armed there. Armed directly, it would wait in the worker's mailbox,
- * where io_timer_cancel cannot reach it: a close in between would leave it
- * armed for its whole delay, holding the session (and its service's
- * shutdown) that long. */
-static void on_timer_arm(io_op_t *op, int status, size_t bytes) {
-  session_timer_t *t = container_of(op, session_timer_t, timer.op);
-  session_t *s = t->session;
-  t->timer.op.complete = on_timer;
-  pthread_mutex_lock(&s->lock);
-  /* Stopped, or its session ended while it travelled here: cancel_timers
-   * marks every listed timer, but only the state says a close ran. */
-  int stopped = t->stopped || (!t->internal && s->state >= SESSION_CLOSING);
-  pthread_mutex_unlock(&s->lock);
-  if (stopped || status != 0) {
-    on_timer(op, IO_ECANCELED, bytes);
-    return;
-  }
-  uint64_t now = clock_now_ms();
-  io_timer_start(&t->timer, t->due_ms > now ? t->due_ms - now : 0);
-}
+/* Worker only: every timer stops (the engine's own too). */
+static void cancel_timers(session_t *s) { strand_cancel_timers(&s->strand); }
 
+/* The engine's own timers: they run while closing too. */
 static uint64_t timer_start(session_t *s, uint32_t delay_ms,
                             uint32_t repeat_ms, session_fn fn, void *arg,
                             int internal) {
-  return timer_start_full(s, delay_ms, repeat_ms, fn, NULL, NULL, arg, NULL,
-                          internal);
-}
-
-static uint64_t timer_start_full(session_t *s, uint32_t delay_ms,
-                                 uint32_t repeat_ms, session_fn fn,
-                                 session_fn2 fn2, session_fn2 done, void *arg,
-                                 void *arg2, int internal) {
-  session_timer_t *t = calloc(1, sizeof *t);
-  if (!t)
-    return 0;
-  t->session = s;
-  t->fn = fn;
-  t->fn2 = fn2;
-  t->done = done;
-  t->arg = arg;
-  t->arg2 = arg2;
-  t->repeat_ms = repeat_ms;
-  t->internal = (uint8_t)internal;
-  t->id = atomic_fetch_add_explicit(&next_timer_id, 1, memory_order_relaxed);
-  io_timer_init(&t->timer, &s->handle, on_timer);
-  pthread_mutex_lock(&s->lock);
-  if (!internal && (s->close_request || s->state >= SESSION_CLOSING)) {
-    pthread_mutex_unlock(&s->lock);
-    free(t);
-    return 0;
-  }
-  t->next = s->timers;
-  s->timers = t;
-  session__ref(s);
-  engine__live_add(1);
-  uint64_t id = t->id;
-  if (io_handle_on_worker(&s->handle)) {
-    io_timer_start(&t->timer, delay_ms);
-  } else {
-    t->due_ms = clock_now_ms() + delay_ms;
-    t->timer.op.complete = on_timer_arm;
-    io_post(&s->handle, &t->timer.op, 0);
-  }
-  pthread_mutex_unlock(&s->lock);
-  return id;
+  strand_call_t call = {.kind = STRAND_SESSION1, .fn.session1 = fn,
+                        .arg = arg};
+  return strand_timer_start(&s->strand, delay_ms, repeat_ms, &call, internal);
 }
 
 uint64_t session_timer_start(session_t *s, uint32_t delay_ms,
@@ -329,109 +218,38 @@ uint64_t session_timer_start2(session_t *s, uint32_t delay_ms,
                               session_fn2 done, void *arg, void *arg2) {
   if (!fn)
     return 0;
-  return timer_start_full(s, delay_ms, repeat_ms, NULL, fn, done, arg, arg2,
-                          0);
+  strand_call_t call = {.kind = STRAND_SESSION2, .fn.session2 = fn,
+                        .done.session = done, .arg = arg, .arg2 = arg2};
+  return strand_timer_start(&s->strand, delay_ms, repeat_ms, &call, 0);
 }
-
-static void cancel_timer_on_worker(session_t *s, void *arg) {
-  uint64_t id = (uint64_t)(uintptr_t)arg;
-  pthread_mutex_lock(&s->lock);
-  for (session_timer_t *t = s->timers; t; t = t->next) {
-    if (t->id == id) {
-      io_timer_cancel(&t->timer);
-      break;
-    }
-  }
-  pthread_mutex_unlock(&s->lock);
-}
-
-static int post(session_t *s, session_fn fn, void *arg, int internal);
 
 int session_timer_stop(session_t *s, uint64_t timer_id) {
-  pthread_mutex_lock(&s->lock);
-  session_timer_t *t = s->timers;
-  while (t && t->id != timer_id)
-    t = t->next;
-  if (!t || t->stopped || t->internal) {
-    pthread_mutex_unlock(&s->lock);
-    return ENGINE_E_NOTFOUND;
-  }
-  t->stopped = 1;
-  pthread_mutex_unlock(&s->lock);
-  /* Give the memory back now rather than when it would have fired. */
-  if (io_handle_on_worker(&s->handle))
-    cancel_timer_on_worker(s, (void *)(uintptr_t)timer_id);
-  else
-    post(s, cancel_timer_on_worker, (void *)(uintptr_t)timer_id, 1);
-  return ENGINE_OK;
-}
-
-/* ---- posted functions ---- */
-
-static void on_post(io_op_t *op, int status, size_t bytes) {
-  session_post_op_t *p = container_of(op, session_post_op_t, op);
-  session_t *s = p->session;
-  pthread_mutex_lock(&s->lock);
-  int run = p->internal || (s->state == SESSION_OPEN && !s->close_request);
-  pthread_mutex_unlock(&s->lock);
-  if (run && p->fn2)
-    p->fn2(s, p->arg, p->arg2);
-  else if (run)
-    p->fn(s, p->arg);
-  if (p->done)
-    p->done(s, p->arg, p->arg2);
-  free(p);
-  engine__live_add(-1);
-  session_release(s);
-}
-
-static int post_full(session_t *s, session_fn fn, session_fn2 fn2,
-                     session_fn2 done, void *arg, void *arg2, int internal) {
-  session_post_op_t *p = calloc(1, sizeof *p);
-  if (!p)
-    return ENGINE_E_NOMEM;
-  p->session = s;
-  p->fn = fn;
-  p->fn2 = fn2;
-  p->done = done;
-  p->arg = arg;
-  p->arg2 = arg2;
-  p->internal = internal;
-  p->op.complete = on_post;
-  pthread_mutex_lock(&s->lock);
-  if (!internal && (s->close_request || s->state >= SESSION_CLOSING)) {
-    pthread_mutex_unlock(&s->lock);
-    free(p);
-    return ENGINE_E_CLOSED;
-  }
-  session__ref(s);
-  engine__live_add(1);
-  io_post(&s->handle, &p->op, 0);
-  pthread_mutex_unlock(&s->lock);
-  return ENGINE_OK;
-}
-
-static int post(session_t *s, session_fn fn, void *arg, int internal) {
-  return post_full(s, fn, NULL, NULL, arg, NULL, internal);
+  return strand_timer_stop(&s->strand, timer_id);
 }
 
 int session_post(session_t *s, session_fn fn, void *arg) {
   if (!fn)
     return ENGINE_E_INVAL;
-  return post(s, fn, arg, 0);
+  strand_call_t call = {.kind = STRAND_SESSION1, .fn.session1 = fn,
+                        .arg = arg};
+  return strand_post(&s->strand, &call, 0);
 }
 
 int session_post2(session_t *s, session_fn2 fn, session_fn2 done, void *arg,
                   void *arg2) {
   if (!fn)
     return ENGINE_E_INVAL;
-  return post_full(s, NULL, fn, done, arg, arg2, 0);
+  strand_call_t call = {.kind = STRAND_SESSION2, .fn.session2 = fn,
+                        .done.session = done, .arg = arg, .arg2 = arg2};
+  return strand_post(&s->strand, &call, 0);
 }
 
 int session_post_always(session_t *s, session_fn2 fn, void *arg, void *arg2) {
   if (!fn)
     return ENGINE_E_INVAL;
-  return post_full(s, NULL, fn, NULL, arg, arg2, 1);
+  strand_call_t call = {.kind = STRAND_SESSION2, .fn.session2 = fn,
+                        .arg = arg, .arg2 = arg2};
+  return strand_post(&s->strand, &call, 1);
 }
 
 /* ---- idle timeout ---- */
