@@ -263,12 +263,20 @@ void unload_plugins(host_t *host) {
     pthread_mutex_unlock(&host->gen_lock);
     while (g) {
       generation_t *next = g->next;
-      if (g->sessions != 0 || g->holds != 0)
+      /* on_unload first: a plugin lets go of the sessions and rooms it
+       * kept there, and only what is still held after it is a leak. */
+      if (g->loaded && g->desc->on_unload)
+        g->desc->on_unload();
+      g->loaded = 0;
+      pthread_mutex_lock(&host->gen_lock);
+      long sessions = g->sessions, holds = g->holds;
+      pthread_mutex_unlock(&host->gen_lock);
+      if (sessions != 0 || holds != 0)
         log_write(LOG_ERROR, "host",
                   "plugin %s generation %u still has %ld sessions and %ld "
-                  "timers or posts at unload (a session handle was kept "
-                  "without release)",
-                  p->name, g->number, g->sessions, g->holds);
+                  "timers, posts or rooms after on_unload (a session or room "
+                  "handle was kept without release)",
+                  p->name, g->number, sessions, holds);
       generation_close(g);
       g = next;
     }

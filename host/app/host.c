@@ -25,6 +25,8 @@ int host_open(const config_t *config, host_t **out, char *err, size_t err_len) {
   pthread_mutex_init(&host->lock, NULL);
   pthread_mutex_init(&host->gen_lock, NULL);
   pthread_mutex_init(&host->reload_lock, NULL);
+  pthread_mutex_init(&host->rooms_lock, NULL);
+  pthread_cond_init(&host->rooms_changed, NULL);
   pthread_cond_init(&host->gen_changed, NULL);
   host->plugins = calloc(config->plugin_count + 1, sizeof *host->plugins);
   host->services = calloc(config->service_count + 1, sizeof *host->services);
@@ -79,14 +81,8 @@ int host_start(host_t *host, char *err, size_t err_len) {
   const config_t *c = host->config;
   if (move_to_shadow(host, err, err_len) != 0)
     return -3;
-  for (size_t i = 0; i < host->plugin_count; i++) {
-    if (generation_load(host->plugins[i].current, err, err_len) != 0) {
-      unload_plugins(host);
-      return -1;
-    }
-  }
-  if (pthread_create(&host->reaper, NULL, reaper_main, host) == 0)
-    host->reaper_running = 1;
+  /* The cores first: a plugin may make rooms in on_load (a world clock),
+   * and rooms run on a core. */
   for (size_t i = 0; i < c->core_count; i++) {
     core_t *core;
     if (core_create(c->cores[i].name, c->cores[i].threads, &core, err,
@@ -98,6 +94,16 @@ int host_start(host_t *host, char *err, size_t err_len) {
     log_write(LOG_INFO, "host", "core %s: %d worker threads", c->cores[i].name,
               core_thread_count(host->cores[i]));
   }
+  for (size_t i = 0; i < host->plugin_count; i++) {
+    if (generation_load(host->plugins[i].current, err, err_len) != 0) {
+      rooms_close_all(host, clock_now_ms() + c->drain_timeout_ms);
+      unload_plugins(host);
+      destroy_cores(host);
+      return -1;
+    }
+  }
+  if (pthread_create(&host->reaper, NULL, reaper_main, host) == 0)
+    host->reaper_running = 1;
   for (size_t i = 0; i < c->service_count; i++)
     if (create_service(host, i, err, err_len) != 0)
       goto fail;
@@ -122,8 +128,9 @@ int host_start(host_t *host, char *err, size_t err_len) {
   return 0;
 fail:
   destroy_services(host);
-  destroy_cores(host);
+  rooms_close_all(host, clock_now_ms() + c->drain_timeout_ms);
   unload_plugins(host);
+  destroy_cores(host);
   return -3;
 }
 
@@ -153,6 +160,10 @@ void host_stop(host_t *host) {
     for (size_t i = 0; i < c->service_count; i++)
       service_abort_all(host->services[i].engine, REASON_HOST_STOPPING);
   }
+  /* Rooms close after their members' sessions (each hears them leave
+   * first), within what is left of the drain (at least a second). */
+  uint64_t now = clock_now_ms();
+  rooms_close_all(host, (deadline > now ? deadline : now) + 1000);
   destroy_services(host);
   unload_plugins(host);
   destroy_cores(host);
@@ -172,6 +183,9 @@ void host_close(host_t *host) {
   pthread_mutex_destroy(&host->lock);
   pthread_mutex_destroy(&host->gen_lock);
   pthread_mutex_destroy(&host->reload_lock);
+  pthread_mutex_destroy(&host->rooms_lock);
+  pthread_cond_destroy(&host->rooms_changed);
+  free(host->room_buckets);
   pthread_cond_destroy(&host->gen_changed);
   free(host);
 }

@@ -6,6 +6,8 @@
  *   plugin_sessions.c  the engine's session handler: a plugin's sessions
  *                      ("derived sessions") forwarded to their generation
  *   plugin_api.c       the table of host functions a plugin calls
+ *   plugin_rooms.c     rooms: the plugin's class on the engine's rooms,
+ *                      members, broadcast, lookup by id
  *   services.c         the config's cores and services made engine objects
  *   status.c           status, as text and as JSON
  *   reload.c           reload (hot deploy)
@@ -85,6 +87,8 @@ typedef struct host_session {
   generation_t *generation; /* bound at connect; NULL before */
   void *state;
   int connected; /* the plugin saw on_connected */
+  struct membership *rooms; /* the rooms it is in: host->rooms_lock */
+  int rooms_ended;          /* it left them all: host->rooms_lock */
 } host_session_t;
 
 #define HOST_SESSION_BYTES ((sizeof(host_session_t) + 15) & ~(size_t)15)
@@ -124,6 +128,13 @@ struct host {
   size_t plugin_count;
   core_t **cores;
   host_service_t *services;
+  /* Rooms (plugin_rooms.c): the registry by id, and every session's list
+   * of memberships. */
+  pthread_mutex_t rooms_lock;
+  pthread_cond_t rooms_changed; /* a room left the registry */
+  struct host_room **room_buckets;
+  size_t room_bucket_count;
+  size_t room_count;
   int started;
   atomic_int stopped;
 };
@@ -185,6 +196,19 @@ void service_unpublish(host_service_t *hs);
 int create_service(host_t *host, size_t i, char *err, size_t err_len);
 void destroy_cores(host_t *host);
 void destroy_services(host_t *host);
+
+/* ---- plugin_rooms.c ---- */
+
+void rooms_fill_api(iocphost_api_t *a);
+/* A session ended: it leaves each of its rooms, in that room's order. */
+void rooms_session_ended(session_t *s);
+/* The stop: closes every room and waits (until deadline_ms, monotonic) for
+ * their on_close; 0, or -1 if some had not closed by then. */
+int rooms_close_all(host_t *host, uint64_t deadline_ms);
+/* For status: calls fn for each room of g; returns how many. */
+typedef void (*rooms_status_fn)(void *arg, uint64_t id, uint32_t members);
+size_t rooms_of_generation(host_t *host, const generation_t *g,
+                           rooms_status_fn fn, void *arg);
 
 /* ---- status.c ---- */
 

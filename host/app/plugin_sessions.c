@@ -45,6 +45,9 @@ static void on_disconnected(session_t *s, session_reason_t reason) {
   if (h->connected)
     desc_of(s)->on_disconnected(PLUGIN_SESSION(s), h->state,
                                 (iocphost_reason_t)reason);
+  /* Then it leaves its rooms, each in its own order: no room keeps a
+   * member whose on_disconnected has run. */
+  rooms_session_ended(s);
 }
 
 static void on_sent(session_t *s, size_t bytes) {

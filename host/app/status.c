@@ -60,6 +60,13 @@ static cJSON *service_json(host_service_t *hs) {
   return o;
 }
 
+static void add_room_json(void *arg, uint64_t id, uint32_t members) {
+  cJSON *o = cJSON_CreateObject();
+  cJSON_AddNumberToObject(o, "id", (double)id);
+  cJSON_AddNumberToObject(o, "members", (double)members);
+  cJSON_AddItemToArray(arg, o);
+}
+
 static cJSON *status_json(host_t *host, uint64_t uptime_ms) {
   const config_t *c = host->config;
   cJSON *root = cJSON_CreateObject();
@@ -103,6 +110,9 @@ static cJSON *status_json(host_t *host, uint64_t uptime_ms) {
       cJSON_AddNumberToObject(go, "sessions", (double)g->sessions);
       /* Timers and posts of its code still to run (or be dropped). */
       cJSON_AddNumberToObject(go, "timers_and_posts", (double)g->holds);
+      /* Its rooms, with their members (SPEC section 12). */
+      cJSON *rooms = cJSON_AddArrayToObject(go, "rooms");
+      rooms_of_generation(host, g, add_room_json, rooms);
       cJSON_AddItemToArray(gens, go);
     }
     pthread_mutex_unlock(&host->gen_lock);
@@ -185,6 +195,17 @@ char *host_status(host_t *host, int json, uint64_t uptime_ms) {
       double holds = cJSON_GetObjectItem(g, "timers_and_posts")->valuedouble;
       if (holds > 0)
         text_append(&out, &len, &cap, ", %.0f timers or posts", holds);
+      cJSON *rooms = cJSON_GetObjectItem(g, "rooms");
+      int room_count = cJSON_GetArraySize(rooms);
+      if (room_count > 0) {
+        double members = 0;
+        cJSON *r;
+        cJSON_ArrayForEach(r, rooms) {
+          members += cJSON_GetObjectItem(r, "members")->valuedouble;
+        }
+        text_append(&out, &len, &cap, ", %d rooms with %.0f members",
+                    room_count, members);
+      }
       text_append(&out, &len, &cap, ")");
     }
     text_append(&out, &len, &cap, "\n");

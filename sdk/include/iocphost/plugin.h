@@ -169,7 +169,8 @@ typedef enum iocphost_leave {
 typedef struct iocphost_room_class {
   uint32_t struct_size; /* sizeof(iocphost_room_class_t) */
   uint32_t state_size;
-  /* Optional: first, with room_create's arg. */
+  /* Optional: first, with room_create's arg; it runs even if the room is
+   * closed before (then its timers and posts do not start). */
   void (*on_open)(iocphost_room_t *room, void *state, void *arg);
   /* Optional: a session joined (room_join) and is a member now. */
   void (*on_join)(iocphost_room_t *room, void *state,
