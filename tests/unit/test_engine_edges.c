@@ -130,7 +130,7 @@ START_TEST(test_server_stop_during_a_connect_flood_closes_every_session) {
   tu_raise_fd_limit();
   char err[256];
   core_t *core;
-  ck_assert_msg(core_create("edges", 2, &core, err, sizeof err) == 0, "%s",
+  ck_assert_msg(core_create("edges", 2, CORE_BACKEND_DEFAULT, &core, err, sizeof err) == 0, "%s",
                 err);
 #ifdef _WIN32
   const int rounds = 3, per_round = 300; /* every socket call visits Wine */
@@ -178,9 +178,9 @@ END_TEST
 START_TEST(test_client_stop_while_slots_reconnect_closes_every_session) {
   char err[256];
   core_t *server_core, *client_core;
-  ck_assert_msg(core_create("server", 1, &server_core, err, sizeof err) == 0,
+  ck_assert_msg(core_create("server", 1, CORE_BACKEND_DEFAULT, &server_core, err, sizeof err) == 0,
                 "%s", err);
-  ck_assert_msg(core_create("client", 2, &client_core, err, sizeof err) == 0,
+  ck_assert_msg(core_create("client", 2, CORE_BACKEND_DEFAULT, &client_core, err, sizeof err) == 0,
                 "%s", err);
   memset(&server_tally, 0, sizeof server_tally);
   service_options_t o;
@@ -239,7 +239,7 @@ START_TEST(test_reconnect_with_zero_min_delay_still_backs_off) {
   memset(&client_tally, 0, sizeof client_tally);
   char err[256];
   core_t *core;
-  ck_assert_msg(core_create("edges", 1, &core, err, sizeof err) == 0, "%s",
+  ck_assert_msg(core_create("edges", 1, CORE_BACKEND_DEFAULT, &core, err, sizeof err) == 0, "%s",
                 err);
   int port = tu_free_port(); /* nothing listens */
   service_options_t o;
@@ -276,7 +276,7 @@ START_TEST(test_a_server_that_drops_at_once_does_not_reset_the_backoff) {
   atomic_store(&server_tally.abort_on_connect, 1);
   char err[256];
   core_t *core;
-  ck_assert_msg(core_create("edges", 2, &core, err, sizeof err) == 0, "%s",
+  ck_assert_msg(core_create("edges", 2, CORE_BACKEND_DEFAULT, &core, err, sizeof err) == 0, "%s",
                 err);
   service_options_t o;
   options(&o, SERVICE_SERVER, 0, &server_tally);
@@ -331,7 +331,7 @@ START_TEST(test_a_session_aborted_before_it_opens_drops_its_timers_at_once) {
   core_t *core;
   /* One worker: every session shares one serial order, which the gate
    * holds while the test thread sets the scene. */
-  ck_assert_msg(core_create("edges", 1, &core, err, sizeof err) == 0, "%s",
+  ck_assert_msg(core_create("edges", 1, CORE_BACKEND_DEFAULT, &core, err, sizeof err) == 0, "%s",
                 err);
   service_options_t o;
   options(&o, SERVICE_SERVER, 0, &server_tally);

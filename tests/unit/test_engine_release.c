@@ -92,7 +92,7 @@ static void rig_start(rig_t *r) {
   memset(r, 0, sizeof *r);
   memset(&w, 0, sizeof w);
   char err[256];
-  ck_assert_msg(core_create("release", 1, &r->core, err, sizeof err) == 0,
+  ck_assert_msg(core_create("release", 1, CORE_BACKEND_DEFAULT, &r->core, err, sizeof err) == 0,
                 "%s", err);
   service_options_t o;
   service_options_init(&o);
