@@ -29,8 +29,7 @@
  * once could be written out of order. A staged send that fails ends the
  * receive side with its error, so the session ends with a reason.
  *
- * Accepting: one accept request per accept op (see issue_accept for why
- * not a multishot accept).
+ * Accepting: listeners stay out of the ring (see "accepting" below).
  *
  * Lifetime: a completion names a slot in its worker's table, never a
  * handle, so a handle may be freed while the kernel still has requests on
@@ -49,6 +48,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <poll.h>
+#include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
@@ -75,7 +76,7 @@
 enum {
   KIND_WAKE = 1,
   KIND_RECV,
-  KIND_ACCEPT,
+  KIND_LISTEN,
   KIND_STAGED,
   KIND_SEND_OP,
   KIND_CONNECT,
@@ -138,6 +139,8 @@ typedef struct uring_worker {
   timer_heap_t timers;
   int stopping;
   io_handle_t internal; /* no socket: the orphan timers' handle */
+  int listen_epoll;      /* the listeners, see "accepting" */
+  int listen_polled;
   /* The provided buffers. */
   struct io_uring_buf_ring *buf_ring;
   size_t buf_ring_bytes;
@@ -167,9 +170,7 @@ static uring_worker_t *worker_of(const io_handle_t *h) {
   return (uring_worker_t *)h->worker;
 }
 
-/* A completion's user_data: the slot and the kind (the low 4 bits), or
- * for an accept its record (malloc's 16-byte alignment leaves those bits
- * free) and the kind. */
+/* A completion's user_data: the slot and the kind (the low 4 bits). */
 #define KIND_MASK 0xfu
 static uint64_t user_data(uint32_t slot, int kind) {
   return ((uint64_t)slot << 4) | (uint64_t)kind;
@@ -435,56 +436,92 @@ static void on_recv_cqe(uring_worker_t *w, uint32_t i, int res,
 
 /* ---- accepting ---- */
 
-/* One accept request per accept op, each with its own address block: the
- * owner keeps accepts_pending of them in flight, which is the batch a
- * multishot accept would give, and each request reads the descriptor limit
- * when it is issued (a multishot accept keeps the one it was armed with,
- * so a listener would never see the limit drop, nor back off). */
-typedef struct accept_rec {
-  struct sockaddr_storage peer;
-  socklen_t peer_len;
-  uint32_t slot;
-  io_op_t *op;
-} accept_rec_t;
+/* Listeners are not given to the ring: a request on a socket holds the
+ * socket until the ring lets it go, and a killed process's ring is torn
+ * down after the process is gone, so its listening port would stay taken
+ * for a moment and a restarted host would fail with "address in use".
+ * Nor would a multishot accept do: it keeps the descriptor limit it was
+ * armed with, so it never sees the limit drop nor backs off. Instead each
+ * worker keeps a small epoll for its listeners (an epoll holds no socket
+ * alive), watched through the ring, and accepts with accept4 as the epoll
+ * backend does. Connections are not the hot path; messages are. */
 
-static void issue_accept(uring_worker_t *w, uint32_t i, io_op_t *op) {
-  uslot_t *s = &w->slots[i];
-  accept_rec_t *rec = malloc(sizeof *rec);
-  struct io_uring_sqe *sqe = rec ? get_sqe(w) : NULL;
-  if (!sqe) {
-    free(rec);
-    make_ready(w, op, rec ? -EBUSY : -ENOMEM);
-    return;
+static int watch_listeners(uring_worker_t *w) {
+  if (w->listen_epoll < 0) {
+    w->listen_epoll = epoll_create1(EPOLL_CLOEXEC);
+    if (w->listen_epoll < 0)
+      return -errno;
   }
-  rec->peer_len = sizeof rec->peer;
-  rec->slot = i;
-  rec->op = op;
-  io_uring_prep_accept(sqe, s->fd, (struct sockaddr *)&rec->peer,
-                       &rec->peer_len, SOCK_NONBLOCK | SOCK_CLOEXEC);
-  io_uring_sqe_set_data64(sqe, (uint64_t)(uintptr_t)rec | KIND_ACCEPT);
-  s->inflight++;
+  if (!w->listen_polled) {
+    struct io_uring_sqe *sqe = get_sqe(w);
+    if (!sqe)
+      return -EBUSY;
+    io_uring_prep_poll_multishot(sqe, w->listen_epoll, POLLIN);
+    io_uring_sqe_set_data64(sqe, user_data(0, KIND_LISTEN));
+    w->listen_polled = 1;
+  }
+  return 0;
 }
 
-static uint32_t on_accept_cqe(uring_worker_t *w, accept_rec_t *rec, int res) {
-  uint32_t i = rec->slot;
-  uslot_t *s = &w->slots[i];
-  io_op_t *op = rec->op;
-  if (s->closing) {
-    if (res >= 0)
-      close(res);
-    op->next = s->held;
-    s->held = op;
-  } else if (res >= 0) {
-    op->u.accept.socket = res;
+static void serve_accept(uring_worker_t *w, io_handle_t *h) {
+  while (h->pending_read && h->readable) {
+    struct sockaddr_storage ss;
+    socklen_t len = sizeof ss;
+    int fd;
+    do {
+      fd = accept4(h->socket, (struct sockaddr *)&ss, &len,
+                   SOCK_NONBLOCK | SOCK_CLOEXEC);
+    } while (fd < 0 && errno == EINTR);
+    if (fd < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+      h->readable = 0;
+      return;
+    }
+    io_op_t *op = h->pending_read;
+    h->pending_read = op->next;
+    if (fd < 0) {
+      make_ready(w, op, -errno); /* the owner backs off */
+      continue;
+    }
+    op->u.accept.socket = fd;
     if (op->u.accept.peer)
-      address_from_sockaddr(op->u.accept.peer, (struct sockaddr *)&rec->peer,
-                            rec->peer_len);
+      address_from_sockaddr(op->u.accept.peer, (struct sockaddr *)&ss, len);
     make_ready(w, op, 0);
-  } else {
-    make_ready(w, op, kernel_status(res));
   }
-  free(rec);
-  return i;
+}
+
+static void start_accept(uring_worker_t *w, io_op_t *op) {
+  io_handle_t *h = op->handle;
+  if (!h->writable) { /* not yet in the listeners' epoll */
+    int rc = watch_listeners(w);
+    struct epoll_event ev = {.events = EPOLLIN | EPOLLET, .data.ptr = h};
+    if (rc == 0 && epoll_ctl(w->listen_epoll, EPOLL_CTL_ADD, h->socket,
+                             &ev) != 0)
+      rc = -errno;
+    if (rc != 0) {
+      make_ready(w, op, rc);
+      return;
+    }
+    h->writable = 1; /* registered */
+    h->readable = 1; /* connections may be waiting already */
+  }
+  op->next = h->pending_read;
+  h->pending_read = op;
+  serve_accept(w, h);
+}
+
+static void on_listen_cqe(uring_worker_t *w, int res, unsigned flags) {
+  if (!(flags & IORING_CQE_F_MORE)) {
+    w->listen_polled = 0;
+    if (res != -ECANCELED)
+      watch_listeners(w);
+  }
+  struct epoll_event events[64];
+  int n = epoll_wait(w->listen_epoll, events, 64, 0);
+  for (int k = 0; k < n; k++) {
+    io_handle_t *h = events[k].data.ptr;
+    h->readable = 1;
+    serve_accept(w, h);
+  }
 }
 
 /* ---- sending ---- */
@@ -692,9 +729,19 @@ static void uring_handle_close(io_handle_t *h) {
   if (h->socket == IO_INVALID_SOCKET)
     return;
   if (h->slot == NO_SLOT) {
-    /* Never had a request in the kernel. */
+    /* Never had a request in the kernel: a listener (its accepts wait
+     * here, not in the kernel), or a socket that never did I/O. */
+    if (h->writable)
+      epoll_ctl(w->listen_epoll, EPOLL_CTL_DEL, h->socket, NULL);
     close(h->socket);
     h->socket = IO_INVALID_SOCKET;
+    io_op_t *op = h->pending_read;
+    h->pending_read = NULL;
+    while (op) {
+      io_op_t *next = op->next;
+      make_ready(w, op, IO_ECANCELED);
+      op = next;
+    }
     return;
   }
   uint32_t i = h->slot;
@@ -813,6 +860,10 @@ static void start_op(uring_worker_t *w, io_op_t *op) {
     cancel_op(w, op);
     return;
   }
+  if (op->type == IO_OP_ACCEPT) {
+    start_accept(w, op);
+    return;
+  }
   uslot_t *s = slot_of(w, h);
   if (!s) {
     make_ready(w, op, -ENOMEM);
@@ -824,9 +875,6 @@ static void start_op(uring_worker_t *w, io_op_t *op) {
     op->next = NULL;
     h->pending_read = op;
     serve_recv(w, i);
-    return;
-  case IO_OP_ACCEPT:
-    issue_accept(w, i, op);
     return;
   case IO_OP_SEND:
     if (s->send_error) {
@@ -921,14 +969,15 @@ static void on_cqe(uring_worker_t *w, uint64_t data, int res,
       log_write(LOG_ERROR, "core", "io_uring: cannot re-arm the wake-up");
     return;
   }
+  if (kind == KIND_LISTEN) {
+    on_listen_cqe(w, res, flags);
+    return;
+  }
   switch (kind) {
   case KIND_RECV:
     on_recv_cqe(w, i, res, flags);
     break;
-  case KIND_ACCEPT:
-    i = on_accept_cqe(w, (accept_rec_t *)(uintptr_t)(data & ~(uint64_t)KIND_MASK),
-                      res);
-    break;
+
   case KIND_STAGED:
     on_staged_cqe(w, i, res);
     break;
@@ -1162,6 +1211,8 @@ static void worker_release(uring_worker_t *w) {
     munmap(w->buf_ring, w->buf_ring_bytes);
   if (w->wake_fd >= 0)
     close(w->wake_fd);
+  if (w->listen_epoll >= 0)
+    close(w->listen_epoll);
   pthread_mutex_destroy(&w->mailbox_lock);
   sem_destroy(&w->started);
   timer_heap_free(&w->timers);
@@ -1222,6 +1273,7 @@ static int uring_core_create(int threads, io_core_t **out, char *err,
     w->internal.socket = IO_INVALID_SOCKET;
     w->internal.slot = NO_SLOT;
     w->free_slot = NO_SLOT;
+    w->listen_epoll = -1;
     core->base.workers[i] = &w->base;
     pthread_mutex_init(&w->mailbox_lock, NULL);
     sem_init(&w->started, 0, 0);
