@@ -7,7 +7,7 @@
 set -euo pipefail
 
 packages=(cmake ninja-build gcc clang libclang-rt-14-dev pkg-config check libsubunit-dev
-          libcjson-dev python3 netcat-openbsd)
+          libcjson-dev liburing-dev python3 netcat-openbsd)
 if [ "${1:-}" = windows ]; then
   packages+=(gcc-mingw-w64-x86-64 wine wine64 dpkg-dev)
 fi

@@ -42,13 +42,13 @@
  */
 #include <errno.h>
 #include <liburing.h>
+#include <poll.h>
 #include <pthread.h>
 #include <semaphore.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <poll.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <sys/mman.h>
@@ -65,7 +65,7 @@
 #define BUFFER_COUNT 256 /* per worker: 4 MiB, touched only as used */
 #define BUFFER_GROUP 0
 #define STAGE_MAX (64 * 1024)
-#define ORPHAN_MS 5000          /* a closed socket's staged bytes, at most */
+#define ORPHAN_MS 5000 /* a closed socket's staged bytes, at most */
 #define DELIVERIES_PER_ROUND 4096
 #define CQES_PER_BATCH 256
 #define STOP_DRAIN_MS 2000
@@ -107,7 +107,7 @@ typedef struct uslot {
   send_rec_t *staged;
   send_rec_t *send_rec; /* of kernel_op, when a send */
   io_op_t *kernel_op;   /* the send or connect op in the kernel */
-  uint32_t inflight; /* requests whose last completion has not come */
+  uint32_t inflight;    /* requests whose last completion has not come */
   uint32_t next_free;
   uint16_t head, tail; /* received buffers waiting, by buffer id */
   int fd;              /* the socket, also once the handle forgot it */
@@ -139,7 +139,7 @@ typedef struct uring_worker {
   timer_heap_t timers;
   int stopping;
   io_handle_t internal; /* no socket: the orphan timers' handle */
-  int listen_epoll;      /* the listeners, see "accepting" */
+  int listen_epoll;     /* the listeners, see "accepting" */
   int listen_polled;
   /* The provided buffers. */
   struct io_uring_buf_ring *buf_ring;
@@ -494,8 +494,8 @@ static void start_accept(uring_worker_t *w, io_op_t *op) {
   if (!h->writable) { /* not yet in the listeners' epoll */
     int rc = watch_listeners(w);
     struct epoll_event ev = {.events = EPOLLIN | EPOLLET, .data.ptr = h};
-    if (rc == 0 && epoll_ctl(w->listen_epoll, EPOLL_CTL_ADD, h->socket,
-                             &ev) != 0)
+    if (rc == 0 &&
+        epoll_ctl(w->listen_epoll, EPOLL_CTL_ADD, h->socket, &ev) != 0)
       rc = -errno;
     if (rc != 0) {
       make_ready(w, op, rc);
@@ -541,8 +541,7 @@ static void issue_send_op(uring_worker_t *w, uint32_t i, io_op_t *op) {
   rec->msg.msg_iov = op->u.send.bufs;
   rec->msg.msg_iovlen = (size_t)op->u.send.count;
   /* MSG_WAITALL: the kernel finishes a short write itself. */
-  io_uring_prep_sendmsg(sqe, s->fd, &rec->msg,
-                        MSG_NOSIGNAL | MSG_WAITALL);
+  io_uring_prep_sendmsg(sqe, s->fd, &rec->msg, MSG_NOSIGNAL | MSG_WAITALL);
   io_uring_sqe_set_data64(sqe, user_data(i, KIND_SEND_OP));
   s->send_rec = rec;
   s->kernel_op = op;
@@ -561,8 +560,8 @@ static void submit_staged(uring_worker_t *w, uint32_t i) {
     s->send_error = -EBUSY;
     return;
   }
-  io_uring_prep_send(sqe, s->fd, rec->data + rec->off,
-                     rec->len - rec->off, MSG_NOSIGNAL | MSG_WAITALL);
+  io_uring_prep_send(sqe, s->fd, rec->data + rec->off, rec->len - rec->off,
+                     MSG_NOSIGNAL | MSG_WAITALL);
   io_uring_sqe_set_data64(sqe, user_data(i, KIND_STAGED));
   s->inflight++;
 }
@@ -938,8 +937,7 @@ static int arm_wake(uring_worker_t *w) {
   struct io_uring_sqe *sqe = get_sqe(w);
   if (!sqe)
     return -1;
-  io_uring_prep_read(sqe, w->wake_fd, &w->wake_value, sizeof w->wake_value,
-                     0);
+  io_uring_prep_read(sqe, w->wake_fd, &w->wake_value, sizeof w->wake_value, 0);
   io_uring_sqe_set_data64(sqe, user_data(0, KIND_WAKE));
   return 0;
 }
@@ -959,8 +957,7 @@ static void drain_mailbox(uring_worker_t *w) {
 
 /* ---- completions ---- */
 
-static void on_cqe(uring_worker_t *w, uint64_t data, int res,
-                   unsigned flags) {
+static void on_cqe(uring_worker_t *w, uint64_t data, int res, unsigned flags) {
   int kind = (int)(data & KIND_MASK);
   uint32_t i = (uint32_t)(data >> 4);
   if (kind == KIND_WAKE) {
@@ -1279,8 +1276,7 @@ static int uring_core_create(int threads, io_core_t **out, char *err,
     sem_init(&w->started, 0, 0);
     w->wake_fd = eventfd(0, EFD_CLOEXEC);
     if (w->wake_fd < 0) {
-      snprintf(err, err_len, "cannot create worker %d: %s", i,
-               strerror(errno));
+      snprintf(err, err_len, "cannot create worker %d: %s", i, strerror(errno));
       rc = -1;
     } else if (pthread_create(&w->thread, NULL, worker_main, w) != 0) {
       snprintf(err, err_len, "cannot start worker thread %d", i);
