@@ -62,10 +62,12 @@
 #define SQ_ENTRIES 256
 #define CQ_ENTRIES 4096
 #define BUFFER_BYTES (16 * 1024)
-#define BUFFER_COUNT 256 /* per worker: 4 MiB, touched only as used */
+#define BUFFER_COUNT 64 /* per worker: 1 MiB, all touched in time (FIFO) */
 #define BUFFER_GROUP 0
 #define STAGE_MAX (64 * 1024)
-#define ORPHAN_MS 5000 /* a closed socket's staged bytes, at most */
+#define STAGE_SMALL 2048 /* staged records this size are kept for reuse */
+#define STAGE_CACHE 128  /* ... this many per worker */
+#define ORPHAN_MS 5000   /* a closed socket's staged bytes, at most */
 #define DELIVERIES_PER_ROUND 4096
 #define CQES_PER_BATCH 256
 #define STOP_DRAIN_MS 2000
@@ -153,6 +155,9 @@ typedef struct uring_worker {
   uint32_t slot_count, slot_cap, free_slot, live_slots;
   uint32_t *starved;
   uint32_t starved_count, starved_cap;
+  /* Small staged records, kept: echo-like traffic then costs no malloc. */
+  send_rec_t *stage_cache[STAGE_CACHE];
+  unsigned stage_cached;
 } uring_worker_t;
 
 typedef struct uring_core {
@@ -548,6 +553,19 @@ static void issue_send_op(uring_worker_t *w, uint32_t i, io_op_t *op) {
   s->inflight++;
 }
 
+static send_rec_t *stage_alloc(uring_worker_t *w, size_t len) {
+  if (len <= STAGE_SMALL && w->stage_cached)
+    return w->stage_cache[--w->stage_cached];
+  return malloc(sizeof(send_rec_t) + (len <= STAGE_SMALL ? STAGE_SMALL : len));
+}
+
+static void stage_free(uring_worker_t *w, send_rec_t *rec) {
+  if (rec->len <= STAGE_SMALL && w->stage_cached < STAGE_CACHE)
+    w->stage_cache[w->stage_cached++] = rec;
+  else
+    free(rec);
+}
+
 static void submit_staged(uring_worker_t *w, uint32_t i) {
   uslot_t *s = &w->slots[i];
   send_rec_t *rec = s->staged;
@@ -555,7 +573,7 @@ static void submit_staged(uring_worker_t *w, uint32_t i) {
   if (!sqe) {
     /* Cannot happen once the ring took what was queued; if it does, the
      * bytes are lost, and the session must hear it. */
-    free(rec);
+    stage_free(w, rec);
     s->staged = NULL;
     s->send_error = -EBUSY;
     return;
@@ -584,7 +602,7 @@ static int uring_send_now(io_handle_t *h, const io_buf_t *bufs, int count) {
     total = STAGE_MAX;
   if (total == 0)
     return 0;
-  send_rec_t *rec = malloc(sizeof *rec + total);
+  send_rec_t *rec = stage_alloc(w, total);
   if (!rec)
     return -EAGAIN; /* the op path will say why */
   rec->slot = h->slot;
@@ -647,7 +665,7 @@ static void on_staged_cqe(uring_worker_t *w, uint32_t i, int res) {
   }
   if (rec->orphan.heap_index != UINT32_MAX)
     timer_heap_remove(&w->timers, &rec->orphan);
-  free(rec);
+  stage_free(w, rec);
   s->staged = NULL;
   if (res < 0 && !s->closing)
     send_failed(w, i, kernel_status(res));
@@ -1218,6 +1236,8 @@ static void worker_release(uring_worker_t *w) {
   free(w->buffer_len);
   free(w->slots);
   free(w->starved);
+  while (w->stage_cached)
+    free(w->stage_cache[--w->stage_cached]);
 }
 
 static void uring_core_destroy(io_core_t *base) {
