@@ -296,7 +296,7 @@ syscall_counter() {
 COUNTER=${SYSCALL_COUNTER:-$(syscall_counter)}
 # The calls broken down by name, for the notes (perf only).
 MIX=
-for s in epoll_wait epoll_pwait read recvfrom recvmsg write sendmsg sendto writev \
+for s in epoll_wait epoll_pwait io_uring_enter read recvfrom recvmsg write sendmsg sendto writev \
   epoll_ctl accept4 close shutdown setsockopt getsockopt futex madvise mmap munmap \
   brk mprotect; do
   [ -d /sys/kernel/tracing/events/syscalls/sys_enter_$s ] && MIX="$MIX,syscalls:sys_enter_$s"

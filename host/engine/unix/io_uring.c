@@ -19,12 +19,13 @@
  * then waits in the worker's "starved" list and is armed again as soon as a
  * buffer comes back.
  *
- * Sending: io_send_now copies what it takes (up to STAGE_MAX) into a staged
- * send and returns; the send is submitted with the round's other requests.
- * That is epoll's send(2) without the system call, and like the socket's
- * own buffer the staged bytes reach the peer also when the handle is closed
- * after them (the close waits for them, bounded by ORPHAN_MS), unless the
- * close resets. While one staged send or send op is in the kernel, the next
+ * Sending: io_send_now copies a small send (up to STAGE_SMALL; a larger
+ * one goes out with sendmsg, whose cost is spread over its bytes) into a
+ * staged send and returns; the send is submitted with the round's other
+ * requests. That is epoll's send(2) without the system call, and like the
+ * socket's own buffer the staged bytes reach the peer also when the handle is
+ * closed after them (the close waits for them, bounded by ORPHAN_MS), unless
+ * the close resets. While one staged send or send op is in the kernel, the next
  * waits (-EAGAIN, or the op is held): two sends on one socket in flight at
  * once could be written out of order. A staged send that fails ends the
  * receive side with its error, so the session ends with a reason.
@@ -64,7 +65,6 @@
 #define BUFFER_BYTES (16 * 1024)
 #define BUFFER_COUNT 64 /* per worker: 1 MiB, all touched in time (FIFO) */
 #define BUFFER_GROUP 0
-#define STAGE_MAX (64 * 1024)
 #define STAGE_SMALL 2048 /* staged records this size are kept for reuse */
 #define STAGE_CACHE 128  /* ... this many per worker */
 #define ORPHAN_MS 5000   /* a closed socket's staged bytes, at most */
@@ -596,10 +596,24 @@ static int uring_send_now(io_handle_t *h, const io_buf_t *bufs, int count) {
   if (s->staged || s->kernel_op || h->pending_write)
     return -EAGAIN;
   size_t total = 0;
-  for (int k = 0; k < count && total < STAGE_MAX; k++)
+  for (int k = 0; k < count && total <= STAGE_SMALL; k++)
     total += bufs[k].iov_len;
-  if (total > STAGE_MAX)
-    total = STAGE_MAX;
+  if (total > STAGE_SMALL) {
+    /* Large: one system call spread over many bytes costs less than the
+     * copy, and what the socket does not take waits in the owner's queue
+     * (a send op), as with epoll. */
+    struct msghdr msg;
+    memset(&msg, 0, sizeof msg);
+    msg.msg_iov = (struct iovec *)bufs;
+    msg.msg_iovlen = (size_t)count;
+    ssize_t n;
+    do {
+      n = sendmsg(s->fd, &msg, MSG_NOSIGNAL | MSG_DONTWAIT);
+    } while (n < 0 && errno == EINTR);
+    if (n >= 0)
+      return (int)n;
+    return errno == EAGAIN || errno == EWOULDBLOCK ? -EAGAIN : -errno;
+  }
   if (total == 0)
     return 0;
   send_rec_t *rec = stage_alloc(w, total);
