@@ -2,19 +2,22 @@
 # Builds and runs every test in four builds: a normal build, an
 # AddressSanitizer + UndefinedBehaviorSanitizer build, a ThreadSanitizer
 # build, and the Windows build (cross-compiled with mingw-w64, run under
-# Wine). Unit tests (Check) and integration tests (the real host binary over
-# loopback) run in each; every build treats warnings as errors. A test that
-# ran nothing shows as Not Run, and a build fails when a test that
-# tests/must_run.txt says must run on its platform did not (checked from
-# ctest's JUnit report by scripts/check_must_run.py). Between them,
+# Wine). The uring stage runs the normal and ASan builds' whole suites
+# again with io_uring as every core's backend (IOCPHOST_DEFAULT_BACKEND),
+# and the TSan build's engine tests. Unit tests (Check) and integration
+# tests (the real host binary over loopback) run in each; every build
+# treats warnings as errors. A test that ran nothing shows as Not Run, and a
+# build fails when a test that tests/must_run.txt says must run on its
+# platform did not (checked from ctest's JUnit report by
+# scripts/check_must_run.py). Between them,
 # the libFuzzer targets (the packet parser, the receive path, the config
 # loader) run for a minute each.
-# Usage: scripts/test.sh [normal|asan|tsan|fuzz|windows ...]
+# Usage: scripts/test.sh [normal|asan|tsan|uring|fuzz|windows ...]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 builds=("$@")
-[ ${#builds[@]} -gt 0 ] || builds=(normal asan tsan fuzz windows)
+[ ${#builds[@]} -gt 0 ] || builds=(normal asan tsan uring fuzz windows)
 jobs=$(nproc)
 
 deps=()
@@ -53,6 +56,30 @@ windows_stage() {
   trap - EXIT
 }
 
+# Every test again with io_uring as the default backend: the normal and
+# ASan builds' whole suites, the TSan build's engine tests. Builds what
+# is missing (after the normal, asan and tsan stages it is all there).
+uring_stage() {
+  local dir sanitize filter stress
+  for dir in build-test build-asan build-tsan; do
+    case "$dir" in
+      build-test) sanitize="";      filter="";            stress=100000 ;;
+      build-asan) sanitize=address; filter="";            stress=20000 ;;
+      build-tsan) sanitize=thread;  filter="unit.test_engine"; stress=10000 ;;
+    esac
+    echo "--- io_uring: $dir ${filter:-(every test)} ---"
+    cmake -S . -B "$dir" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+          -DIOCPHOST_WERROR=ON -DIOCPHOST_SANITIZE="$sanitize" >/dev/null
+    cmake --build "$dir"
+    IOCPHOST_DEFAULT_BACKEND=io_uring \
+    ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 \
+    UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
+    TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1 \
+    IOCPHOST_STRESS_SESSIONS=$stress \
+      ctest --test-dir "$dir" --output-on-failure -j "$jobs" ${filter:+-R "$filter"}
+  done
+}
+
 for build in "${builds[@]}"; do
   case "$build" in
     normal) dir=build-test;  sanitize="" ; stress=100000 ;;
@@ -62,6 +89,10 @@ for build in "${builds[@]}"; do
       echo "=== fuzzing (build-fuzz, clang) ==="
       tests/fuzz/run.sh "${FUZZ_SECONDS:-60}" "$PWD/build-fuzz"
       continue ;;
+    uring)
+      echo "=== io_uring as the default backend ==="
+      uring_stage
+      continue ;;
     windows)
       echo "=== windows build (build-win, under Wine) ==="
       start=$SECONDS
@@ -69,7 +100,7 @@ for build in "${builds[@]}"; do
       scripts/check_must_run.py build-win/ctest-junit.xml windows
       echo "=== windows build: $((SECONDS - start)) s ==="
       continue ;;
-    *) echo "unknown build '$build' (normal, asan, tsan, fuzz or windows)" >&2
+    *) echo "unknown build '$build' (normal, asan, tsan, uring, fuzz or windows)" >&2
        exit 2 ;;
   esac
   echo "=== $build build ($dir) ==="

@@ -572,7 +572,7 @@ static const char *const TOP_KEYS[] = {"name",     "log",   "runtime_dir",
                                        "services", NULL};
 static const char *const LOG_KEYS[] = {"level", "file", NULL};
 static const char *const SHUTDOWN_KEYS[] = {"drain_timeout_ms", NULL};
-static const char *const CORE_KEYS[] = {"name", "threads", NULL};
+static const char *const CORE_KEYS[] = {"name", "threads", "backend", NULL};
 static const char *const PLUGIN_KEYS[] = {"name", "path", "settings", NULL};
 static const char *const SERVER_KEYS[] = {"name",
                                           "type",
@@ -614,6 +614,12 @@ static const char *const RECONNECT_KEYS[] = {"min_delay_ms", "max_delay_ms",
                                              "jitter", "reset_after_ms", NULL};
 static const char *const SERVICE_TYPES[] = {"server", "client", NULL};
 static const char *const FRAMINGS[] = {"raw", "packet", NULL};
+/* The backends of this platform, as core_backend_parse knows them. */
+#ifdef _WIN32
+static const char *const BACKENDS[] = {"iocp", NULL};
+#else
+static const char *const BACKENDS[] = {"epoll", "io_uring", NULL};
+#endif
 static const char *const LOG_LEVELS[] = {"debug", "info", "warn", "error",
                                          NULL};
 static const int LOG_LEVEL_VALUES[] = {LOG_DEBUG, LOG_INFO, LOG_WARN,
@@ -690,6 +696,21 @@ static int check_unique(loader_t *ld, const char *section, const char *what,
   return 0;
 }
 
+/* cores[].backend: omitted, the platform's default (CORE_BACKEND_DEFAULT). */
+static int get_backend(loader_t *ld, const cJSON *item, const char *parent,
+                       core_backend_t *out) {
+  int index;
+  *out = CORE_BACKEND_DEFAULT;
+  if (member(item, "backend") == NULL)
+    return 0;
+  if (get_choice(ld, item, parent, "backend", BACKENDS, -1, &index) != 0)
+    return -1;
+  return core_backend_parse(BACKENDS[index], out) == 0
+             ? 0
+             : fail(ld, parent, "backend \"%s\" is unknown to the engine",
+                    BACKENDS[index]);
+}
+
 static int parse_cores(loader_t *ld, const cJSON *root, config_t *c) {
   const cJSON *cores;
   if (get_array(ld, root, "cores", "[ { \"name\": \"main\", \"threads\": 0 } ]",
@@ -719,6 +740,7 @@ static int parse_cores(loader_t *ld, const cJSON *root, config_t *c) {
                  "give the core a name such as \"main\"", &core->name) != 0 ||
         get_int(ld, item, path.text, "threads", 0, 1024, 0, &core->threads) !=
             0 ||
+        get_backend(ld, item, path.text, &core->backend) != 0 ||
         check_unique(ld, "cores", "core", i, &c->cores[0].name,
                      sizeof *c->cores) != 0)
       return -1;

@@ -11,6 +11,7 @@
 #include <stdint.h>
 
 #include "engine/address.h"
+#include "engine/engine.h"
 
 typedef enum config_service_type {
   CONFIG_SERVICE_SERVER = 1,
@@ -25,6 +26,7 @@ typedef enum config_framing {
 typedef struct config_core {
   char *name;
   int threads; /* as written; 0 = one per CPU (resolved by the host) */
+  core_backend_t backend; /* CORE_BACKEND_DEFAULT when not given */
 } config_core_t;
 
 typedef struct config_plugin {

@@ -85,8 +85,8 @@ int host_start(host_t *host, char *err, size_t err_len) {
    * and rooms run on a core. */
   for (size_t i = 0; i < c->core_count; i++) {
     core_t *core;
-    if (core_create(c->cores[i].name, c->cores[i].threads, &core, err,
-                    err_len) != 0)
+    if (core_create(c->cores[i].name, c->cores[i].threads, c->cores[i].backend,
+                    &core, err, err_len) != 0)
       goto fail;
     pthread_mutex_lock(&host->lock); /* status may be reading */
     host->cores[i] = core;

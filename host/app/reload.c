@@ -58,6 +58,7 @@ static void restart_notes(const config_t *a, const config_t *b, char **out,
     snprintf(label, sizeof label, "cores[%zu]", i);
     DIFF_STR(label, &a->cores[i], &b->cores[i], name);
     DIFF_NUM(label, &a->cores[i], &b->cores[i], threads);
+    DIFF_NUM(label, &a->cores[i], &b->cores[i], backend);
   }
   for (size_t i = 0; i < a->plugin_count; i++) {
     snprintf(label, sizeof label, "plugins[%zu]", i);

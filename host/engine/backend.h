@@ -1,6 +1,6 @@
 /*
- * The contract every platform backend fulfils (epoll today, IOCP next): a
- * proactor. The engine issues an operation on a handle and later receives
+ * The contract every platform backend fulfils (epoll and io_uring on Linux,
+ * IOCP on Windows): a proactor. The engine issues an operation on a handle and later receives
  * its completion, with a status (0 or a negative errno-style code) and a
  * byte count. The operation record (io_op_t) embeds what the OS needs (the
  * OVERLAPPED on Windows) and the completion recovers the op from it; the
@@ -116,9 +116,13 @@ struct io_handle {
 #ifdef _WIN32
   int family;
 #else
+  /* epoll: readiness; io_uring: its own flags (see io_uring.c). */
   uint8_t readable;
   uint8_t writable;
   uint8_t hangup;         /* the peer closed or failed: reads won't block */
+  /* io_uring: the handle's entry in its worker's table, UINT32_MAX until
+   * its first socket op (it fits in what was padding: no byte more). */
+  uint32_t slot;
   io_op_t *pending_read;  /* accept or recv ops waiting for readiness */
   io_op_t *pending_write; /* send or connect op waiting for readiness */
 #endif
@@ -130,8 +134,26 @@ typedef struct io_timer {
   uint32_t heap_index; /* UINT32_MAX when not armed */
 } io_timer_t;
 
-/* Cores: threads workers (>= 1), each its own thread. */
-int io_core_create(int threads, io_core_t **out, char *err, size_t err_len);
+/* Which backend a core runs on. Linux has two in one binary (a table of
+ * functions per core picks them, see engine/unix/dispatch.h); Windows has
+ * IOCP only. */
+typedef enum io_backend {
+  IO_BACKEND_DEFAULT = 0, /* the platform's: epoll on Linux, IOCP on Windows */
+  IO_BACKEND_EPOLL,
+  IO_BACKEND_IO_URING,
+  IO_BACKEND_IOCP
+} io_backend_t;
+
+/* io_core_create's result when the kernel lacks the backend asked for (an
+ * io_uring refused with ENOSYS or EPERM): the caller may fall back. */
+#define IO_CORE_UNSUPPORTED (-2)
+
+/* Cores: threads workers (>= 1), each its own thread. Returns 0, -1 with a
+ * reason in err, or IO_CORE_UNSUPPORTED (with the reason too). */
+int io_core_create(int threads, io_backend_t backend, io_core_t **out,
+                   char *err, size_t err_len);
+/* The backend the core runs on (never IO_BACKEND_DEFAULT). */
+io_backend_t io_core_backend(const io_core_t *core);
 /* Ends the workers. Every handle must be closed and every op completed. */
 void io_core_destroy(io_core_t *core);
 int io_core_thread_count(const io_core_t *core);
@@ -175,6 +197,11 @@ void io_timer_cancel(io_timer_t *t);
  * PostQueuedCompletionStatus would, to prove such a strand still runs. */
 #ifdef _WIN32
 void io__fail_next_wakeups(int count);
+#else
+/* Tests only (io_uring): cores created afterwards get count receive
+ * buffers per worker (a power of two; 0 restores the default), to prove
+ * what a session does when the provided buffers run out. */
+void io__uring_buffer_count(unsigned count);
 #endif
 
 /* Sockets. */

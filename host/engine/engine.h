@@ -52,14 +52,35 @@ const char *session_reason_name(int reason);
 
 /* ---- cores ---- */
 
-/* threads <= 0 means one per CPU. */
-int core_create(const char *name, int threads, core_t **out, char *err,
-                size_t err_len);
+/* The completion engine a core runs on. Linux: epoll (the default) or
+ * io_uring; Windows: IOCP only. */
+typedef enum core_backend {
+  CORE_BACKEND_DEFAULT = 0, /* the platform's; see core_create */
+  CORE_BACKEND_EPOLL,
+  CORE_BACKEND_IO_URING,
+  CORE_BACKEND_IOCP
+} core_backend_t;
+
+/* threads <= 0 means one per CPU. backend CORE_BACKEND_DEFAULT is the
+ * platform's default, or for tests what the environment variable
+ * IOCPHOST_DEFAULT_BACKEND names ("epoll" or "io_uring", read once), so a
+ * whole test suite can run on io_uring without changing its configs. A
+ * core asked for io_uring where the kernel refuses it (too old, or
+ * forbidden by a sandbox) runs on epoll, with one log line saying so. */
+int core_create(const char *name, int threads, core_backend_t backend,
+                core_t **out, char *err, size_t err_len);
 /* Every service of the core must be destroyed first. */
 void core_destroy(core_t *core);
 const char *core_name(const core_t *core);
 int core_thread_count(const core_t *core);
 uint64_t core_completions(const core_t *core);
+/* The backend the core runs on ("epoll", "io_uring", "iocp"). */
+const char *core_backend_name(const core_t *core);
+/* The backend named name ("epoll", "io_uring", "iocp"), if this platform
+ * has it: returns 0, or -1 when it does not. */
+int core_backend_parse(const char *name, core_backend_t *out);
+/* The names core_backend_parse accepts here, for error messages. */
+const char *core_backend_choices(void);
 
 /* Sessions, listeners, timers and posts alive in the process; tests check
  * it returns to 0. */

@@ -76,7 +76,7 @@ int main(void) {
   raise_fd_limit(n + 64);
   char err[256];
   core_t *core;
-  if (core_create("bench", 2, &core, err, sizeof err) != 0) {
+  if (core_create("bench", 2, CORE_BACKEND_DEFAULT, &core, err, sizeof err) != 0) {
     fprintf(stderr, "%s\n", err);
     return 1;
   }

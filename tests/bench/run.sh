@@ -9,6 +9,8 @@
 #   libuv            tests/bench/uv_echo.c: shared read buffer, try-write first
 #   iocphost         bin/iocphost + plugins/echo, raw framing, 1 worker thread
 #   iocphost-packet  bin/iocphost + tests/bench/plugins/packet_echo, packets
+#   uring            iocphost with "backend": "io_uring" (same plugin, raw)
+#   uring-packet     the same with packets
 # Workloads (the client, tests/bench/loadgen.c, pinned to CLIENT_CPU):
 #   pingpong  100 connections, 64-byte messages, 1 in flight each
 #   bulk      8 connections, 64 KiB messages, 1 in flight each
@@ -39,7 +41,7 @@ WARMUP=${WARMUP:-0.3}
 SERVER_CPU=${SERVER_CPU:-0}
 CLIENT_CPU=${CLIENT_CPU:-1}
 BASE_PORT=${BASE_PORT:-17800}
-PEERS=${PEERS:-"epoll libuv iocphost iocphost-packet"}
+PEERS=${PEERS:-"epoll libuv iocphost iocphost-packet uring uring-packet"}
 # CANDIDATE: another build folder (an engine change, say) whose iocphost
 # runs as two more peers, "candidate" and "candidate-packet", in the same
 # rounds, so that the change is compared with iocphost under the same noise.
@@ -147,6 +149,8 @@ peer_port() {
     iocphost-packet) echo $((BASE_PORT + 4)) ;;
     candidate) echo $((BASE_PORT + 5)) ;;
     candidate-packet) echo $((BASE_PORT + 6)) ;;
+    uring) echo $((BASE_PORT + 7)) ;;
+    uring-packet) echo $((BASE_PORT + 8)) ;;
   esac
 }
 
@@ -155,8 +159,9 @@ build_of() { # peer
 }
 
 write_config() { # peer port file
-  local plugin path framing build
+  local plugin path framing build backend=epoll
   build=$(build_of "$1")
+  case $1 in uring*) backend=io_uring ;; esac
   if [ "${1%-packet}" != "$1" ]; then
     plugin=packet_echo framing=packet
     path=$build/tests/bench/plugins/packet_echo/packet_echo
@@ -169,7 +174,7 @@ write_config() { # peer port file
   "log": { "level": "warn", "file": null },
   "runtime_dir": "$OUT/run-$1",
   "shutdown": { "drain_timeout_ms": 2000 },
-  "cores": [ { "name": "main", "threads": 1 } ],
+  "cores": [ { "name": "main", "threads": 1, "backend": "$backend" } ],
   "plugins": [ { "name": "$plugin", "path": "$path", "settings": {} } ],
   "services": [
     { "name": "bench", "type": "server", "core": "main", "plugin": "$plugin",
@@ -188,7 +193,7 @@ start_peer() { # peer
       2>>"$OUT/server-$peer.log" & ;;
     libuv) taskset -c "$SERVER_CPU" "$BUILD/tests/bench/uv_echo" "$port" \
       2>>"$OUT/server-$peer.log" & ;;
-    iocphost* | candidate*)
+    iocphost* | candidate* | uring*)
       write_config "$peer" "$port" "$OUT/$peer.json"
       taskset -c "$SERVER_CPU" "$(build_of "$peer")/bin/iocphost" run -c "$OUT/$peer.json" \
         2>>"$OUT/server-$peer.log" & ;;
@@ -291,7 +296,7 @@ syscall_counter() {
 COUNTER=${SYSCALL_COUNTER:-$(syscall_counter)}
 # The calls broken down by name, for the notes (perf only).
 MIX=
-for s in epoll_wait epoll_pwait read recvfrom recvmsg write sendmsg sendto writev \
+for s in epoll_wait epoll_pwait io_uring_enter read recvfrom recvmsg write sendmsg sendto writev \
   epoll_ctl accept4 close shutdown setsockopt getsockopt futex madvise mmap munmap \
   brk mprotect; do
   [ -d /sys/kernel/tracing/events/syscalls/sys_enter_$s ] && MIX="$MIX,syscalls:sys_enter_$s"
@@ -339,12 +344,14 @@ if [ "${SKIP_IDLE:-0}" != 1 ]; then
     run_loadgen "idle=1" idle "$peer"
     stop_peer
   done
-  for peer in iocphost candidate; do
+  for peer in iocphost uring candidate; do
     case " $PEERS " in *" $peer "*) ;; *) continue ;; esac
     program=$(build_of "$peer")/tests/bench/idle_sessions
     [ -x "$program" ] || continue
     log "idle: the engine of $peer in-process (idle_sessions, mallinfo2)"
-    line=$(taskset -c "$SERVER_CPU,$CLIENT_CPU" "$program" 2>&1 |
+    backend=epoll
+    [ "$peer" = uring ] && backend=io_uring
+    line=$(IOCPHOST_DEFAULT_BACKEND=$backend taskset -c "$SERVER_CPU,$CLIENT_CPU" "$program" 2>&1 |
       awk '/per idle session/ {print $5}') || true
     echo "engine_idle peer=$peer heap_bytes_per_session=${line:-0}" >>"$RESULTS"
   done

@@ -13,12 +13,14 @@ import os
 import statistics
 import sys
 
-PEERS = ["epoll", "libuv", "iocphost", "iocphost-packet", "candidate",
-         "candidate-packet"]
+PEERS = ["epoll", "libuv", "iocphost", "iocphost-packet", "uring",
+         "uring-packet", "candidate", "candidate-packet"]
 TITLES = {"epoll": "raw epoll", "libuv": "libuv", "iocphost": "iocphost",
-          "iocphost-packet": "iocphost packet", "candidate": "candidate",
-          "candidate-packet": "candidate packet"}
-SUBJECTS = ["iocphost", "iocphost-packet", "candidate", "candidate-packet"]
+          "iocphost-packet": "iocphost packet", "uring": "iocphost io_uring",
+          "uring-packet": "iocphost io_uring packet",
+          "candidate": "candidate", "candidate-packet": "candidate packet"}
+SUBJECTS = ["iocphost", "iocphost-packet", "uring", "uring-packet",
+            "candidate", "candidate-packet"]
 # (workload, metric key, label, lower is better)
 ROWS = [
     ("pingpong", "msgs_per_s", "ping-pong 64 B x100: messages/s", False),
@@ -145,6 +147,8 @@ def main():
 
     pairs = [("iocphost", "epoll"), ("iocphost", "libuv"),
              ("iocphost-packet", "epoll"), ("iocphost-packet", "libuv"),
+             ("uring", "epoll"), ("uring", "iocphost"),
+             ("uring-packet", "iocphost-packet"),
              ("candidate", "epoll"), ("candidate", "libuv"),
              ("candidate", "iocphost"), ("candidate-packet", "epoll"),
              ("candidate-packet", "libuv"),
@@ -223,7 +227,7 @@ def main():
         if (peer, "rate", "p99_us") in med:
             check(f"{name}: p99 at 50k msg/s vs raw epoll",
                   ratio(med[(peer, "rate", "p99_us")], med.get(("epoll", "rate", "p99_us"))), 1.2)
-    for peer in ("iocphost", "candidate"):
+    for peer in ("iocphost", "uring", "candidate"):
         for workload, metric, label in (("idle", "rss_bytes_per_conn", "RSS delta"),
                                         ("engine_idle", "heap_bytes_per_session",
                                          "engine heap, idle_sessions")):

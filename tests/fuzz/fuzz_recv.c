@@ -132,7 +132,7 @@ int LLVMFuzzerInitialize(int *argc, char ***argv) {
   (void)argv;
   log_set_level(LOG_ERROR); /* one line per protocol error is noise here */
   char err[256];
-  if (core_create("fuzz", 1, &core, err, sizeof err) != 0)
+  if (core_create("fuzz", 1, CORE_BACKEND_DEFAULT, &core, err, sizeof err) != 0)
     abort();
   for (int i = 0; i < 3; i++) {
     service_options_t o;

@@ -278,6 +278,7 @@ START_TEST(defaults_are_those_of_the_spec) {
   ck_assert_uint_eq(c->core_count, 1);
   ck_assert_str_eq(c->cores[0].name, "main");
   ck_assert_int_eq(c->cores[0].threads, 0);
+  ck_assert_int_eq(c->cores[0].backend, CORE_BACKEND_DEFAULT);
   ck_assert_str_eq(c->plugins[0].settings_json, "{}");
 
   for (size_t i = 0; i < 2; i++) {
@@ -551,6 +552,42 @@ START_TEST(a_folder_is_not_a_config_file) {
 }
 END_TEST
 
+START_TEST(a_core_names_its_backend) {
+#ifdef _WIN32
+  config_t *c = load_ok("{ \"cores\": [ { \"name\": \"a\", \"backend\": "
+                        "\"iocp\" } ] }");
+  ck_assert_int_eq(c->cores[0].backend, CORE_BACKEND_IOCP);
+#else
+  config_t *c = load_ok("{ \"cores\": [ { \"name\": \"a\", \"backend\": "
+                        "\"io_uring\" }, { \"name\": \"b\", \"backend\": "
+                        "\"epoll\" }, { \"name\": \"c\" } ] }");
+  ck_assert_int_eq(c->cores[0].backend, CORE_BACKEND_IO_URING);
+  ck_assert_int_eq(c->cores[1].backend, CORE_BACKEND_EPOLL);
+  ck_assert_int_eq(c->cores[2].backend, CORE_BACKEND_DEFAULT);
+#endif
+  config_free(c);
+}
+END_TEST
+
+START_TEST(a_backend_this_platform_lacks_lists_the_ones_it_has) {
+#ifdef _WIN32
+  parse_fails("{ \"cores\": [ { \"name\": \"m\", \"backend\": "
+              "\"epoll\" } ] }",
+              "cores[0].backend", "must be one of \"iocp\", found \"epoll\"");
+#else
+  parse_fails("{ \"cores\": [ { \"name\": \"m\", \"backend\": "
+              "\"iocp\" } ] }",
+              "cores[0].backend",
+              "must be one of \"epoll\", \"io_uring\", found \"iocp\"");
+#endif
+  parse_fails("{ \"cores\": [ { \"name\": \"m\", \"backend\": 1 } ] }",
+              "cores[0].backend", "found a number");
+  parse_fails("{ \"cores\": [ { \"name\": \"m\", \"backend\": "
+              "\"uring\" } ] }",
+              "cores[0].backend", "found \"uring\"");
+}
+END_TEST
+
 START_TEST(numbers_must_be_integers_in_range) {
   scratch_write("p.so", "");
   parse_fails("{ \"cores\": [ { \"name\": \"m\", \"threads\": 1.5 } ] }",
@@ -659,6 +696,8 @@ static Suite *config_suite(void) {
   tcase_add_test(tc, an_unknown_core_lists_the_known_ones);
   tcase_add_test(tc, a_small_error_buffer_is_never_overrun);
   tcase_add_test(tc, config_free_accepts_null);
+  tcase_add_test(tc, a_core_names_its_backend);
+  tcase_add_test(tc, a_backend_this_platform_lacks_lists_the_ones_it_has);
   suite_add_tcase(s, tc);
   return s;
 }

@@ -154,7 +154,7 @@ START_TEST(test_client_backs_off_connects_and_reconnects_after_server_restart) {
   memset(&server_side, 0, sizeof server_side);
   char err[256];
   core_t *core;
-  ck_assert_msg(core_create("client", 2, &core, err, sizeof err) == 0, "%s",
+  ck_assert_msg(core_create("client", 2, CORE_BACKEND_DEFAULT, &core, err, sizeof err) == 0, "%s",
                 err);
   int holder = -1;
   int port = tu_closed_port(&holder);
@@ -234,7 +234,7 @@ START_TEST(test_client_service_destroyed_while_connecting_frees_everything) {
   memset(&client_side, 0, sizeof client_side);
   char err[256];
   core_t *core;
-  ck_assert_msg(core_create("client", 2, &core, err, sizeof err) == 0, "%s",
+  ck_assert_msg(core_create("client", 2, CORE_BACKEND_DEFAULT, &core, err, sizeof err) == 0, "%s",
                 err);
   /* Nothing listens (a port of ours, bound and not listening, so no
    * parallel test can take it); each service is destroyed while its first connect,

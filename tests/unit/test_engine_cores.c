@@ -48,7 +48,7 @@ static void start_all(engine_set_t *e) {
   atomic_store(&disconnected, 0);
   char err[256];
   for (int c = 0; c < CORES; c++) {
-    ck_assert_msg(core_create(c ? "links" : "players", 2, &e->core[c], err,
+    ck_assert_msg(core_create(c ? "links" : "players", 2, CORE_BACKEND_DEFAULT, &e->core[c], err,
                               sizeof err) == 0,
                   "%s", err);
     for (int v = 0; v < SERVICES; v++) {

@@ -196,7 +196,7 @@ static void rig_start(rig_t *r, mode_t_ mode, const char *address, int threads,
   memset(r, 0, sizeof *r);
   r->b.mode = mode;
   char err[256];
-  ck_assert_msg(core_create("test", threads, &r->core, err, sizeof err) == 0,
+  ck_assert_msg(core_create("test", threads, CORE_BACKEND_DEFAULT, &r->core, err, sizeof err) == 0,
                 "%s", err);
   service_options_t o;
   service_options_init(&o);

@@ -102,8 +102,8 @@ static int no_open_session(void *arg) { return sessions_now(arg) == 0; }
 
 typedef struct flood {
   int port;
-  int max;          /* sockets this thread may open, all told */
-  atomic_int stop;  /* the round is over: close everything */
+  int max;         /* sockets this thread may open, all told */
+  atomic_int stop; /* the round is over: close everything */
   int fds[4096];
   int count;
 } flood_t;
@@ -138,8 +138,9 @@ START_TEST(test_server_stop_during_a_connect_flood_closes_every_session) {
   tu_raise_fd_limit();
   char err[256];
   core_t *core;
-  ck_assert_msg(core_create("edges", 2, &core, err, sizeof err) == 0, "%s",
-                err);
+  ck_assert_msg(core_create("edges", 2, CORE_BACKEND_DEFAULT, &core, err,
+                            sizeof err) == 0,
+                "%s", err);
 #ifdef _WIN32
   const int rounds = 3, per_round = 300; /* every socket call visits Wine */
 #else
@@ -186,9 +187,11 @@ END_TEST
 START_TEST(test_client_stop_while_slots_reconnect_closes_every_session) {
   char err[256];
   core_t *server_core, *client_core;
-  ck_assert_msg(core_create("server", 1, &server_core, err, sizeof err) == 0,
+  ck_assert_msg(core_create("server", 1, CORE_BACKEND_DEFAULT, &server_core,
+                            err, sizeof err) == 0,
                 "%s", err);
-  ck_assert_msg(core_create("client", 2, &client_core, err, sizeof err) == 0,
+  ck_assert_msg(core_create("client", 2, CORE_BACKEND_DEFAULT, &client_core,
+                            err, sizeof err) == 0,
                 "%s", err);
   memset(&server_tally, 0, sizeof server_tally);
   service_options_t o;
@@ -221,8 +224,9 @@ START_TEST(test_client_stop_while_slots_reconnect_closes_every_session) {
     service_stop_accepting(client);
     service_disconnect_all(client, REASON_HOST_STOPPING);
     int closed = tu_wait_until(no_open_session, client, 5000);
-    ck_assert_msg(closed, "round %d: %llu client sessions still open 5 s "
-                          "after the stop",
+    ck_assert_msg(closed,
+                  "round %d: %llu client sessions still open 5 s "
+                  "after the stop",
                   round, (unsigned long long)sessions_now(client));
     ck_assert_int_eq(service_destroy_within(client, 5000), 0);
     ck_assert_int_eq(atomic_load(&client_tally.connected),
@@ -247,8 +251,9 @@ START_TEST(test_reconnect_with_zero_min_delay_still_backs_off) {
   memset(&client_tally, 0, sizeof client_tally);
   char err[256];
   core_t *core;
-  ck_assert_msg(core_create("edges", 1, &core, err, sizeof err) == 0, "%s",
-                err);
+  ck_assert_msg(core_create("edges", 1, CORE_BACKEND_DEFAULT, &core, err,
+                            sizeof err) == 0,
+                "%s", err);
   int holder = -1;
   int port = tu_closed_port(&holder); /* nothing listens, ever */
   ck_assert_int_gt(port, 0);
@@ -287,8 +292,9 @@ START_TEST(test_a_server_that_drops_at_once_does_not_reset_the_backoff) {
   atomic_store(&server_tally.abort_on_connect, 1);
   char err[256];
   core_t *core;
-  ck_assert_msg(core_create("edges", 2, &core, err, sizeof err) == 0, "%s",
-                err);
+  ck_assert_msg(core_create("edges", 2, CORE_BACKEND_DEFAULT, &core, err,
+                            sizeof err) == 0,
+                "%s", err);
   service_options_t o;
   options(&o, SERVICE_SERVER, 0, &server_tally);
   service_t *server = start(core, &o);
@@ -342,8 +348,9 @@ START_TEST(test_a_session_aborted_before_it_opens_drops_its_timers_at_once) {
   core_t *core;
   /* One worker: every session shares one serial order, which the gate
    * holds while the test thread sets the scene. */
-  ck_assert_msg(core_create("edges", 1, &core, err, sizeof err) == 0, "%s",
-                err);
+  ck_assert_msg(core_create("edges", 1, CORE_BACKEND_DEFAULT, &core, err,
+                            sizeof err) == 0,
+                "%s", err);
   service_options_t o;
   options(&o, SERVICE_SERVER, 0, &server_tally);
   service_t *svc;
@@ -393,8 +400,9 @@ static uint64_t held_after_fin(uint32_t close_linger_ms) {
   atomic_store(&server_tally.disconnect_on_connect, 1);
   char err[256];
   core_t *core;
-  ck_assert_msg(core_create("edges", 1, &core, err, sizeof err) == 0, "%s",
-                err);
+  ck_assert_msg(core_create("edges", 1, CORE_BACKEND_DEFAULT, &core, err,
+                            sizeof err) == 0,
+                "%s", err);
   int port = tu_free_port();
   service_options_t o;
   options(&o, SERVICE_SERVER, port, &server_tally);
@@ -435,11 +443,15 @@ int main(void) {
   Suite *s = suite_create("engine_edges");
   TCase *tc = tcase_create("edges");
   tcase_set_timeout(tc, 300);
-  tcase_add_test(tc, test_server_stop_during_a_connect_flood_closes_every_session);
-  tcase_add_test(tc, test_client_stop_while_slots_reconnect_closes_every_session);
+  tcase_add_test(tc,
+                 test_server_stop_during_a_connect_flood_closes_every_session);
+  tcase_add_test(tc,
+                 test_client_stop_while_slots_reconnect_closes_every_session);
   tcase_add_test(tc, test_reconnect_with_zero_min_delay_still_backs_off);
-  tcase_add_test(tc, test_a_server_that_drops_at_once_does_not_reset_the_backoff);
-  tcase_add_test(tc, test_a_session_aborted_before_it_opens_drops_its_timers_at_once);
+  tcase_add_test(tc,
+                 test_a_server_that_drops_at_once_does_not_reset_the_backoff);
+  tcase_add_test(
+      tc, test_a_session_aborted_before_it_opens_drops_its_timers_at_once);
   tcase_add_test(
       tc, test_a_peer_that_never_closes_is_released_after_close_linger_ms);
   tcase_add_test(

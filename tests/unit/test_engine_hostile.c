@@ -195,7 +195,7 @@ typedef struct rig {
 static void rig_core(rig_t *r) {
   memset(r, 0, sizeof *r);
   char err[256];
-  ck_assert_msg(core_create("hostile", 2, &r->core, err, sizeof err) == 0,
+  ck_assert_msg(core_create("hostile", 2, CORE_BACKEND_DEFAULT, &r->core, err, sizeof err) == 0,
                 "%s", err);
   /* The log goes to a file the test reads back. */
   ck_assert_int_eq(
@@ -762,7 +762,7 @@ START_TEST(test_a_session_without_socket_runs_the_real_receive_path) {
   rig_t r;
   memset(&r, 0, sizeof r);
   char err[256];
-  ck_assert(core_create("stub", 1, &r.core, err, sizeof err) == 0);
+  ck_assert(core_create("stub", 1, CORE_BACKEND_DEFAULT, &r.core, err, sizeof err) == 0);
   world_t *w = &r.w[0];
   w->mode = MODE_PACKET_ECHO;
   w->max_packet = 1024;

@@ -87,7 +87,7 @@ START_TEST(test_a_post_whose_wakeup_failed_still_runs) {
   reset_world();
   char err[256];
   core_t *core;
-  ck_assert_msg(core_create("faults", 1, &core, err, sizeof err) == 0, "%s",
+  ck_assert_msg(core_create("faults", 1, CORE_BACKEND_DEFAULT, &core, err, sizeof err) == 0, "%s",
                 err);
   service_t *svc = make_server(core);
   int fd = connect_to(svc);
@@ -112,7 +112,7 @@ START_TEST(test_a_receive_cancelled_from_outside_ends_the_session) {
   reset_world();
   char err[256];
   core_t *core;
-  ck_assert_msg(core_create("faults", 1, &core, err, sizeof err) == 0, "%s",
+  ck_assert_msg(core_create("faults", 1, CORE_BACKEND_DEFAULT, &core, err, sizeof err) == 0, "%s",
                 err);
   service_t *svc = make_server(core);
   int fd = connect_to(svc);

@@ -75,7 +75,7 @@ static void rig_start(rig_t *r, uint32_t max_sessions) {
   atomic_store(&disconnected, 0);
   atomic_store(&overlaps, 0);
   char err[256];
-  ck_assert_msg(core_create("limits", 2, &r->core, err, sizeof err) == 0, "%s",
+  ck_assert_msg(core_create("limits", 2, CORE_BACKEND_DEFAULT, &r->core, err, sizeof err) == 0, "%s",
                 err);
   service_options_t o;
   service_options_init(&o);

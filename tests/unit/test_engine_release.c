@@ -98,7 +98,8 @@ static void rig_start_threads(rig_t *r, int threads) {
   memset(r, 0, sizeof *r);
   memset(&w, 0, sizeof w);
   char err[256];
-  ck_assert_msg(core_create("release", threads, &r->core, err, sizeof err) == 0,
+  ck_assert_msg(core_create("release", threads, CORE_BACKEND_DEFAULT, &r->core,
+                            err, sizeof err) == 0,
                 "%s", err);
   service_options_t o;
   service_options_init(&o);
@@ -156,7 +157,8 @@ START_TEST(test_release_while_recv_pending_then_reset_completes_after_it) {
 }
 END_TEST
 
-START_TEST(test_release_after_close_while_cancelled_recv_is_pending_frees_later) {
+START_TEST(
+    test_release_after_close_while_cancelled_recv_is_pending_frees_later) {
   rig_t r;
   rig_start(&r);
   /* The plugin ends A; A's on_disconnected holds the serial order, and A's

@@ -96,8 +96,9 @@ static int all_freed(void *arg) {
 START_TEST(test_rooms_run_one_at_a_time_and_nothing_after_close) {
   char err[256];
   core_t *core;
-  ck_assert_msg(core_create("rooms", 2, &core, err, sizeof err) == 0, "%s",
-                err);
+  ck_assert_msg(core_create("rooms", 2, CORE_BACKEND_DEFAULT, &core, err,
+                            sizeof err) == 0,
+                "%s", err);
   for (int i = 0; i < ROOMS; i++) {
     rooms[i] = room_create(core, &handler, sizeof(room_state_t), NULL);
     ck_assert_ptr_nonnull(rooms[i]);
@@ -167,8 +168,9 @@ START_TEST(test_room_ticks_do_not_drift_and_late_ones_still_run) {
   atomic_store(&ticked, 0);
   char err[256];
   core_t *core;
-  ck_assert_msg(core_create("ticks", 1, &core, err, sizeof err) == 0, "%s",
-                err);
+  ck_assert_msg(core_create("ticks", 1, CORE_BACKEND_DEFAULT, &core, err,
+                            sizeof err) == 0,
+                "%s", err);
   room_t *r = room_create(core, NULL, 0, NULL);
   ck_assert_ptr_nonnull(r);
   ck_assert_uint_ne(room_timer_start(r, 10, 10, record_tick, NULL, NULL, NULL),

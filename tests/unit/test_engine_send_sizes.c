@@ -81,7 +81,7 @@ static void rig_start(rig_t *r, int what) {
   for (size_t i = 0; i < sizeof big; i++)
     big[i] = (uint8_t)(i * 131 + 7);
   char err[256];
-  ck_assert_msg(core_create("sizes", 1, &r->core, err, sizeof err) == 0, "%s",
+  ck_assert_msg(core_create("sizes", 1, CORE_BACKEND_DEFAULT, &r->core, err, sizeof err) == 0, "%s",
                 err);
   service_options_t o;
   service_options_init(&o);

@@ -412,7 +412,7 @@ START_TEST(test_sessions_ending_every_way_keep_callbacks_serial_and_free_all) {
   atomic_store(&plugin.stop, 0);
   char err[256];
   core_t *core;
-  ck_assert_msg(core_create("stress", 2, &core, err, sizeof err) == 0, "%s",
+  ck_assert_msg(core_create("stress", 2, CORE_BACKEND_DEFAULT, &core, err, sizeof err) == 0, "%s",
                 err);
   service_options_t o;
   options(&o, SERVICE_SERVER, &server_tally, "127.0.0.1:0");

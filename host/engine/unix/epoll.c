@@ -23,7 +23,7 @@
  * locked list and an eventfd); ops issued on the worker go straight to the
  * ready queue, which is drained until empty (bounded) after each wait.
  */
-#include "engine/backend.h"
+#include "engine/unix/dispatch.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -53,9 +53,8 @@ typedef struct op_queue {
   io_op_t *tail;
 } op_queue_t;
 
-struct io_worker {
-  io_core_t *core;
-  int index;
+typedef struct epoll_worker {
+  io_worker_t base; /* first: the dispatch head */
   int epoll_fd;
   int wake_fd;
   pthread_t thread;
@@ -67,16 +66,16 @@ struct io_worker {
   timer_heap_t timers; /* this worker's own: no lock */
   int stopping;
   uint8_t *recv_buffer;
-};
+} epoll_worker_t;
 
-struct io_core {
-  int thread_count;
-  io_worker_t *workers;
-  atomic_uint next_worker;
-  atomic_uint_fast64_t completions;
-};
+typedef struct epoll_core {
+  io_core_t base; /* first: the dispatch head */
+  epoll_worker_t *workers;
+} epoll_core_t;
 
-static _Thread_local io_worker_t *current_worker;
+static epoll_worker_t *worker_of(const io_handle_t *h) {
+  return (epoll_worker_t *)h->worker;
+}
 
 static void queue_push(op_queue_t *q, io_op_t *op) {
   op->next = NULL;
@@ -98,20 +97,20 @@ static io_op_t *queue_pop(op_queue_t *q) {
   return op;
 }
 
-static void make_ready(io_worker_t *w, io_op_t *op, int status) {
+static void make_ready(epoll_worker_t *w, io_op_t *op, int status) {
   op->status = status;
   queue_push(&w->ready, op);
 }
 
 /* ---- timers ---- */
 
-static void arm_timer(io_worker_t *w, io_timer_t *t) {
+static void arm_timer(epoll_worker_t *w, io_timer_t *t) {
   /* If it cannot be armed, say so through its completion, as for any op. */
   if (timer_heap_insert(&w->timers, t) != 0)
     make_ready(w, &t->op, -ENOMEM);
 }
 
-static void expire_timers(io_worker_t *w) {
+static void expire_timers(epoll_worker_t *w) {
   uint64_t now = clock_now_ms();
   io_timer_t *t;
   while ((t = timer_heap_first(&w->timers)) != NULL && t->due_ms <= now) {
@@ -123,7 +122,7 @@ static void expire_timers(io_worker_t *w) {
 /* ---- issuing ops on the owning worker ---- */
 
 /* Starts an op on its handle's worker (the current thread). */
-static void start_op(io_worker_t *w, io_op_t *op) {
+static void start_op(epoll_worker_t *w, io_op_t *op) {
   io_handle_t *h = op->handle;
   switch (op->type) {
   case IO_OP_POST:
@@ -180,7 +179,7 @@ static void start_op(io_worker_t *w, io_op_t *op) {
   }
 }
 
-static void wake_worker(io_worker_t *w) {
+static void wake_worker(epoll_worker_t *w) {
   uint64_t one = 1;
   ssize_t n;
   do {
@@ -188,7 +187,7 @@ static void wake_worker(io_worker_t *w) {
   } while (n < 0 && errno == EINTR);
 }
 
-static void hand_over(io_worker_t *w, io_op_t *op) {
+static void hand_over(epoll_worker_t *w, io_op_t *op) {
   int signal;
   pthread_mutex_lock(&w->mailbox_lock);
   queue_push(&w->mailbox, op);
@@ -199,39 +198,16 @@ static void hand_over(io_worker_t *w, io_op_t *op) {
     wake_worker(w);
 }
 
-void io_submit(io_op_t *op) {
-  io_worker_t *w = op->handle->worker;
-  if (current_worker == w)
+static void epoll_submit(io_op_t *op) {
+  epoll_worker_t *w = worker_of(op->handle);
+  if (io__current_worker == &w->base)
     start_op(w, op);
   else
     hand_over(w, op);
 }
 
-void io_post(io_handle_t *h, io_op_t *op, int status) {
-  op->type = IO_OP_POST;
-  op->handle = h;
-  op->status = status;
-  io_submit(op);
-}
-
-void io_timer_init(io_timer_t *t, io_handle_t *h, io_complete_fn complete) {
-  memset(t, 0, sizeof *t);
-  t->op.type = IO_OP_TIMER;
-  t->op.handle = h;
-  t->op.complete = complete;
-  t->heap_index = UINT32_MAX;
-}
-
-void io_timer_start(io_timer_t *t, uint64_t delay_ms) {
-  t->op.type = IO_OP_TIMER;
-  t->due_ms = clock_now_ms() + delay_ms;
-  io_submit(&t->op);
-}
-
-void io_timer_cancel(io_timer_t *t) {
-  io_worker_t *w = t->op.handle->worker;
-  if (t->heap_index == UINT32_MAX)
-    return;
+static void epoll_timer_cancel(io_timer_t *t) {
+  epoll_worker_t *w = worker_of(t->op.handle);
   timer_heap_remove(&w->timers, t);
   make_ready(w, &t->op, IO_ECANCELED);
 }
@@ -239,7 +215,7 @@ void io_timer_cancel(io_timer_t *t) {
 /* ---- performing ops when they are delivered ---- */
 
 /* Returns 1 if the op has a result to deliver, 0 if it went back to wait. */
-static int perform(io_worker_t *w, io_op_t *op) {
+static int perform(epoll_worker_t *w, io_op_t *op) {
   io_handle_t *h = op->handle;
   if (op->status != 0 || op->type == IO_OP_POST || op->type == IO_OP_TIMER)
     return 1;
@@ -342,7 +318,7 @@ static int perform(io_worker_t *w, io_op_t *op) {
   }
 }
 
-static void deliver(io_worker_t *w, io_op_t *op) {
+static void deliver(epoll_worker_t *w, io_op_t *op) {
   if (!perform(w, op))
     return;
   int status = op->status;
@@ -351,11 +327,12 @@ static void deliver(io_worker_t *w, io_op_t *op) {
     bytes = (size_t)status;
     status = 0;
   }
-  atomic_fetch_add_explicit(&w->core->completions, 1, memory_order_relaxed);
+  atomic_fetch_add_explicit(&w->base.core->completions, 1,
+                            memory_order_relaxed);
   op->complete(op, status, bytes);
 }
 
-static void on_readiness(io_worker_t *w, io_handle_t *h, uint32_t events) {
+static void on_readiness(epoll_worker_t *w, io_handle_t *h, uint32_t events) {
   if (events & (EPOLLRDHUP | EPOLLHUP | EPOLLERR))
     h->hangup = 1;
   if (events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR)) {
@@ -377,7 +354,7 @@ static void on_readiness(io_worker_t *w, io_handle_t *h, uint32_t events) {
   }
 }
 
-static void drain_mailbox(io_worker_t *w) {
+static void drain_mailbox(epoll_worker_t *w) {
   uint64_t value;
   ssize_t n;
   do {
@@ -395,7 +372,7 @@ static void drain_mailbox(io_worker_t *w) {
   }
 }
 
-static int wait_timeout(io_worker_t *w) {
+static int wait_timeout(epoll_worker_t *w) {
   if (w->ready.head)
     return 0;
   io_timer_t *first = timer_heap_first(&w->timers);
@@ -410,9 +387,9 @@ static int wait_timeout(io_worker_t *w) {
 }
 
 static void *worker_main(void *arg) {
-  io_worker_t *w = arg;
+  epoll_worker_t *w = arg;
   struct epoll_event events[EVENTS_PER_WAIT];
-  current_worker = w;
+  io__current_worker = &w->base;
   while (!w->stopping) {
     int n = epoll_wait(w->epoll_fd, events, EVENTS_PER_WAIT, wait_timeout(w));
     if (n < 0 && errno != EINTR) {
@@ -433,13 +410,13 @@ static void *worker_main(void *arg) {
       deliver(w, op);
     }
   }
-  current_worker = NULL;
+  io__current_worker = NULL;
   return NULL;
 }
 
 /* ---- cores and handles ---- */
 
-static void worker_release(io_worker_t *w) {
+static void worker_release(epoll_worker_t *w) {
   if (w->epoll_fd >= 0)
     close(w->epoll_fd);
   if (w->wake_fd >= 0)
@@ -449,25 +426,32 @@ static void worker_release(io_worker_t *w) {
   free(w->recv_buffer);
 }
 
-int io_core_create(int threads, io_core_t **out, char *err, size_t err_len) {
-  if (threads < 1)
-    threads = 1;
-  io_core_t *core = calloc(1, sizeof *core);
-  if (!core) {
-    snprintf(err, err_len, "out of memory creating a core");
-    return -1;
+static void epoll_core_destroy(io_core_t *base);
+
+static int epoll_core_create(int threads, io_core_t **out, char *err,
+                             size_t err_len) {
+  epoll_core_t *core = calloc(1, sizeof *core);
+  if (core) {
+    core->workers = calloc((size_t)threads, sizeof *core->workers);
+    core->base.workers = calloc((size_t)threads, sizeof *core->base.workers);
   }
-  core->workers = calloc((size_t)threads, sizeof *core->workers);
-  if (!core->workers) {
+  if (!core || !core->workers || !core->base.workers) {
+    if (core) {
+      free(core->workers);
+      free(core->base.workers);
+    }
     free(core);
     snprintf(err, err_len, "out of memory creating a core");
     return -1;
   }
+  core->base.ops = &io__epoll_ops;
   int started = 0;
   for (int i = 0; i < threads; i++) {
-    io_worker_t *w = &core->workers[i];
-    w->core = core;
-    w->index = i;
+    epoll_worker_t *w = &core->workers[i];
+    w->base.ops = &io__epoll_ops;
+    w->base.core = &core->base;
+    w->base.index = i;
+    core->base.workers[i] = &w->base;
     w->epoll_fd = epoll_create1(EPOLL_CLOEXEC);
     w->wake_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
     pthread_mutex_init(&w->mailbox_lock, NULL);
@@ -487,74 +471,49 @@ int io_core_create(int threads, io_core_t **out, char *err, size_t err_len) {
     }
     started++;
   }
-  core->thread_count = started;
+  core->base.thread_count = started;
   if (started < threads) {
-    io_core_destroy(core);
+    epoll_core_destroy(&core->base);
     return -1;
   }
-  *out = core;
+  *out = &core->base;
   return 0;
 }
 
-void io_core_destroy(io_core_t *core) {
-  if (!core)
-    return;
-  io_op_t *stops = calloc((size_t)core->thread_count + 1, sizeof *stops);
-  io_handle_t *handles = calloc((size_t)core->thread_count + 1, sizeof *handles);
-  for (int i = 0; i < core->thread_count; i++) {
-    handles[i].worker = &core->workers[i];
+static void epoll_core_destroy(io_core_t *base) {
+  epoll_core_t *core = (epoll_core_t *)base;
+  int count = base->thread_count;
+  io_op_t *stops = calloc((size_t)count + 1, sizeof *stops);
+  io_handle_t *handles = calloc((size_t)count + 1, sizeof *handles);
+  for (int i = 0; i < count; i++) {
+    handles[i].worker = &core->workers[i].base;
     handles[i].socket = IO_INVALID_SOCKET;
     stops[i].type = IO_OP_STOP;
     stops[i].handle = &handles[i];
     hand_over(&core->workers[i], &stops[i]);
   }
-  for (int i = 0; i < core->thread_count; i++) {
+  for (int i = 0; i < count; i++) {
     pthread_join(core->workers[i].thread, NULL);
     worker_release(&core->workers[i]);
   }
   free(stops);
   free(handles);
   free(core->workers);
+  free(base->workers);
   free(core);
 }
 
-int io_core_thread_count(const io_core_t *core) { return core->thread_count; }
-
-uint64_t io_core_completions(const io_core_t *core) {
-  return atomic_load_explicit(&((io_core_t *)core)->completions,
-                              memory_order_relaxed);
-}
-
-int io_handle_open(io_core_t *core, io_handle_t *h, io_socket_t socket,
-                   int hint) {
-  unsigned index = hint >= 0 ? (unsigned)hint
-                             : atomic_fetch_add_explicit(&core->next_worker, 1,
-                                                         memory_order_relaxed);
-  io_worker_t *w = &core->workers[index % (unsigned)core->thread_count];
-  h->socket = socket;
-  h->worker = w;
-  h->pending_read = h->pending_write = NULL;
-  h->readable = h->writable = 0;
-  h->hangup = 0;
-  h->closed = 0;
-  if (socket == IO_INVALID_SOCKET)
-    return 0;
+static int epoll_handle_open(io_handle_t *h) {
   struct epoll_event ev;
   ev.events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET;
   ev.data.ptr = h;
-  if (epoll_ctl(w->epoll_fd, EPOLL_CTL_ADD, socket, &ev) != 0)
+  if (epoll_ctl(worker_of(h)->epoll_fd, EPOLL_CTL_ADD, h->socket, &ev) != 0)
     return -errno;
   return 0;
 }
 
-int io_handle_worker_index(const io_handle_t *h) { return h->worker->index; }
-
-int io_handle_on_worker(const io_handle_t *h) {
-  return current_worker == h->worker;
-}
-
-void io_handle_close(io_handle_t *h) {
-  io_worker_t *w = h->worker;
+static void epoll_handle_close(io_handle_t *h) {
+  epoll_worker_t *w = worker_of(h);
   if (h->closed)
     return;
   h->closed = 1;
@@ -576,7 +535,7 @@ void io_handle_close(io_handle_t *h) {
   }
 }
 
-int io_send_now(io_handle_t *h, const io_buf_t *bufs, int count) {
+static int epoll_send_now(io_handle_t *h, const io_buf_t *bufs, int count) {
   if (h->closed || h->socket == IO_INVALID_SOCKET)
     return IO_ECANCELED;
   if (!h->writable || h->pending_write)
@@ -608,45 +567,28 @@ int io_send_now(io_handle_t *h, const io_buf_t *bufs, int count) {
   return (int)n;
 }
 
-void io_handle_shutdown_write(io_handle_t *h) {
+static void epoll_shutdown_write(io_handle_t *h) {
   if (!h->closed && h->socket != IO_INVALID_SOCKET)
     shutdown(h->socket, SHUT_WR);
 }
 
-void io_handle_reset_on_close(io_handle_t *h) {
+static void epoll_reset_on_close(io_handle_t *h) {
   if (h->closed || h->socket == IO_INVALID_SOCKET)
     return;
   struct linger reset = {.l_onoff = 1, .l_linger = 0};
   setsockopt(h->socket, SOL_SOCKET, SO_LINGER, &reset, sizeof reset);
 }
 
-io_socket_t io_socket_tcp(int family) {
-  return socket(family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-}
-
-void io_socket_close(io_socket_t s) {
-  if (s >= 0)
-    close(s);
-}
-
-int io_socket_listen(io_socket_t s, const address_t *addr, int backlog) {
-  int one = 1;
-  setsockopt(s, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
-  if (address_family(addr) == AF_INET6)
-    setsockopt(s, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof one);
-  if (bind(s, &addr->u.sa, address_length(addr)) != 0)
-    return -errno;
-  if (listen(s, backlog) != 0)
-    return -errno;
-  return 0;
-}
-
-void io_socket_set_nodelay(io_socket_t s, int on) {
-  setsockopt(s, IPPROTO_TCP, TCP_NODELAY, &on, sizeof on);
-}
-
-const char *io_strerror(int status) {
-  if (status == IO_ECANCELED)
-    return "operation cancelled";
-  return strerror(status < 0 ? -status : status);
-}
+const io_backend_ops_t io__epoll_ops = {
+    .backend = IO_BACKEND_EPOLL,
+    .name = "epoll",
+    .core_create = epoll_core_create,
+    .core_destroy = epoll_core_destroy,
+    .handle_open = epoll_handle_open,
+    .handle_close = epoll_handle_close,
+    .send_now = epoll_send_now,
+    .shutdown_write = epoll_shutdown_write,
+    .reset_on_close = epoll_reset_on_close,
+    .submit = epoll_submit,
+    .timer_cancel = epoll_timer_cancel,
+};

@@ -711,8 +711,18 @@ static BOOL CALLBACK load_winmm(PINIT_ONCE once, PVOID param, PVOID *context) {
   return TRUE;
 }
 
-int io_core_create(int threads, io_core_t **out, char *err, size_t err_len) {
+io_backend_t io_core_backend(const io_core_t *core) {
+  (void)core;
+  return IO_BACKEND_IOCP;
+}
+
+int io_core_create(int threads, io_backend_t backend, io_core_t **out,
+                   char *err, size_t err_len) {
   WSADATA wsa;
+  if (backend != IO_BACKEND_DEFAULT && backend != IO_BACKEND_IOCP) {
+    snprintf(err, err_len, "Windows has only the iocp backend");
+    return -1;
+  }
   if (WSAStartup(MAKEWORD(2, 2), &wsa) != 0) {
     snprintf(err, err_len, "WSAStartup failed");
     return -1;
