@@ -25,6 +25,7 @@ int host_open(const config_t *config, host_t **out, char *err, size_t err_len) {
   pthread_mutex_init(&host->lock, NULL);
   pthread_mutex_init(&host->gen_lock, NULL);
   pthread_mutex_init(&host->reload_lock, NULL);
+  pthread_mutex_init(&host->work_lock, NULL);
   pthread_cond_init(&host->gen_changed, NULL);
   host->plugins = calloc(config->plugin_count + 1, sizeof *host->plugins);
   host->services = calloc(config->service_count + 1, sizeof *host->services);
@@ -79,8 +80,14 @@ int host_start(host_t *host, char *err, size_t err_len) {
   const config_t *c = host->config;
   if (move_to_shadow(host, err, err_len) != 0)
     return -3;
+  /* Before on_load, which may already submit work. */
+  if (work_start(host, err, err_len) != 0) {
+    unload_plugins(host);
+    return -3;
+  }
   for (size_t i = 0; i < host->plugin_count; i++) {
     if (generation_load(host->plugins[i].current, err, err_len) != 0) {
+      work_stop(host, clock_now_ms() + c->drain_timeout_ms);
       unload_plugins(host);
       return -1;
     }
@@ -121,6 +128,7 @@ int host_start(host_t *host, char *err, size_t err_len) {
   host->started = 1;
   return 0;
 fail:
+  work_stop(host, clock_now_ms() + c->drain_timeout_ms);
   destroy_services(host);
   destroy_cores(host);
   unload_plugins(host);
@@ -138,6 +146,9 @@ void host_stop(host_t *host) {
   for (size_t i = 0; i < c->service_count; i++)
     service_disconnect_all(host->services[i].engine, REASON_HOST_STOPPING);
   uint64_t deadline = clock_now_ms() + c->drain_timeout_ms;
+  /* Work in flight ends first: its done runs in its session's order (with
+   * ended = 1 now), which the sessions' drain then waits for. */
+  work_stop(host, deadline);
   int drained = 1;
   for (size_t i = 0; i < c->service_count; i++) {
     uint64_t now = clock_now_ms();
@@ -172,6 +183,7 @@ void host_close(host_t *host) {
   pthread_mutex_destroy(&host->lock);
   pthread_mutex_destroy(&host->gen_lock);
   pthread_mutex_destroy(&host->reload_lock);
+  pthread_mutex_destroy(&host->work_lock);
   pthread_cond_destroy(&host->gen_changed);
   free(host);
 }

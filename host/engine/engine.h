@@ -300,12 +300,13 @@ int work_pool_submit(work_pool_t *pool, void (*run)(void *arg),
  * clock. Returns 0, or -1 when work is left (see the stats). */
 int work_pool_drain(work_pool_t *pool, uint32_t timeout_ms);
 /* Stops the threads and frees the pool. After a drain that returned 0 it
- * joins them. Otherwise items not yet started are dropped (neither run nor
- * finish runs: what their arg holds stays held) and the threads still in
- * an item are left to end it (run and finish complete) and free the pool
+ * joins them. Otherwise items not yet started are dropped: neither run nor
+ * finish runs; drop(arg), if not NULL, runs for each instead, on the
+ * caller's thread, to let go of what arg holds. The threads still in an
+ * item are left to end it (run and finish complete) and free the pool
  * after them: a call stuck forever cannot hold the caller. Returns how many
  * items were dropped. */
-uint32_t work_pool_destroy(work_pool_t *pool);
+uint32_t work_pool_destroy(work_pool_t *pool, void (*drop)(void *arg));
 void work_pool_get_stats(work_pool_t *pool, work_pool_stats_t *out);
 /* 1 on a thread of any work pool (for checks that blocking code is there). */
 int work_pool_on_thread(void);

@@ -172,7 +172,7 @@ int work_pool_create(int threads, uint32_t queue_limit, work_pool_t **out,
                threads, strerror(rc));
       pool->thread_count = i;
       pool->accepting = 0;
-      work_pool_destroy(pool);
+      work_pool_destroy(pool, NULL);
       return -1;
     }
   }
@@ -243,7 +243,7 @@ int work_pool_drain(work_pool_t *pool, uint32_t timeout_ms) {
   return rc;
 }
 
-uint32_t work_pool_destroy(work_pool_t *pool) {
+uint32_t work_pool_destroy(work_pool_t *pool, void (*drop)(void *arg)) {
   if (!pool)
     return 0;
   pthread_mutex_lock(&pool->lock);
@@ -265,6 +265,8 @@ uint32_t work_pool_destroy(work_pool_t *pool) {
   pthread_mutex_unlock(&pool->lock);
   while (item) {
     work_item_t *next = item->next;
+    if (drop)
+      drop(item->arg);
     free(item);
     item = next;
   }

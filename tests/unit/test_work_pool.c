@@ -20,6 +20,7 @@ typedef struct item {
   pthread_t run_thread;
   atomic_int *gate; /* when set, run waits for it to become 1 */
   int sleep_ms;
+  atomic_int dropped;
 } item_t;
 
 static pthread_t caller;
@@ -44,6 +45,10 @@ static void finish_item(void *arg) {
   if (work_pool_on_thread() && !pthread_equal(pthread_self(), caller))
     atomic_fetch_add(&it->on_pool_thread, 1);
   atomic_fetch_add(&it->finishes, 1);
+}
+
+static void drop_item(void *arg) {
+  atomic_fetch_add(&((item_t *)arg)->dropped, 1);
 }
 
 static work_pool_t *make_pool(int threads, uint32_t queue_limit) {
@@ -95,7 +100,7 @@ START_TEST(test_every_item_runs_and_finishes_exactly_once_off_the_caller) {
   item_t late = {0};
   ck_assert_int_eq(work_pool_submit(pool, run_item, finish_item, &late),
                    ENGINE_E_CLOSED);
-  ck_assert_uint_eq(work_pool_destroy(pool), 0);
+  ck_assert_uint_eq(work_pool_destroy(pool, NULL), 0);
   ck_assert_int_eq(atomic_load(&late.runs), 0);
   free(items);
 }
@@ -105,7 +110,7 @@ START_TEST(test_zero_threads_means_one_per_cpu) {
   work_pool_t *pool = make_pool(0, 1);
   ck_assert_int_ge(stats_of(pool).threads, 1);
   ck_assert_int_eq(work_pool_drain(pool, 1000), 0);
-  work_pool_destroy(pool);
+  work_pool_destroy(pool, NULL);
 }
 END_TEST
 
@@ -141,7 +146,7 @@ START_TEST(test_a_full_queue_answers_busy_at_once) {
   ck_assert_int_eq(atomic_load(&refused.runs), 0);
   ck_assert_int_eq(atomic_load(&refused.finishes), 0);
   ck_assert_uint_eq(stats_of(pool).completed, 4);
-  work_pool_destroy(pool);
+  work_pool_destroy(pool, NULL);
 }
 END_TEST
 
@@ -159,7 +164,7 @@ START_TEST(test_drain_waits_for_running_and_queued_work) {
   ck_assert_uint_ge(tu_now_ms() - start, 190);
   for (int i = 0; i < 4; i++)
     ck_assert_int_eq(atomic_load(&items[i].finishes), 1);
-  work_pool_destroy(pool);
+  work_pool_destroy(pool, NULL);
 }
 END_TEST
 
@@ -190,7 +195,10 @@ START_TEST(test_drain_is_bounded_and_destroy_leaves_stuck_work_to_end) {
   /* Destroy does not wait for the stuck item; what never started is
    * dropped, and the stuck one still ends (run, then finish). */
   start = tu_now_ms();
-  ck_assert_uint_eq(work_pool_destroy(pool), 2);
+  ck_assert_uint_eq(work_pool_destroy(pool, drop_item), 2);
+  ck_assert_int_eq(atomic_load(&behind[0].dropped), 1);
+  ck_assert_int_eq(atomic_load(&behind[1].dropped), 1);
+  ck_assert_int_eq(atomic_load(&stuck.dropped), 0);
   ck_assert_uint_lt(tu_now_ms() - start, 5000);
   ck_assert_int_eq(atomic_load(&stuck.runs), 0);
   atomic_store(&gate, 1);
