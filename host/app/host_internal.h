@@ -194,7 +194,7 @@ void service_unpublish(host_service_t *hs);
 /* One plugin work in flight: work runs on the pool; then the owner's kind
  * hands the call back to the owner's serial order (post_back, on the pool
  * thread), where it calls the plugin's done with ended = whether the owner
- * has ended, then work_call_end. Sessions (session_work) and rooms
+ * has ended (or skipped), then work_call_end. Sessions (session_work) and rooms
  * (room_work) share this path and differ only in owner, post_back,
  * release_owner and which done they call. */
 typedef struct work_call work_call_t;
@@ -216,6 +216,9 @@ struct work_call {
    * then done never runs, and the host logs it and ends the call. */
   int (*post_back)(work_call_t *c);
   const char *plugin_name; /* for the log */
+  /* Set when a stop gave up on the pool before work started: done runs
+   * all the same, with ended = 1 whatever the owner's state. */
+  int skipped;
   generation_t *work_code, *done_code; /* held: their code will run */
   work_call_t *prev, *next; /* host->work_calls, under work_lock */
 };

@@ -138,11 +138,22 @@ int work_start(host_t *host, char *err, size_t err_len) {
   return 0;
 }
 
-/* A call the pool dropped at destroy (never started): nothing of the
- * plugin runs; what it holds of the host's goes. */
+/* A call the pool dropped at destroy (its work never started): its done
+ * still runs, in its owner's order, with ended = 1, so that the plugin
+ * frees what arg holds. */
 static void drop_call(void *arg) {
   work_call_t *c = arg;
-  work_call_end(c);
+  c->skipped = 1;
+  pthread_mutex_lock(&c->host->work_lock);
+  int rc = c->post_back(c);
+  pthread_mutex_unlock(&c->host->work_lock);
+  if (rc != 0) {
+    log_write(LOG_ERROR, "host",
+              "plugin %s: out of memory at the stop; a work's done does not "
+              "run (what its argument holds is lost)",
+              c->plugin_name);
+    work_call_end(c);
+  }
 }
 
 void work_stop(host_t *host, uint64_t deadline_ms) {
@@ -170,9 +181,10 @@ void work_stop(host_t *host, uint64_t deadline_ms) {
   const char *plugin = host->work_calls ? host->work_calls->plugin_name : "-";
   log_write(LOG_WARN, "host",
             "drain_timeout_ms %u passed with %u work items running and %u "
-            "queued (plugin %s%s): the queued ones are dropped (their done "
-            "never runs), the running ones are left to end and their "
-            "plugins stay loaded until the process exits",
+            "queued (plugin %s%s): the queued ones get done with ended = 1 "
+            "without running; the running ones are left to end (their done "
+            "never runs) and their plugins stay loaded until the process "
+            "exits",
             host->config->drain_timeout_ms, st.running, st.queued, plugin,
             host->work_calls && host->work_calls->next ? " and others" : "");
   pthread_mutex_unlock(&host->work_lock);
@@ -181,7 +193,7 @@ void work_stop(host_t *host, uint64_t deadline_ms) {
    * sessions (and their services) can go. */
   pthread_mutex_lock(&host->work_lock);
   for (work_call_t *c = host->work_calls; c; c = c->next) {
-    if (c->owner) {
+    if (c->owner && !c->skipped) {
       c->release_owner(c->owner);
       c->owner = NULL;
     }
@@ -197,7 +209,7 @@ static void session_done(session_t *s, void *call, void *unused) {
   (void)unused;
   work_call_t *c = call;
   c->done.session(PLUGIN_SESSION(s), plugin_state(s), c->arg,
-                  !session_is_open(s));
+                  c->skipped || !session_is_open(s));
   work_call_end(c);
 }
 
