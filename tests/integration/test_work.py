@@ -126,14 +126,15 @@ class WorkTest(HostTestCase):
         self.assertEqual(fields["ended"], 2)
 
     def test_a_graceful_stop_waits_for_work_in_flight(self):
-        host, port = self.start(threads=2, queue_limit=8)
+        host, port = self.start(threads=2, queue_limit=8,
+                                drain_timeout_ms=60000)
         client = harness.PacketClient(port)
         client.send(WORK, work(1, long_ms(1)))
         client.send(WORK, work(2, long_ms(1)))
         client.send(WORK, work(3, long_ms(1)))
         self.wait_work(host, "the works running", running=2, queued=1)
         started = time.monotonic()
-        host.stop(timeout=30)  # exit code 0
+        host.stop(timeout=60)  # exit code 0
         # Two rounds of work had to end first.
         self.assertGreaterEqual(time.monotonic() - started,
                                 2 * harness.scaled(1) - 0.5)
