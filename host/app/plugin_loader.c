@@ -11,6 +11,8 @@
 #define WIN32_LEAN_AND_MEAN
 #endif
 #include <windows.h>
+
+#include "trust_win.h"
 #else
 #include <dlfcn.h>
 #include <sys/stat.h>
@@ -348,14 +350,17 @@ int plugin_module_open(const char *config_name, const char *path,
   }
 
   char reason[PATH_MAX_REASON];
-#ifndef _WIN32
-  if (check_not_writable_by_others(path, reason, sizeof reason) != 0) {
+#ifdef _WIN32
+  int untrusted = trust_win_check_path_utf8(path, reason, sizeof reason);
+#else
+  int untrusted = check_not_writable_by_others(path, reason, sizeof reason);
+#endif
+  if (untrusted != 0) {
     set_error(err, err_len, "plugin \"%s\" (%s): refusing to load: %s",
               config_name, path, reason);
     plugin_module_close(m);
     return -1;
   }
-#endif
   m->library = library_open(path, reason, sizeof reason);
   if (m->library == NULL) {
     set_error(err, err_len,

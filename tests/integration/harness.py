@@ -52,6 +52,12 @@ KEEP_TEMP = os.environ.get("IOCPHOST_KEEP_TEMP") == "1"
 WINDOWS = PLUGIN_SUFFIX == ".dll"
 STOP_SIGNAL = signal.SIGINT if WINDOWS else signal.SIGTERM
 
+# A TMPDIR that does not exist yet (the Windows build's, in its build folder:
+# see tests/integration/CMakeLists.txt) is made, not silently replaced by
+# /tmp.
+if os.environ.get("TMPDIR"):
+    os.makedirs(os.environ["TMPDIR"], exist_ok=True)
+
 
 def posix_only(reason):
     """Skips a test or class on the Windows build, saying why."""
