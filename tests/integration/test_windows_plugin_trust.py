@@ -1,0 +1,150 @@
+"""Windows: a plugin that others may replace is refused (the Windows
+counterpart of test_hostile_plugin_perms.py; the rule is in
+host/app/trust_win.h, its decisions are unit-tested in test_trust_win.c).
+
+A file's DACL is set here through the Windows API
+(tests/windows/set_dacl.exe: SetNamedSecurityInfo, then reads the DACL back).
+Wine keeps only what a Unix mode can say, so only a grant to Everyone
+survives (as the mode's "other" bits): that is what these tests use, and a
+test skips, saying so, where the DACL read back lacks it.
+
+  - `check` refuses a plugin file Everyone may write, and a plugin whose
+    folder Everyone may add files to, naming the path, Everyone, the right
+    and the icacls fix; with the DACL made safe again it passes;
+  - `run` refuses when runtime_dir (where the shadow copies are loaded from)
+    lets Everyone delete what it holds;
+  - `reload` refuses the same way, and the running generation keeps serving.
+"""
+
+import json
+import os
+import shutil
+import subprocess
+import unittest
+
+import harness
+from harness import HostTestCase, Host
+
+# Read and execute for Everyone; full control for SYSTEM, Administrators and
+# the user the tests (and the host) run as.
+SAFE = ("D:P(A;OICI;FA;;;SY)(A;OICI;FA;;;BA)(A;OICI;FA;;;CURRENT_USER)"
+        "(A;OICI;0x1200a9;;;WD)")
+# The same, but Everyone may modify (write, append, delete).
+EVERYONE_MODIFIES = ("D:P(A;OICI;FA;;;SY)(A;OICI;FA;;;BA)"
+                     "(A;OICI;FA;;;CURRENT_USER)(A;OICI;0x1301bf;;;WD)")
+
+
+@unittest.skipUnless(harness.WINDOWS, "Windows only: DACLs (Linux: "
+                     "test_hostile_plugin_perms.py)")
+class WindowsPluginTrustTest(HostTestCase):
+
+    def set_dacl(self, path, sddl, expect_everyone_writes):
+        tool = os.path.join(harness.BUILD_DIR, "tests", "windows",
+                            "set_dacl.exe")
+        wine = harness.host_command()[:-1] or ["wine"]
+        result = subprocess.run(
+            wine + [tool, path, sddl], stdin=subprocess.DEVNULL,
+            capture_output=True, text=True, errors="replace",
+            timeout=harness.scaled(30))
+        self.assertEqual(result.returncode, 0, result.stderr)
+        stored = result.stdout.strip()
+        # Everyone (WD) with a write bit: FA, or a mask with 0x2 set.
+        everyone = [ace for ace in stored.split("(") if ace.endswith(";WD)")]
+        writes = any(";FA;" in ace or ";GA;" in ace or ";GW;" in ace or
+                     (";0x" in ace and
+                      int(ace.split(";")[2], 16) & 0x2) for ace in everyone)
+        if writes != expect_everyone_writes:
+            self.skipTest("this system did not store the DACL asked for "
+                          "(%s); it reports %s" % (sddl, stored))
+
+    def deploy_echo(self, folder_name="plugins"):
+        """A copy of the echo plugin in a folder of the test's own, and a
+        config that loads it."""
+        port = harness.free_port()
+        config = harness.make_config(
+            {"echo": {}}, [harness.server_service("echo", "echo", port)])
+        host = Host(self, config, "trust")
+        folder = os.path.join(host.dir, folder_name)
+        os.mkdir(folder)
+        plugin = os.path.join(folder, "echo.dll")
+        shutil.copyfile(harness.plugin_path("echo"), plugin)
+        config["plugins"][0]["path"] = plugin
+        with open(host.config_path, "w") as f:
+            json.dump(config, f)
+        self.set_dacl(folder, SAFE, False)
+        self.set_dacl(plugin, SAFE, False)
+        return host, folder, plugin
+
+    def check(self, host):
+        return harness.run_cli(["check", "-c", host.config_path], timeout=30)
+
+    def assert_refused(self, result, *parts):
+        output = result.stdout + result.stderr
+        self.assertEqual(result.returncode, 1, output)
+        for part in ("refusing to load", "Everyone", "S-1-1-0",
+                     "icacls") + parts:
+            self.assertIn(part, output)
+
+    def test_check_refuses_a_plugin_file_everyone_may_write(self):
+        host, folder, plugin = self.deploy_echo()
+        result = self.check(host)
+        self.assertEqual(result.returncode, 0, result.stdout + result.stderr)
+        self.set_dacl(plugin, EVERYONE_MODIFIES, True)
+        result = self.check(host)
+        self.assert_refused(result, "the file ", "echo.dll lets ",
+                            "write (WD)")
+        self.set_dacl(plugin, SAFE, False)
+        result = self.check(host)
+        self.assertEqual(result.returncode, 0, result.stdout + result.stderr)
+
+    def test_check_refuses_a_plugin_whose_folder_everyone_may_add_to(self):
+        host, folder, plugin = self.deploy_echo()
+        self.set_dacl(folder, EVERYONE_MODIFIES, True)
+        result = self.check(host)
+        self.assert_refused(result, "its folder ", "add files (WD)",
+                            "another DLL")
+
+    def test_run_refuses_when_everyone_may_replace_the_shadow_copies(self):
+        host, folder, plugin = self.deploy_echo()
+        runtime_dir = os.path.join(host.dir, "run")
+        os.mkdir(runtime_dir)
+        self.set_dacl(runtime_dir, EVERYONE_MODIFIES, True)
+        result = harness.run_cli(["run", "-c", host.config_path], timeout=30)
+        # Today 3, not 1: a refused shadow copy counts as a runtime failure
+        # (host.c's move_to_shadow); what matters here is that it refuses.
+        output = result.stdout + result.stderr
+        self.assertIn(result.returncode, (1, 3), output)
+        for part in ("refusing to load", "Everyone", "S-1-1-0", "icacls",
+                     "the folder above it ", "delete (D)"):
+            self.assertIn(part, output)
+
+    def test_reload_refuses_when_everyone_may_replace_the_shadow_copies(self):
+        host, folder, plugin = self.deploy_echo()
+        host.start()
+        port = host.ports()[0]
+        self.set_dacl(os.path.join(host.dir, "run"), EVERYONE_MODIFIES, True)
+        # A changed setting makes the reload load a new generation.
+        config = dict(host.config)
+        config["plugins"] = [dict(config["plugins"][0],
+                                  settings={"round": 2})]
+        with open(host.config_path, "w") as f:
+            json.dump(config, f)
+        result = harness.run_cli(["reload", "-c", host.config_path],
+                                 timeout=30)
+        self.assertNotEqual(result.returncode, 0, result.stdout)
+        self.assert_refused_reload(result)
+        with harness.connect(port) as sock:
+            self.assertEqual(harness.exchange(sock, b"still"), b"still")
+        plugin_status = host.status_json()["plugins"][0]
+        self.assertEqual(len(plugin_status["generations"]), 1, plugin_status)
+        host.stop()
+
+    def assert_refused_reload(self, result):
+        output = result.stdout + result.stderr
+        for part in ("nothing changed", "refusing to load", "Everyone",
+                     "S-1-1-0", "icacls"):
+            self.assertIn(part, output)
+
+
+if __name__ == "__main__":
+    unittest.main()
