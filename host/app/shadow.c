@@ -11,6 +11,7 @@
 #include <windows.h>
 #define current_pid() ((long)_getpid())
 #define PLUGIN_SUFFIX ".dll"
+#include "trust_win.h"
 #else
 #include <dirent.h>
 #include <signal.h>
@@ -33,7 +34,7 @@ static uint64_t fnv1a(uint64_t h, const unsigned char *p, size_t n) {
 
 static int make_dir(const char *path) {
 #ifdef _WIN32
-  return _mkdir(path) == 0 || errno == EEXIST ? 0 : -1;
+  return trust_win_make_private_dir(path);
 #else
   if (mkdir(path, 0700) != 0 && errno != EEXIST)
     return -1;

@@ -9,6 +9,7 @@
 #include "trust_win.h"
 
 #include <aclapi.h> /* after windows.h (in trust_win.h): they rely on it */
+#include <errno.h>
 #include <sddl.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -16,6 +17,8 @@
 #include <string.h>
 #include <wchar.h>
 #include <wctype.h>
+
+#include "engine/log.h"
 
 #define FILE_RIGHTS_REFUSED                                                    \
   (FILE_WRITE_DATA | FILE_APPEND_DATA | DELETE | WRITE_DAC | WRITE_OWNER)
@@ -472,5 +475,83 @@ int trust_win_check_path_utf8(const char *path, char *why, size_t why_len) {
   int rc = trust_win_check_path(wide, why, why_len);
   free(wide);
   return rc;
+}
+static int fail_errno(int code) {
+  errno = code;
+  return -1;
+}
+
+int trust_win_make_private_dir(const char *path) {
+  char why[2048];
+  int n = MultiByteToWideChar(CP_UTF8, MB_ERR_INVALID_CHARS, path, -1, NULL, 0);
+  wchar_t *wide = n > 0 ? malloc((size_t)n * sizeof *wide) : NULL;
+  TOKEN_USER *user = token_user();
+  wchar_t *self = NULL;
+  PSECURITY_DESCRIPTOR sd = NULL;
+  int rc = -1, code = ENOMEM;
+  if (wide == NULL || user == NULL ||
+      !ConvertSidToStringSidW(user->User.Sid, &self))
+    goto done;
+  MultiByteToWideChar(CP_UTF8, 0, path, -1, wide, n);
+  wchar_t sddl[512];
+  _snwprintf(sddl, sizeof sddl / sizeof sddl[0],
+             L"D:P(A;OICI;FA;;;SY)(A;OICI;FA;;;BA)(A;OICI;FA;;;%ls)", self);
+  sddl[sizeof sddl / sizeof sddl[0] - 1] = L'\0';
+  if (!ConvertStringSecurityDescriptorToSecurityDescriptorW(
+          sddl, SDDL_REVISION_1, &sd, NULL))
+    goto done;
+  SECURITY_ATTRIBUTES sa = {sizeof sa, sd, FALSE};
+  if (CreateDirectoryW(wide, &sa)) {
+    rc = 0;
+    goto done;
+  }
+  code = EACCES;
+  if (GetLastError() != ERROR_ALREADY_EXISTS) {
+    log_write(LOG_ERROR, "shadow", "cannot create the folder %s (error %lu)",
+              path, (unsigned long)GetLastError());
+    goto done;
+  }
+  /* Left by an earlier run with this pid, or made by someone else in
+   * advance: kept only if no one else could have put anything in it. */
+  PSECURITY_DESCRIPTOR found = NULL;
+  DWORD e = GetNamedSecurityInfoW(
+      wide, SE_FILE_OBJECT,
+      OWNER_SECURITY_INFORMATION | DACL_SECURITY_INFORMATION, NULL, NULL, NULL,
+      NULL, &found);
+  if (e != ERROR_SUCCESS) {
+    log_write(LOG_ERROR, "shadow",
+              "cannot read the permissions of the existing folder %s (error "
+              "%lu)",
+              path, (unsigned long)e);
+    goto done;
+  }
+  int trusted = trust_win_decide(found, user->User.Sid, TRUST_WIN_FOLDER, path,
+                                 why, sizeof why) == 0;
+  LocalFree(found);
+  if (!trusted) {
+    log_write(LOG_ERROR, "shadow", "refusing the existing folder: %s", why);
+    goto done;
+  }
+  BOOL present = FALSE, defaulted = FALSE;
+  PACL dacl = NULL;
+  GetSecurityDescriptorDacl(sd, &present, &dacl, &defaulted);
+  e = SetNamedSecurityInfoW(
+      wide, SE_FILE_OBJECT,
+      DACL_SECURITY_INFORMATION | PROTECTED_DACL_SECURITY_INFORMATION, NULL,
+      NULL, dacl, NULL);
+  if (e != ERROR_SUCCESS) {
+    log_write(LOG_ERROR, "shadow", "cannot set the permissions of %s (error "
+              "%lu)", path, (unsigned long)e);
+    goto done;
+  }
+  rc = 0;
+done:
+  if (sd)
+    LocalFree(sd);
+  if (self)
+    LocalFree(self);
+  free(user);
+  free(wide);
+  return rc == 0 ? 0 : fail_errno(code);
 }
 #endif /* _WIN32 */

@@ -47,6 +47,16 @@ int trust_win_decide(PSECURITY_DESCRIPTOR sd, PSID self, trust_win_kind_t kind,
 int trust_win_check_path(const wchar_t *path, char *why, size_t why_len);
 /* The same for a UTF-8 path. */
 int trust_win_check_path_utf8(const char *path, char *why, size_t why_len);
+
+/* Creates the folder at path (UTF-8) with a DACL of its own, not inherited:
+ * full control for the host's account, SYSTEM and Administrators, nothing
+ * for anyone else (under C:\ProgramData a folder would otherwise inherit
+ * "Users may add files", and with it a planted DLL beside the shadow
+ * copies). A folder already there is kept only if trust_win_decide trusts
+ * it as a plugin's folder; then it gets the same DACL. 0, or -1 with errno
+ * set (EACCES when the folder is not trusted or its DACL cannot be set) and
+ * the reason logged. */
+int trust_win_make_private_dir(const char *path);
 #endif
 
 #endif /* IOCPHOST_TRUST_WIN_H */

@@ -13,7 +13,10 @@ test skips, saying so, where the DACL read back lacks it.
     and the icacls fix; with the DACL made safe again it passes;
   - `run` refuses when runtime_dir (where the shadow copies are loaded from)
     lets Everyone delete what it holds;
-  - `reload` refuses the same way, and the running generation keeps serving.
+  - `reload` refuses the same way, and the running generation keeps serving;
+  - the shadow folder under runtime_dir is created with a DACL of its own,
+    for the host's account, SYSTEM and Administrators only (under
+    C:\\ProgramData it would otherwise inherit "Users may add files").
 """
 
 import json
@@ -38,16 +41,20 @@ EVERYONE_MODIFIES = ("D:P(A;OICI;FA;;;SY)(A;OICI;FA;;;BA)"
                      "test_hostile_plugin_perms.py)")
 class WindowsPluginTrustTest(HostTestCase):
 
-    def set_dacl(self, path, sddl, expect_everyone_writes):
+    def dacl_tool(self, *args):
+        """Runs set_dacl.exe; returns the DACL it reports, as SDDL."""
         tool = os.path.join(harness.BUILD_DIR, "tests", "windows",
                             "set_dacl.exe")
         wine = harness.host_command()[:-1] or ["wine"]
         result = subprocess.run(
-            wine + [tool, path, sddl], stdin=subprocess.DEVNULL,
+            wine + [tool] + list(args), stdin=subprocess.DEVNULL,
             capture_output=True, text=True, errors="replace",
             timeout=harness.scaled(30))
         self.assertEqual(result.returncode, 0, result.stderr)
-        stored = result.stdout.strip()
+        return result.stdout.strip()
+
+    def set_dacl(self, path, sddl, expect_everyone_writes):
+        stored = self.dacl_tool(path, sddl)
         # Everyone (WD) with a write bit: FA, or a mask with 0x2 set.
         everyone = [ace for ace in stored.split("(") if ace.endswith(";WD)")]
         writes = any(";FA;" in ace or ";GA;" in ace or ";GW;" in ace or
@@ -137,6 +144,28 @@ class WindowsPluginTrustTest(HostTestCase):
             self.assertEqual(harness.exchange(sock, b"still"), b"still")
         plugin_status = host.status_json()["plugins"][0]
         self.assertEqual(len(plugin_status["generations"]), 1, plugin_status)
+        host.stop()
+
+    def test_the_shadow_folder_is_for_the_host_system_and_admins_only(self):
+        host, folder, plugin = self.deploy_echo()
+        host.start()
+        run = os.path.join(host.dir, "run")
+        shadows = [name for name in os.listdir(run)
+                   if name.startswith("plugins-")]
+        self.assertEqual(len(shadows), 1, os.listdir(run))
+        dacl = self.dacl_tool(os.path.join(run, shadows[0]))
+        # Wine reports the user, SYSTEM and Everyone (from the Unix mode);
+        # Windows the three entries the host set. Nobody else, with any
+        # right at all.
+        entries = [ace.rstrip(")") for ace in dacl.split("(")[1:]]
+        self.assertTrue(entries, dacl)
+        for ace in entries:
+            fields = ace.split(";")
+            if fields[5] in ("SY", "BA", "S-1-5-32-544") or \
+                    fields[5].startswith("S-1-5-21-"):
+                continue
+            self.assertTrue(fields[2] in ("", "0x0"),
+                            "the shadow folder grants %s: %s" % (ace, dacl))
         host.stop()
 
     def assert_refused_reload(self, result):

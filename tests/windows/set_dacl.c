@@ -1,9 +1,10 @@
-/* set_dacl PATH SDDL: gives the file or folder at PATH the DACL of the SDDL
+/* set_dacl PATH [SDDL]: gives the file or folder at PATH the DACL of the SDDL
  * string (for example "D:P(A;;FA;;;SY)(A;;0x1301bf;;;WD)"), protected from
  * inheritance, then prints the DACL the system reports back as SDDL, so the
  * caller sees what was really stored (Wine keeps only what a Unix mode can
  * say). "CURRENT_USER" in SDDL stands for this process's user's SID.
- * Exit 0, or 1 with the reason on stderr. For test_windows_plugin_trust.py
+ * Without SDDL it only prints the DACL. Exit 0, or 1 with the reason on
+ * stderr. For test_windows_plugin_trust.py
  * (Wine's icacls changes nothing). */
 #include <windows.h>
 
@@ -45,10 +46,13 @@ static char *expand(const char *sddl) {
 }
 
 int main(int argc, char **argv) {
-  if (argc != 3) {
-    fprintf(stderr, "usage: set_dacl PATH SDDL\n");
+  if (argc != 2 && argc != 3) {
+    fprintf(stderr, "usage: set_dacl PATH [SDDL]\n");
     return 1;
   }
+  DWORD e;
+  if (argc == 2)
+    goto show;
   char *sddl = expand(argv[2]);
   if (sddl == NULL)
     return fail("reading this process's user", GetLastError());
@@ -60,12 +64,13 @@ int main(int argc, char **argv) {
   PACL dacl = NULL;
   if (!GetSecurityDescriptorDacl(sd, &present, &dacl, &defaulted))
     return fail("GetSecurityDescriptorDacl", GetLastError());
-  DWORD e = SetNamedSecurityInfoA(
+  e = SetNamedSecurityInfoA(
       argv[1], SE_FILE_OBJECT,
       DACL_SECURITY_INFORMATION | PROTECTED_DACL_SECURITY_INFORMATION, NULL,
       NULL, dacl, NULL);
   if (e != ERROR_SUCCESS)
     return fail("SetNamedSecurityInfo", e);
+show:;
   PSECURITY_DESCRIPTOR now = NULL;
   e = GetNamedSecurityInfoA(argv[1], SE_FILE_OBJECT, DACL_SECURITY_INFORMATION,
                             NULL, NULL, NULL, NULL, &now);
