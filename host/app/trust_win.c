@@ -10,6 +10,8 @@
 
 #include <aclapi.h> /* after windows.h (in trust_win.h): they rely on it */
 #include <errno.h>
+#include <fcntl.h>
+#include <io.h>
 #include <sddl.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -350,9 +352,10 @@ static int check_one(const wchar_t *path, trust_win_kind_t kind, PSID self,
   return rc;
 }
 
-/* The file, its folder, and every folder above up to the root. */
-static int check_chain(const wchar_t *full, PSID self, char *why,
-                       size_t why_len) {
+/* The object (of kind first), its folder, and every folder above up to
+ * the root. */
+static int check_chain(const wchar_t *full, trust_win_kind_t first, PSID self,
+                       char *why, size_t why_len) {
   size_t len = wcslen(full);
   wchar_t *path = malloc((len + 2) * sizeof *path);
   if (path == NULL) {
@@ -361,7 +364,7 @@ static int check_chain(const wchar_t *full, PSID self, char *why,
   }
   memcpy(path, full, (len + 1) * sizeof *path);
   size_t root = root_length(path);
-  trust_win_kind_t kind = TRUST_WIN_FILE;
+  trust_win_kind_t kind = first;
   int rc = 0;
   for (;;) {
     rc = check_one(path, kind, self, why, why_len);
@@ -422,6 +425,39 @@ static TOKEN_USER *token_user(void) {
   return user;
 }
 
+/* The full path of path (malloc'd), or NULL. */
+static wchar_t *full_path(const wchar_t *path) {
+  DWORD full_len = GetFullPathNameW(path, 0, NULL, NULL);
+  wchar_t *full = full_len ? malloc(full_len * sizeof *full) : NULL;
+  if (full != NULL && GetFullPathNameW(path, full_len, full, NULL) == 0) {
+    free(full);
+    full = NULL;
+  }
+  return full;
+}
+
+/* check_chain for full, and for its real path when links lead elsewhere. */
+static int check_chains(const wchar_t *full, trust_win_kind_t first,
+                        char *why, size_t why_len) {
+  TOKEN_USER *user = token_user();
+  if (user == NULL) {
+    snprintf(why, why_len, "cannot read the process's user (error %lu)",
+             (unsigned long)GetLastError());
+    return -1;
+  }
+  int rc = check_chain(full, first, user->User.Sid, why, why_len);
+  if (rc == 0) {
+    /* Through a symbolic link or a junction: the folders of what is really
+     * used must be safe as well. */
+    wchar_t *real = final_path(full);
+    if (real != NULL && _wcsicmp(real, full) != 0)
+      rc = check_chain(real, first, user->User.Sid, why, why_len);
+    free(real);
+  }
+  free(user);
+  return rc;
+}
+
 int trust_win_check_path(const wchar_t *path, char *why, size_t why_len) {
   DWORD full_len = GetFullPathNameW(path, 0, NULL, NULL);
   wchar_t *full = full_len ? malloc(full_len * sizeof *full) : NULL;
@@ -439,23 +475,7 @@ int trust_win_check_path(const wchar_t *path, char *why, size_t why_len) {
              (unsigned long)e);
     return -1;
   }
-  TOKEN_USER *user = token_user();
-  if (user == NULL) {
-    free(full);
-    snprintf(why, why_len, "cannot read the process's user (error %lu)",
-             (unsigned long)GetLastError());
-    return -1;
-  }
-  int rc = check_chain(full, user->User.Sid, why, why_len);
-  if (rc == 0) {
-    /* Through a symbolic link or a junction: the folders of what is really
-     * loaded must be safe as well. */
-    wchar_t *real = final_path(full);
-    if (real != NULL && _wcsicmp(real, full) != 0)
-      rc = check_chain(real, user->User.Sid, why, why_len);
-    free(real);
-  }
-  free(user);
+  int rc = check_chains(full, TRUST_WIN_FILE, why, why_len);
   free(full);
   return rc;
 }
@@ -553,5 +573,96 @@ done:
   free(user);
   free(wide);
   return rc == 0 ? 0 : fail_errno(code);
+}
+/* ---- the host's trust decision (trust.h), for Windows ---- */
+
+static wchar_t *utf8_to_wide(const char *text) {
+  int n = MultiByteToWideChar(CP_UTF8, MB_ERR_INVALID_CHARS, text, -1, NULL, 0);
+  wchar_t *wide = n > 0 ? malloc((size_t)n * sizeof *wide) : NULL;
+  if (wide != NULL)
+    MultiByteToWideChar(CP_UTF8, 0, text, -1, wide, n);
+  return wide;
+}
+
+static void system_text(DWORD code, char *out, size_t len) {
+  DWORD n = FormatMessageA(
+      FORMAT_MESSAGE_FROM_SYSTEM | FORMAT_MESSAGE_IGNORE_INSERTS, NULL, code,
+      0, out, (DWORD)len, NULL);
+  while (n > 0 && (out[n - 1] == '\r' || out[n - 1] == '\n' ||
+                   out[n - 1] == ' ' || out[n - 1] == '.'))
+    out[--n] = '\0';
+  if (n == 0)
+    snprintf(out, len, "error %lu", (unsigned long)code);
+}
+
+int trust_open_plugin_file(const char *path, char *reason, size_t len) {
+  wchar_t *wide = utf8_to_wide(path);
+  wchar_t *full = wide ? full_path(wide) : NULL;
+  free(wide);
+  if (full == NULL) {
+    snprintf(reason, len, "cannot resolve the path %s", path);
+    return -1;
+  }
+  /* Shared for reading only: while it is open no one can write, rename or
+   * delete it, so what is checked next is what the caller reads. */
+  HANDLE h = CreateFileW(full, GENERIC_READ, FILE_SHARE_READ, NULL,
+                         OPEN_EXISTING, FILE_ATTRIBUTE_NORMAL, NULL);
+  if (h == INVALID_HANDLE_VALUE) {
+    char text[512];
+    system_text(GetLastError(), text, sizeof text);
+    snprintf(reason, len, "cannot read %s: %s", path, text);
+    free(full);
+    return -1;
+  }
+  int rc = check_chains(full, TRUST_WIN_FILE, reason, len);
+  free(full);
+  int fd = rc == 0 ? _open_osfhandle((intptr_t)h, _O_RDONLY | _O_BINARY) : -1;
+  if (fd < 0) {
+    if (rc == 0)
+      snprintf(reason, len, "cannot read %s: out of descriptors", path);
+    CloseHandle(h);
+  }
+  return fd;
+}
+
+int trust_prepare_runtime_dir(const char *path, char *reason, size_t len) {
+  wchar_t *wide = utf8_to_wide(path);
+  wchar_t *full = wide ? full_path(wide) : NULL;
+  free(wide);
+  if (full == NULL) {
+    snprintf(reason, len, "cannot resolve the path %s", path);
+    return -1;
+  }
+  DWORD attributes = GetFileAttributesW(full);
+  if (attributes == INVALID_FILE_ATTRIBUTES) {
+    /* Missing: its missing parents as usual, itself private. */
+    size_t n = wcslen(full), root = root_length(full);
+    for (size_t i = root; i < n; i++) {
+      if (full[i] != L'\\' && full[i] != L'/')
+        continue;
+      wchar_t saved = full[i];
+      full[i] = L'\0';
+      CreateDirectoryW(full, NULL); /* one there already is fine */
+      full[i] = saved;
+    }
+    char full8[1024];
+    to_utf8(full, full8, sizeof full8);
+    if (trust_win_make_private_dir(full8) != 0) {
+      snprintf(reason, len,
+               "cannot create %s: %s (create it or point runtime_dir at a "
+               "writable folder)",
+               path, strerror(errno));
+      free(full);
+      return -1;
+    }
+  } else if (!(attributes & FILE_ATTRIBUTE_DIRECTORY)) {
+    snprintf(reason, len, "%s is not a folder: point runtime_dir at a folder",
+             path);
+    free(full);
+    return -1;
+  }
+  int rc = check_chains(full, TRUST_WIN_FOLDER, reason, len);
+  free(full);
+  return rc;
 }
 #endif /* _WIN32 */

@@ -57,6 +57,23 @@ int trust_win_check_path_utf8(const char *path, char *why, size_t why_len);
  * set (EACCES when the folder is not trusted or its DACL cannot be set) and
  * the reason logged. */
 int trust_win_make_private_dir(const char *path);
+
+/* The platform half of the host's trust decision (trust.h where it exists),
+ * for Windows; the same signatures as the POSIX versions.
+ *
+ * trust_open_plugin_file: opens the plugin file shared for reading only, so
+ * that while the descriptor is open no one can write, rename or delete it,
+ * then applies trust_win_check_path. Returns a read-only descriptor (_open)
+ * of the very file checked, or -1 with the reason.
+ *
+ * trust_prepare_runtime_dir: creates runtime_dir if missing (its missing
+ * parents inheriting as usual, itself with the private DACL of
+ * trust_win_make_private_dir), then requires it to be trusted as a plugin's
+ * folder is (no one else may add, delete or relabel anything in it) and
+ * every folder above as those above a plugin. Never changes the DACL of a
+ * folder that existed. 0, or -1 with the folder at fault and the fix. */
+int trust_open_plugin_file(const char *path, char *reason, size_t len);
+int trust_prepare_runtime_dir(const char *path, char *reason, size_t len);
 #endif
 
 #endif /* IOCPHOST_TRUST_WIN_H */

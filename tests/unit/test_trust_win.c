@@ -8,6 +8,7 @@
  * Authenticated Users, Everyone and INTERACTIVE.
  */
 #include <check.h>
+#include <io.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -393,6 +394,92 @@ START_TEST(check_path_leaves_a_missing_file_to_the_loader) {
 }
 END_TEST
 
+START_TEST(open_plugin_file_gives_the_checked_file_and_holds_it) {
+  const char *file = make_plugin_file("open");
+  char reason[2048] = "";
+  int fd = trust_open_plugin_file(file, reason, sizeof reason);
+  ck_assert_msg(fd >= 0, "%s", reason);
+  char buf[64] = "";
+  ck_assert_int_eq(_read(fd, buf, sizeof buf - 1), 16);
+  ck_assert_str_eq(buf, "not really a DLL");
+  /* While it is open, no one replaces or deletes it. */
+  ck_assert(!DeleteFileA(file));
+  FILE *f = fopen(file, "wb");
+  ck_assert_ptr_null(f);
+  _close(fd);
+  ck_assert(DeleteFileA(file));
+}
+END_TEST
+
+START_TEST(open_plugin_file_refuses_a_file_everyone_may_write) {
+  const char *file = make_plugin_file("open-refused");
+  char sddl[512];
+  snprintf(sddl, sizeof sddl, "D:P(A;;FA;;;SY)(A;;FA;;;%s)(A;;" MODIFY ";;;WD)",
+           token_user_sid());
+  set_dacl(file, sddl);
+  ck_assert_int_eq(trust_open_plugin_file(file, why, sizeof why), -1);
+  assert_contains("S-1-1-0");
+  assert_contains("write (WD)");
+  ck_assert_int_eq(trust_open_plugin_file(WORK_DIR "/missing.dll", why,
+                                          sizeof why),
+                   -1);
+  assert_contains("cannot read");
+}
+END_TEST
+
+/* The DACL of path as SDDL, in why. */
+static void read_dacl(const char *path) {
+  PSECURITY_DESCRIPTOR sd = NULL;
+  ck_assert_int_eq(GetNamedSecurityInfoA(path, SE_FILE_OBJECT,
+                                         DACL_SECURITY_INFORMATION, NULL, NULL,
+                                         NULL, NULL, &sd),
+                   ERROR_SUCCESS);
+  char *text = NULL;
+  ck_assert(ConvertSecurityDescriptorToStringSecurityDescriptorA(
+      sd, SDDL_REVISION_1, DACL_SECURITY_INFORMATION, &text, NULL));
+  snprintf(why, sizeof why, "%s", text);
+  LocalFree(text);
+  LocalFree(sd);
+}
+
+START_TEST(prepare_runtime_dir_creates_a_private_folder) {
+  const char *dir = WORK_DIR "/runtime-new/a/run";
+  RemoveDirectoryA(dir);
+  RemoveDirectoryA(WORK_DIR "/runtime-new/a");
+  RemoveDirectoryA(WORK_DIR "/runtime-new");
+  char reason[2048] = "";
+  ck_assert_msg(trust_prepare_runtime_dir(dir, reason, sizeof reason) == 0,
+                "%s", reason);
+  ck_assert(GetFileAttributesA(dir) & FILE_ATTRIBUTE_DIRECTORY);
+  /* Nothing for Everyone: not even reading (Wine derives it from the mode,
+   * and reports no entry for Everyone then). */
+  read_dacl(dir);
+  assert_lacks(";WD)");
+  /* Again, now that it exists: still trusted. */
+  ck_assert_msg(trust_prepare_runtime_dir(dir, reason, sizeof reason) == 0,
+                "%s", reason);
+}
+END_TEST
+
+START_TEST(prepare_runtime_dir_refuses_and_keeps_a_folder_others_may_fill) {
+  const char *dir = WORK_DIR "/runtime-shared";
+  CreateDirectoryA(WORK_DIR, NULL);
+  CreateDirectoryA(dir, NULL);
+  char sddl[512];
+  snprintf(sddl, sizeof sddl,
+           "D:P(A;OICI;FA;;;SY)(A;OICI;FA;;;%s)(A;OICI;" MODIFY ";;;WD)",
+           token_user_sid());
+  set_dacl(dir, sddl);
+  ck_assert_int_eq(trust_prepare_runtime_dir(dir, why, sizeof why), -1);
+  assert_contains("runtime-shared");
+  assert_contains("S-1-1-0");
+  assert_contains("add files (WD)");
+  /* Refused, not changed. */
+  read_dacl(dir);
+  assert_contains(";WD)");
+}
+END_TEST
+
 static Suite *trust_suite(void) {
   Suite *s = suite_create("trust_win");
   TCase *decide_case = tcase_create("decide");
@@ -429,6 +516,11 @@ static Suite *trust_suite(void) {
   tcase_add_test(path_case, check_path_refuses_a_file_everyone_may_write);
   tcase_add_test(path_case, check_path_refuses_a_folder_everyone_may_add_to);
   tcase_add_test(path_case, check_path_leaves_a_missing_file_to_the_loader);
+  tcase_add_test(path_case, open_plugin_file_gives_the_checked_file_and_holds_it);
+  tcase_add_test(path_case, open_plugin_file_refuses_a_file_everyone_may_write);
+  tcase_add_test(path_case, prepare_runtime_dir_creates_a_private_folder);
+  tcase_add_test(path_case,
+                 prepare_runtime_dir_refuses_and_keeps_a_folder_others_may_fill);
   suite_add_tcase(s, path_case);
   return s;
 }
