@@ -84,6 +84,11 @@ class WindowsControlTest(HostTestCase):
         host = Host(self, self.echo_config(port), "killed").start()
         host.process.send_signal(signal.SIGKILL)
         host.process.wait(timeout=harness.scaled(10))
+        # Wine's server holds a killed process's sockets a moment longer:
+        # until they close, the next start's readiness probe would be
+        # answered by the dead host's listener, before the new one is up.
+        harness.wait_until(lambda: not harness.port_accepts(port), 10,
+                           "the killed host's listener to close")
         host.start()
         self.assertEqual(host.status_json()["state"], "running")
         with harness.connect(port) as sock:
