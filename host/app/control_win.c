@@ -133,13 +133,13 @@ static int make_security(control_t *c, char *err, size_t err_len) {
 }
 
 static HANDLE create_instance(control_t *c, int first) {
-  return CreateNamedPipeW(
-      c->pipe_name,
-      PIPE_ACCESS_DUPLEX | FILE_FLAG_OVERLAPPED |
-          (first ? FILE_FLAG_FIRST_PIPE_INSTANCE : 0),
-      PIPE_TYPE_BYTE | PIPE_READMODE_BYTE | PIPE_WAIT |
-          PIPE_REJECT_REMOTE_CLIENTS,
-      PIPE_UNLIMITED_INSTANCES, PIPE_BUFFER, PIPE_BUFFER, 0, &c->security);
+  return CreateNamedPipeW(c->pipe_name,
+                          PIPE_ACCESS_DUPLEX | FILE_FLAG_OVERLAPPED |
+                              (first ? FILE_FLAG_FIRST_PIPE_INSTANCE : 0),
+                          PIPE_TYPE_BYTE | PIPE_READMODE_BYTE | PIPE_WAIT |
+                              PIPE_REJECT_REMOTE_CLIENTS,
+                          PIPE_UNLIMITED_INSTANCES, PIPE_BUFFER, PIPE_BUFFER, 0,
+                          &c->security);
 }
 
 static DWORD left_ms(ULONGLONG deadline) {
@@ -291,7 +291,8 @@ static DWORD WINAPI control_main(void *arg) {
     if (pipe == INVALID_HANDLE_VALUE || pipe == NULL) {
       pipe = create_instance(c, 0);
       if (pipe == INVALID_HANDLE_VALUE) {
-        log_write(LOG_ERROR, "control", "cannot create a pipe instance for %s "
+        log_write(LOG_ERROR, "control",
+                  "cannot create a pipe instance for %s "
                   "(error %lu); the control endpoint stops",
                   c->path, (unsigned long)GetLastError());
         break;
@@ -421,11 +422,10 @@ int control_request(const char *runtime_dir, const char *name,
   for (;;) {
     /* Identification only: whoever serves this name (a squatter, if the
      * host is not running) can learn who asks, never act as them. */
-    pipe = CreateFileW(wide, GENERIC_READ | GENERIC_WRITE, 0, NULL,
-                       OPEN_EXISTING,
-                       FILE_FLAG_OVERLAPPED | SECURITY_SQOS_PRESENT |
-                           SECURITY_IDENTIFICATION,
-                       NULL);
+    pipe = CreateFileW(
+        wide, GENERIC_READ | GENERIC_WRITE, 0, NULL, OPEN_EXISTING,
+        FILE_FLAG_OVERLAPPED | SECURITY_SQOS_PRESENT | SECURITY_IDENTIFICATION,
+        NULL);
     if (pipe != INVALID_HANDLE_VALUE)
       break;
     DWORD e = GetLastError();

@@ -92,8 +92,7 @@ static void describe_sid(PSID sid, char *name, size_t name_len, char *text,
                          size_t text_len) {
   wchar_t *wide = NULL;
   if (ConvertSidToStringSidW(sid, &wide)) {
-    WideCharToMultiByte(CP_UTF8, 0, wide, -1, text, (int)text_len, NULL,
-                        NULL);
+    WideCharToMultiByte(CP_UTF8, 0, wide, -1, text, (int)text_len, NULL, NULL);
     LocalFree(wide);
   } else {
     snprintf(text, text_len, "an unreadable SID");
@@ -236,10 +235,11 @@ int trust_win_decide(PSECURITY_DESCRIPTOR sd, PSID self, trust_win_kind_t kind,
     return -1;
   }
   if (!present || dacl == NULL) {
-    snprintf(why, why_len,
-             "%s %s has no DACL, which lets everyone do anything with it, so "
-             "anyone on this machine %s; fix: icacls \"%s\" /reset, " SAFE_PLACE,
-             what_it_is(kind), path, what_they_could_do(kind), path);
+    snprintf(
+        why, why_len,
+        "%s %s has no DACL, which lets everyone do anything with it, so "
+        "anyone on this machine %s; fix: icacls \"%s\" /reset, " SAFE_PLACE,
+        what_it_is(kind), path, what_they_could_do(kind), path);
     return -1;
   }
   ACCESS_MASK refused = refused_rights(kind);
@@ -265,8 +265,8 @@ int trust_win_decide(PSECURITY_DESCRIPTOR sd, PSID self, trust_win_kind_t kind,
     if (!allow || SID_CREATOR_OWNER(sid) || SID_CREATOR_GROUP(sid) ||
         is_trusted(sid, self))
       continue;
-    ACCESS_MASK granted = granted_after_denies(
-        dacl, i, sid, owner, map_generic(mask) & refused);
+    ACCESS_MASK granted =
+        granted_after_denies(dacl, i, sid, owner, map_generic(mask) & refused);
     if (!granted)
       continue;
     char name[700], text[200], rights[200];
@@ -306,8 +306,7 @@ int trust_win_decide(PSECURITY_DESCRIPTOR sd, PSID self, trust_win_kind_t kind,
 /* ---- reading descriptors from the file system ---- */
 
 static void to_utf8(const wchar_t *wide, char *out, size_t len) {
-  if (WideCharToMultiByte(CP_UTF8, 0, wide, -1, out, (int)len, NULL, NULL) <=
-      0)
+  if (WideCharToMultiByte(CP_UTF8, 0, wide, -1, out, (int)len, NULL, NULL) <= 0)
     snprintf(out, len, "(a path not representable in UTF-8)");
   out[len - 1] = '\0';
 }
@@ -335,10 +334,10 @@ static int check_one(const wchar_t *path, trust_win_kind_t kind, PSID self,
   PSECURITY_DESCRIPTOR sd = NULL;
   char path8[1024];
   to_utf8(path, path8, sizeof path8);
-  DWORD e = GetNamedSecurityInfoW(
-      path, SE_FILE_OBJECT,
-      OWNER_SECURITY_INFORMATION | DACL_SECURITY_INFORMATION, NULL, NULL, NULL,
-      NULL, &sd);
+  DWORD e = GetNamedSecurityInfoW(path, SE_FILE_OBJECT,
+                                  OWNER_SECURITY_INFORMATION |
+                                      DACL_SECURITY_INFORMATION,
+                                  NULL, NULL, NULL, NULL, &sd);
   if (e != ERROR_SUCCESS) {
     snprintf(why, why_len,
              "cannot read the permissions of %s (error %lu), so cannot tell "
@@ -437,8 +436,8 @@ static wchar_t *full_path(const wchar_t *path) {
 }
 
 /* check_chain for full, and for its real path when links lead elsewhere. */
-static int check_chains(const wchar_t *full, trust_win_kind_t first,
-                        char *why, size_t why_len) {
+static int check_chains(const wchar_t *full, trust_win_kind_t first, char *why,
+                        size_t why_len) {
   TOKEN_USER *user = token_user();
   if (user == NULL) {
     snprintf(why, why_len, "cannot read the process's user (error %lu)",
@@ -534,10 +533,10 @@ int trust_win_make_private_dir(const char *path) {
   /* Left by an earlier run with this pid, or made by someone else in
    * advance: kept only if no one else could have put anything in it. */
   PSECURITY_DESCRIPTOR found = NULL;
-  DWORD e = GetNamedSecurityInfoW(
-      wide, SE_FILE_OBJECT,
-      OWNER_SECURITY_INFORMATION | DACL_SECURITY_INFORMATION, NULL, NULL, NULL,
-      NULL, &found);
+  DWORD e = GetNamedSecurityInfoW(wide, SE_FILE_OBJECT,
+                                  OWNER_SECURITY_INFORMATION |
+                                      DACL_SECURITY_INFORMATION,
+                                  NULL, NULL, NULL, NULL, &found);
   if (e != ERROR_SUCCESS) {
     log_write(LOG_ERROR, "shadow",
               "cannot read the permissions of the existing folder %s (error "
@@ -555,13 +554,15 @@ int trust_win_make_private_dir(const char *path) {
   BOOL present = FALSE, defaulted = FALSE;
   PACL dacl = NULL;
   GetSecurityDescriptorDacl(sd, &present, &dacl, &defaulted);
-  e = SetNamedSecurityInfoW(
-      wide, SE_FILE_OBJECT,
-      DACL_SECURITY_INFORMATION | PROTECTED_DACL_SECURITY_INFORMATION, NULL,
-      NULL, dacl, NULL);
+  e = SetNamedSecurityInfoW(wide, SE_FILE_OBJECT,
+                            DACL_SECURITY_INFORMATION |
+                                PROTECTED_DACL_SECURITY_INFORMATION,
+                            NULL, NULL, dacl, NULL);
   if (e != ERROR_SUCCESS) {
-    log_write(LOG_ERROR, "shadow", "cannot set the permissions of %s (error "
-              "%lu)", path, (unsigned long)e);
+    log_write(LOG_ERROR, "shadow",
+              "cannot set the permissions of %s (error "
+              "%lu)",
+              path, (unsigned long)e);
     goto done;
   }
   rc = 0;
@@ -585,9 +586,9 @@ static wchar_t *utf8_to_wide(const char *text) {
 }
 
 static void system_text(DWORD code, char *out, size_t len) {
-  DWORD n = FormatMessageA(
-      FORMAT_MESSAGE_FROM_SYSTEM | FORMAT_MESSAGE_IGNORE_INSERTS, NULL, code,
-      0, out, (DWORD)len, NULL);
+  DWORD n =
+      FormatMessageA(FORMAT_MESSAGE_FROM_SYSTEM | FORMAT_MESSAGE_IGNORE_INSERTS,
+                     NULL, code, 0, out, (DWORD)len, NULL);
   while (n > 0 && (out[n - 1] == '\r' || out[n - 1] == '\n' ||
                    out[n - 1] == ' ' || out[n - 1] == '.'))
     out[--n] = '\0';

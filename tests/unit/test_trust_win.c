@@ -52,13 +52,12 @@ static int decide(const char *sddl, trust_win_kind_t kind) {
 }
 
 static void assert_contains(const char *part) {
-  ck_assert_msg(strstr(why, part) != NULL, "expected \"%s\" in: %s", part,
-                why);
+  ck_assert_msg(strstr(why, part) != NULL, "expected \"%s\" in: %s", part, why);
 }
 
 static void assert_lacks(const char *part) {
-  ck_assert_msg(strstr(why, part) == NULL, "did not expect \"%s\" in: %s",
-                part, why);
+  ck_assert_msg(strstr(why, part) == NULL, "did not expect \"%s\" in: %s", part,
+                why);
 }
 
 /* Refused, with one line naming the path, the principal (by SID) and each
@@ -80,8 +79,8 @@ static void assert_trusted(const char *sddl, trust_win_kind_t kind) {
 /* ---- who may hold the rights ---- */
 
 START_TEST(accepts_full_control_for_self_system_and_administrators) {
-  assert_trusted("O:BAD:P(A;;FA;;;SY)(A;;FA;;;BA)(A;;FA;;;" SELF
-                 ")(A;;" RX ";;;BU)",
+  assert_trusted("O:BAD:P(A;;FA;;;SY)(A;;FA;;;BA)(A;;FA;;;" SELF ")(A;;" RX
+                 ";;;BU)",
                  TRUST_WIN_FILE);
   assert_trusted("O:" SELF "D:P(A;;FA;;;" SELF ")", TRUST_WIN_FOLDER);
 }
@@ -123,8 +122,7 @@ START_TEST(refuses_another_users_append_delete_dac_and_ownership) {
 END_TEST
 
 START_TEST(refuses_generic_write_and_generic_all) {
-  assert_refused("O:BAD:(A;;GW;;;IU)", TRUST_WIN_FILE, "S-1-5-4",
-                 "write (WD)");
+  assert_refused("O:BAD:(A;;GW;;;IU)", TRUST_WIN_FILE, "S-1-5-4", "write (WD)");
   assert_refused("O:BAD:(A;;GA;;;AU)", TRUST_WIN_FILE, "S-1-5-11",
                  "take ownership (WO)");
 }
@@ -171,8 +169,8 @@ END_TEST
 /* ---- inherited and explicit entries ---- */
 
 START_TEST(refuses_an_inherited_grant_saying_where_to_fix_it) {
-  assert_refused("O:BAD:AI(A;ID;FA;;;SY)(A;ID;" MODIFY ";;;WD)",
-                 TRUST_WIN_FILE, "S-1-1-0", "write (WD)");
+  assert_refused("O:BAD:AI(A;ID;FA;;;SY)(A;ID;" MODIFY ";;;WD)", TRUST_WIN_FILE,
+                 "S-1-1-0", "write (WD)");
   assert_contains("inherited");
   assert_contains("/inheritance:d");
   assert_contains("/remove:g *S-1-1-0");
@@ -194,8 +192,7 @@ END_TEST
 
 START_TEST(a_deny_before_the_allow_takes_the_rights_away) {
   /* 0xd0006: write, append, delete, change permissions, take ownership. */
-  assert_trusted("O:BAD:(D;;0xd0006;;;BU)(A;;" MODIFY ";;;BU)",
-                 TRUST_WIN_FILE);
+  assert_trusted("O:BAD:(D;;0xd0006;;;BU)(A;;" MODIFY ";;;BU)", TRUST_WIN_FILE);
   /* Everyone covers every principal. */
   assert_trusted("O:BAD:(D;;0xd0006;;;WD)(A;;" MODIFY ";;;" OTHER ")",
                  TRUST_WIN_FILE);
@@ -203,16 +200,16 @@ START_TEST(a_deny_before_the_allow_takes_the_rights_away) {
 END_TEST
 
 START_TEST(a_deny_after_the_allow_takes_nothing_away) {
-  assert_refused("O:BAD:(A;;" MODIFY ";;;BU)(D;;0xd0006;;;BU)",
-                 TRUST_WIN_FILE, "S-1-5-32-545", "write (WD)");
+  assert_refused("O:BAD:(A;;" MODIFY ";;;BU)(D;;0xd0006;;;BU)", TRUST_WIN_FILE,
+                 "S-1-5-32-545", "write (WD)");
 }
 END_TEST
 
 START_TEST(a_deny_for_a_narrower_group_does_not_cover_a_wider_one) {
   /* Denying Users leaves Authenticated Users' grant to those not in
    * Users. */
-  assert_refused("O:BAD:(D;;0xd0006;;;BU)(A;;" MODIFY ";;;AU)",
-                 TRUST_WIN_FILE, "S-1-5-11", "write (WD)");
+  assert_refused("O:BAD:(D;;0xd0006;;;BU)(A;;" MODIFY ";;;AU)", TRUST_WIN_FILE,
+                 "S-1-5-11", "write (WD)");
 }
 END_TEST
 
@@ -252,9 +249,8 @@ END_TEST
 /* ---- owners ---- */
 
 START_TEST(refuses_a_file_another_user_owns) {
-  ck_assert_int_eq(decide("O:" OTHER "D:P(A;;FA;;;SY)(A;;FA;;;BA)",
-                          TRUST_WIN_FILE),
-                   -1);
+  ck_assert_int_eq(
+      decide("O:" OTHER "D:P(A;;FA;;;SY)(A;;FA;;;BA)", TRUST_WIN_FILE), -1);
   assert_contains("is owned by");
   assert_contains(OTHER);
   assert_contains("icacls \"" PATH "\" /setowner *S-1-5-32-544");
@@ -294,10 +290,10 @@ static void set_dacl(const char *path, const char *sddl) {
   ck_assert(GetSecurityDescriptorDacl(sd, &present, &dacl, &defaulted));
   wchar_t wide[1024];
   to_wide(path, wide, 1024);
-  DWORD e = SetNamedSecurityInfoW(
-      wide, SE_FILE_OBJECT,
-      DACL_SECURITY_INFORMATION | PROTECTED_DACL_SECURITY_INFORMATION, NULL,
-      NULL, dacl, NULL);
+  DWORD e = SetNamedSecurityInfoW(wide, SE_FILE_OBJECT,
+                                  DACL_SECURITY_INFORMATION |
+                                      PROTECTED_DACL_SECURITY_INFORMATION,
+                                  NULL, NULL, dacl, NULL);
   LocalFree(sd);
   ck_assert_msg(e == ERROR_SUCCESS, "SetNamedSecurityInfoW(%s): error %lu",
                 path, (unsigned long)e);
@@ -420,9 +416,8 @@ START_TEST(open_plugin_file_refuses_a_file_everyone_may_write) {
   ck_assert_int_eq(trust_open_plugin_file(file, why, sizeof why), -1);
   assert_contains("S-1-1-0");
   assert_contains("write (WD)");
-  ck_assert_int_eq(trust_open_plugin_file(WORK_DIR "/missing.dll", why,
-                                          sizeof why),
-                   -1);
+  ck_assert_int_eq(
+      trust_open_plugin_file(WORK_DIR "/missing.dll", why, sizeof why), -1);
   assert_contains("cannot read");
 }
 END_TEST
@@ -516,11 +511,13 @@ static Suite *trust_suite(void) {
   tcase_add_test(path_case, check_path_refuses_a_file_everyone_may_write);
   tcase_add_test(path_case, check_path_refuses_a_folder_everyone_may_add_to);
   tcase_add_test(path_case, check_path_leaves_a_missing_file_to_the_loader);
-  tcase_add_test(path_case, open_plugin_file_gives_the_checked_file_and_holds_it);
+  tcase_add_test(path_case,
+                 open_plugin_file_gives_the_checked_file_and_holds_it);
   tcase_add_test(path_case, open_plugin_file_refuses_a_file_everyone_may_write);
   tcase_add_test(path_case, prepare_runtime_dir_creates_a_private_folder);
-  tcase_add_test(path_case,
-                 prepare_runtime_dir_refuses_and_keeps_a_folder_others_may_fill);
+  tcase_add_test(
+      path_case,
+      prepare_runtime_dir_refuses_and_keeps_a_folder_others_may_fill);
   suite_add_tcase(s, path_case);
   return s;
 }

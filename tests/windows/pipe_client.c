@@ -66,11 +66,10 @@ static size_t unescape(const char *text, char *out) {
 static HANDLE open_pipe(const char *name) {
   ULONGLONG deadline = GetTickCount64() + 10000;
   for (;;) {
-    HANDLE pipe = CreateFileA(name, GENERIC_READ | GENERIC_WRITE, 0, NULL,
-                              OPEN_EXISTING,
-                              FILE_FLAG_OVERLAPPED | SECURITY_SQOS_PRESENT |
-                                  SECURITY_IDENTIFICATION,
-                              NULL);
+    HANDLE pipe = CreateFileA(
+        name, GENERIC_READ | GENERIC_WRITE, 0, NULL, OPEN_EXISTING,
+        FILE_FLAG_OVERLAPPED | SECURITY_SQOS_PRESENT | SECURITY_IDENTIFICATION,
+        NULL);
     if (pipe != INVALID_HANDLE_VALUE) {
       fprintf(stderr, "connected\n");
       fflush(stderr);
@@ -128,8 +127,8 @@ static int send_and_read(HANDLE pipe, const char *data, size_t len) {
   DWORD written = 0;
   /* The server may refuse before reading everything: a failed write is
    * fine, the reply is what counts. */
-  BOOL writing = len > 0 && !WriteFile(pipe, data, (DWORD)len, &written,
-                                       &wov) &&
+  BOOL writing = len > 0 &&
+                 !WriteFile(pipe, data, (DWORD)len, &written, &wov) &&
                  GetLastError() == ERROR_IO_PENDING;
   char buf[4096];
   ULONGLONG deadline = GetTickCount64() + 30000;

@@ -64,10 +64,10 @@ int main(int argc, char **argv) {
   PACL dacl = NULL;
   if (!GetSecurityDescriptorDacl(sd, &present, &dacl, &defaulted))
     return fail("GetSecurityDescriptorDacl", GetLastError());
-  e = SetNamedSecurityInfoA(
-      argv[1], SE_FILE_OBJECT,
-      DACL_SECURITY_INFORMATION | PROTECTED_DACL_SECURITY_INFORMATION, NULL,
-      NULL, dacl, NULL);
+  e = SetNamedSecurityInfoA(argv[1], SE_FILE_OBJECT,
+                            DACL_SECURITY_INFORMATION |
+                                PROTECTED_DACL_SECURITY_INFORMATION,
+                            NULL, NULL, dacl, NULL);
   if (e != ERROR_SUCCESS)
     return fail("SetNamedSecurityInfo", e);
 show:;
