@@ -4,8 +4,14 @@
  * Its security descriptor grants access to the host's own user only, and
  * remote clients are rejected. The first instance is created with
  * FILE_FLAG_FIRST_PIPE_INSTANCE, so a second host with the same name and
- * runtime_dir fails instead of sharing the pipe. The protocol is the one of
- * control.h: a request line, a reply the server ends by closing.
+ * runtime_dir fails instead of sharing the pipe, and from then on an
+ * instance is always open (the next is created before a client is served),
+ * so no one else can create a pipe of that name while the host runs. The
+ * protocol is the one of control.h: a request line, a reply the server ends
+ * by closing. Clients are served one at a time, each within deadlines for
+ * the whole request and for the whole reply, as on Linux: a client that
+ * trickles, stays silent or never reads its reply is dropped, and never
+ * holds the endpoint (or a stop) for longer.
  */
 #ifdef _WIN32
 #include "control.h"
@@ -20,7 +26,13 @@
 
 #include "engine/log.h"
 
+/* The whole request must arrive within this, and the whole reply be taken
+ * within REPLY_TIMEOUT_MS: deadlines per request, not per read. */
 #define CLIENT_TIMEOUT_MS 2000
+#define REPLY_TIMEOUT_MS 2000
+/* "stopped" to a client of "stop", at the end: a few bytes into the pipe's
+ * buffer, which a client that stopped reading may have filled. */
+#define STOPPED_TIMEOUT_MS 100
 /* Clients of "stop" wait until the host is gone; more than this many at once
  * get "ok" at once instead (the endpoint is the owner's alone, but a script
  * looping on stop must not grow the host without bound). */
@@ -121,21 +133,27 @@ static int make_security(control_t *c, char *err, size_t err_len) {
 }
 
 static HANDLE create_instance(control_t *c, int first) {
-  return CreateNamedPipeW(
-      c->pipe_name,
-      PIPE_ACCESS_DUPLEX | FILE_FLAG_OVERLAPPED |
-          (first ? FILE_FLAG_FIRST_PIPE_INSTANCE : 0),
-      PIPE_TYPE_BYTE | PIPE_READMODE_BYTE | PIPE_WAIT |
-          PIPE_REJECT_REMOTE_CLIENTS,
-      PIPE_UNLIMITED_INSTANCES, PIPE_BUFFER, PIPE_BUFFER, 0, &c->security);
+  return CreateNamedPipeW(c->pipe_name,
+                          PIPE_ACCESS_DUPLEX | FILE_FLAG_OVERLAPPED |
+                              (first ? FILE_FLAG_FIRST_PIPE_INSTANCE : 0),
+                          PIPE_TYPE_BYTE | PIPE_READMODE_BYTE | PIPE_WAIT |
+                              PIPE_REJECT_REMOTE_CLIENTS,
+                          PIPE_UNLIMITED_INSTANCES, PIPE_BUFFER, PIPE_BUFFER, 0,
+                          &c->security);
 }
 
-/* Waits for an overlapped operation, the stop event, or the timeout.
- * Returns 1 when it completed, 0 on stop or timeout (cancelled). */
-static int wait_io(control_t *c, HANDLE pipe, OVERLAPPED *ov, DWORD timeout,
+static DWORD left_ms(ULONGLONG deadline) {
+  ULONGLONG now = GetTickCount64();
+  return now >= deadline ? 0 : (DWORD)(deadline - now);
+}
+
+/* Waits for an overlapped operation, the stop event (if any), or the
+ * timeout. Returns 1 when it completed successfully, 0 on failure, stop or
+ * timeout (then it is cancelled). */
+static int wait_io(HANDLE stop, HANDLE pipe, OVERLAPPED *ov, DWORD timeout,
                    DWORD *bytes) {
-  HANDLE events[2] = {ov->hEvent, c->stop_event};
-  DWORD r = WaitForMultipleObjects(2, events, FALSE, timeout);
+  HANDLE events[2] = {ov->hEvent, stop};
+  DWORD r = WaitForMultipleObjects(stop ? 2 : 1, events, FALSE, timeout);
   if (r == WAIT_OBJECT_0)
     return GetOverlappedResult(pipe, ov, bytes, FALSE) ? 1 : 0;
   CancelIoEx(pipe, ov);
@@ -143,68 +161,124 @@ static int wait_io(control_t *c, HANDLE pipe, OVERLAPPED *ov, DWORD timeout,
   return 0;
 }
 
-static void write_all(HANDLE pipe, const char *data) {
+/* Writes all of data before deadline; 0, or -1 when the client did not take
+ * it in time (or went away, or the host is stopping). */
+static int write_all(HANDLE stop, HANDLE pipe, const char *data,
+                     ULONGLONG deadline) {
   size_t len = strlen(data);
+  OVERLAPPED ov = {0};
+  ov.hEvent = CreateEventW(NULL, TRUE, FALSE, NULL);
+  if (ov.hEvent == NULL)
+    return -1;
+  int rc = 0;
   while (len > 0) {
     DWORD written = 0;
-    OVERLAPPED ov = {0};
-    ov.hEvent = CreateEventW(NULL, TRUE, FALSE, NULL);
+    ResetEvent(ov.hEvent);
     BOOL ok = WriteFile(pipe, data, (DWORD)len, &written, &ov);
     if (!ok && GetLastError() == ERROR_IO_PENDING)
-      ok = GetOverlappedResult(pipe, &ov, &written, TRUE);
-    CloseHandle(ov.hEvent);
-    if (!ok || written == 0)
-      return;
+      ok = wait_io(stop, pipe, &ov, left_ms(deadline), &written);
+    if (!ok || written == 0) {
+      rc = -1;
+      break;
+    }
     data += written;
     len -= written;
   }
+  CloseHandle(ov.hEvent);
+  return rc;
+}
+
+/* Ends a client's connection. Not FlushFileBuffers, which waits for as long
+ * as the client does not read, and not DisconnectNamedPipe, which throws
+ * away what it has not read yet: closing our end leaves the reply to be
+ * read, then the client sees the end. */
+static void close_client(HANDLE pipe) { CloseHandle(pipe); }
+
+/* Reads one line; returns its length, -1 on timeout, error or stop, -2 when
+ * the line is longer than CONTROL_REQUEST_MAX, -3 when it holds a NUL byte.
+ * CLIENT_TIMEOUT_MS bounds the whole request, not each read: a client that
+ * trickles a byte at a time must not hold the endpoint (and with it every
+ * other request, and a stop) for minutes. */
+static int read_request(control_t *c, HANDLE pipe, char *buf) {
+  size_t len = 0;
+  int rc = -1;
+  ULONGLONG deadline = GetTickCount64() + CLIENT_TIMEOUT_MS;
+  OVERLAPPED ov = {0};
+  ov.hEvent = CreateEventW(NULL, TRUE, FALSE, NULL);
+  if (ov.hEvent == NULL)
+    return -1;
+  for (;;) {
+    DWORD got = 0;
+    ResetEvent(ov.hEvent);
+    BOOL ok = ReadFile(pipe, buf + len, (DWORD)(CONTROL_REQUEST_MAX + 1 - len),
+                       &got, &ov);
+    if (!ok && GetLastError() == ERROR_IO_PENDING)
+      ok = wait_io(c->stop_event, pipe, &ov, left_ms(deadline), &got);
+    if (!ok || got == 0) {
+      /* The client closed its end: a request without a newline. A timeout
+       * or a stop is not that. */
+      DWORD e = ok ? ERROR_BROKEN_PIPE : GetLastError();
+      if (len > 0 && (e == ERROR_BROKEN_PIPE || e == ERROR_PIPE_NOT_CONNECTED))
+        rc = (int)len;
+      break;
+    }
+    int done = 0;
+    for (size_t i = len; i < len + got; i++) {
+      /* The request is handled as a C string: "stop\0junk" must not pass
+       * for "stop". */
+      if (buf[i] == '\0') {
+        rc = -3;
+        done = 1;
+        break;
+      }
+      if (buf[i] == '\n') {
+        buf[i] = '\0';
+        if (i > 0 && buf[i - 1] == '\r')
+          buf[i - 1] = '\0';
+        rc = (int)i;
+        done = 1;
+        break;
+      }
+    }
+    if (done)
+      break;
+    len += got;
+    if (len > CONTROL_REQUEST_MAX) {
+      rc = -2;
+      break;
+    }
+  }
+  CloseHandle(ov.hEvent);
+  return rc;
 }
 
 static void serve_client(control_t *c, HANDLE pipe) {
   char request[CONTROL_REQUEST_MAX + 2];
-  size_t len = 0;
-  int too_long = 0, complete = 0;
-  OVERLAPPED ov = {0};
-  ov.hEvent = CreateEventW(NULL, TRUE, FALSE, NULL);
-  while (!complete && !too_long) {
-    DWORD got = 0;
-    ResetEvent(ov.hEvent);
-    BOOL ok = ReadFile(pipe, request + len,
-                       (DWORD)(CONTROL_REQUEST_MAX + 1 - len), &got, &ov);
-    if (!ok && GetLastError() == ERROR_IO_PENDING)
-      ok = wait_io(c, pipe, &ov, CLIENT_TIMEOUT_MS, &got);
-    if (!ok || got == 0)
-      break;
-    for (size_t i = len; i < len + got; i++) {
-      if (request[i] == '\n') {
-        request[i] = '\0';
-        if (i > 0 && request[i - 1] == '\r')
-          request[i - 1] = '\0';
-        complete = 1;
-        break;
-      }
-    }
-    len += got;
-    if (!complete && len > CONTROL_REQUEST_MAX)
-      too_long = 1;
-  }
-  CloseHandle(ov.hEvent);
-  int stop = 0;
-  if (too_long) {
-    write_all(pipe, "error: request too long (at most 256 bytes)\n");
-  } else if (complete || len > 0) {
-    request[complete ? strlen(request) : len] = '\0';
-    char *reply = c->handler(c->ctx, request, &stop);
-    if (reply) {
-      write_all(pipe, reply);
-      free(reply);
-    }
-  }
-  if (stop && keep_stop_waiter(c, pipe) == 0)
+  int n = read_request(c, pipe, request);
+  ULONGLONG reply_deadline = GetTickCount64() + REPLY_TIMEOUT_MS;
+  if (n == -2 || n == -3) {
+    write_all(c->stop_event, pipe,
+              n == -2 ? "error: request too long (at most 256 bytes)\n"
+                      : "error: request holds a NUL byte\n",
+              reply_deadline);
+    close_client(pipe);
     return;
-  FlushFileBuffers(pipe);
-  DisconnectNamedPipe(pipe);
-  CloseHandle(pipe);
+  }
+  if (n < 0) {
+    close_client(pipe); /* silent, too slow, or stopping: no reply */
+    return;
+  }
+  request[n] = '\0';
+  int stop = 0;
+  char *reply = c->handler(c->ctx, request, &stop);
+  int sent = 0;
+  if (reply) {
+    sent = write_all(c->stop_event, pipe, reply, reply_deadline) == 0;
+    free(reply);
+  }
+  if (stop && sent && keep_stop_waiter(c, pipe) == 0)
+    return;
+  close_client(pipe);
 }
 
 static DWORD WINAPI control_main(void *arg) {
@@ -217,7 +291,8 @@ static DWORD WINAPI control_main(void *arg) {
     if (pipe == INVALID_HANDLE_VALUE || pipe == NULL) {
       pipe = create_instance(c, 0);
       if (pipe == INVALID_HANDLE_VALUE) {
-        log_write(LOG_ERROR, "control", "cannot create a pipe instance for %s "
+        log_write(LOG_ERROR, "control",
+                  "cannot create a pipe instance for %s "
                   "(error %lu); the control endpoint stops",
                   c->path, (unsigned long)GetLastError());
         break;
@@ -228,20 +303,30 @@ static DWORD WINAPI control_main(void *arg) {
     DWORD err = connected ? ERROR_PIPE_CONNECTED : GetLastError();
     if (err == ERROR_IO_PENDING) {
       DWORD ignored;
-      if (!wait_io(c, pipe, &ov, INFINITE, &ignored)) {
+      if (!wait_io(c->stop_event, pipe, &ov, INFINITE, &ignored)) {
         CloseHandle(pipe);
         break; /* stopping */
       }
       err = ERROR_PIPE_CONNECTED;
     }
     if (err == ERROR_PIPE_CONNECTED) {
+      /* The next instance first: while this client is served, the name
+       * stays ours, and the next client waits its turn connected. */
+      HANDLE next = create_instance(c, 0);
+      if (next == INVALID_HANDLE_VALUE)
+        next = NULL; /* created at the top, after this client */
       serve_client(c, pipe);
+      pipe = next;
     } else {
-      CloseHandle(pipe);
+      /* A client came and went (ERROR_NO_DATA): the instance is reused,
+       * so there is no moment without one. */
+      DisconnectNamedPipe(pipe);
     }
-    pipe = NULL;
-    if (WaitForSingleObject(c->stop_event, 0) == WAIT_OBJECT_0)
+    if (WaitForSingleObject(c->stop_event, 0) == WAIT_OBJECT_0) {
+      if (pipe)
+        CloseHandle(pipe);
       break;
+    }
   }
   CloseHandle(ov.hEvent);
   return 0;
@@ -313,10 +398,9 @@ void control_close(control_t *c) {
   CloseHandle(c->thread);
   CloseHandle(c->stop_event);
   for (int i = 0; i < c->stop_waiter_count; i++) {
-    write_all(c->stop_waiters[i], "stopped\n");
-    FlushFileBuffers(c->stop_waiters[i]);
-    DisconnectNamedPipe(c->stop_waiters[i]);
-    CloseHandle(c->stop_waiters[i]);
+    write_all(NULL, c->stop_waiters[i], "stopped\n",
+              GetTickCount64() + STOPPED_TIMEOUT_MS);
+    close_client(c->stop_waiters[i]);
   }
   free(c->stop_waiters);
   LocalFree(c->descriptor);
@@ -336,8 +420,12 @@ int control_request(const char *runtime_dir, const char *name,
   HANDLE pipe = INVALID_HANDLE_VALUE;
   ULONGLONG deadline = GetTickCount64() + wait_ms;
   for (;;) {
-    pipe = CreateFileW(wide, GENERIC_READ | GENERIC_WRITE, 0, NULL,
-                       OPEN_EXISTING, 0, NULL);
+    /* Identification only: whoever serves this name (a squatter, if the
+     * host is not running) can learn who asks, never act as them. */
+    pipe = CreateFileW(
+        wide, GENERIC_READ | GENERIC_WRITE, 0, NULL, OPEN_EXISTING,
+        FILE_FLAG_OVERLAPPED | SECURITY_SQOS_PRESENT | SECURITY_IDENTIFICATION,
+        NULL);
     if (pipe != INVALID_HANDLE_VALUE)
       break;
     DWORD e = GetLastError();
@@ -352,19 +440,40 @@ int control_request(const char *runtime_dir, const char *name,
   }
   char line[CONTROL_REQUEST_MAX + 2];
   snprintf(line, sizeof line, "%s\n", request);
-  DWORD written;
-  WriteFile(pipe, line, (DWORD)strlen(line), &written, NULL);
+  OVERLAPPED ov = {0};
+  ov.hEvent = CreateEventW(NULL, TRUE, FALSE, NULL);
+  if (ov.hEvent == NULL || write_all(NULL, pipe, line, deadline) != 0) {
+    snprintf(err, err_len, "cannot send the request to %s (error %lu)", path,
+             (unsigned long)GetLastError());
+    if (ov.hEvent)
+      CloseHandle(ov.hEvent);
+    CloseHandle(pipe);
+    return -1;
+  }
+  int timed_out = 0;
   char buf[4096];
   for (;;) {
     DWORD got = 0;
     /* The server ends the reply by closing; for "stop" that is when the
-     * host has gone. The wait is bounded by the caller's wait_ms through
-     * the host's own drain timeout. */
-    if (!ReadFile(pipe, buf, sizeof buf, &got, NULL) || got == 0)
+     * host has gone. wait_ms bounds it all, the host's drain included. */
+    ResetEvent(ov.hEvent);
+    BOOL done = ReadFile(pipe, buf, sizeof buf, &got, &ov);
+    if (!done && GetLastError() == ERROR_IO_PENDING) {
+      DWORD left = left_ms(deadline);
+      done = wait_io(NULL, pipe, &ov, left, &got);
+      timed_out = !done && left_ms(deadline) == 0;
+    }
+    if (!done || got == 0)
       break;
     control_reply_feed(reply, buf, got);
   }
+  CloseHandle(ov.hEvent);
   CloseHandle(pipe);
+  if (timed_out) {
+    snprintf(err, err_len, "no complete answer from %s within %u ms", path,
+             wait_ms);
+    return -1;
+  }
   return control_reply_end(reply, err, err_len);
 }
 #endif /* _WIN32 */

@@ -11,6 +11,8 @@
 #define WIN32_LEAN_AND_MEAN
 #endif
 #include <windows.h>
+
+#include "trust_win.h"
 #else
 #include <dlfcn.h>
 #include <link.h>

@@ -17,6 +17,7 @@
 #define current_pid() ((long)_getpid())
 #define PLUGIN_SUFFIX ".dll"
 #define read_fd(fd, buf, n) _read(fd, buf, (unsigned)(n))
+#include "trust_win.h"
 #else
 #include <dirent.h>
 #include <fcntl.h>
@@ -70,9 +71,9 @@ static int is_stale(const char *entry, const char *prefix, size_t prefix_len) {
 
 #ifdef _WIN32
 
-static int make_dir(const char *path) {
-  return _mkdir(path) == 0 || errno == EEXIST ? 0 : -1;
-}
+/* The shadow folder gets a DACL of its own (the host's account, SYSTEM,
+ * Administrators), whatever its parent's would give it. */
+static int make_dir(const char *path) { return trust_win_make_private_dir(path); }
 
 void shadow_dir_remove(const char *dir) {
   if (!dir)

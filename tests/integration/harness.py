@@ -52,6 +52,14 @@ KEEP_TEMP = os.environ.get("IOCPHOST_KEEP_TEMP") == "1"
 WINDOWS = PLUGIN_SUFFIX == ".dll"
 STOP_SIGNAL = signal.SIGINT if WINDOWS else signal.SIGTERM
 
+# The tests' temporary folders go under IOCPHOST_TEST_TMPDIR when it is set
+# (the Windows build's, in its build folder: under Wine /tmp reads as
+# "Everyone may delete what it holds"; see tests/integration/CMakeLists.txt).
+# For this process only: the TMPDIR of the host, and of Wine, stays as is.
+if os.environ.get("IOCPHOST_TEST_TMPDIR"):
+    os.makedirs(os.environ["IOCPHOST_TEST_TMPDIR"], exist_ok=True)
+    tempfile.tempdir = os.environ["IOCPHOST_TEST_TMPDIR"]
+
 
 def posix_only(reason):
     """Skips a test or class on the Windows build, saying why."""

@@ -205,7 +205,8 @@ class ControlTest(HostTestCase):
         self.assertTrue(reply.startswith(b"error: unknown request"), reply)
         host.stop()
 
-    @harness.posix_only("a silent client of the Unix socket")
+    @harness.posix_only("a silent client of the Unix socket (the Windows "
+                        "pipe: test_windows_control.py)")
     def test_silent_client_does_not_block_the_next_one(self):
         host, _ = self.start_echo()
         silent = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -218,7 +219,8 @@ class ControlTest(HostTestCase):
         self.assertEqual(silent.recv(100), b"")
         host.stop()
 
-    @harness.posix_only("a trickling client of the Unix socket")
+    @harness.posix_only("a trickling client of the Unix socket (the "
+                        "Windows pipe: test_windows_control.py)")
     def test_trickling_client_does_not_block_the_next_one_or_the_stop(self):
         # One byte every 0.3 s, never a newline: a per-read timeout alone
         # would let it hold the endpoint for minutes.
