@@ -82,7 +82,12 @@ def main():
         print(__doc__, file=sys.stderr)
         return 2
     build_dir, wine = os.path.abspath(sys.argv[1]), sys.argv[2]
-    work = tempfile.mkdtemp(prefix="iocphost-zip-")
+    # Not /tmp: Wine reads a sticky world-writable folder as "Everyone may
+    # delete what it holds", and the host rightly refuses plugins below it.
+    parent = os.environ.get("IOCPHOST_TEST_TMPDIR")
+    if parent:
+        os.makedirs(parent, exist_ok=True)
+    work = tempfile.mkdtemp(prefix="iocphost-zip-", dir=parent)
     host = None
     try:
         out = os.path.join(work, "packages")
