@@ -527,8 +527,16 @@ class Host:
 
     def status_json(self, timeout=10.0):
         """`iocphost status --json`, parsed: its standard output must be
-        exactly one JSON document."""
-        reply = self.control("status --json", timeout)
+        exactly one JSON document. The listeners accept (start() returns)
+        a moment before the host answers status ("still starting"): that
+        answer is asked again, within timeout."""
+        deadline = time.monotonic() + scaled(timeout)
+        while True:
+            reply = self.control("status --json", timeout)
+            if reply.ok or "still starting" not in reply or \
+                    time.monotonic() >= deadline:
+                break
+            time.sleep(POLL_INTERVAL)
         if not reply.ok:
             raise AssertionError("status --json answered: %r" % reply[:500])
         return json.loads(reply)
