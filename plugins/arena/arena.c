@@ -286,7 +286,6 @@ typedef struct arena_room {
   uint64_t started_ms;
   uint64_t tick_timer;
   uint32_t late_ticks;
-  uint32_t last_tick;
   /* Under mm_lock (matchmaking reads them from sessions' threads). */
   uint32_t seats; /* taken by JOINs, joined or on their way */
   uint8_t listed; /* in the filling list */
@@ -596,7 +595,6 @@ static void room_tick(iocphost_room_t *room, void *state, void *arg,
    * it (saved with the result) rather than skip it. */
   if (tick->late_ms >= TICK_MS)
     ar->late_ticks++;
-  ar->last_tick = (uint32_t)tick->count;
   send_state(room, ar, (uint32_t)tick->count);
   if (tick->count * TICK_MS >= (uint64_t)match_seconds * 1000)
     end_match(room, ar, END_TIME_UP);
