@@ -27,7 +27,7 @@ done
 scripts/deps.sh "${deps[@]}"
 
 # The Windows build: iocphost.exe, the DLL plugins and the test programs,
-# cross-built here; cJSON and Check for mingw come from Debian's source
+# cross-built here; cJSON, Check and SQLite for mingw come from Debian's source
 # packages (scripts/windows-deps.sh). Tests run under Wine in a prefix of
 # their own, build-win/wineprefix, with one persistent wineserver for the
 # whole run (the Windows service test makes its own).

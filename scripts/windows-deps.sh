@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Builds the Windows (mingw-w64) libraries iocphost needs, cJSON and Check,
-# from Debian's own source packages, into build-win-deps/prefix. Nothing of
+# Builds the Windows (mingw-w64) libraries iocphost needs, cJSON, Check and
+# SQLite (for plugins/arena), from Debian's own source packages, into build-win-deps/prefix. Nothing of
 # theirs is copied into the repository. Safe to run again: it skips what is
 # built already.
 #
@@ -15,8 +15,9 @@ toolchain="$root/cmake/mingw-w64-x86_64.cmake"
 
 # Bump when the recipe below changes: a prefix built by an older recipe is
 # rebuilt.
-recipe=3
+recipe=4
 if [ -f "$prefix/lib/libcjson.a" ] && [ -f "$prefix/lib/libcheck.a" ] &&
+   [ -f "$prefix/lib/libsqlite3.a" ] &&
    [ "$(cat "$prefix/.recipe" 2>/dev/null)" = "$recipe" ]; then
   exit 0
 fi
@@ -25,7 +26,8 @@ sudo=""
 [ "$(id -u)" -eq 0 ] || sudo="sudo"
 
 need=()
-for p in gcc-mingw-w64-x86-64 dpkg-dev cmake ninja-build; do
+# gcc, make and tclsh make SQLite's amalgamation (sqlite3.c) natively.
+for p in gcc-mingw-w64-x86-64 dpkg-dev cmake ninja-build gcc make tcl; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || need+=("$p")
 done
 if [ ${#need[@]} -gt 0 ]; then
@@ -103,5 +105,33 @@ rm -f "$prefix/lib/libcheck.dll.a" "$prefix/bin/libcheck.dll"
 # 0 into libcheck.a, which then wins over winpthreads' real one in every
 # test program (pthread_cond_timedwait deadlines expire at once): drop it.
 x86_64-w64-mingw32-ar d "$prefix/lib/libcheck.a" clock_gettime.c.obj
+
+# SQLite, for plugins/arena. Debian's source is SQLite's full tree (with
+# Debian's patches, applied by dpkg-source); its own build makes the
+# one-file amalgamation, sqlite3.c, with native tools (lemon, tclsh). That
+# file is compiled for Windows into a static library, which arena.dll links
+# (nothing to ship beside it): serialized threading (SQLite's default), no
+# loadable extensions.
+sqlite=$(fetch sqlite3)
+mkdir -p "$work/sqlite3"
+(cd "$work/sqlite3" && quiet "$work/src/$sqlite/configure" --disable-tcl &&
+ quiet make sqlite3.c)
+quiet x86_64-w64-mingw32-gcc -O2 -DSQLITE_THREADSAFE=1 -DSQLITE_OMIT_LOAD_EXTENSION \
+  -c "$work/sqlite3/sqlite3.c" -o "$work/sqlite3/sqlite3.obj"
+mkdir -p "$prefix/include" "$prefix/lib/pkgconfig"
+rm -f "$prefix/lib/libsqlite3.a"
+quiet x86_64-w64-mingw32-ar rcs "$prefix/lib/libsqlite3.a" "$work/sqlite3/sqlite3.obj"
+cp "$work/sqlite3/sqlite3.h" "$work/sqlite3/sqlite3ext.h" "$prefix/include/"
+cat > "$prefix/lib/pkgconfig/sqlite3.pc" <<EOF
+prefix=$prefix
+libdir=\${prefix}/lib
+includedir=\${prefix}/include
+
+Name: SQLite
+Description: SQL database engine (static, for mingw-w64, from Debian's source)
+Version: $(cat "$work/src/$sqlite/VERSION")
+Libs: -L\${libdir} -lsqlite3
+Cflags: -I\${includedir}
+EOF
 echo "$recipe" > "$prefix/.recipe"
 echo "Windows libraries in $prefix"
