@@ -5,8 +5,8 @@
  *
  * Lateness is in microseconds: how long after its due time (a whole
  * monotonic millisecond, as the engine schedules ticks) a tick began to
- * run. Buckets are 10 us wide up to 100 ms; later ticks fall into the last
- * bucket, and the maximum is kept exactly. Safe to record from several
+ * run. Buckets are 10 us wide up to 100 ms, then 10 ms wide up to 100 s
+ * (an overloaded server's backlog); the maximum is kept exactly. Safe to record from several
  * threads at once (relaxed atomics: the figures are read once, at the end).
  */
 #ifndef TICK_HIST_H
@@ -16,8 +16,8 @@
 #include <stdint.h>
 #include <stdio.h>
 
-#define TICK_HIST_BUCKET_US 10u
-#define TICK_HIST_BUCKETS 10001u /* the last one: 100 ms and later */
+#define TICK_HIST_FINE 10000u /* 10 us buckets: 0 to 100 ms */
+#define TICK_HIST_BUCKETS (TICK_HIST_FINE + 10000u) /* then 10 ms ones */
 
 typedef struct tick_hist {
   atomic_uint_fast32_t bucket[TICK_HIST_BUCKETS];
@@ -26,7 +26,9 @@ typedef struct tick_hist {
 } tick_hist_t;
 
 static inline void tick_hist_record(tick_hist_t *h, uint64_t us) {
-  uint64_t i = us / TICK_HIST_BUCKET_US;
+  uint64_t i = us < TICK_HIST_FINE * 10u
+                   ? us / 10u
+                   : TICK_HIST_FINE + (us - TICK_HIST_FINE * 10u) / 10000u;
   if (i >= TICK_HIST_BUCKETS)
     i = TICK_HIST_BUCKETS - 1;
   atomic_fetch_add_explicit(&h->bucket[i], 1, memory_order_relaxed);
@@ -52,7 +54,10 @@ static inline uint64_t tick_hist_at(tick_hist_t *h, double p) {
   for (uint32_t i = 0; i < TICK_HIST_BUCKETS; i++) {
     seen += atomic_load_explicit(&h->bucket[i], memory_order_relaxed);
     if (seen >= rank) {
-      uint64_t edge = (uint64_t)(i + 1) * TICK_HIST_BUCKET_US;
+      uint64_t edge = i < TICK_HIST_FINE
+                          ? (uint64_t)(i + 1) * 10u
+                          : TICK_HIST_FINE * 10u +
+                                (uint64_t)(i - TICK_HIST_FINE + 1) * 10000u;
       return edge < max ? edge : max;
     }
   }
