@@ -567,11 +567,12 @@ static int check_element(loader_t *ld, const cJSON *item, const char *path,
 
 /* ---- sections -------------------------------------------------------- */
 
-static const char *const TOP_KEYS[] = {"name",     "log",   "runtime_dir",
-                                       "shutdown", "cores", "plugins",
-                                       "services", NULL};
+static const char *const TOP_KEYS[] = {
+    "name", "log", "runtime_dir", "shutdown", "work", "cores", "plugins",
+    "services", NULL};
 static const char *const LOG_KEYS[] = {"level", "file", NULL};
 static const char *const SHUTDOWN_KEYS[] = {"drain_timeout_ms", NULL};
+static const char *const WORK_KEYS[] = {"threads", "queue_limit", NULL};
 static const char *const CORE_KEYS[] = {"name", "threads", "backend", NULL};
 static const char *const PLUGIN_KEYS[] = {"name", "path", "settings", NULL};
 static const char *const SERVER_KEYS[] = {"name",
@@ -676,6 +677,18 @@ static int parse_top(loader_t *ld, const cJSON *root, config_t *c) {
            0 ||
        get_u32(ld, shutdown, "shutdown", "drain_timeout_ms", 0, 86400000.0,
                10000, &c->drain_timeout_ms) != 0))
+    return -1;
+  const cJSON *work;
+  if (get_object(ld, root, "", "work", &work) != 0)
+    return -1;
+  c->work_threads = 4;
+  c->work_queue_limit = 1024;
+  if (work != NULL &&
+      (check_keys(ld, work, "work", WORK_KEYS, "\"work\"") != 0 ||
+       get_int(ld, work, "work", "threads", 0, 1024, 4, &c->work_threads) !=
+           0 ||
+       get_u32(ld, work, "work", "queue_limit", 1, 16777216.0, 1024,
+               &c->work_queue_limit) != 0))
     return -1;
   return 0;
 }

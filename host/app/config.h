@@ -80,6 +80,9 @@ typedef struct config {
   char *log_file;   /* absolute, or NULL for stderr */
   char *runtime_dir; /* absolute */
   uint32_t drain_timeout_ms;
+  /* "work": the pool for plugins' blocking calls (session_work). */
+  int work_threads;          /* 0 = one per CPU; default 4 */
+  uint32_t work_queue_limit; /* items waiting before E_BUSY; default 1024 */
   config_core_t *cores;
   size_t core_count;
   config_plugin_t *plugins;

@@ -263,6 +263,15 @@ void unload_plugins(host_t *host) {
     pthread_mutex_unlock(&host->gen_lock);
     while (g) {
       generation_t *next = g->next;
+      if (g->holds != 0 && host->work_abandoned) {
+        /* A work the stop gave up on may still be running its code. */
+        log_write(LOG_WARN, "host",
+                  "plugin %s generation %u stays loaded: work the stop gave "
+                  "up on may still run its code",
+                  p->name, g->number);
+        g = next;
+        continue;
+      }
       /* on_unload first: a plugin lets go of the sessions and rooms it
        * kept there, and only what is still held after it is a leak. */
       if (g->loaded && g->desc->on_unload)

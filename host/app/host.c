@@ -27,6 +27,7 @@ int host_open(const config_t *config, host_t **out, char *err, size_t err_len) {
   pthread_mutex_init(&host->reload_lock, NULL);
   pthread_mutex_init(&host->rooms_lock, NULL);
   pthread_cond_init(&host->rooms_changed, NULL);
+  pthread_mutex_init(&host->work_lock, NULL);
   pthread_cond_init(&host->gen_changed, NULL);
   host->plugins = calloc(config->plugin_count + 1, sizeof *host->plugins);
   host->services = calloc(config->service_count + 1, sizeof *host->services);
@@ -82,7 +83,8 @@ int host_start(host_t *host, char *err, size_t err_len) {
   if (move_to_shadow(host, err, err_len) != 0)
     return -3;
   /* The cores first: a plugin may make rooms in on_load (a world clock),
-   * and rooms run on a core. */
+   * and rooms run on a core; the work pool too, as on_load may already
+   * submit work. */
   for (size_t i = 0; i < c->core_count; i++) {
     core_t *core;
     if (core_create(c->cores[i].name, c->cores[i].threads, c->cores[i].backend,
@@ -94,8 +96,11 @@ int host_start(host_t *host, char *err, size_t err_len) {
     log_write(LOG_INFO, "host", "core %s: %d worker threads", c->cores[i].name,
               core_thread_count(host->cores[i]));
   }
+  if (work_start(host, err, err_len) != 0)
+    goto fail;
   for (size_t i = 0; i < host->plugin_count; i++) {
     if (generation_load(host->plugins[i].current, err, err_len) != 0) {
+      work_stop(host, clock_now_ms() + c->drain_timeout_ms);
       rooms_close_all(host, clock_now_ms() + c->drain_timeout_ms);
       unload_plugins(host);
       destroy_cores(host);
@@ -127,6 +132,7 @@ int host_start(host_t *host, char *err, size_t err_len) {
   host->started = 1;
   return 0;
 fail:
+  work_stop(host, clock_now_ms() + c->drain_timeout_ms);
   destroy_services(host);
   rooms_close_all(host, clock_now_ms() + c->drain_timeout_ms);
   unload_plugins(host);
@@ -145,6 +151,9 @@ void host_stop(host_t *host) {
   for (size_t i = 0; i < c->service_count; i++)
     service_disconnect_all(host->services[i].engine, REASON_HOST_STOPPING);
   uint64_t deadline = clock_now_ms() + c->drain_timeout_ms;
+  /* Work in flight ends first: its done runs in its session's order (with
+   * ended = 1 now), which the sessions' drain then waits for. */
+  work_stop(host, deadline);
   int drained = 1;
   for (size_t i = 0; i < c->service_count; i++) {
     uint64_t now = clock_now_ms();
@@ -186,6 +195,7 @@ void host_close(host_t *host) {
   pthread_mutex_destroy(&host->rooms_lock);
   pthread_cond_destroy(&host->rooms_changed);
   free(host->room_buckets);
+  pthread_mutex_destroy(&host->work_lock);
   pthread_cond_destroy(&host->gen_changed);
   free(host);
 }

@@ -8,6 +8,8 @@
  *   plugin_api.c       the table of host functions a plugin calls
  *   plugin_rooms.c     rooms: the plugin's class on the engine's rooms,
  *                      members, broadcast, lookup by id
+ *   plugin_work.c      work: a plugin's blocking call on the work pool,
+ *                      its completion back in its owner's serial order
  *   services.c         the config's cores and services made engine objects
  *   status.c           status, as text and as JSON
  *   reload.c           reload (hot deploy)
@@ -135,8 +137,18 @@ struct host {
   struct host_room **room_buckets;
   size_t room_bucket_count;
   size_t room_count;
+  /* Room posts and timers of plugin code not yet gone (their done drops a
+   * hold on a generation): the stop waits for them before unloading. */
+  long room_calls; /* rooms_lock */
   int started;
   atomic_int stopped;
+  /* Work (plugin_work.c): the pool, set in host_start and cleared at the
+   * stop under lock (status reads it); the calls in flight, listed under
+   * work_lock so that a stop that gives up on them can let them go. */
+  work_pool_t *work;
+  pthread_mutex_t work_lock;
+  struct work_call *work_calls;
+  int work_abandoned; /* under work_lock: the stop gave up on the rest */
 };
 
 #define SESSION(x) ((session_t *)(x))
@@ -190,6 +202,58 @@ void fill_api(generation_t *g);
 /* Unpublishes a service from the plugin API and waits until no API call
  * still uses it; then it may be destroyed. */
 void service_unpublish(host_service_t *hs);
+
+/* ---- plugin_work.c ---- */
+
+/* One plugin work in flight: work runs on the pool; then the owner's kind
+ * hands the call back to the owner's serial order (post_back, on the pool
+ * thread), where it calls the plugin's done with ended = whether the owner
+ * has ended (or skipped), then work_call_end. Sessions (session_work) and rooms
+ * (room_work) share this path and differ only in owner, post_back,
+ * release_owner and which done they call. */
+typedef struct work_call work_call_t;
+struct work_call {
+  host_t *host;
+  iocphost_work_fn work;
+  union {
+    iocphost_session_done_fn session;
+    iocphost_room_done_fn room;
+  } done;
+  void *arg; /* the plugin's */
+  /* The owner (a session_t, a room), held by the caller of work_submit
+   * until work_call_end releases it with release_owner. */
+  void *owner;
+  void (*release_owner)(void *owner);
+  /* Runs on the pool thread: arrange for the completion to run in the
+   * owner's serial order even if the owner has ended (session_post_always
+   * for a session). Returns 0, or non-zero when it could not (no memory):
+   * then done never runs, and the host logs it and ends the call. */
+  int (*post_back)(work_call_t *c);
+  const char *plugin_name; /* for the log */
+  /* Set when a stop gave up on the pool before work started: done runs
+   * all the same, with ended = 1 whatever the owner's state. */
+  int skipped;
+  generation_t *work_code, *done_code; /* held: their code will run */
+  work_call_t *prev, *next; /* host->work_calls, under work_lock */
+};
+
+/* Submits a work call; the caller fills host, work, done, arg, owner (held
+ * by it), release_owner and post_back. The code of work and of done is
+ * held here (generation_hold_code). Returns IOCPHOST_OK (the call is the
+ * host's now: work_call_end frees it), or IOCPHOST_E_BUSY (the queue is
+ * full), IOCPHOST_E_CLOSED (the host is stopping), IOCPHOST_E_NOMEM: then
+ * nothing was submitted and the caller still owns c and its hold on owner. */
+int work_submit(work_call_t *c);
+/* In the owner's serial order, after the plugin's done returned: releases
+ * the owner, the code holds and c. */
+void work_call_end(work_call_t *c);
+/* The host's pool: created in host_start; at a stop, waited for until
+ * deadline_ms (clock_now_ms), then let go of with a log line. */
+int work_start(host_t *host, char *err, size_t err_len);
+void work_stop(host_t *host, uint64_t deadline_ms);
+/* session_work of the plugin API. */
+int api_session_work(iocphost_session_t *s, iocphost_work_fn work,
+                     iocphost_session_done_fn done, void *arg);
 
 /* ---- services.c ---- */
 

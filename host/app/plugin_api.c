@@ -348,4 +348,5 @@ void fill_api(generation_t *g) {
   a->service_framing = api_service_framing;
   a->service_max_packet_bytes = api_service_max_packet_bytes;
   rooms_fill_api(a);
+  a->session_work = api_session_work; /* plugin_work.c */
 }

@@ -289,12 +289,16 @@ static generation_t *hold_code_of(host_t *host, const void *fn_bytes,
 }
 
 static void room_call_done(room_t *r, void *call, void *unused) {
-  (void)r;
   (void)unused;
   room_call_t *c = call;
   if (c->generation)
     generation_drop_hold(c->generation);
   free(c);
+  host_t *host = host_room(r)->host;
+  pthread_mutex_lock(&host->rooms_lock);
+  if (--host->room_calls == 0)
+    pthread_cond_broadcast(&host->rooms_changed);
+  pthread_mutex_unlock(&host->rooms_lock);
 }
 
 static void run_room_call(room_t *r, void *call, void *unused) {
@@ -544,6 +548,9 @@ static room_call_t *room_call_new(iocphost_room_t *room, iocphost_room_fn fn,
   host_t *host = host_room(ROOM(room))->host;
   c->generation = fn ? hold_code_of(host, &fn, sizeof fn)
                      : hold_code_of(host, &timer_fn, sizeof timer_fn);
+  pthread_mutex_lock(&host->rooms_lock);
+  host->room_calls++;
+  pthread_mutex_unlock(&host->rooms_lock);
   return c;
 }
 
@@ -585,7 +592,51 @@ static int api_room_timer_stop(iocphost_room_t *room, uint64_t timer_id) {
              : IOCPHOST_E_NOTFOUND;
 }
 
+/* ---- work submitted by a room (plugin_work.c's shared path) ---- */
+
+static void release_room(void *owner) { room_release(owner); }
+
+static void room_work_done(room_t *r, void *call, void *unused) {
+  (void)unused;
+  work_call_t *c = call;
+  c->done.room(PLUGIN_ROOM(r), host_room(r)->state, c->arg,
+               c->skipped || !room_is_open(r));
+  work_call_end(c);
+}
+
+static int room_post_back(work_call_t *c) {
+  return room_post_always(c->owner, room_work_done, c, NULL);
+}
+
+static int api_room_work(iocphost_room_t *room, iocphost_work_fn work,
+                         iocphost_room_done_fn done, void *arg) {
+  if (!room || !work || !done)
+    return IOCPHOST_E_INVAL;
+  room_t *r = ROOM(room);
+  if (!room_is_open(r))
+    return IOCPHOST_E_CLOSED;
+  host_room_t *h = host_room(r);
+  work_call_t *c = calloc(1, sizeof *c);
+  if (!c)
+    return IOCPHOST_E_NOMEM;
+  c->host = h->host;
+  c->work = work;
+  c->done.room = done;
+  c->arg = arg;
+  c->owner = room_acquire(r);
+  c->release_owner = release_room;
+  c->post_back = room_post_back;
+  c->plugin_name = h->generation->plugin->name;
+  int rc = work_submit(c);
+  if (rc != IOCPHOST_OK) {
+    room_release(r);
+    free(c);
+  }
+  return rc;
+}
+
 void rooms_fill_api(iocphost_api_t *a) {
+  a->room_work = api_room_work;
   a->room_create = api_room_create;
   a->room_id = api_room_id;
   a->room_find = api_room_find;
@@ -628,9 +679,11 @@ int rooms_close_all(host_t *host, uint64_t deadline_ms) {
     }
   }
   /* Every close runs in its room's order: wait for them to leave the
-   * registry (their on_close ran). */
+   * registry (their on_close ran), and for the timers and posts the closes
+   * cancelled or dropped to be gone: their done drops a hold on plugin
+   * code, which must happen before that code is unloaded. */
   pthread_mutex_lock(&host->rooms_lock);
-  while (host->room_count > 0) {
+  while (host->room_count > 0 || host->room_calls > 0) {
     uint64_t now = clock_now_ms();
     if (now >= deadline_ms)
       break;
@@ -645,13 +698,15 @@ int rooms_close_all(host_t *host, uint64_t deadline_ms) {
     pthread_cond_timedwait(&host->rooms_changed, &host->rooms_lock, &until);
   }
   size_t left = host->room_count;
+  long calls = host->room_calls;
   pthread_mutex_unlock(&host->rooms_lock);
-  if (left)
+  if (left || calls)
     log_write(LOG_ERROR, "rooms",
-              "%zu rooms still closing at the stop's deadline (a room "
-              "callback that does not return?)",
-              left);
-  return left ? -1 : 0;
+              "%zu rooms still closing and %ld room timers or posts still "
+              "pending at the stop's deadline (a room callback that does not "
+              "return?)",
+              left, calls);
+  return left || calls ? -1 : 0;
 }
 
 size_t rooms_of_generation(host_t *host, const generation_t *g,

@@ -88,6 +88,17 @@ static cJSON *status_json(host_t *host, uint64_t uptime_ms) {
     }
     cJSON_AddItemToArray(cores, o);
   }
+  if (host->work) {
+    work_pool_stats_t st;
+    work_pool_get_stats(host->work, &st);
+    cJSON *w = cJSON_AddObjectToObject(root, "work");
+    cJSON_AddNumberToObject(w, "threads", st.threads);
+    cJSON_AddNumberToObject(w, "queue_limit", st.queue_limit);
+    cJSON_AddNumberToObject(w, "queued", st.queued);
+    cJSON_AddNumberToObject(w, "running", st.running);
+    cJSON_AddNumberToObject(w, "completed", (double)st.completed);
+    cJSON_AddNumberToObject(w, "rejected", (double)st.rejected);
+  }
   cJSON *plugins = cJSON_AddArrayToObject(root, "plugins");
   for (size_t i = 0; i < host->plugin_count; i++) {
     host_plugin_t *p = &host->plugins[i];
@@ -178,6 +189,17 @@ char *host_status(host_t *host, int json, uint64_t uptime_ms) {
                     ? cJSON_GetObjectItem(item, "completions")->valuedouble
                     : 0.0);
   }
+  cJSON *work = cJSON_GetObjectItem(root, "work");
+  if (work)
+    text_append(&out, &len, &cap,
+                "work: %d threads, queued %.0f/%.0f, running %.0f, completed "
+                "%.0f, rejected %.0f\n",
+                cJSON_GetObjectItem(work, "threads")->valueint,
+                cJSON_GetObjectItem(work, "queued")->valuedouble,
+                cJSON_GetObjectItem(work, "queue_limit")->valuedouble,
+                cJSON_GetObjectItem(work, "running")->valuedouble,
+                cJSON_GetObjectItem(work, "completed")->valuedouble,
+                cJSON_GetObjectItem(work, "rejected")->valuedouble);
   cJSON_ArrayForEach(item, cJSON_GetObjectItem(root, "plugins")) {
     cJSON *version = cJSON_GetObjectItem(item, "version");
     cJSON *path = cJSON_GetObjectItem(item, "path");

@@ -33,7 +33,8 @@ enum {
   ENGINE_E_INVAL = -2,
   ENGINE_E_NOMEM = -3,
   ENGINE_E_QUEUE_FULL = -4,
-  ENGINE_E_NOTFOUND = -5
+  ENGINE_E_NOTFOUND = -5,
+  ENGINE_E_BUSY = -8 /* the work queue is full (IOCPHOST_E_BUSY) */
 };
 
 /* Why a session ended (values match iocphost_reason_t). */
@@ -334,5 +335,61 @@ int room_post_always(room_t *r, room_fn fn, void *arg, void *arg2);
 uint64_t room_timer_start(room_t *r, uint32_t delay_ms, uint32_t repeat_ms,
                           room_tick_fn fn, room_fn done, void *arg, void *arg2);
 int room_timer_stop(room_t *r, uint64_t timer_id);
+
+/* ---- work threads: blocking calls off the I/O workers ---- */
+
+/* A bounded pool of threads of its own, apart from every core: run may
+ * block (a database, a file, a DNS lookup) without stalling any session's
+ * I/O. Items wait in one FIFO queue of at most queue_limit items; a full
+ * queue refuses at once (ENGINE_E_BUSY), it never grows. */
+typedef struct work_pool work_pool_t;
+
+/* Latency buckets: bucket i counts times below 2^i microseconds (bucket 0:
+ * below 1 us), the last one everything longer. */
+#define WORK_HISTOGRAM_BUCKETS 26
+
+typedef struct work_pool_stats {
+  int threads;
+  uint32_t queue_limit;
+  uint32_t queued;   /* waiting now */
+  uint32_t running;  /* in run or finish now */
+  uint64_t completed; /* finish returned */
+  uint64_t rejected;  /* ENGINE_E_BUSY answers */
+  /* Sums over completed items, in microseconds: from submit to the start
+   * of run (queue wait), and run plus finish. */
+  uint64_t wait_us_sum;
+  uint64_t run_us_sum;
+  uint64_t wait_histogram[WORK_HISTOGRAM_BUCKETS];
+  uint64_t run_histogram[WORK_HISTOGRAM_BUCKETS];
+} work_pool_stats_t;
+
+/* threads <= 0 means one per CPU; queue_limit >= 1. */
+int work_pool_create(int threads, uint32_t queue_limit, work_pool_t **out,
+                     char *err, size_t err_len);
+/* Queues run(arg) then finish(arg), both on the same pool thread, one
+ * after the other; finish's job is to hand the result back to a serial
+ * order (a session's post), so it should not block. Never runs on the
+ * caller's thread. Returns ENGINE_OK; ENGINE_E_BUSY at once when
+ * queue_limit items are waiting (nothing is queued then); ENGINE_E_CLOSED
+ * once a drain began; ENGINE_E_INVAL without run. When it returns
+ * ENGINE_OK, run and finish each run exactly once (unless the pool is
+ * destroyed before the item started, see work_pool_destroy). */
+int work_pool_submit(work_pool_t *pool, void (*run)(void *arg),
+                     void (*finish)(void *arg), void *arg);
+/* Stops taking work (submit answers ENGINE_E_CLOSED from now on) and waits
+ * until nothing is queued or running, at most timeout_ms on the monotonic
+ * clock. Returns 0, or -1 when work is left (see the stats). */
+int work_pool_drain(work_pool_t *pool, uint32_t timeout_ms);
+/* Stops the threads and frees the pool. After a drain that returned 0 it
+ * joins them. Otherwise items not yet started are dropped: neither run nor
+ * finish runs; drop(arg), if not NULL, runs for each instead, on the
+ * caller's thread, to let go of what arg holds. The threads still in an
+ * item are left to end it (run and finish complete) and free the pool
+ * after them: a call stuck forever cannot hold the caller. Returns how many
+ * items were dropped. */
+uint32_t work_pool_destroy(work_pool_t *pool, void (*drop)(void *arg));
+void work_pool_get_stats(work_pool_t *pool, work_pool_stats_t *out);
+/* 1 on a thread of any work pool (for checks that blocking code is there). */
+int work_pool_on_thread(void);
 
 #endif /* IOCPHOST_ENGINE_H */

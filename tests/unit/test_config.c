@@ -175,6 +175,7 @@ START_TEST(a_full_config_parses_with_every_field) {
       "  \"log\": { \"level\": \"debug\", \"file\": \"logs/host.log\" },\n"
       "  \"runtime_dir\": \"/var/run/iocphost\",\n"
       "  \"shutdown\": { \"drain_timeout_ms\": 2500 },\n"
+      "  \"work\": { \"threads\": 8, \"queue_limit\": 64 },\n"
       "  \"cores\": [ { \"name\": \"players\", \"threads\": 4 },\n"
       "             { \"name\": \"links\", \"threads\": 1 } ],\n"
       "  \"plugins\": [\n"
@@ -203,6 +204,8 @@ START_TEST(a_full_config_parses_with_every_field) {
   ck_assert_str_eq(c->log_file, path_in_real_scratch("logs/host.log"));
   ck_assert_str_eq(c->runtime_dir, "/var/run/iocphost");
   ck_assert_uint_eq(c->drain_timeout_ms, 2500);
+  ck_assert_int_eq(c->work_threads, 8);
+  ck_assert_uint_eq(c->work_queue_limit, 64);
 
   ck_assert_uint_eq(c->core_count, 2);
   ck_assert_str_eq(c->cores[0].name, "players");
@@ -275,6 +278,8 @@ START_TEST(defaults_are_those_of_the_spec) {
   ck_assert_ptr_null(c->log_file);
   ck_assert_str_eq(c->runtime_dir, path_in_real_scratch("run"));
   ck_assert_uint_eq(c->drain_timeout_ms, 10000);
+  ck_assert_int_eq(c->work_threads, 4);
+  ck_assert_uint_eq(c->work_queue_limit, 1024);
   ck_assert_uint_eq(c->core_count, 1);
   ck_assert_str_eq(c->cores[0].name, "main");
   ck_assert_int_eq(c->cores[0].threads, 0);
@@ -484,7 +489,7 @@ START_TEST(an_unknown_key_suggests_the_closest_and_lists_the_allowed) {
   parse_fails("{ \"servcies\": [] }", "servcies: unknown key",
               "did you mean \"services\"");
   parse_fails("{ \"servcies\": [] }",
-              "name, log, runtime_dir, shutdown, "
+              "name, log, runtime_dir, shutdown, work, "
               "cores, plugins, services",
               NULL);
   parse_fails("{ \"Name\": \"x\" }", "Name: unknown key",
@@ -599,6 +604,15 @@ START_TEST(numbers_must_be_integers_in_range) {
   parse_fails("{ \"shutdown\": { \"drain_timeout_ms\": \"10\" } }",
               "shutdown.drain_timeout_ms", "found a string");
   parse_fails("{ \"shutdown\": 5 }", "shutdown: must be an object", NULL);
+  parse_fails("{ \"work\": { \"threads\": -1 } }", "work.threads",
+              "from 0 to 1024, found -1");
+  parse_fails("{ \"work\": { \"queue_limit\": 0 } }", "work.queue_limit",
+              "from 1 to 16777216, found 0");
+  parse_fails("{ \"work\": { \"queue_limit\": \"5\" } }",
+              "work.queue_limit", "found a string");
+  parse_fails("{ \"work\": { \"thread\": 2 } }", "work.thread: unknown key",
+              "did you mean \"threads\"");
+  parse_fails("{ \"work\": [] }", "work: must be an object", NULL);
   parse_fails("{ \"log\": { \"level\": 2 } }", "log.level",
               "\"debug\", \"info\", \"warn\", \"error\"");
   parse_fails("{ \"plugins\": [ { \"name\": \"p\", \"path\": \"p\" } ],\n"

@@ -205,7 +205,10 @@ typedef void (*iocphost_member_fn)(iocphost_room_t *room, void *state,
  * worker), so it may block (a database, a file, an HTTP call); then done
  * runs in the serial order of the session or room that submitted it. done
  * always runs, exactly once, also when the session or room ended meanwhile:
- * then ended is 1 (send nothing; free what arg holds). */
+ * then ended is 1 (send nothing; free what arg holds). The one exception is
+ * a graceful stop whose drain_timeout_ms passes: work not yet started gets
+ * done with ended = 1 without having run; a work_fn still running is left,
+ * its done never runs, and the library stays loaded (sdk/README.md, Work). */
 typedef void (*iocphost_work_fn)(void *arg);
 typedef void (*iocphost_session_done_fn)(iocphost_session_t *session,
                                          void *state, void *arg, int ended);

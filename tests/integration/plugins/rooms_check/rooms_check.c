@@ -55,7 +55,7 @@ static uint32_t hop_ms = 50;
 
 static atomic_long joins, leaves, leaves_ended, leaves_closing, ticks,
     late_ticks, overlaps, after_close, members_bad, dead_members, closes, opens,
-    hops, rooms_made;
+    hops, rooms_made, works, work_runs, work_dones, work_ended, work_busy;
 
 typedef struct room_state {
   atomic_int in_flight;
@@ -86,6 +86,28 @@ static void leave_cb(void *state) {
   atomic_store(&st->in_flight, 0);
 }
 
+/* Work from a room: work_fn on a work thread, done back in the room's
+ * order (also after the room closed: then ended = 1). */
+static void work_fn(void *arg) {
+  (void)arg;
+  atomic_fetch_add(&work_runs, 1);
+}
+
+static void work_done(iocphost_room_t *room, void *state, void *arg,
+                      int ended) {
+  (void)room;
+  (void)arg;
+  room_state_t *st = state;
+  if (atomic_exchange(&st->in_flight, 1))
+    atomic_fetch_add(&overlaps, 1);
+  atomic_fetch_add(&work_dones, 1);
+  if (ended)
+    atomic_fetch_add(&work_ended, 1);
+  else if (atomic_load(&st->closed))
+    atomic_fetch_add(&after_close, 1); /* not ended, yet closed: wrong */
+  atomic_store(&st->in_flight, 0);
+}
+
 static void on_tick(iocphost_room_t *room, void *state, void *arg,
                     const iocphost_tick_t *tick) {
   (void)arg;
@@ -98,6 +120,13 @@ static void on_tick(iocphost_room_t *room, void *state, void *arg,
     atomic_fetch_add(&members_bad, 1);
   uint64_t id = host->room_id(room);
   host->room_broadcast_packet(room, 7, &id, sizeof id);
+  if (tick->count % 30 == 0) {
+    int rc = host->room_work(room, work_fn, work_done, NULL);
+    if (rc == IOCPHOST_OK)
+      atomic_fetch_add(&works, 1);
+    else if (rc == IOCPHOST_E_BUSY)
+      atomic_fetch_add(&work_busy, 1);
+  }
   leave_cb(state);
 }
 
@@ -292,11 +321,13 @@ static void on_unload(void) {
             "rooms_check summary: joins=%ld leaves=%ld leaves_ended=%ld "
             "leaves_closing=%ld ticks=%ld late_ticks=%ld overlaps=%ld "
             "after_close=%ld members_bad=%ld dead_members=%ld closes=%ld "
-            "opens=%ld rooms_made=%ld hops=%ld",
+            "opens=%ld rooms_made=%ld hops=%ld works=%ld work_runs=%ld "
+            "work_dones=%ld work_ended=%ld work_busy=%ld",
             (long)joins, (long)leaves, (long)leaves_ended, (long)leaves_closing,
             (long)ticks, (long)late_ticks, (long)overlaps, (long)after_close,
             (long)members_bad, (long)dead_members, (long)closes, (long)opens,
-            (long)rooms_made, (long)hops);
+            (long)rooms_made, (long)hops, (long)works, (long)work_runs,
+            (long)work_dones, (long)work_ended, (long)work_busy);
 }
 
 static void on_connected(iocphost_session_t *s, void *state) {

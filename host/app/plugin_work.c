@@ -1,0 +1,245 @@
+/*
+ * Work (SPEC section 12): a plugin's blocking call runs on the host's work
+ * pool (engine work_pool_t), never on an I/O worker; its done runs back in
+ * the serial order of the session (or room) that asked, exactly once, also
+ * when that one has ended meanwhile (ended = 1) and also at a stop.
+ *
+ * A call holds its owner (the session) and the generations whose code its
+ * work and done are, as a timer or post does, until done has returned; the
+ * host lists the calls in flight so that a stop whose drain_timeout_ms
+ * passes can let go of what they hold without waiting for them.
+ */
+#include <pthread.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "engine/log.h"
+#include "host_internal.h"
+
+/* The generation whose library holds fn, held; NULL if none's. */
+static generation_t *hold_code_of(host_t *host, const void *fn_bytes,
+                                  size_t size) {
+  uintptr_t address = 0;
+  memcpy(&address, fn_bytes, size < sizeof address ? size : sizeof address);
+  return generation_hold_code(host, address);
+}
+
+static void unlist(work_call_t *c) {
+  if (c->prev)
+    c->prev->next = c->next;
+  else
+    c->host->work_calls = c->next;
+  if (c->next)
+    c->next->prev = c->prev;
+  c->prev = c->next = NULL;
+}
+
+static void drop_holds(work_call_t *c) {
+  if (c->work_code)
+    generation_drop_hold(c->work_code);
+  if (c->done_code)
+    generation_drop_hold(c->done_code);
+}
+
+void work_call_end(work_call_t *c) {
+  host_t *host = c->host;
+  pthread_mutex_lock(&host->work_lock);
+  unlist(c);
+  void *owner = c->owner;
+  c->owner = NULL;
+  pthread_mutex_unlock(&host->work_lock);
+  if (owner)
+    c->release_owner(owner);
+  drop_holds(c);
+  free(c);
+}
+
+/* On the pool thread, after work returned: done goes to the owner's order.
+ * Under work_lock, so that a stop that gave up on the calls (and then ends
+ * the cores) never sees a post arrive after it. */
+static void work_finish(void *arg) {
+  work_call_t *c = arg;
+  host_t *host = c->host;
+  pthread_mutex_lock(&host->work_lock);
+  if (host->work_abandoned) {
+    /* The stop went on without this call: its owner was let go of there
+     * (or is here), and its code holds stay, so the library that ran work
+     * stays mapped to the end of the process. */
+    unlist(c);
+    void *owner = c->owner;
+    c->owner = NULL;
+    if (owner)
+      c->release_owner(owner);
+    pthread_mutex_unlock(&host->work_lock);
+    free(c);
+    return;
+  }
+  int rc = c->post_back(c);
+  pthread_mutex_unlock(&host->work_lock);
+  if (rc != 0) {
+    log_write(LOG_ERROR, "host",
+              "plugin %s: out of memory handing a work's result back; its "
+              "done does not run (what its argument holds is lost)",
+              c->plugin_name);
+    work_call_end(c);
+  }
+}
+
+static void work_run(void *arg) {
+  work_call_t *c = arg;
+  c->work(c->arg);
+}
+
+int work_submit(work_call_t *c) {
+  host_t *host = c->host;
+  c->work_code = hold_code_of(host, &c->work, sizeof c->work);
+  c->done_code = hold_code_of(host, &c->done, sizeof c->done);
+  c->prev = NULL;
+  pthread_mutex_lock(&host->work_lock);
+  int rc = IOCPHOST_E_CLOSED;
+  if (host->work && !host->work_abandoned) {
+    /* Listed before it can finish: work_call_end unlists it. */
+    c->next = host->work_calls;
+    if (c->next)
+      c->next->prev = c;
+    host->work_calls = c;
+    rc = work_pool_submit(host->work, work_run, work_finish, c);
+    if (rc != ENGINE_OK)
+      unlist(c);
+  }
+  pthread_mutex_unlock(&host->work_lock);
+  if (rc != ENGINE_OK)
+    drop_holds(c);
+  return rc;
+}
+
+/* ---- the pool's life ---- */
+
+int work_start(host_t *host, char *err, size_t err_len) {
+  const config_t *cfg = host->config;
+  work_pool_t *pool;
+  char reason[256];
+  if (work_pool_create(cfg->work_threads, cfg->work_queue_limit, &pool, reason,
+                       sizeof reason) != 0) {
+    snprintf(err, err_len, "work threads: %s", reason);
+    return -1;
+  }
+  pthread_mutex_lock(&host->lock); /* status may be reading */
+  pthread_mutex_lock(&host->work_lock);
+  host->work = pool;
+  pthread_mutex_unlock(&host->work_lock);
+  pthread_mutex_unlock(&host->lock);
+  work_pool_stats_t st;
+  work_pool_get_stats(pool, &st);
+  log_write(LOG_INFO, "host", "work: %d threads, queue limit %u", st.threads,
+            st.queue_limit);
+  return 0;
+}
+
+/* A call the pool dropped at destroy (its work never started): its done
+ * still runs, in its owner's order, with ended = 1, so that the plugin
+ * frees what arg holds. */
+static void drop_call(void *arg) {
+  work_call_t *c = arg;
+  c->skipped = 1;
+  pthread_mutex_lock(&c->host->work_lock);
+  int rc = c->post_back(c);
+  pthread_mutex_unlock(&c->host->work_lock);
+  if (rc != 0) {
+    log_write(LOG_ERROR, "host",
+              "plugin %s: out of memory at the stop; a work's done does not "
+              "run (what its argument holds is lost)",
+              c->plugin_name);
+    work_call_end(c);
+  }
+}
+
+void work_stop(host_t *host, uint64_t deadline_ms) {
+  pthread_mutex_lock(&host->lock);
+  work_pool_t *pool = host->work;
+  pthread_mutex_unlock(&host->lock);
+  if (!pool)
+    return;
+  uint64_t now = clock_now_ms();
+  uint32_t left = now < deadline_ms ? (uint32_t)(deadline_ms - now) : 0;
+  int drained = work_pool_drain(pool, left) == 0;
+  pthread_mutex_lock(&host->lock);
+  pthread_mutex_lock(&host->work_lock);
+  host->work = NULL;
+  pthread_mutex_unlock(&host->work_lock);
+  pthread_mutex_unlock(&host->lock);
+  if (drained) {
+    work_pool_destroy(pool, NULL);
+    return;
+  }
+  work_pool_stats_t st;
+  work_pool_get_stats(pool, &st);
+  pthread_mutex_lock(&host->work_lock);
+  host->work_abandoned = 1;
+  const char *plugin = host->work_calls ? host->work_calls->plugin_name : "-";
+  log_write(LOG_WARN, "host",
+            "drain_timeout_ms %u passed with %u work items running and %u "
+            "queued (plugin %s%s): the queued ones get done with ended = 1 "
+            "without running; the running ones are left to end (their done "
+            "never runs) and their plugins stay loaded until the process "
+            "exits",
+            host->config->drain_timeout_ms, st.running, st.queued, plugin,
+            host->work_calls && host->work_calls->next ? " and others" : "");
+  pthread_mutex_unlock(&host->work_lock);
+  work_pool_destroy(pool, drop_call);
+  /* The running ones hold their owners: let go of them now, so the
+   * sessions (and their services) can go. */
+  pthread_mutex_lock(&host->work_lock);
+  for (work_call_t *c = host->work_calls; c; c = c->next) {
+    if (c->owner && !c->skipped) {
+      c->release_owner(c->owner);
+      c->owner = NULL;
+    }
+  }
+  pthread_mutex_unlock(&host->work_lock);
+}
+
+/* ---- session_work ---- */
+
+static void release_session(void *owner) { session_release(owner); }
+
+static void session_done(session_t *s, void *call, void *unused) {
+  (void)unused;
+  work_call_t *c = call;
+  c->done.session(PLUGIN_SESSION(s), plugin_state(s), c->arg,
+                  c->skipped || !session_is_open(s));
+  work_call_end(c);
+}
+
+static int session_post_back(work_call_t *c) {
+  return session_post_always(c->owner, session_done, c, NULL);
+}
+
+int api_session_work(iocphost_session_t *s, iocphost_work_fn work,
+                     iocphost_session_done_fn done, void *arg) {
+  if (!s || !work || !done)
+    return IOCPHOST_E_INVAL;
+  session_t *session = SESSION(s);
+  if (!session_is_open(session))
+    return IOCPHOST_E_CLOSED;
+  host_service_t *hs = host_service_of(session);
+  work_call_t *c = calloc(1, sizeof *c);
+  if (!c)
+    return IOCPHOST_E_NOMEM;
+  c->host = hs->host;
+  c->work = work;
+  c->done.session = done;
+  c->arg = arg;
+  c->owner = session_acquire(session);
+  c->release_owner = release_session;
+  c->post_back = session_post_back;
+  c->plugin_name = hs->plugin->name;
+  int rc = work_submit(c);
+  if (rc != IOCPHOST_OK) {
+    session_release(session);
+    free(c);
+  }
+  return rc;
+}
