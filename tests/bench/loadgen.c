@@ -29,8 +29,8 @@
  * and a packet echo return the same bytes, so only the server differs.
  *
  * With --server-pid the server's CPU time (utime + stime from
- * /proc/PID/stat) is read at the start and the end of the measured window,
- * after the warm-up. The result is one line of key=value pairs on stdout.
+ * /proc/PID/stat; utime, user space, also alone) is read at the start and
+ * the end of the measured window, after the warm-up. The result is one line of key=value pairs on stdout.
  *
  * Bounded: loopback addresses only, limits on connections, sizes, rates and
  * time; every mode ends after --warmup + --duration (+ 1 s for late echoes
@@ -145,8 +145,9 @@ static void raise_fd_limit(long need) {
   setrlimit(RLIMIT_NOFILE, &rl);
 }
 
-/* utime + stime of the whole process (every thread), in seconds. */
-static double server_cpu(void) {
+/* utime + stime of the whole process (every thread), in seconds; utime
+ * alone into *user when it is not NULL. */
+static double server_cpu(double *user) {
   if (opt.server_pid <= 0)
     return 0;
   char path[64], text[1024];
@@ -165,6 +166,8 @@ static double server_cpu(void) {
   if (sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu",
              &utime, &stime) != 2)
     return -1;
+  if (user)
+    *user = (double)utime / (double)sysconf(_SC_CLK_TCK);
   return (double)(utime + stime) / (double)sysconf(_SC_CLK_TCK);
 }
 
@@ -236,12 +239,12 @@ static void cpus_busy(double *busy, double *steal) {
 
 typedef struct window {
   uint64_t t;
-  double server, client, busy, steal;
+  double server, server_user, client, busy, steal;
 } window_t;
 
 static void window_mark(window_t *w) {
   w->t = now_ns();
-  w->server = server_cpu();
+  w->server = server_cpu(&w->server_user);
   w->client = client_cpu();
   cpus_busy(&w->busy, &w->steal);
 }
@@ -576,9 +579,11 @@ static void report_common(const window_t *a, const window_t *b, uint64_t msgs) {
          (unsigned long long)msgs, msgs / secs,
          msgs * (double)opt.size / secs / 1048576.0);
   if (opt.server_pid > 0)
-    printf(" server_cpu_s=%.3f server_cpu_us_per_msg=%.3f server_cpu_pct=%.1f",
+    printf(" server_cpu_s=%.3f server_cpu_us_per_msg=%.3f server_cpu_pct=%.1f"
+           " server_user_us_per_msg=%.3f",
            cpu_s, msgs ? cpu_s * 1e6 / (double)msgs : 0.0,
-           cpu_s * 100.0 / secs);
+           cpu_s * 100.0 / secs,
+           msgs ? (b->server_user - a->server_user) * 1e6 / (double)msgs : 0.0);
   printf(" client_cpu_us_per_msg=%.3f client_cpu_pct=%.1f",
          msgs ? client_s * 1e6 / (double)msgs : 0.0, client_s * 100.0 / secs);
   report_foreign(a, b);

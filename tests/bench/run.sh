@@ -237,6 +237,7 @@ write_config() { # peer port file
   "log": { "level": "$level", "file": null },
   "runtime_dir": "$OUT/run-$1",
   "shutdown": { "drain_timeout_ms": 2000 },
+  "work": { "threads": $WORK_THREADS, "queue_limit": 65536 },
   "cores": [ { "name": "main", "threads": 1, "backend": "$backend" } ],
   "plugins": [ { "name": "$plugin", "path": "$path", "settings": $settings } ],
   "services": [

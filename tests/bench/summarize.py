@@ -52,6 +52,7 @@ ROWS = [
 GAME_ROWS = [
     ("rooms", "msgs_per_s", "rooms: packets delivered/s", False),
     ("rooms", "server_cpu_us_per_msg", "rooms: server CPU us/delivered packet", True),
+    ("rooms", "server_user_us_per_msg", "rooms: of which user space us", True),
     ("rooms", "server_cpu_pct", "rooms: server CPU %", True),
     ("rooms", "late_p50_us", "rooms: tick lateness p50 us", True),
     ("rooms", "late_p99_us", "rooms: tick lateness p99 us", True),
@@ -64,6 +65,7 @@ GAME_ROWS = [
     ("work", "p99_us", "work: request to reply p99 us", True),
     ("work", "p999_us", "work: request to reply p99.9 us", True),
     ("work", "server_cpu_us_per_msg", "work: server CPU us/round trip", True),
+    ("work", "server_user_us_per_msg", "work: of which user space us", True),
 ]
 GAME_PAIRS = [("rooms", "rooms-loop"), ("rooms", "bcast-epoll"),
               ("rooms-loop", "bcast-epoll"), ("iocphost-work", "uv-work")]
