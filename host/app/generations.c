@@ -94,9 +94,17 @@ generation_t *generation_open(host_plugin_t *p, const char *path,
   }
   g->plugin = p;
   g->number = p->generation_count + 1;
+  /* Parsed once here, so the getters only read (from any thread). */
+  if (settings_parse(g->settings_json, &g->settings, err, err_len) != 0) {
+    free(g->settings_json);
+    free(g->source_path);
+    free(g);
+    return NULL;
+  }
   plugin_admitted_t admitted;
   if (plugin_admit(p->name, path, p->host->config, shadow_dir, g->number,
                    &admitted, err, err_len) != 0) {
+    settings_free(g->settings);
     free(g->settings_json);
     free(g->source_path);
     free(g);
@@ -123,6 +131,7 @@ void generation_close(generation_t *g) {
   plugin_module_close(g->module);
   shadow_remove(g->shadow_path);
   free(g->shadow_path);
+  settings_free(g->settings); /* after on_unload: setting_string's texts */
   free(g->settings_json);
   free(g->source_path);
   free(g);
@@ -136,8 +145,11 @@ int generation_check_settings(generation_t *g, size_t index, char *err,
                               size_t err_len) {
   if (!g->desc->check_settings)
     return 0;
+  settings_check_api_t table;
+  settings_check_api_init(&table, g->settings);
   char reason[512] = "";
-  if (g->desc->check_settings(g->settings_json, reason, sizeof reason) == 0)
+  if (g->desc->check_settings(&table.api, g->settings_json, reason,
+                              sizeof reason) == 0)
     return 0;
   reason[sizeof reason - 1] = '\0';
   snprintf(err, err_len,

@@ -10,6 +10,7 @@
  *                      members, broadcast, lookup by id
  *   plugin_work.c      work: a plugin's blocking call on the work pool,
  *                      its completion back in its owner's serial order
+ *   plugin_settings.c  typed settings: the getters by JSON pointer
  *   services.c         the config's cores and services made engine objects
  *   status.c           status, as text and as JSON
  *   reload.c           reload (hot deploy)
@@ -52,6 +53,7 @@
 #include "iocphost/plugin.h"
 #include "plugin_loader.h"
 
+struct cJSON; /* the host's JSON; never seen by plugins */
 typedef struct host_plugin host_plugin_t;
 typedef struct generation generation_t;
 typedef struct generation generation_t;
@@ -65,6 +67,8 @@ struct generation {
   char *source_path;   /* the deployed file */
   char *shadow_path;   /* the copy it was loaded from (NULL for check) */
   char *settings_json; /* what on_load got */
+  /* settings_json parsed once, for the getters (plugin_settings.c). */
+  struct cJSON *settings;
   uint64_t source_hash;
   long sessions; /* bound sessions; under host->gen_lock */
   long holds;    /* timers and posts that will run its code; gen_lock */
@@ -254,6 +258,39 @@ void work_stop(host_t *host, uint64_t deadline_ms);
 /* session_work of the plugin API. */
 int api_session_work(iocphost_session_t *s, iocphost_work_fn work,
                      iocphost_session_done_fn done, void *arg);
+
+/* ---- plugin_settings.c ---- */
+
+/* Parses a generation's settings text; 0, or -1 with the reason in err. */
+int settings_parse(const char *json, struct cJSON **out, char *err,
+                   size_t err_len);
+void settings_free(struct cJSON *settings);
+/* The value an RFC 6901 JSON pointer names ("" the whole document), or NULL
+ * when there is none or the pointer is invalid. */
+const struct cJSON *settings_find(const struct cJSON *settings,
+                                  const char *pointer);
+/* The getters of plugin.h on a document: def (-1 for an array length) when
+ * the value is missing or of another type. */
+int64_t settings_int(const struct cJSON *settings, const char *pointer,
+                     int64_t def);
+double settings_number(const struct cJSON *settings, const char *pointer,
+                       double def);
+const char *settings_string(const struct cJSON *settings, const char *pointer,
+                            const char *def);
+int settings_bool(const struct cJSON *settings, const char *pointer, int def);
+int settings_array_length(const struct cJSON *settings, const char *pointer);
+/* Puts the getters into a generation's table (fill_api): they read
+ * generation_t.settings. */
+void settings_fill_api(iocphost_api_t *api);
+
+/* The table check_settings gets: the getters, reading settings, and no
+ * other host function (NULL). */
+typedef struct settings_check_api {
+  iocphost_api_t api; /* first: the getters find settings from it */
+  const struct cJSON *settings;
+} settings_check_api_t;
+void settings_check_api_init(settings_check_api_t *table,
+                             const struct cJSON *settings);
 
 /* ---- services.c ---- */
 

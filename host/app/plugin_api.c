@@ -347,6 +347,7 @@ void fill_api(generation_t *g) {
   a->reason_text = api_reason_text;
   a->service_framing = api_service_framing;
   a->service_max_packet_bytes = api_service_max_packet_bytes;
+  settings_fill_api(a); /* setting_int ... setting_array_length */
   rooms_fill_api(a);
   a->session_work = api_session_work; /* plugin_work.c */
 }

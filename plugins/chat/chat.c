@@ -25,17 +25,15 @@
  *                                            a too long text, an unknown id
  *
  * Settings: {"presence_interval_ms": 1000} (the default; 0 turns PRESENCE
- * off; at most 3600000), checked by check_settings (ABI 1.2), so `iocphost
- * check` refuses a bad value before a deploy. The settings text is read with
- * strstr/strtol, not a JSON parser: a plugin must not link cJSON, and one
- * integer does not need one.
+ * off; at most 3600000), read with the host's setting_int and checked by
+ * check_settings (ABI 1.2), so `iocphost check` refuses a bad value before a
+ * deploy.
  */
 #include <iocphost/plugin.h>
 
-#include <errno.h>
+#include <math.h>
 #include <stdatomic.h>
 #include <stdio.h>
-#include <stdlib.h>
 #include <string.h>
 
 enum chat_packet_id {
@@ -62,36 +60,6 @@ static const iocphost_api_t *api;
 static uint32_t presence_interval_ms = 1000;
 static atomic_int joined_count;
 
-/* Reads `"key": <integer>` from flat settings JSON. Returns 0 if the key is
- * absent (value untouched), 1 if read, -1 if the value is not an integer in
- * [min, max] (then *found points at it, when found is not NULL). */
-static int settings_uint(const char *json, const char *key, long min, long max,
-                         uint32_t *value, const char **found) {
-  char quoted[64];
-  snprintf(quoted, sizeof quoted, "\"%s\"", key);
-  const char *at = json ? strstr(json, quoted) : NULL;
-  if (!at)
-    return 0;
-  at += strlen(quoted);
-  while (*at == ' ' || *at == '\t' || *at == '\r' || *at == '\n')
-    at++;
-  if (found)
-    *found = at;
-  if (*at++ != ':')
-    return -1;
-  while (*at == ' ' || *at == '\t' || *at == '\r' || *at == '\n')
-    at++;
-  if (found)
-    *found = at;
-  char *end;
-  errno = 0;
-  long parsed = strtol(at, &end, 10);
-  if (end == at || errno != 0 || parsed < min || parsed > max)
-    return -1;
-  *value = (uint32_t)parsed;
-  return 1;
-}
-
 static void send_error(iocphost_session_t *session, const char *text) {
   api->send_packet(session, CHAT_ERROR, text, strlen(text));
 }
@@ -107,21 +75,46 @@ static void presence_tick(iocphost_session_t *session, void *state,
 }
 
 #define PRESENCE_INTERVAL_MAX 3600000 /* an hour */
+#define PRESENCE_INTERVAL_SETTING "/presence_interval_ms"
+
+/* Writes into found what the setting at pointer holds, when it is not the
+ * integer asked for: a number, a string, a bool or an array. Returns 0 if
+ * it holds none of them (it is missing). */
+static int describe_setting(const iocphost_api_t *settings,
+                            const char *pointer, char *found, size_t size) {
+  double number = settings->setting_number(settings, pointer, NAN);
+  const char *text = settings->setting_string(settings, pointer, NULL);
+  int flag = settings->setting_bool(settings, pointer, -1);
+  if (!isnan(number))
+    snprintf(found, size, "%.15g", number);
+  else if (text)
+    snprintf(found, size, "\"%.40s\"", text);
+  else if (flag >= 0)
+    snprintf(found, size, "%s", flag ? "true" : "false");
+  else if (settings->setting_array_length(settings, pointer) >= 0)
+    snprintf(found, size, "an array");
+  else
+    return 0;
+  return 1;
+}
 
 /* ABI 1.2: the settings' check, with no side effects: `iocphost check` and
  * `reload --dry-run` refuse bad settings before a deploy, and the host
  * calls it before chat_load too. */
-static int chat_check_settings(const char *settings_json, char *err,
+static int chat_check_settings(const iocphost_api_t *settings,
+                               const char *settings_json, char *err,
                                size_t err_len) {
-  uint32_t interval;
-  const char *found = "";
-  if (settings_uint(settings_json, "presence_interval_ms", 0,
-                    PRESENCE_INTERVAL_MAX, &interval, &found) < 0) {
-    size_t shown = strcspn(found, ",}\r\n");
+  (void)settings_json;
+  int64_t interval =
+      settings->setting_int(settings, PRESENCE_INTERVAL_SETTING, -1);
+  char found[64];
+  if ((interval < 0 || interval > PRESENCE_INTERVAL_MAX) &&
+      describe_setting(settings, PRESENCE_INTERVAL_SETTING, found,
+                       sizeof found)) {
     snprintf(err, err_len,
              "presence_interval_ms must be an integer from 0 to %d "
-             "(milliseconds; 0 turns PRESENCE off), found %.*s",
-             PRESENCE_INTERVAL_MAX, (int)(shown > 40 ? 40 : shown), found);
+             "(milliseconds; 0 turns PRESENCE off), found %s",
+             PRESENCE_INTERVAL_MAX, found);
     return 1;
   }
   return 0;
@@ -129,14 +122,14 @@ static int chat_check_settings(const char *settings_json, char *err,
 
 static int chat_load(const iocphost_api_t *host, const char *settings_json,
                      char *err, size_t err_len) {
+  (void)settings_json;
   (void)err;
   (void)err_len;
   api = host;
   atomic_store(&joined_count, 0);
   /* chat_check_settings accepted them before this runs. */
-  presence_interval_ms = 1000;
-  settings_uint(settings_json, "presence_interval_ms", 0, PRESENCE_INTERVAL_MAX,
-                &presence_interval_ms, NULL);
+  presence_interval_ms = (uint32_t)api->setting_int(
+      api, PRESENCE_INTERVAL_SETTING, 1000);
   return 0;
 }
 

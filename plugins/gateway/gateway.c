@@ -17,9 +17,7 @@
  *                      to forward.
  *
  * Settings: {"players_service": "players", "backend_service": "backend"}
- * (the defaults). The settings text is read with strstr, not a JSON parser:
- * a plugin must not link cJSON, and two plain strings (no escapes) do not
- * need one.
+ * (the defaults), read with the host's setting_string.
  *
  * Threads: player callbacks run on any worker thread, so the backend link
  * (kept with session_acquire) is guarded by a mutex. A sender takes its own
@@ -27,6 +25,7 @@
  */
 #include <iocphost/plugin.h>
 
+#include <math.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <string.h>
@@ -62,32 +61,24 @@ static iocphost_session_t *backend_link; /* acquired; guarded by link_mutex */
  * services may not all exist yet while plugins load. */
 static _Atomic(iocphost_service_t *) players_service;
 
-/* Reads `"key": "value"` from flat settings JSON. Returns 0 if the key is
- * absent (value untouched), 1 if read, -1 if the value is not a plain string
- * of 1..size-1 bytes. */
-static int settings_string(const char *json, const char *key, char *value,
-                           size_t size) {
-  char quoted[64];
-  snprintf(quoted, sizeof quoted, "\"%s\"", key);
-  const char *at = json ? strstr(json, quoted) : NULL;
-  if (!at)
-    return 0;
-  at += strlen(quoted);
-  while (*at == ' ' || *at == '\t' || *at == '\r' || *at == '\n')
-    at++;
-  if (*at++ != ':')
+/* Whether the settings hold no number, bool or array at pointer. */
+static int no_other_setting(const char *pointer) {
+  return isnan(api->setting_number(api, pointer, NAN)) &&
+         api->setting_bool(api, pointer, -1) < 0 &&
+         api->setting_array_length(api, pointer) < 0;
+}
+
+/* Copies the string setting at pointer into value (left as it is when
+ * there is none); -1 if it is not a string of 1 to size - 1 bytes. */
+static int copy_setting(const char *pointer, char *value, size_t size) {
+  const char *text = api->setting_string(api, pointer, NULL);
+  if (!text)
+    return no_other_setting(pointer) ? 0 : -1;
+  size_t len = strlen(text);
+  if (len == 0 || len >= size)
     return -1;
-  while (*at == ' ' || *at == '\t' || *at == '\r' || *at == '\n')
-    at++;
-  if (*at++ != '"')
-    return -1;
-  const char *end = strchr(at, '"');
-  if (!end || end == at || (size_t)(end - at) >= size ||
-      memchr(at, '\\', (size_t)(end - at)))
-    return -1;
-  memcpy(value, at, (size_t)(end - at));
-  value[end - at] = '\0';
-  return 1;
+  memcpy(value, text, len + 1);
+  return 0;
 }
 
 static void put_u64_le(uint8_t *out, uint64_t value) {
@@ -123,14 +114,15 @@ static iocphost_service_t *find_players_service(void) {
 
 static int gateway_load(const iocphost_api_t *host, const char *settings_json,
                         char *err, size_t err_len) {
+  (void)settings_json;
   api = host;
-  if (settings_string(settings_json, "players_service", players_name,
-                      sizeof players_name) < 0 ||
-      settings_string(settings_json, "backend_service", backend_name,
-                      sizeof backend_name) < 0) {
+  if (copy_setting("/players_service", players_name, sizeof players_name) <
+          0 ||
+      copy_setting("/backend_service", backend_name, sizeof backend_name) <
+          0) {
     snprintf(err, err_len,
              "settings.players_service and settings.backend_service must be "
-             "service names (plain strings of 1 to %d bytes)",
+             "service names (strings of 1 to %d bytes)",
              SERVICE_NAME_MAX - 1);
     return 1;
   }

@@ -133,6 +133,40 @@ class GatewayTest(HostTestCase):
         gateway.stop()
         restarted.stop()
 
+    def renamed_gateway_config(self, settings):
+        """The gateway's two services under other names, which only its
+        settings tell it."""
+        config = self.gateway_config
+        config["plugins"][0]["settings"] = settings
+        config["services"][0]["name"] = "front"
+        config["services"][1]["name"] = "link"
+        return config
+
+    def test_gateway_finds_its_services_by_the_names_in_its_settings(self):
+        # Read with setting_string: with the default names ("players",
+        # "backend") the link would count as a player and nothing would
+        # reach the backend.
+        config = self.renamed_gateway_config(
+            {"players_service": "front", "backend_service": "link"})
+        backend = self.start_backend("backend")
+        gateway = Host(self, config, "gateway").start()
+        self.wait_for_routing(up=True)
+        player = PacketClient(self.players_port)
+        self.players.append(player)
+        self.round_trip(player, 0, 1)
+        gateway.stop()
+        backend.stop()
+
+    def test_gateway_refuses_a_service_name_that_is_not_a_string(self):
+        config = self.renamed_gateway_config(
+            {"players_service": 5, "backend_service": "link"})
+        host = Host(self, config, "gateway")
+        result = harness.run_cli(["run", "-c", host.config_path], timeout=30)
+        self.assertEqual(result.returncode, 1, result.stdout + result.stderr)
+        self.assertIn("settings.players_service and settings.backend_service "
+                      "must be service names (strings of 1 to 63 bytes)",
+                      result.stderr)
+
 
 if __name__ == "__main__":
     unittest.main()

@@ -64,6 +64,23 @@ class SettingsCheckTest(HostTestCase):
         result = harness.run_cli(["check", "-c", host.config_path])
         self.assertEqual(result.returncode, 0, result.stdout + result.stderr)
 
+    def test_check_refuses_a_setting_of_another_type_saying_what_it_found(self):
+        # check_settings reads them with the typed getters (setting_int and
+        # the others on the table it gets): a fraction is no integer, and a
+        # string or a bool is no number.
+        host = self.chat_host(0)
+        for value, found in ((3.5, "3.5"), (-1, "-1"), ("fast", '"fast"'),
+                             (True, "true"), ([1000], "an array")):
+            with self.subTest(value=value):
+                self.set_interval(host, value)
+                result = harness.run_cli(["check", "-c", host.config_path])
+                self.assertEqual(result.returncode, 1,
+                                 result.stdout + result.stderr)
+                self.assertIn("refused its settings: presence_interval_ms "
+                              "must be an integer from 0 to 3600000 "
+                              "(milliseconds; 0 turns PRESENCE off), found " +
+                              found, result.stderr)
+
     def test_reload_refuses_settings_the_plugin_refuses_and_keeps_serving(self):
         host = self.chat_host(50).start()
         client = PacketClient(self.port)

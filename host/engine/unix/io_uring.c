@@ -148,6 +148,7 @@ typedef struct uring_worker {
   size_t buf_ring_bytes;
   uint8_t *buffers;
   unsigned buffer_count;
+  unsigned buffers_free; /* in the ring now: taken by a CQE, back on recycle */
   uint16_t *buffer_next; /* a handle's queue of received buffers */
   uint32_t *buffer_len;
   /* Slots. */
@@ -232,6 +233,7 @@ static void buffer_recycle(uring_worker_t *w, unsigned id) {
                         (unsigned short)id,
                         io_uring_buf_ring_mask(w->buffer_count), 0);
   io_uring_buf_ring_advance(w->buf_ring, 1);
+  w->buffers_free++;
   if (w->starved_count)
     rearm_starved(w);
 }
@@ -376,6 +378,13 @@ static void serve_recv(uring_worker_t *w, uint32_t i) {
 }
 
 static void starve(uring_worker_t *w, uint32_t i) {
+  /* The kernel found the ring empty, but buffers may have come back since
+   * (recycled before this CQE was read): then no recycle is left to wake
+   * this socket, so it reads again now rather than wait forever. */
+  if (w->buffers_free > 0) {
+    arm_recv(w, i);
+    return;
+  }
   if (w->starved_count == w->starved_cap) {
     uint32_t cap = w->starved_cap ? w->starved_cap * 2 : 64;
     uint32_t *grown = realloc(w->starved, (size_t)cap * sizeof *grown);
@@ -413,6 +422,8 @@ static void on_recv_cqe(uring_worker_t *w, uint32_t i, int res,
   uslot_t *s = &w->slots[i];
   unsigned id = flags & IORING_CQE_F_BUFFER ? flags >> IORING_CQE_BUFFER_SHIFT
                                             : NO_BUFFER;
+  if (id != NO_BUFFER)
+    w->buffers_free--;
   if (!(flags & IORING_CQE_F_MORE))
     s->recv_armed = 0;
   if (s->closing || (s->has_end && res > 0)) {
@@ -1190,6 +1201,7 @@ static int worker_init(uring_worker_t *w) {
     io_uring_buf_ring_add(w->buf_ring, buffer_at(w, k), BUFFER_BYTES,
                           (unsigned short)k, mask, (int)k);
   io_uring_buf_ring_advance(w->buf_ring, (int)w->buffer_count);
+  w->buffers_free = w->buffer_count;
   if (arm_wake(w) != 0) {
     snprintf(w->start_err, sizeof w->start_err, "cannot arm the wake-up");
     return -1;

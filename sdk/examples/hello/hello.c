@@ -1,22 +1,32 @@
 /*
  * hello: the smallest useful raw plugin. Whatever bytes arrive, it answers
- * "hello " followed by those bytes, in one gathered send:
+ * a greeting followed by those bytes, in one gathered send:
  *   client sends "world"  ->  host answers "hello world"
  * (TCP is a byte stream, so one answer per arrival of bytes, not per write
  * of the client; use "packet" framing when messages must keep their
  * boundaries.)
+ *
+ * Settings: {"greeting": "hello"} (the default), read with the host's
+ * typed getter: {"greeting": "hi"} answers "hi world".
  */
 #include <iocphost/plugin.h>
 
+#include <string.h>
+
 /* The host's functions; valid from on_load until on_unload returns. */
 static const iocphost_api_t *host;
+/* The host's text (setting_string): valid until on_unload too. */
+static const char *greeting;
+static size_t greeting_len;
 
 static int hello_load(const iocphost_api_t *api, const char *settings_json,
                       char *err, size_t err_len) {
   (void)settings_json, (void)err, (void)err_len;
   host = api;
-  host->log(host, IOCPHOST_LOG_INFO, "hello plugin ready (host %s)",
-            host->host_version);
+  greeting = host->setting_string(host, "/greeting", "hello");
+  greeting_len = strlen(greeting);
+  host->log(host, IOCPHOST_LOG_INFO, "hello plugin ready (host %s): \"%s\"",
+            host->host_version, greeting);
   return 0;
 }
 
@@ -27,8 +37,8 @@ static void hello_connected(iocphost_session_t *session, void *state) {
 static size_t hello_recv(iocphost_session_t *session, void *state,
                          const uint8_t *data, size_t len) {
   (void)state;
-  iocphost_buf_t reply[2] = {{"hello ", 6}, {data, len}};
-  host->sendv(session, reply, 2); /* copies: data may go once we return */
+  iocphost_buf_t reply[3] = {{greeting, greeting_len}, {" ", 1}, {data, len}};
+  host->sendv(session, reply, 3); /* copies: data may go once we return */
   return len;                     /* consumed everything */
 }
 

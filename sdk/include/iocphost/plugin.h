@@ -327,19 +327,33 @@ struct iocphost_api {
    * IOCPHOST_API_HAS(api, setting_int) first on a host that may be 1.1. */
 
   /* The plugin's "settings" (the config's object), read by JSON pointer
-   * (RFC 6901: "/match/capacity", "/maps/0"; "" is the whole object). A
-   * missing value, or one of another type, gives def; so no plugin parses
-   * JSON by hand. Check types up front in check_settings if a wrong type
-   * must be an error. setting_string's text lives until on_unload. */
+   * (RFC 6901): "/match/capacity" is member "capacity" of member "match",
+   * "/maps/0" the first element of array "maps", "" the whole object; in a
+   * member's name, "~1" stands for '/' and "~0" for '~'. A missing value,
+   * one of another type, or an invalid pointer (not starting with '/', a '~'
+   * not followed by 0 or 1, an index with a leading zero) gives def; so no
+   * plugin parses JSON by hand. Check types and ranges up front in
+   * check_settings where a wrong value must be an error, not a default.
+   * The host parsed the settings once: the getters are cheap, safe from any
+   * thread, and read the settings this generation was loaded with. */
+  /* An integer: a JSON number without a fraction, from -(2^53 - 1) to
+   * 2^53 - 1. 3.5, 1e300 or 2^53 give def: JSON numbers are read as
+   * doubles, and past 2^53 one may not be the integer that was written
+   * (RFC 8259 section 6). */
   int64_t (*setting_int)(const iocphost_api_t *api, const char *pointer,
                          int64_t def);
+  /* Any JSON number (an integer too). */
   double (*setting_number)(const iocphost_api_t *api, const char *pointer,
                            double def);
+  /* A JSON string (UTF-8, escapes decoded, NUL-terminated). The text is
+   * the host's: valid until on_unload returns; copy what you keep longer. */
   const char *(*setting_string)(const iocphost_api_t *api,
                                 const char *pointer, const char *def);
+  /* true (1) or false (0). Not numbers: 0 and 1 give def. */
   int (*setting_bool)(const iocphost_api_t *api, const char *pointer,
                       int def);
-  /* Elements of the array there, or -1 if there is none. */
+  /* Elements of the array there ("/maps" then "/maps/0" ...), or -1 if
+   * there is no array there. */
   int (*setting_array_length)(const iocphost_api_t *api, const char *pointer);
 
   /* Rooms. room_create returns the room with one reference the caller
@@ -441,16 +455,21 @@ typedef struct iocphost_plugin {
    * against an older header is shorter and has no such field: the host
    * reads it only when struct_size covers it, as NULL otherwise. */
 
-  /* Optional: says whether settings_json (the config's "settings" as JSON
-   * text, "{}" if none) is acceptable, without side effects: return 0, or
-   * non-zero after writing a reason into err (say which setting, what it
-   * must be and what was found). It may run at any time, even while
-   * another generation of the plugin serves, and on a library that is never
-   * loaded further: it must not touch globals, files, threads or the host,
-   * and it gets no host table. `iocphost check` and `reload --dry-run` call
-   * it to refuse bad settings before a deploy; `run` and `reload` call it
-   * before on_load, so on_load may rely on settings it accepted. */
-  int (*check_settings)(const char *settings_json, char *err, size_t err_len);
+  /* Optional: says whether the settings are acceptable, without side
+   * effects: return 0, or non-zero after writing a reason into err (say
+   * which setting, what it must be and what was found). api is a table for
+   * this call only, whose setting_* read the settings being checked (the
+   * same ones on_load gets); its other functions are NULL: do not call
+   * them. settings_json is the same settings as JSON text ("{}" if none).
+   * It may run at any time, even while another generation of the plugin
+   * serves, and on a library that is never loaded further: it must not
+   * touch globals, files, threads or other host functions, nor keep api or
+   * a setting_string text past its return. `iocphost check` and
+   * `reload --dry-run` call it to refuse bad settings before a deploy;
+   * `run` and `reload` call it before on_load, so on_load may rely on
+   * settings it accepted. */
+  int (*check_settings)(const iocphost_api_t *api, const char *settings_json,
+                        char *err, size_t err_len);
 } iocphost_plugin_t;
 
 /* The smallest descriptor the host accepts: everything up to on_disconnected. */

@@ -76,7 +76,8 @@ static int on_load(const iocphost_api_t *api, const char *settings, char *err,
   (void)err;
   (void)err_len;
   host = api;
-  if (settings && strstr(settings, "\"broadcast\":true")) {
+  (void)settings;
+  if (api->setting_bool(api, "/broadcast", 0)) {
 #ifdef _WIN32
     broadcaster = CreateThread(NULL, 0, broadcast_main, NULL, 0, NULL);
     atomic_store(&broadcasting, broadcaster != NULL);

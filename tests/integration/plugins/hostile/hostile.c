@@ -158,33 +158,6 @@ static void send_must_fail(iocphost_session_t *session, hs_state_t *st,
     violation(st->id, where, "a send after disconnect was accepted");
 }
 
-/* ---- settings ---- */
-
-static int setting(const char *json, const char *key, long long *value) {
-  char quoted[64];
-  snprintf(quoted, sizeof quoted, "\"%s\"", key);
-  const char *at = strstr(json, quoted);
-  if (!at)
-    return 0;
-  at = strchr(at + strlen(quoted), ':');
-  if (!at)
-    return -1;
-  at++;
-  while (*at == ' ')
-    at++;
-  if (strncmp(at, "true", 4) == 0) {
-    *value = 1;
-    return 0;
-  }
-  if (strncmp(at, "false", 5) == 0) {
-    *value = 0;
-    return 0;
-  }
-  char *end;
-  *value = strtoll(at, &end, 10);
-  return end == at ? -1 : 0;
-}
-
 /* ---- the plugin's own thread: LATE sessions ---- */
 
 typedef struct late {
@@ -289,19 +262,14 @@ static int hostile_load(const iocphost_api_t *host, const char *settings_json,
     pthread_mutex_init(&locks[i], NULL);
 #endif
   }
-  long long v = 0;
-  if (setting(settings_json, "log_sessions", &v) < 0)
+  (void)settings_json;
+  log_sessions = api->setting_bool(api, "/log_sessions", 0);
+  int64_t chunk = api->setting_int(api, "/push_chunk", push_chunk);
+  int64_t burst = api->setting_int(api, "/push_burst", push_burst);
+  if (chunk < 1 || chunk > PUSH_CHUNK_MAX || burst < 1 || burst > 64)
     goto bad;
-  log_sessions = v != 0;
-  v = push_chunk;
-  if (setting(settings_json, "push_chunk", &v) < 0 || v < 1 ||
-      v > PUSH_CHUNK_MAX)
-    goto bad;
-  push_chunk = (uint32_t)v;
-  v = push_burst;
-  if (setting(settings_json, "push_burst", &v) < 0 || v < 1 || v > 64)
-    goto bad;
-  push_burst = (uint32_t)v;
+  push_chunk = (uint32_t)chunk;
+  push_burst = (uint32_t)burst;
   atomic_store(&late_stop, 0);
 #ifdef _WIN32
   late_thread = CreateThread(NULL, 0, late_main, NULL, 0, NULL);

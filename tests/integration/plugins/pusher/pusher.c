@@ -77,43 +77,17 @@ static atomic_ullong queue_full;     /* ... of which with E_QUEUE_FULL */
 static atomic_int stopping;
 static atomic_int stopping_calls;
 
-/* Reads an unsigned integer setting; the settings are tiny and flat. */
-static int setting(const char *json, const char *key, uint64_t *value,
-                   char *err, size_t err_len) {
-  char quoted[64];
-  snprintf(quoted, sizeof quoted, "\"%s\"", key);
-  const char *at = strstr(json, quoted);
-  if (!at)
-    return 0;
-  at = strchr(at + strlen(quoted), ':');
-  if (!at) {
-    snprintf(err, err_len, "settings.%s: expected a number", key);
-    return -1;
-  }
-  char *end;
-  unsigned long long v = strtoull(at + 1, &end, 10);
-  if (end == at + 1) {
-    snprintf(err, err_len, "settings.%s: expected a number", key);
-    return -1;
-  }
-  *value = v;
-  return 0;
-}
-
 static int pusher_load(const iocphost_api_t *host_api,
                        const char *settings_json, char *err, size_t err_len) {
+  (void)settings_json;
   api = host_api;
-  uint64_t interval = interval_ms, chunk = chunk_bytes,
-           in_flight = max_in_flight;
-  if (setting(settings_json, "interval_ms", &interval, err, err_len) != 0 ||
-      setting(settings_json, "chunk_bytes", &chunk, err, err_len) != 0 ||
-      setting(settings_json, "max_in_flight", &in_flight, err, err_len) !=
-          0 ||
-      setting(settings_json, "unload_delay_ms", &unload_delay_ms, err,
-              err_len) != 0)
-    return -1;
+  int64_t interval = api->setting_int(api, "/interval_ms", interval_ms);
+  int64_t chunk = api->setting_int(api, "/chunk_bytes", chunk_bytes);
+  int64_t in_flight =
+      api->setting_int(api, "/max_in_flight", (int64_t)max_in_flight);
+  int64_t unload_delay = api->setting_int(api, "/unload_delay_ms", 0);
   if (interval < 1 || interval > 60000 || chunk < 1 || chunk > CHUNK_MAX ||
-      in_flight < chunk || unload_delay_ms > 60000) {
+      in_flight < chunk || unload_delay < 0 || unload_delay > 60000) {
     snprintf(err, err_len,
              "settings: need 1 <= interval_ms <= 60000, 1 <= chunk_bytes <= "
              "%d, max_in_flight >= chunk_bytes, unload_delay_ms <= 60000",
@@ -122,7 +96,8 @@ static int pusher_load(const iocphost_api_t *host_api,
   }
   interval_ms = (uint32_t)interval;
   chunk_bytes = (uint32_t)chunk;
-  max_in_flight = in_flight;
+  max_in_flight = (uint64_t)in_flight;
+  unload_delay_ms = (uint64_t)unload_delay;
   return 0;
 }
 
