@@ -204,16 +204,6 @@ build_of() { # peer
   case $1 in candidate*) echo "$CANDIDATE" ;; *) echo "$BUILD" ;; esac
 }
 
-# The rooms plugins' settings: "{}" for issue 15's shape (their defaults),
-# so that they run on a host without typed settings too.
-rooms_settings() {
-  if [ "$ROOMS $MEMBERS $PERIOD_MS $PAYLOAD" = "100 100 33 28" ]; then
-    echo "{}"
-  else
-    echo "{ \"rooms\": $ROOMS, \"members\": $MEMBERS, \"period_ms\": $PERIOD_MS, \"payload\": $PAYLOAD }"
-  fi
-}
-
 write_config() { # peer port file
   local plugin path framing build backend=epoll level=warn settings="{}"
   build=$(build_of "$1")
@@ -223,7 +213,7 @@ write_config() { # peer port file
       plugin=packet_echo framing=packet
       path=$build/tests/bench/plugins/packet_echo/packet_echo ;;
     rooms | rooms-loop)
-      plugin=room_broadcast framing=packet level=info settings=$(rooms_settings)
+      plugin=room_broadcast framing=packet level=info settings="{ \"rooms\": $ROOMS, \"members\": $MEMBERS, \"period_ms\": $PERIOD_MS, \"payload\": $PAYLOAD }"
       [ "$1" = rooms-loop ] && plugin=room_send_loop
       path=$build/tests/bench/plugins/room_broadcast/$plugin ;;
     iocphost-work)

@@ -20,8 +20,8 @@
  * one line, "room_broadcast summary: ..." (or room_send_loop), which run.sh
  * reads.
  *
- * Settings: {"rooms": 100, "members": 100, "period_ms": 33, "payload": 28}
- * (these are the defaults; "{}" on a host without typed settings).
+ * Settings (these are the defaults): {"rooms": 100, "members": 100,
+ * "period_ms": 33, "payload": 28}.
  */
 #include <iocphost/plugin.h>
 
@@ -135,27 +135,14 @@ static const iocphost_room_class_t room_class = {
     .on_leave = on_leave,
 };
 
-/* The typed getters when the host has them; without them (a host before
- * typed settings) only "{}" is understood, and the defaults hold. */
-static int64_t setting(const iocphost_api_t *api, const char *pointer,
-                       int64_t def) {
-  return api->setting_int ? api->setting_int(api, pointer, def) : def;
-}
-
 static int on_load(const iocphost_api_t *api, const char *settings, char *err,
                    size_t err_len) {
+  (void)settings;
   host = api;
-  if (!api->setting_int && strcmp(settings, "{}") != 0) {
-    snprintf(err, err_len,
-             "this host has no typed settings (setting_int is missing): "
-             "give room_broadcast \"settings\": {} to run with 100 rooms of "
-             "100 members every 33 ms, or use a newer host");
-    return 1;
-  }
-  int64_t r = setting(api, "/rooms", 100);
-  int64_t m = setting(api, "/members", 100);
-  int64_t p = setting(api, "/period_ms", 33);
-  int64_t len = setting(api, "/payload", 28);
+  int64_t r = api->setting_int(api, "/rooms", 100);
+  int64_t m = api->setting_int(api, "/members", 100);
+  int64_t p = api->setting_int(api, "/period_ms", 33);
+  int64_t len = api->setting_int(api, "/payload", 28);
   if (r < 1 || r > MAX_ROOMS || m < 1 || m > 100000 || p < 1 || p > 60000 ||
       len < 8 || len > MAX_PAYLOAD) {
     snprintf(err, err_len,
