@@ -41,8 +41,8 @@
 # ROUNDS (3), DURATION (seconds measured per run, 1.2), WARMUP (0.3),
 # SERVER_CPU (0), CLIENT_CPU (1), BASE_PORT (17800), PEERS (all four,
 # space-separated), OTHER_MAX (25: foreign load, in % of a CPU, above which
-# a run is repeated), RETRIES (1), RT (0; 1: the rooms workload at
-# SCHED_FIFO priority, see pinned), SYSCALL_COUNTER (perf or strace; perf when
+# a run is repeated), RETRIES (1), RT (0; 1: the game suite at SCHED_FIFO
+# priority, see pinned), SYSCALL_COUNTER (perf or strace; perf when
 # its syscall tracepoints work), SKIP_BUILD=1, SKIP_SYSCALLS=1, SKIP_IDLE=1.
 set -euo pipefail
 
@@ -180,7 +180,7 @@ RESULTS=$OUT/results.txt
   echo "load average at start: $(cut -d' ' -f1-3 /proc/loadavg)"
   if [ "$SUITE" = game ]; then
     echo "suite game: $ROOMS rooms x $MEMBERS members, a tick every $PERIOD_MS ms, $((PAYLOAD + 4))-byte packets, $ROOMS_DURATION s measured after $ROOMS_WARMUP s warm-up; work: $WORK_RATE packets/s, $WORK_THREADS work threads, $DURATION s after $WARMUP s"
-    echo "server CPU $SERVER_CPU, client CPU $CLIENT_CPU, rounds $ROUNDS$([ "$RT" = 1 ] && echo '; rooms at SCHED_FIFO 1 (RT=1)')"
+    echo "server CPU $SERVER_CPU, client CPU $CLIENT_CPU, rounds $ROUNDS$([ "$RT" = 1 ] && echo '; servers and the rooms client at SCHED_FIFO 1 (RT=1)')"
   else
     echo "server CPU $SERVER_CPU, client CPU $CLIENT_CPU, rounds $ROUNDS, $DURATION s measured after $WARMUP s warm-up"
   fi
@@ -246,18 +246,19 @@ EOF
 }
 
 # Runs a peer's server or client on one CPU, in place of the shell (so $!
-# is its pid). With RT=1 the rooms workload runs at real-time priority
-# (SCHED_FIFO 1): other work on the machine then no longer delays a tick,
-# only the server's own load does. Use it only for shapes that leave the
-# CPU idle part of the time (a saturated server would hold it for the
-# whole run, leaving other work 5%). Not for the other workloads: the rate
-# client polls while a send is near, and at real-time priority it would
-# starve the kernel's own threads on its CPU.
-pinned() { # peer cpu program args...
+# is its pid). With RT=1 the game suite runs at real-time priority
+# (SCHED_FIFO 1): other work on the machine then no longer delays a tick or
+# a work round trip, only the server's own load does. Use it only for
+# shapes that leave the CPU idle part of the time (a saturated server would
+# hold it for the whole run, leaving other work 5%). The work client stays
+# at normal priority: it polls while a send is near, and at real-time
+# priority it starved the kernel's own threads on its CPU.
+pinned() { # peer|client:peer cpu program args...
   local peer=$1 cpu=$2
   shift 2
   case "$RT:$peer" in
-    1:bcast-epoll | 1:rooms*) exec chrt -f 1 taskset -c "$cpu" "$@" ;;
+    1:bcast-epoll | 1:rooms* | 1:*-work | 1:client:bcast-epoll | 1:client:rooms*)
+      exec chrt -f 1 taskset -c "$cpu" "$@" ;;
   esac
   exec taskset -c "$cpu" "$@"
 }
@@ -333,7 +334,7 @@ run_loadgen() { # tag workload peer extra-args...
     tries=$((tries + 1))
     [ -n "${LATENCY_OUT:-}" ] && lat=(--latency-out "$LATENCY_OUT.try")
     # shellcheck disable=SC2046
-    if ! line=$(pinned "$peer" "$CLIENT_CPU" "$LOADGEN" $(loadgen_args "$workload" "$peer" \
+    if ! line=$(pinned "client:$peer" "$CLIENT_CPU" "$LOADGEN" $(loadgen_args "$workload" "$peer" \
       "$(peer_port "$peer")") --server-pid "$SERVER_PID" "${lat[@]}" "$@" 2>>"$OUT/loadgen.log"); then
       log "warning: $workload on $peer reported errors (see $OUT/loadgen.log)"
     fi
