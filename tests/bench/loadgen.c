@@ -1,7 +1,7 @@
 /*
  * loadgen: the load generator of the side-by-side benchmarks (run.sh).
  *
- * One thread, one epoll instance, raw bytes over loopback. Four modes:
+ * One thread, one epoll instance, raw bytes over loopback. Five modes:
  *
  *   pingpong  closed loop: --conns connections each keep --depth messages of
  *             --size bytes in flight; a message is counted when its echo is
@@ -18,14 +18,19 @@
  *   idle      open --conns connections, echo one message on each so the
  *             server has surely set every one up, then measure the server's
  *             resident memory (VmRSS) growth per connection.
+ *   listen    open --conns connections and only read: the server
+ *             broadcasts (room ticks). Packets of --size bytes, each
+ *             stamped with the monotonic time it was due at the server;
+ *             reports packets delivered, the server's CPU per packet and
+ *             the delivery delay from that stamp.
  *
  * --packet makes every message a packet of SPEC section 5 (uint16 size
  * including the 4-byte header, uint16 id, little-endian). A byte-stream echo
  * and a packet echo return the same bytes, so only the server differs.
  *
  * With --server-pid the server's CPU time (utime + stime from
- * /proc/PID/stat) is read at the start and the end of the measured window,
- * after the warm-up. The result is one line of key=value pairs on stdout.
+ * /proc/PID/stat; utime, user space, also alone) is read at the start and
+ * the end of the measured window, after the warm-up. The result is one line of key=value pairs on stdout.
  *
  * Bounded: loopback addresses only, limits on connections, sizes, rates and
  * time; every mode ends after --warmup + --duration (+ 1 s for late echoes
@@ -66,6 +71,7 @@
 #define DRAIN_NS 1000000000ull
 #define SPIN_NS 200000ull
 #define IDLE_CONNECT_NS 60000000000ull
+#define LISTEN_READY_NS 60000000000ull
 
 typedef struct options {
   const char *mode;
@@ -139,8 +145,9 @@ static void raise_fd_limit(long need) {
   setrlimit(RLIMIT_NOFILE, &rl);
 }
 
-/* utime + stime of the whole process (every thread), in seconds. */
-static double server_cpu(void) {
+/* utime + stime of the whole process (every thread), in seconds; utime
+ * alone into *user when it is not NULL. */
+static double server_cpu(double *user) {
   if (opt.server_pid <= 0)
     return 0;
   char path[64], text[1024];
@@ -159,6 +166,8 @@ static double server_cpu(void) {
   if (sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu",
              &utime, &stime) != 2)
     return -1;
+  if (user)
+    *user = (double)utime / (double)sysconf(_SC_CLK_TCK);
   return (double)(utime + stime) / (double)sysconf(_SC_CLK_TCK);
 }
 
@@ -230,12 +239,12 @@ static void cpus_busy(double *busy, double *steal) {
 
 typedef struct window {
   uint64_t t;
-  double server, client, busy, steal;
+  double server, server_user, client, busy, steal;
 } window_t;
 
 static void window_mark(window_t *w) {
   w->t = now_ns();
-  w->server = server_cpu();
+  w->server = server_cpu(&w->server_user);
   w->client = client_cpu();
   cpus_busy(&w->busy, &w->steal);
 }
@@ -570,9 +579,11 @@ static void report_common(const window_t *a, const window_t *b, uint64_t msgs) {
          (unsigned long long)msgs, msgs / secs,
          msgs * (double)opt.size / secs / 1048576.0);
   if (opt.server_pid > 0)
-    printf(" server_cpu_s=%.3f server_cpu_us_per_msg=%.3f server_cpu_pct=%.1f",
+    printf(" server_cpu_s=%.3f server_cpu_us_per_msg=%.3f server_cpu_pct=%.1f"
+           " server_user_us_per_msg=%.3f",
            cpu_s, msgs ? cpu_s * 1e6 / (double)msgs : 0.0,
-           cpu_s * 100.0 / secs);
+           cpu_s * 100.0 / secs,
+           msgs ? (b->server_user - a->server_user) * 1e6 / (double)msgs : 0.0);
   printf(" client_cpu_us_per_msg=%.3f client_cpu_pct=%.1f",
          msgs ? client_s * 1e6 / (double)msgs : 0.0, client_s * 100.0 / secs);
   report_foreign(a, b);
@@ -710,7 +721,11 @@ static void rate_message(conn_t *c, const uint8_t *m, uint64_t now) {
   }
 }
 
-static void rate_read(conn_t *c, uint64_t now) {
+/* Reads what is there, cut into messages of --size bytes (a partial one is
+ * kept for the next read); on_message gets each whole one. */
+typedef void (*message_fn)(conn_t *c, const uint8_t *m, uint64_t now);
+
+static void read_messages(conn_t *c, uint64_t now, message_fn on_message) {
   size_t size = (size_t)opt.size;
   for (;;) {
     const uint8_t *data;
@@ -729,15 +744,17 @@ static void rate_read(conn_t *c, uint64_t now) {
       data += take;
       len -= take;
       if (c->rx_len == size) {
-        rate_message(c, c->rx, now);
+        on_message(c, c->rx, now);
         c->rx_len = 0;
       }
     }
-    while (len >= size) {
-      rate_message(c, data, now);
+    while (len >= size && c->fd >= 0) {
+      on_message(c, data, now);
       data += size;
       len -= size;
     }
+    if (c->fd < 0)
+      return;
     if (len > 0) {
       memcpy(c->rx, data, len);
       c->rx_len = len;
@@ -807,7 +824,7 @@ static int run_rate(void) {
       if (c->fd < 0)
         continue;
       if (evs[i].events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR))
-        rate_read(c, got_at);
+        read_messages(c, got_at, rate_message);
       if (c->fd >= 0 && (evs[i].events & EPOLLOUT) && c->out_len)
         rate_flush(c);
     }
@@ -843,6 +860,114 @@ static int run_rate(void) {
   if (errors)
     fprintf(stderr, "loadgen: %s\n", first_error);
   return errors || missing ? 1 : 0;
+}
+
+/* ---- listen: broadcasts from the server ----
+ * The server sends; the client only reads. Every message is a packet of
+ * --size bytes whose payload starts with the monotonic time (ns) it was
+ * due at the server (a room tick's due time): the delivery delay is now
+ * minus that. Counted over the measured window, with the server's CPU. */
+
+static uint64_t listen_got, listen_from, listen_until;
+static int listen_reached; /* connections that got their first packet */
+
+static void listen_message(conn_t *c, const uint8_t *m, uint64_t now) {
+  if (opt.packet && (m[0] | m[1] << 8) != opt.size) {
+    note_error("%s", "a packet of another size than --size came");
+    drop(c);
+    return;
+  }
+  if (c->msgs_recvd++ == 0)
+    listen_reached++;
+  if (now < listen_from || now >= listen_until)
+    return;
+  uint64_t due;
+  memcpy(&due, m + (opt.packet ? PACKET_HEADER : 0), sizeof due);
+  hist_record(now > due ? now - due : 0);
+  listen_got++;
+}
+
+static int run_listen(void) {
+  size_t at = opt.packet ? PACKET_HEADER : 0;
+  if ((size_t)opt.size < at + 8) {
+    fprintf(stderr, "loadgen: listen mode needs --size >= %zu\n", at + 8);
+    return 2;
+  }
+  for (int i = 0; i < opt.conns; i++) {
+    conns[i].rx = malloc((size_t)opt.size);
+    if (!conns[i].rx)
+      fail("malloc");
+  }
+  connect_all();
+  /* Bytes that came while connecting raised edges nobody read. */
+  uint64_t start = now_ns();
+  listen_from = listen_until = UINT64_MAX; /* nothing counts yet */
+  for (int i = 0; i < opt.conns; i++)
+    if (conns[i].fd >= 0)
+      read_messages(&conns[i], start, listen_message);
+  /* A connection the kernel accepted may not be the server's yet: the
+   * warm-up starts when every one has had a packet, so every room is full
+   * (bounded: LISTEN_READY_NS). */
+  struct epoll_event evs[EVENTS];
+  while (listen_reached < opt.conns && !errors) {
+    if (now_ns() - start > LISTEN_READY_NS) {
+      fprintf(stderr,
+              "loadgen: %d of %d connections got a packet within %.0f s: is "
+              "the server broadcasting to every connection?\n",
+              listen_reached, opt.conns, LISTEN_READY_NS / 1e9);
+      return 1;
+    }
+    int n = epoll_wait(epfd, evs, EVENTS, 100);
+    if (n < 0 && errno != EINTR)
+      fail("epoll_wait");
+    uint64_t got_at = now_ns();
+    for (int i = 0; i < n; i++) {
+      conn_t *c = &conns[(uint32_t)evs[i].data.u64];
+      if (c->fd >= 0 &&
+          (evs[i].events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR)))
+        read_messages(c, got_at, listen_message);
+    }
+  }
+  uint64_t ready = now_ns();
+  listen_from = ready + (uint64_t)(opt.warmup * 1e9);
+  listen_until = listen_from + (uint64_t)(opt.duration * 1e9);
+  int measuring = 0;
+  window_t w0, w1;
+  for (;;) {
+    uint64_t now = now_ns();
+    if (!measuring && now >= listen_from) {
+      measuring = 1;
+      window_mark(&w0);
+    }
+    if (now >= listen_until || errors)
+      break;
+    uint64_t wake = measuring ? listen_until : listen_from;
+    int ms = (int)((wake - now) / 1000000u) + 1;
+    int n = epoll_wait(epfd, evs, EVENTS, ms);
+    if (n < 0 && errno != EINTR)
+      fail("epoll_wait");
+    uint64_t got_at = now_ns();
+    for (int i = 0; i < n; i++) {
+      conn_t *c = &conns[(uint32_t)evs[i].data.u64];
+      if (c->fd >= 0 &&
+          (evs[i].events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR)))
+        read_messages(c, got_at, listen_message);
+    }
+  }
+  if (!measuring)
+    window_mark(&w0);
+  window_mark(&w1);
+  close_all();
+  printf("mode=listen conns=%d size=%d packet=%d ready_s=%.2f", opt.conns,
+         opt.size, opt.packet, (ready - start) / 1e9);
+  report_common(&w0, &w1, listen_got);
+  printf(" delivery_p50_us=%.1f delivery_p99_us=%.1f delivery_max_us=%.1f "
+         "errors=%llu\n",
+         hist_at(50) / 1e3, hist_at(99) / 1e3, hist_max / 1e3,
+         (unsigned long long)errors);
+  if (errors)
+    fprintf(stderr, "loadgen: %s\n", first_error);
+  return errors ? 1 : 0;
 }
 
 /* ---- churn ---- */
@@ -1027,7 +1152,7 @@ static void usage(void) {
   fprintf(
       stderr,
       "usage: loadgen MODE --port P [options]\n"
-      "modes: pingpong | rate | churn | idle\n"
+      "modes: pingpong | rate | churn | idle | listen\n"
       "  --host A          loopback IPv4 address (default 127.0.0.1)\n"
       "  --conns N         connections (default 100)\n"
       "  --size B          message size in bytes, header included (64)\n"
@@ -1159,6 +1284,8 @@ int main(int argc, char **argv) {
     rc = run_churn();
   else if (strcmp(opt.mode, "idle") == 0)
     rc = run_idle();
+  else if (strcmp(opt.mode, "listen") == 0)
+    rc = run_listen();
   else
     usage();
   fflush(stdout);

@@ -3,6 +3,7 @@
 # ratios to the raw epoll reference and to libuv (docs/benchmarks.md).
 #
 #   tests/bench/run.sh            # about two minutes on 2 cores
+#   SUITE=game tests/bench/run.sh # rooms and work (issue 15), below
 #
 # Peers (each a fresh process per round, pinned to SERVER_CPU):
 #   epoll            tests/bench/epoll_echo.c: single-threaded, edge-triggered
@@ -17,6 +18,19 @@
 #   rate      1,000 connections, 50,000 messages/s in total, open loop
 #   churn     32 at a time: connect, one 64-byte echo, close
 #   idle      10,000 connections held (once per peer)
+# SUITE=game runs other peers and workloads instead (docs/benchmarks.md,
+# "Rooms and work"):
+#   bcast-epoll      tests/bench/bcast_epoll.c: raw epoll rooms, the floor
+#   rooms            iocphost + plugins/room_broadcast: room_broadcast_packet
+#   rooms-loop       iocphost + room_send_loop: send_packet to each member
+#   uv-work          tests/bench/uv_work_echo.c: uv_queue_work, then reply
+#   iocphost-work    iocphost + plugins/work_echo: session_work, then reply
+#   rooms     ROOMS x MEMBERS connections (100 x 100) only reading; every
+#             room ticks every PERIOD_MS (33) and sends a 4 + PAYLOAD (28)
+#             byte packet to its members; the server logs its tick lateness
+#   work      rate mode: 100 connections, WORK_RATE (10,000) packets/s of
+#             64 bytes in total, each a work round trip; WORK_THREADS (2)
+#             work threads in both peers
 # Rounds interleave the peers (the order rotates) and the table shows the
 # median of the rounds. System calls are counted in separate short runs
 # (perf stat on the raw_syscalls tracepoint, or strace -c), so the tracing
@@ -27,7 +41,8 @@
 # ROUNDS (3), DURATION (seconds measured per run, 1.2), WARMUP (0.3),
 # SERVER_CPU (0), CLIENT_CPU (1), BASE_PORT (17800), PEERS (all four,
 # space-separated), OTHER_MAX (25: foreign load, in % of a CPU, above which
-# a run is repeated), RETRIES (1), SYSCALL_COUNTER (perf or strace; perf when
+# a run is repeated), RETRIES (1), RT (0; 1: the game suite at SCHED_FIFO
+# priority, see pinned), SYSCALL_COUNTER (perf or strace; perf when
 # its syscall tracepoints work), SKIP_BUILD=1, SKIP_SYSCALLS=1, SKIP_IDLE=1.
 set -euo pipefail
 
@@ -41,7 +56,25 @@ WARMUP=${WARMUP:-0.3}
 SERVER_CPU=${SERVER_CPU:-0}
 CLIENT_CPU=${CLIENT_CPU:-1}
 BASE_PORT=${BASE_PORT:-17800}
-PEERS=${PEERS:-"epoll libuv iocphost iocphost-packet uring uring-packet"}
+SUITE=${SUITE:-echo}
+case $SUITE in
+  echo) PEERS=${PEERS:-"epoll libuv iocphost iocphost-packet uring uring-packet"} ;;
+  game)
+    PEERS=${PEERS:-"bcast-epoll rooms rooms-loop uv-work iocphost-work"}
+    SKIP_SYSCALLS=${SKIP_SYSCALLS:-1} # counted for the echo suite only
+    SKIP_IDLE=${SKIP_IDLE:-1}
+    ;;
+  *) echo "run.sh: SUITE is \"echo\" (the default) or \"game\", not \"$SUITE\"" >&2; exit 2 ;;
+esac
+# The game suite's shape (the defaults are issue 15's).
+ROOMS=${ROOMS:-100}
+MEMBERS=${MEMBERS:-100}
+PERIOD_MS=${PERIOD_MS:-33}
+PAYLOAD=${PAYLOAD:-28}
+ROOMS_DURATION=${ROOMS_DURATION:-3}
+ROOMS_WARMUP=${ROOMS_WARMUP:-1}
+WORK_RATE=${WORK_RATE:-10000}
+WORK_THREADS=${WORK_THREADS:-2}
 # CANDIDATE: another build folder (an engine change, say) whose iocphost
 # runs as two more peers, "candidate" and "candidate-packet", in the same
 # rounds, so that the change is compared with iocphost under the same noise.
@@ -53,6 +86,11 @@ fi
 SYSCALL_SECONDS=${SYSCALL_SECONDS:-1}
 OTHER_MAX=${OTHER_MAX:-25}
 RETRIES=${RETRIES:-1}
+RT=${RT:-0}
+if [ "$RT" = 1 ] && ! chrt -f 1 true 2>/dev/null; then
+  echo "run.sh: RT=1 needs real-time priority (root, or CAP_SYS_NICE / an rtprio limit): chrt -f 1 failed" >&2
+  exit 2
+fi
 
 LOADGEN=$BUILD/tests/bench/loadgen
 SERVER_PID=
@@ -98,8 +136,8 @@ if [ "${SKIP_BUILD:-0}" != 1 ]; then
   fi
   log "building"
   cmake --build "$BUILD" --target iocphost echo packet_echo loadgen epoll_echo \
-    idle_sessions >/dev/null
-  cmake --build "$BUILD" --target uv_echo >/dev/null 2>&1 || true
+    idle_sessions bcast_epoll room_broadcast room_send_loop work_echo >/dev/null
+  cmake --build "$BUILD" --target uv_echo uv_work_echo >/dev/null 2>&1 || true
 fi
 [ -x "$LOADGEN" ] || die "no $LOADGEN: build first"
 if [ -n "$CANDIDATE" ] && [ ! -x "$CANDIDATE/bin/iocphost" ]; then
@@ -112,6 +150,7 @@ esac
 if [ ! -x "$BUILD/tests/bench/uv_echo" ]; then
   log "warning: uv_echo was not built (no libuv): the libuv column stays empty"
   PEERS=${PEERS//libuv/}
+  PEERS=${PEERS//uv-work/}
 fi
 
 if [ "$(nproc)" -lt 2 ]; then
@@ -120,6 +159,9 @@ if [ "$(nproc)" -lt 2 ]; then
 fi
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 [ "$(ulimit -n)" -ge 10100 ] || log "warning: ulimit -n is $(ulimit -n): the idle run needs 10,100"
+if [ "$SUITE" = game ] && [ "$(ulimit -n)" -lt $((ROOMS * MEMBERS + 100)) ]; then
+  die "ulimit -n is $(ulimit -n) (hard limit $(ulimit -Hn)): the rooms run needs $((ROOMS * MEMBERS + 100)); raise the hard limit (limits.conf, or ulimit -Hn as root)"
+fi
 
 rm -rf "$OUT"
 mkdir -p "$OUT"
@@ -136,7 +178,12 @@ RESULTS=$OUT/results.txt
     sed 's/  */ /g'
   echo "memory: $(free -m | awk '/^Mem:/ {print $2 " MiB"}')"
   echo "load average at start: $(cut -d' ' -f1-3 /proc/loadavg)"
-  echo "server CPU $SERVER_CPU, client CPU $CLIENT_CPU, rounds $ROUNDS, $DURATION s measured after $WARMUP s warm-up"
+  if [ "$SUITE" = game ]; then
+    echo "suite game: $ROOMS rooms x $MEMBERS members, a tick every $PERIOD_MS ms, $((PAYLOAD + 4))-byte packets, $ROOMS_DURATION s measured after $ROOMS_WARMUP s warm-up; work: $WORK_RATE packets/s, $WORK_THREADS work threads, $DURATION s after $WARMUP s"
+    echo "server CPU $SERVER_CPU, client CPU $CLIENT_CPU, rounds $ROUNDS$([ "$RT" = 1 ] && echo '; servers and the rooms client at SCHED_FIFO 1 (RT=1)')"
+  else
+    echo "server CPU $SERVER_CPU, client CPU $CLIENT_CPU, rounds $ROUNDS, $DURATION s measured after $WARMUP s warm-up"
+  fi
 } >"$OUT/machine.txt"
 
 # ---- peers ----
@@ -151,6 +198,11 @@ peer_port() {
     candidate-packet) echo $((BASE_PORT + 6)) ;;
     uring) echo $((BASE_PORT + 7)) ;;
     uring-packet) echo $((BASE_PORT + 8)) ;;
+    bcast-epoll) echo $((BASE_PORT + 9)) ;;
+    rooms) echo $((BASE_PORT + 10)) ;;
+    rooms-loop) echo $((BASE_PORT + 11)) ;;
+    uv-work) echo $((BASE_PORT + 12)) ;;
+    iocphost-work) echo $((BASE_PORT + 13)) ;;
   esac
 }
 
@@ -159,23 +211,31 @@ build_of() { # peer
 }
 
 write_config() { # peer port file
-  local plugin path framing build backend=epoll
+  local plugin path framing build backend=epoll level=warn settings="{}"
   build=$(build_of "$1")
   case $1 in uring*) backend=io_uring ;; esac
-  if [ "${1%-packet}" != "$1" ]; then
-    plugin=packet_echo framing=packet
-    path=$build/tests/bench/plugins/packet_echo/packet_echo
-  else
-    plugin=echo framing=raw path=$build/plugins/echo/echo
-  fi
+  case $1 in
+    *-packet)
+      plugin=packet_echo framing=packet
+      path=$build/tests/bench/plugins/packet_echo/packet_echo ;;
+    rooms | rooms-loop)
+      plugin=room_broadcast framing=packet level=info settings="{ \"rooms\": $ROOMS, \"members\": $MEMBERS, \"period_ms\": $PERIOD_MS, \"payload\": $PAYLOAD }"
+      [ "$1" = rooms-loop ] && plugin=room_send_loop
+      path=$build/tests/bench/plugins/room_broadcast/$plugin ;;
+    iocphost-work)
+      plugin=work_echo framing=packet level=info
+      path=$build/tests/bench/plugins/work_echo/work_echo ;;
+    *) plugin=echo framing=raw path=$build/plugins/echo/echo ;;
+  esac
   cat >"$3" <<EOF
 {
   "name": "bench-$1",
-  "log": { "level": "warn", "file": null },
+  "log": { "level": "$level", "file": null },
   "runtime_dir": "$OUT/run-$1",
   "shutdown": { "drain_timeout_ms": 2000 },
+  "work": { "threads": $WORK_THREADS, "queue_limit": 65536 },
   "cores": [ { "name": "main", "threads": 1, "backend": "$backend" } ],
-  "plugins": [ { "name": "$plugin", "path": "$path", "settings": {} } ],
+  "plugins": [ { "name": "$plugin", "path": "$path", "settings": $settings } ],
   "services": [
     { "name": "bench", "type": "server", "core": "main", "plugin": "$plugin",
       "address": "127.0.0.1:$2", "max_sessions": 20000, "backlog": 4096,
@@ -185,17 +245,39 @@ write_config() { # peer port file
 EOF
 }
 
+# Runs a peer's server or client on one CPU, in place of the shell (so $!
+# is its pid). With RT=1 the game suite runs at real-time priority
+# (SCHED_FIFO 1): other work on the machine then no longer delays a tick or
+# a work round trip, only the server's own load does. Use it only for
+# shapes that leave the CPU idle part of the time (a saturated server would
+# hold it for the whole run, leaving other work 5%). The work client stays
+# at normal priority: it polls while a send is near, and at real-time
+# priority it starved the kernel's own threads on its CPU.
+pinned() { # peer|client:peer cpu program args...
+  local peer=$1 cpu=$2
+  shift 2
+  case "$RT:$peer" in
+    1:bcast-epoll | 1:rooms* | 1:*-work | 1:client:bcast-epoll | 1:client:rooms*)
+      exec chrt -f 1 taskset -c "$cpu" "$@" ;;
+  esac
+  exec taskset -c "$cpu" "$@"
+}
+
 start_peer() { # peer
   local peer=$1 port
   port=$(peer_port "$peer")
   case $peer in
-    epoll) taskset -c "$SERVER_CPU" "$BUILD/tests/bench/epoll_echo" "$port" \
+    epoll) pinned "$peer" "$SERVER_CPU" "$BUILD/tests/bench/epoll_echo" "$port" \
       2>>"$OUT/server-$peer.log" & ;;
-    libuv) taskset -c "$SERVER_CPU" "$BUILD/tests/bench/uv_echo" "$port" \
+    libuv) pinned "$peer" "$SERVER_CPU" "$BUILD/tests/bench/uv_echo" "$port" \
       2>>"$OUT/server-$peer.log" & ;;
-    iocphost* | candidate* | uring*)
+    bcast-epoll) pinned "$peer" "$SERVER_CPU" "$BUILD/tests/bench/bcast_epoll" "$port" "$ROOMS" \
+      "$MEMBERS" "$PERIOD_MS" "$PAYLOAD" 2>>"$OUT/server-$peer.log" & ;;
+    uv-work) UV_THREADPOOL_SIZE=$WORK_THREADS pinned "$peer" "$SERVER_CPU" \
+      "$BUILD/tests/bench/uv_work_echo" "$port" 2>>"$OUT/server-$peer.log" & ;;
+    iocphost* | candidate* | uring* | rooms*)
       write_config "$peer" "$port" "$OUT/$peer.json"
-      taskset -c "$SERVER_CPU" "$(build_of "$peer")/bin/iocphost" run -c "$OUT/$peer.json" \
+      pinned "$peer" "$SERVER_CPU" "$(build_of "$peer")/bin/iocphost" run -c "$OUT/$peer.json" \
         2>>"$OUT/server-$peer.log" & ;;
   esac
   SERVER_PID=$!
@@ -216,18 +298,25 @@ stop_peer() {
 # ---- workloads ----
 
 workloads_of() { # peer: the packet peers run what differs from raw
-  if [ "${1%-packet}" != "$1" ]; then echo "pingpong rate"; else echo "pingpong bulk rate churn"; fi
+  case $1 in
+    bcast-epoll | rooms*) echo rooms ;;
+    *-work) echo work ;;
+    *-packet) echo "pingpong rate" ;;
+    *) echo "pingpong bulk rate churn" ;;
+  esac
 }
 
 loadgen_args() { # workload peer port
   local packet=
-  [ "${2%-packet}" != "$2" ] && packet=--packet
+  case $2 in *-packet | bcast-epoll | rooms* | *-work) packet=--packet ;; esac
   case $1 in
     pingpong) echo "pingpong --port $3 --conns 100 --size 64 --depth 1 $packet" ;;
     bulk) echo "pingpong --port $3 --conns 8 --size 65536 --depth 1 $packet" ;;
     rate) echo "rate --port $3 --conns 1000 --size 64 --rate 50000 $packet" ;;
     churn) echo "churn --port $3 --concurrency 32 --size 64 $packet" ;;
     idle) echo "idle --port $3 --conns 10000 --size 64 $packet" ;;
+    rooms) echo "listen --port $3 --conns $((ROOMS * MEMBERS)) --size $((PAYLOAD + 4)) $packet" ;;
+    work) echo "rate --port $3 --conns 100 --size 64 --rate $WORK_RATE $packet" ;;
   esac
 }
 
@@ -245,7 +334,7 @@ run_loadgen() { # tag workload peer extra-args...
     tries=$((tries + 1))
     [ -n "${LATENCY_OUT:-}" ] && lat=(--latency-out "$LATENCY_OUT.try")
     # shellcheck disable=SC2046
-    if ! line=$(taskset -c "$CLIENT_CPU" "$LOADGEN" $(loadgen_args "$workload" "$peer" \
+    if ! line=$(pinned "client:$peer" "$CLIENT_CPU" "$LOADGEN" $(loadgen_args "$workload" "$peer" \
       "$(peer_port "$peer")") --server-pid "$SERVER_PID" "${lat[@]}" "$@" 2>>"$OUT/loadgen.log"); then
       log "warning: $workload on $peer reported errors (see $OUT/loadgen.log)"
     fi
@@ -279,10 +368,22 @@ for ((round = 1; round <= ROUNDS; round++)); do
     for w in $(workloads_of "$peer"); do
       lat_file=
       [ "$w" = rate ] && lat_file=$OUT/latency-$peer-$round.txt
-      LATENCY_OUT=$lat_file run_loadgen "round=$round" "$w" "$peer" \
-        --duration "$DURATION" --warmup "$WARMUP"
+      if [ "$w" = rooms ]; then
+        # One attempt: the server's tick figures cover its whole life.
+        RETRIES=0 run_loadgen "round=$round" "$w" "$peer" \
+          --duration "$ROOMS_DURATION" --warmup "$ROOMS_WARMUP"
+      else
+        LATENCY_OUT=$lat_file run_loadgen "round=$round" "$w" "$peer" \
+          --duration "$DURATION" --warmup "$WARMUP"
+      fi
     done
     stop_peer
+    # The servers of the game suite log one summary line as they end.
+    case $peer in bcast-epoll | rooms* | iocphost-work)
+      line=$(grep ' summary: ' "$OUT/server-$peer.log" | tail -n 1 | sed 's/.* summary: //' || true)
+      [ -n "$line" ] || log "warning: $peer logged no summary (see $OUT/server-$peer.log)"
+      echo "server round=$round peer=$peer workload=$(workloads_of "$peer") $line" >>"$RESULTS" ;;
+    esac
   done
 done
 

@@ -15,10 +15,15 @@ import sys
 
 PEERS = ["epoll", "libuv", "iocphost", "iocphost-packet", "uring",
          "uring-packet", "candidate", "candidate-packet"]
+# The game suite (SUITE=game): rooms and work, a table of their own.
+GAME_PEERS = ["bcast-epoll", "rooms", "rooms-loop", "uv-work", "iocphost-work"]
 TITLES = {"epoll": "raw epoll", "libuv": "libuv", "iocphost": "iocphost",
           "iocphost-packet": "iocphost packet", "uring": "iocphost io_uring",
           "uring-packet": "iocphost io_uring packet",
-          "candidate": "candidate", "candidate-packet": "candidate packet"}
+          "candidate": "candidate", "candidate-packet": "candidate packet",
+          "bcast-epoll": "raw epoll", "rooms": "room_broadcast_packet",
+          "rooms-loop": "send_packet loop", "uv-work": "libuv uv_queue_work",
+          "iocphost-work": "iocphost session_work"}
 SUBJECTS = ["iocphost", "iocphost-packet", "uring", "uring-packet",
             "candidate", "candidate-packet"]
 # (workload, metric key, label, lower is better)
@@ -42,6 +47,28 @@ ROWS = [
      "idle 10k: engine heap bytes/session (idle_sessions)", True),
 ]
 
+# (workload, metric key, label, lower is better); the tick figures come from
+# the server's summary line ("server" records), the rest from the client.
+GAME_ROWS = [
+    ("rooms", "msgs_per_s", "rooms: packets delivered/s", False),
+    ("rooms", "server_cpu_us_per_msg", "rooms: server CPU us/delivered packet", True),
+    ("rooms", "server_user_us_per_msg", "rooms: of which user space us", True),
+    ("rooms", "server_cpu_pct", "rooms: server CPU %", True),
+    ("rooms", "late_p50_us", "rooms: tick lateness p50 us", True),
+    ("rooms", "late_p99_us", "rooms: tick lateness p99 us", True),
+    ("rooms", "late_max_us", "rooms: tick lateness max us", True),
+    ("rooms", "abi_late_p99_us", "rooms: tick->late_ms p99 (as us)", True),
+    ("rooms", "abi_late_max_us", "rooms: tick->late_ms max (as us)", True),
+    ("rooms", "delivery_p50_us", "rooms: due time to client p50 us", True),
+    ("rooms", "delivery_p99_us", "rooms: due time to client p99 us", True),
+    ("work", "p50_us", "work: request to reply p50 us", True),
+    ("work", "p99_us", "work: request to reply p99 us", True),
+    ("work", "p999_us", "work: request to reply p99.9 us", True),
+    ("work", "server_cpu_us_per_msg", "work: server CPU us/round trip", True),
+    ("work", "server_user_us_per_msg", "work: of which user space us", True),
+]
+GAME_PAIRS = [("rooms", "rooms-loop"), ("rooms", "bcast-epoll"),
+              ("rooms-loop", "bcast-epoll"), ("iocphost-work", "uv-work")]
 
 ROUND_OF = {}  # (peer, workload) -> the round of each value, in order
 NOISE_ROWS = [("pingpong", "ping-pong: other %"), ("bulk", "64 KiB: other %"),
@@ -82,11 +109,13 @@ def collect(runs):
     syscall_runs = {}
     for r in runs:
         peer, workload = r.get("peer"), r.get("workload")
-        if r["kind"] == "round":
-            ROUND_OF.setdefault((peer, workload), []).append(r["round"])
-            for metric in sorted({row[1] for row in ROWS if row[0] == workload}):
+        if r["kind"] in ("round", "server"):
+            if r["kind"] == "round":
+                ROUND_OF.setdefault((peer, workload), []).append(r["round"])
+                add(peer, workload, "other_pct", num(r, "other_pct"))
+            for metric in sorted({row[1] for row in ROWS + GAME_ROWS
+                                  if row[0] == workload}):
                 add(peer, workload, metric, num(r, metric))
-            add(peer, workload, "other_pct", num(r, "other_pct"))
         elif r["kind"] == "syscalls":
             syscall_runs[(peer, workload)] = r
         elif r["kind"] == "idle":
@@ -144,6 +173,11 @@ def main():
         print("```")
         print(open(machine).read().rstrip())
         print("```\n")
+    game = [p for p in GAME_PEERS if any(k[0] == p for k in values)]
+    if game:
+        game_report(values, med, game)
+    if not peers:
+        return
 
     pairs = [("iocphost", "epoll"), ("iocphost", "libuv"),
              ("iocphost-packet", "epoll"), ("iocphost-packet", "libuv"),
@@ -250,6 +284,57 @@ def main():
                 print(f"| {TITLES[peer]} | {workload} | {text} |")
 
     write_plot(out, values, peers)
+
+
+def game_report(values, med, peers):
+    """The rooms and work table, its rounds, and issue 15's goals."""
+    pairs = [p for p in GAME_PAIRS if p[0] in peers and p[1] in peers]
+    head = ["measure"] + [TITLES[p] for p in peers] + \
+        [f"{TITLES[a]} / {TITLES[b]}" for a, b in pairs]
+    print("## Rooms and work\n")
+    print("Medians of the rounds; ratios divide the first peer's figure by "
+          "the second's (below 1 is better, except for packets/s).\n")
+    print("| " + " | ".join(head) + " |")
+    print("|" + "---|" * len(head))
+    for workload, metric, label, _ in GAME_ROWS:
+        cells = [med.get((p, workload, metric)) for p in peers]
+        if all(c is None for c in cells):
+            continue
+        rats = [ratio(med.get((a, workload, metric)),
+                      med.get((b, workload, metric))) for a, b in pairs]
+        print("| " + " | ".join([label] + [fmt(c) for c in cells] +
+                                [f"{r:.2f}x" if r is not None else "-"
+                                 for r in rats]) + " |")
+    print("\nEvery round:\n")
+    print("| measure | " + " | ".join(TITLES[p] for p in peers) + " |")
+    print("|" + "---|" * (len(peers) + 1))
+    for workload, metric, label, _ in GAME_ROWS + [
+            ("rooms", "other_pct", "rooms: other %", True),
+            ("work", "other_pct", "work: other %", True)]:
+        cells = [values.get((p, workload, metric)) for p in peers]
+        if all(c is None for c in cells):
+            continue
+        print("| " + label + " | " + " | ".join(
+            " / ".join(fmt(v) for v in c) if c else "-" for c in cells) + " |")
+    print("\nGoals (issue 15):\n")
+    for a, b, workload, metric, limit, text in (
+            ("rooms", "rooms-loop", "rooms", "server_cpu_us_per_msg", 0.5,
+             "CPU per delivered packet, room_broadcast_packet vs a send_packet loop"),
+            ("rooms", "bcast-epoll", "rooms", "server_cpu_us_per_msg", 1.3,
+             "CPU per delivered packet, room_broadcast_packet vs raw epoll"),
+            ("iocphost-work", "uv-work", "work", "p50_us", 1.0,
+             "work round trip p50, session_work vs uv_queue_work"),
+            ("iocphost-work", "uv-work", "work", "p99_us", 1.0,
+             "work round trip p99, session_work vs uv_queue_work"),
+            ("iocphost-work", "uv-work", "work", "server_cpu_us_per_msg", 1.0,
+             "work round trip CPU, session_work vs uv_queue_work")):
+        r = ratio(med.get((a, workload, metric)), med.get((b, workload, metric)))
+        if r is None:
+            print(f"- {text}: not measured")
+        else:
+            print(f"- {text}: {r:.2f}x (goal <= {limit:.1f}x): "
+                  f"{'met' if r <= limit else 'MISSED'}")
+    print()
 
 
 def write_plot(out, values, peers):
