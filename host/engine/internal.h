@@ -103,6 +103,8 @@ void service__connect_done(client_slot_t *slot, session_t *s, int status);
 void service__client_closed(client_slot_t *slot, session_t *s);
 void service__session_allocated(service_t *svc);
 void service__session_freed(service_t *svc);
+/* The service's stop has begun (service_stop_accepting). */
+int service__stopping(service_t *svc);
 
 void engine__live_add(long delta);
 

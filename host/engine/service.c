@@ -158,6 +158,8 @@ void service_options_init(service_options_t *o) {
   o->reconnect_jitter = 0.2;
 }
 
+int service__stopping(service_t *svc) { return atomic_load(&svc->stopping); }
+
 const service_options_t *service__options(const service_t *svc) {
   return &svc->opt;
 }

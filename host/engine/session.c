@@ -331,6 +331,13 @@ static void on_kick(io_op_t *op, int status, size_t bytes) {
   int request = s->close_request;
   int abort_now = s->close_abort;
   pthread_mutex_unlock(&s->lock);
+  /* A session that was accepted or connected before its service's stop
+   * began, and opens after: the stop has told the plugin (on_stopping), so
+   * no on_connected may follow it. It ends quietly. */
+  if (s->state == SESSION_OPENING && !request && service__stopping(s->service)) {
+    request = REASON_HOST_STOPPING;
+    abort_now = 0;
+  }
   if (s->state == SESSION_OPENING && !request) {
     open_session(s);
     pthread_mutex_lock(&s->lock);

@@ -41,6 +41,7 @@ static void ho_sleep_ms(unsigned ms) {
 static const iocphost_api_t *host;
 static iocphost_session_t **held;
 static size_t held_count, held_cap;
+static int stopping; /* under held_lock: on_stopping ran */
 
 static atomic_int broadcasting, stop_broadcast;
 static atomic_long broadcasts;
@@ -95,6 +96,7 @@ static void on_stopping(void) {
   for (size_t i = 0; i < held_count; i++)
     host->session_release(held[i]);
   held_count = 0;
+  stopping = 1;
   ho_unlock();
   host->log(host, IOCPHOST_LOG_INFO, "holder: released %zu sessions in "
                                      "on_stopping",
@@ -120,6 +122,12 @@ static void on_unload(void) {
 static void on_connected(iocphost_session_t *s, void *state) {
   (void)state;
   ho_lock();
+  /* A session whose on_connected was already running when the stop began:
+   * keep nothing after on_stopping let go of everything. */
+  if (stopping) {
+    ho_unlock();
+    return;
+  }
   if (held_count == held_cap) {
     size_t cap = held_cap ? held_cap * 2 : 64;
     iocphost_session_t **grown = realloc(held, cap * sizeof *grown);
