@@ -469,11 +469,17 @@ static void api_room_members(iocphost_room_t *room, iocphost_member_fn fn,
 }
 
 /* In the room's order: one shared buffer into every member's queue. A
- * packet goes only to members of packet services. */
+ * packet goes only to members of packet services whose max_packet_bytes
+ * it fits; nothing goes to a member whose service's send_queue_limit_bytes
+ * it exceeds (it could only cut that member off, as broadcast refuses). */
 static int send_to_members(host_room_t *h, shared_buf_t *buf, int packet) {
   int count = 0;
+  size_t len = shared_buf_len(buf);
   for (membership_t *m = h->members; m; m = m->room_next) {
-    if (packet && !host_service_of(m->session)->packet_framing)
+    host_service_t *hs = host_service_of(m->session);
+    if (packet && (!hs->packet_framing || len > hs->max_packet_bytes))
+      continue;
+    if (len > hs->config->send_queue_limit_bytes)
       continue;
     if (session_send_shared(m->session, buf) == ENGINE_OK)
       count++;

@@ -390,11 +390,18 @@ struct iocphost_api {
   void (*room_members)(iocphost_room_t *room, iocphost_member_fn fn,
                        void *arg);
   /* One copy of the data, shared by every member's send queue; returns how
-   * many members it was queued to, or < 0 (as broadcast). */
+   * many members it was queued to, or < 0 (as broadcast). In the room's
+   * order it sends at once and counts; from elsewhere it is carried into
+   * the room's order and returns 0. Members of different services may
+   * differ: a member whose service's send_queue_limit_bytes the data
+   * exceeds is skipped (it could only be cut off), and a packet goes only
+   * to members of packet services whose max_packet_bytes it fits. */
   int (*room_broadcast)(iocphost_room_t *room, const void *data, size_t len);
   int (*room_broadcast_packet)(iocphost_room_t *room, uint16_t id,
                                const void *payload, size_t len);
-  /* Run fn soon in the room's order (from any thread). */
+  /* Run fn soon in the room's order (from any thread). A post the room's
+   * close drops is not run: keep what arg points to in the room's state, or
+   * free it in on_close, not only in fn. */
   int (*room_post)(iocphost_room_t *room, iocphost_room_fn fn, void *arg);
   /* A room timer: after delay_ms, then every repeat_ms from then on (ticks
    * due at start + delay + n * repeat: no drift), in the room's order,
