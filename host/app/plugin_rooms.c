@@ -26,6 +26,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "engine/cond_wait.h"
 #include "engine/log.h"
 #include "framing.h"
 #include "host_internal.h"
@@ -689,20 +690,10 @@ int rooms_close_all(host_t *host, uint64_t deadline_ms) {
    * cancelled or dropped to be gone: their done drops a hold on plugin
    * code, which must happen before that code is unloaded. */
   pthread_mutex_lock(&host->rooms_lock);
-  while (host->room_count > 0 || host->room_calls > 0) {
-    uint64_t now = clock_now_ms();
-    if (now >= deadline_ms)
+  while (host->room_count > 0 || host->room_calls > 0)
+    if (cond_wait_until_ms(&host->rooms_changed, &host->rooms_lock,
+                           deadline_ms))
       break;
-    uint64_t slice = deadline_ms - now < 100 ? deadline_ms - now : 100;
-    struct timespec until;
-    clock_gettime(CLOCK_REALTIME, &until);
-    until.tv_nsec += (long)slice * 1000000L;
-    if (until.tv_nsec >= 1000000000L) {
-      until.tv_sec++;
-      until.tv_nsec -= 1000000000L;
-    }
-    pthread_cond_timedwait(&host->rooms_changed, &host->rooms_lock, &until);
-  }
   size_t left = host->room_count;
   long calls = host->room_calls;
   pthread_mutex_unlock(&host->rooms_lock);

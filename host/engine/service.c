@@ -34,6 +34,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "engine/cond_wait.h"
 #include "engine/internal.h"
 #include "engine/log.h"
 
@@ -784,29 +785,13 @@ void service_stop_accepting(service_t *svc) {
   }
 }
 
-/* The wait is measured on the monotonic clock. pthread_cond_timedwait
- * takes a wall-clock deadline (winpthreads has no other), so it waits in
- * slices of at most 100 ms: a wall-clock step then moves one slice, not
- * the whole drain. */
+/* Measured on the monotonic clock (cond_wait.h). */
 int service_wait_closed(service_t *svc, uint32_t timeout_ms) {
   uint64_t end = clock_now_ms() + timeout_ms;
   pthread_mutex_lock(&svc->lock);
-  for (;;) {
-    if (svc->objects == 0)
+  while (svc->objects > 0)
+    if (cond_wait_until_ms(&svc->changed, &svc->lock, end))
       break;
-    uint64_t now = clock_now_ms();
-    if (now >= end)
-      break;
-    uint64_t slice = end - now < 100 ? end - now : 100;
-    struct timespec deadline;
-    clock_gettime(CLOCK_REALTIME, &deadline);
-    deadline.tv_nsec += (long)slice * 1000000L;
-    if (deadline.tv_nsec >= 1000000000L) {
-      deadline.tv_sec++;
-      deadline.tv_nsec -= 1000000000L;
-    }
-    pthread_cond_timedwait(&svc->changed, &svc->lock, &deadline);
-  }
   int rc = svc->objects == 0 ? 0 : -1;
   pthread_mutex_unlock(&svc->lock);
   return rc;

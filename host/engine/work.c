@@ -17,6 +17,7 @@
 #endif
 
 #include "engine/engine.h"
+#include "engine/cond_wait.h"
 #include "engine/log.h"
 
 typedef struct work_item {
@@ -219,25 +220,10 @@ int work_pool_drain(work_pool_t *pool, uint32_t timeout_ms) {
   uint64_t end = clock_now_ms() + timeout_ms;
   pthread_mutex_lock(&pool->lock);
   pool->accepting = 0;
-  for (;;) {
-    if (pool->queued == 0 && pool->running == 0)
+  /* On the monotonic clock (cond_wait.h). */
+  while (pool->queued > 0 || pool->running > 0)
+    if (cond_wait_until_ms(&pool->changed, &pool->lock, end))
       break;
-    uint64_t now = clock_now_ms();
-    if (now >= end)
-      break;
-    /* The deadline is on the monotonic clock; the condition waits on the
-     * wall clock, so in slices short enough that a clock step cannot
-     * stretch the wait. */
-    uint64_t slice = end - now < 100 ? end - now : 100;
-    struct timespec deadline;
-    clock_gettime(CLOCK_REALTIME, &deadline);
-    deadline.tv_nsec += (long)slice * 1000000L;
-    if (deadline.tv_nsec >= 1000000000L) {
-      deadline.tv_sec++;
-      deadline.tv_nsec -= 1000000000L;
-    }
-    pthread_cond_timedwait(&pool->changed, &pool->lock, &deadline);
-  }
   int rc = pool->queued == 0 && pool->running == 0 ? 0 : -1;
   pthread_mutex_unlock(&pool->lock);
   return rc;
