@@ -31,27 +31,48 @@ scripts/deps.sh "${deps[@]}"
 # packages (scripts/windows-deps.sh). Tests run under Wine in a prefix of
 # their own, build-win/wineprefix, with one persistent wineserver for the
 # whole run (the Windows service test makes its own).
+# Wine reads a sticky, world-writable folder (/tmp) as "Everyone may
+# delete what it holds", and the host rightly refuses a plugin or runtime
+# folder below one. A checkout below such a folder (a CI clone in /tmp, say)
+# builds and tests its Windows side in the user's cache instead.
+windows_build_dir() {
+  local d=$PWD
+  while [ "$d" != / ]; do
+    if [ -n "$(find "$d" -maxdepth 0 -perm -o+w 2>/dev/null)" ]; then
+      echo "$HOME/.cache/iocphost/build-win-$(printf %s "$PWD" | md5sum | cut -c1-12)"
+      return
+    fi
+    d=$(dirname "$d")
+  done
+  echo "$PWD/build-win"
+}
+
 windows_stage() {
-  local dir=build-win
+  local dir
+  dir=$(windows_build_dir)
+  [ "$dir" = "$PWD/build-win" ] ||
+    echo "the checkout is below a folder others may write: the Windows build goes to $dir"
+  mkdir -p "$dir"
   scripts/windows-deps.sh
   cmake -S . -B "$dir" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
         -DIOCPHOST_WERROR=ON \
         -DCMAKE_TOOLCHAIN_FILE="$PWD/cmake/mingw-w64-x86_64.cmake" >/dev/null
   cmake --build "$dir"
-  export WINEPREFIX="$PWD/$dir/wineprefix" WINEDEBUG=-all
+  export WINEPREFIX="$dir/wineprefix" WINEDEBUG=-all
   if [ ! -f "$WINEPREFIX/system.reg" ]; then
     echo "creating the Wine prefix $WINEPREFIX (once)"
     wineboot -i >/dev/null 2>&1
     wineserver -w
   fi
   trap 'wineserver -k 2>/dev/null || true' EXIT
-  wineserver -p
+  # -p fails when a server for this prefix runs already: that one serves.
+  wineserver -p || true
   # Wine's own processes start with the first program and inherit its
   # output: start them here, writing nowhere.
   wine cmd /c exit </dev/null >/dev/null 2>&1 || true
   IOCPHOST_STRESS_SESSIONS=10000 \
     ctest --test-dir "$dir" --output-on-failure -j "$jobs" \
-          --output-junit "$PWD/$dir/ctest-junit.xml"
+          --output-junit "$dir/ctest-junit.xml"
   wineserver -k 2>/dev/null || true
   trap - EXIT
 }
@@ -97,7 +118,7 @@ for build in "${builds[@]}"; do
       echo "=== windows build (build-win, under Wine) ==="
       start=$SECONDS
       windows_stage
-      scripts/check_must_run.py build-win/ctest-junit.xml windows
+      scripts/check_must_run.py "$(windows_build_dir)/ctest-junit.xml" windows
       echo "=== windows build: $((SECONDS - start)) s ==="
       continue ;;
     *) echo "unknown build '$build' (normal, asan, tsan, uring, fuzz or windows)" >&2
@@ -113,6 +134,6 @@ for build in "${builds[@]}"; do
   TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1 \
   IOCPHOST_STRESS_SESSIONS=$stress \
     ctest --test-dir "$dir" --output-on-failure -j "$jobs" \
-          --output-junit "$PWD/$dir/ctest-junit.xml"
+          --output-junit "$dir/ctest-junit.xml"
   scripts/check_must_run.py "$dir/ctest-junit.xml" linux
 done
