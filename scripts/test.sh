@@ -134,6 +134,6 @@ for build in "${builds[@]}"; do
   TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1 \
   IOCPHOST_STRESS_SESSIONS=$stress \
     ctest --test-dir "$dir" --output-on-failure -j "$jobs" \
-          --output-junit "$dir/ctest-junit.xml"
+          --output-junit "$PWD/$dir/ctest-junit.xml"
   scripts/check_must_run.py "$dir/ctest-junit.xml" linux
 done
