@@ -224,7 +224,7 @@ struct work_call {
     iocphost_room_done_fn room;
   } done;
   void *arg; /* the plugin's */
-  /* The owner (a session_t, a room), held by the caller of work_submit
+  /* The owner (a session_t, a room), held from work_submit
    * until work_call_end releases it with release_owner. */
   void *owner;
   void (*release_owner)(void *owner);
@@ -241,13 +241,14 @@ struct work_call {
   work_call_t *prev, *next; /* host->work_calls, under work_lock */
 };
 
-/* Submits a work call; the caller fills host, work, done, arg, owner (held
- * by it), release_owner and post_back. The code of work and of done is
- * held here (generation_hold_code). Returns IOCPHOST_OK (the call is the
- * host's now: work_call_end frees it), or IOCPHOST_E_BUSY (the queue is
- * full), IOCPHOST_E_CLOSED (the host is stopping), IOCPHOST_E_NOMEM: then
- * nothing was submitted and the caller still owns c and its hold on owner. */
-int work_submit(work_call_t *c);
+/* Submits a copy of call, which the caller filled: host, work, done, arg,
+ * owner (a hold the caller took for it), release_owner, post_back and
+ * plugin_name. The code of work and of done is held here
+ * (generation_hold_code). Returns IOCPHOST_OK (the copy is the host's now:
+ * work_call_end frees it), or IOCPHOST_E_BUSY (the queue is full),
+ * IOCPHOST_E_CLOSED (the host is stopping), IOCPHOST_E_NOMEM: then nothing
+ * was submitted and the owner's hold has been released here. */
+int work_submit(const work_call_t *call);
 /* In the owner's serial order, after the plugin's done returned: releases
  * the owner, the code holds and c. */
 void work_call_end(work_call_t *c);

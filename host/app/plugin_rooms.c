@@ -623,23 +623,15 @@ static int api_room_work(iocphost_room_t *room, iocphost_work_fn work,
   if (!room_is_open(r))
     return IOCPHOST_E_CLOSED;
   host_room_t *h = host_room(r);
-  work_call_t *c = calloc(1, sizeof *c);
-  if (!c)
-    return IOCPHOST_E_NOMEM;
-  c->host = h->host;
-  c->work = work;
-  c->done.room = done;
-  c->arg = arg;
-  c->owner = room_acquire(r);
-  c->release_owner = release_room;
-  c->post_back = room_post_back;
-  c->plugin_name = h->generation->plugin->name;
-  int rc = work_submit(c);
-  if (rc != IOCPHOST_OK) {
-    room_release(r);
-    free(c);
-  }
-  return rc;
+  work_call_t call = {.host = h->host,
+                      .work = work,
+                      .done.room = done,
+                      .arg = arg,
+                      .owner = room_acquire(r),
+                      .release_owner = release_room,
+                      .post_back = room_post_back,
+                      .plugin_name = h->generation->plugin->name};
+  return work_submit(&call);
 }
 
 void rooms_fill_api(iocphost_api_t *a) {

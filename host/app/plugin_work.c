@@ -92,7 +92,13 @@ static void work_run(void *arg) {
   c->work(c->arg);
 }
 
-int work_submit(work_call_t *c) {
+int work_submit(const work_call_t *call) {
+  work_call_t *c = malloc(sizeof *c);
+  if (!c) {
+    call->release_owner(call->owner);
+    return IOCPHOST_E_NOMEM;
+  }
+  *c = *call;
   host_t *host = c->host;
   c->work_code = hold_code_of(host, &c->work, sizeof c->work);
   c->done_code = hold_code_of(host, &c->done, sizeof c->done);
@@ -110,8 +116,11 @@ int work_submit(work_call_t *c) {
       unlist(c);
   }
   pthread_mutex_unlock(&host->work_lock);
-  if (rc != ENGINE_OK)
+  if (rc != ENGINE_OK) {
     drop_holds(c);
+    c->release_owner(c->owner);
+    free(c);
+  }
   return rc;
 }
 
@@ -225,21 +234,13 @@ int api_session_work(iocphost_session_t *s, iocphost_work_fn work,
   if (!session_is_open(session))
     return IOCPHOST_E_CLOSED;
   host_service_t *hs = host_service_of(session);
-  work_call_t *c = calloc(1, sizeof *c);
-  if (!c)
-    return IOCPHOST_E_NOMEM;
-  c->host = hs->host;
-  c->work = work;
-  c->done.session = done;
-  c->arg = arg;
-  c->owner = session_acquire(session);
-  c->release_owner = release_session;
-  c->post_back = session_post_back;
-  c->plugin_name = hs->plugin->name;
-  int rc = work_submit(c);
-  if (rc != IOCPHOST_OK) {
-    session_release(session);
-    free(c);
-  }
-  return rc;
+  work_call_t call = {.host = hs->host,
+                      .work = work,
+                      .done.session = done,
+                      .arg = arg,
+                      .owner = session_acquire(session),
+                      .release_owner = release_session,
+                      .post_back = session_post_back,
+                      .plugin_name = hs->plugin->name};
+  return work_submit(&call);
 }
