@@ -51,6 +51,7 @@ typedef struct host_room {
   uint32_t member_count;       /* the room's order only */
   atomic_uint members_now;     /* for status, from any thread */
   uint8_t registered;          /* rooms_lock */
+  uint8_t open_queued;         /* on_open will run: so must on_close */
   struct host_room *hash_next; /* rooms_lock */
 } host_room_t;
 
@@ -258,7 +259,7 @@ static void on_room_close(room_t *r) {
   host_room_t *h = host_room(r);
   while (h->members)
     member_leaves(h, h->members, IOCPHOST_LEAVE_CLOSING);
-  if (h->room_class->on_close)
+  if (h->open_queued && h->room_class->on_close)
     h->room_class->on_close(PLUGIN_ROOM(r), h->state);
   registry_remove(h->host, h);
   room_release(r); /* the host's open reference */
@@ -364,21 +365,21 @@ static iocphost_room_t *api_room_create(const iocphost_api_t *api,
   g->holds++; /* the room's callbacks are this generation's code */
   pthread_mutex_unlock(&host->gen_lock);
   h->generation = g;
-  if (registry_add(host, h) != 0) {
+  /* Always, even if the room is closed before it runs: on_open is a
+   * room's first callback, on_close its last, and both run. A room that
+   * fails before on_open is queued closes without calling the plugin. On
+   * a failure the close alone ends the host's reference, the only one. */
+  if (room_post_always(r, open_in_order, arg, NULL) != ENGINE_OK) {
     room_close(r);
-    room_release(r);
+    return NULL;
+  }
+  h->open_queued = 1;
+  if (registry_add(host, h) != 0) {
+    room_close(r); /* on_open, then on_close: the plugin sees it end */
     return NULL;
   }
   /* The host's reference stays until the close; the caller gets its own. */
-  room_acquire(r);
-  /* Always, even if the room is closed before it runs: on_open is a
-   * room's first callback, on_close its last, and both run. */
-  if (room_post_always(r, open_in_order, arg, NULL) != ENGINE_OK) {
-    room_close(r);
-    room_release(r);
-    return NULL;
-  }
-  return PLUGIN_ROOM(r);
+  return PLUGIN_ROOM(room_acquire(r));
 }
 
 static uint64_t api_room_id(iocphost_room_t *room) {
