@@ -24,10 +24,11 @@
  * is backed off like one that refuses.
  *
  * Stopping: service_stop_accepting marks the service stopping under its
- * lock before anything else, and a session registered from then on is
- * asked to close at once (service__register). A stop's sweep over the
- * registered sessions therefore misses nobody: whoever registered before
- * the mark is in the list it walks, whoever registers after closes itself.
+ * lock before anything else, and a session that starts (its first kick)
+ * from then on ends quietly instead of opening (session.c, on_kick). A
+ * stop's sweep over the registered sessions therefore misses nobody:
+ * whoever registered before the mark is in the list it walks, whoever
+ * registers after ends at its start.
  */
 #include <errno.h>
 #include <stdio.h>
@@ -105,7 +106,7 @@ struct service {
   session_t **buckets;
   size_t bucket_count;
   int started;
-  /* Set under lock (see service__register); read without it elsewhere. */
+  /* Set under lock (service_stop_accepting); read without it elsewhere. */
   atomic_int stopping;
   listener_t *listener;
   client_slot_t *slots;
@@ -215,13 +216,12 @@ void service__register(service_t *svc, session_t *s) {
   s->registered = 1;
   svc->open_sessions++;
   atomic_store(&svc->sessions_now, svc->open_sessions);
-  int stopping = atomic_load(&svc->stopping);
   pthread_mutex_unlock(&svc->lock);
   /* Registered after the stop's sweep began (an accept or connect that was
-   * already completing): no sweep will see it, so it closes itself. It has
-   * not reached on_connected, so it ends quietly. */
-  if (stopping)
-    session_disconnect(s, REASON_HOST_STOPPING);
+   * already completing), no sweep sees it: its own start (the kick its
+   * caller posts next) finds the service stopping and ends it quietly,
+   * before on_connected. Closing it here instead would race that kick on
+   * another worker, which may free it while the caller still posts. */
 }
 
 void service__unregister(service_t *svc, session_t *s, int reason) {
