@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# Builds the Windows (mingw-w64) libraries iocphost needs, cJSON, Check and
-# SQLite (for plugins/arena), from Debian's own source packages, into build-win-deps/prefix. Nothing of
+# Builds the Windows (mingw-w64) libraries iocphost needs, cJSON, Check,
+# SQLite (for plugins/arena), http-parser and wslay (HTTP requests of the
+# metrics endpoint and the WebSocket upgrade; WebSocket frames), from Debian's
+# own source packages, into build-win-deps/prefix. Nothing of
 # theirs is copied into the repository. Safe to run again: it skips what is
 # built already.
 #
@@ -15,9 +17,10 @@ toolchain="$root/cmake/mingw-w64-x86_64.cmake"
 
 # Bump when the recipe below changes: a prefix built by an older recipe is
 # rebuilt.
-recipe=4
+recipe=5
 if [ -f "$prefix/lib/libcjson.a" ] && [ -f "$prefix/lib/libcheck.a" ] &&
-   [ -f "$prefix/lib/libsqlite3.a" ] &&
+   [ -f "$prefix/lib/libsqlite3.a" ] && [ -f "$prefix/lib/libhttp_parser.a" ] &&
+   [ -f "$prefix/lib/libwslay.a" ] &&
    [ "$(cat "$prefix/.recipe" 2>/dev/null)" = "$recipe" ]; then
   exit 0
 fi
@@ -133,5 +136,36 @@ Version: $(cat "$work/src/$sqlite/VERSION")
 Libs: -L\${libdir} -lsqlite3
 Cflags: -I\${includedir}
 EOF
+# http-parser: one C file and its header (Debian's http-parser source, the
+# same code as libhttp-parser-dev on Linux), as a static library.
+httpparser=$(fetch http-parser)
+mkdir -p "$work/http-parser"
+quiet x86_64-w64-mingw32-gcc -O2 -DHTTP_PARSER_STRICT=0 \
+  -c "$work/src/$httpparser/http_parser.c" -o "$work/http-parser/http_parser.obj"
+rm -f "$prefix/lib/libhttp_parser.a"
+quiet x86_64-w64-mingw32-ar rcs "$prefix/lib/libhttp_parser.a" "$work/http-parser/http_parser.obj"
+cp "$work/src/$httpparser/http_parser.h" "$prefix/include/"
+
+# wslay 1.1.1, the release Debian's libwslay-dev is on Linux. This mirror
+# serves the wslay source package's .dsc but not its tarballs (404), so the
+# same release is taken from Debian's aria2 source package, which carries it
+# unchanged in deps/wslay. Its four C files become a static library.
+aria2=$(fetch aria2)
+wslay="$work/src/$aria2/deps/wslay"
+grep -q 'AC_INIT(\[wslay\], \[1.1.1\]' "$wslay/configure.ac" ||
+  { echo "windows-deps: $wslay is not wslay 1.1.1" >&2; exit 1; }
+mkdir -p "$work/wslay" "$prefix/include/wslay"
+sed 's/@PACKAGE_VERSION@/1.1.1/' "$wslay/lib/includes/wslay/wslayver.h.in" \
+  > "$prefix/include/wslay/wslayver.h"
+cp "$wslay/lib/includes/wslay/wslay.h" "$prefix/include/wslay/"
+objs=()
+for c in wslay_event wslay_frame wslay_net wslay_queue; do
+  quiet x86_64-w64-mingw32-gcc -O2 -DHAVE_WINSOCK2_H -I"$prefix/include" \
+    -c "$wslay/lib/$c.c" -o "$work/wslay/$c.obj"
+  objs+=("$work/wslay/$c.obj")
+done
+rm -f "$prefix/lib/libwslay.a"
+quiet x86_64-w64-mingw32-ar rcs "$prefix/lib/libwslay.a" "${objs[@]}"
+
 echo "$recipe" > "$prefix/.recipe"
 echo "Windows libraries in $prefix"
