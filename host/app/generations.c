@@ -47,9 +47,9 @@ static int generation_holds_code(const generation_t *g, uintptr_t address) {
 /* Holds the generation whose library holds the code at address, or none
  * (NULL) when it is no plugin's: a function of a library a plugin links,
  * which the host cannot keep. */
-generation_t *generation_hold_code(host_t *host, uintptr_t address) {
+/* Under gen_lock. */
+static generation_t *hold_code_locked(host_t *host, uintptr_t address) {
   generation_t *found = NULL;
-  pthread_mutex_lock(&host->gen_lock);
   for (size_t i = 0; i < host->plugin_count && !found; i++) {
     host_plugin_t *p = &host->plugins[i];
     if (p->loading && generation_holds_code(p->loading, address))
@@ -60,16 +60,48 @@ generation_t *generation_hold_code(host_t *host, uintptr_t address) {
   }
   if (found)
     found->holds++;
+  return found;
+}
+
+generation_t *generation_hold_code(host_t *host, uintptr_t address) {
+  pthread_mutex_lock(&host->gen_lock);
+  generation_t *found = hold_code_locked(host, address);
   pthread_mutex_unlock(&host->gen_lock);
   return found;
+}
+
+void generation_hold_code2(host_t *host, uintptr_t a, uintptr_t b,
+                           generation_t **held_a, generation_t **held_b) {
+  pthread_mutex_lock(&host->gen_lock);
+  *held_a = hold_code_locked(host, a);
+  *held_b = hold_code_locked(host, b);
+  pthread_mutex_unlock(&host->gen_lock);
+}
+
+/* Under gen_lock. */
+static void drop_hold_locked(host_t *host, generation_t *g) {
+  g->holds--;
+  if (generation_unused(g))
+    pthread_cond_broadcast(&host->gen_changed);
 }
 
 void generation_drop_hold(generation_t *g) {
   host_t *host = g->plugin->host;
   pthread_mutex_lock(&host->gen_lock);
-  g->holds--;
-  if (generation_unused(g))
-    pthread_cond_broadcast(&host->gen_changed);
+  drop_hold_locked(host, g);
+  pthread_mutex_unlock(&host->gen_lock);
+}
+
+void generation_drop_holds2(generation_t *a, generation_t *b) {
+  generation_t *any = a ? a : b;
+  if (!any)
+    return;
+  host_t *host = any->plugin->host;
+  pthread_mutex_lock(&host->gen_lock);
+  if (a)
+    drop_hold_locked(host, a);
+  if (b)
+    drop_hold_locked(host, b);
   pthread_mutex_unlock(&host->gen_lock);
 }
 
@@ -275,7 +307,7 @@ void unload_plugins(host_t *host) {
     pthread_mutex_unlock(&host->gen_lock);
     while (g) {
       generation_t *next = g->next;
-      if (g->holds != 0 && host->work_abandoned) {
+      if (g->holds != 0 && atomic_load(&host->work_abandoned)) {
         /* A work the stop gave up on may still be running its code. */
         log_write(LOG_WARN, "host",
                   "plugin %s generation %u stays loaded: work the stop gave "

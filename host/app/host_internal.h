@@ -117,6 +117,9 @@ typedef struct host_service {
   atomic_uint_fast64_t packets_out;
 } host_service_t;
 
+/* Stripes of the work call list (plugin_work.c); a power of two. */
+#define WORK_STRIPES 16
+
 struct host {
   /* Guards the service and core pointers against a status request racing
    * the stop: they are detached under it, destroyed outside it. */
@@ -147,12 +150,18 @@ struct host {
   int started;
   atomic_int stopped;
   /* Work (plugin_work.c): the pool, set in host_start and cleared at the
-   * stop under lock (status reads it); the calls in flight, listed under
-   * work_lock so that a stop that gives up on them can let them go. */
+   * stop under lock (status reads it); the calls in flight, listed so that
+   * a stop that gives up on them can let them go. The list is striped by
+   * call address: a call takes its stripe's lock three times (submit,
+   * finish, end), and one host-wide lock made every work thread and I/O
+   * worker queue behind each other. A stop takes every stripe. */
   work_pool_t *work;
-  pthread_mutex_t work_lock;
-  struct work_call *work_calls;
-  int work_abandoned; /* under work_lock: the stop gave up on the rest */
+  struct work_stripe {
+    pthread_mutex_t lock;
+    struct work_call *calls;
+  } work_stripes[WORK_STRIPES];
+  /* Set under every stripe's lock: the stop gave up on the rest. */
+  atomic_int work_abandoned;
 };
 
 #define SESSION(x) ((session_t *)(x))
@@ -187,6 +196,10 @@ void generation_release(generation_t *g);
 /* Holds: timers and posts that will run a generation's code. */
 void generation_drop_hold(generation_t *g);
 generation_t *generation_hold_code(host_t *host, uintptr_t address);
+/* Both at once, under one lock: a work's code and its done's. */
+void generation_hold_code2(host_t *host, uintptr_t a, uintptr_t b,
+                           generation_t **held_a, generation_t **held_b);
+void generation_drop_holds2(generation_t *a, generation_t *b);
 /* The reaper thread's body; unload_plugins ends it and unloads the rest. */
 int move_to_shadow(host_t *host, char *err, size_t err_len);
 void *reaper_main(void *arg);
@@ -238,7 +251,7 @@ struct work_call {
    * all the same, with ended = 1 whatever the owner's state. */
   int skipped;
   generation_t *work_code, *done_code; /* held: their code will run */
-  work_call_t *prev, *next; /* host->work_calls, under work_lock */
+  work_call_t *prev, *next; /* its stripe's calls, under the stripe lock */
 };
 
 /* Submits a copy of call, which the caller filled: host, work, done, arg,

@@ -18,52 +18,61 @@
 #include "engine/log.h"
 #include "host_internal.h"
 
-/* The generation whose library holds fn, held; NULL if none's. */
-static generation_t *hold_code_of(host_t *host, const void *fn_bytes,
-                                  size_t size) {
+/* The address of a function pointer, as the generations compare it. */
+static uintptr_t code_address(const void *fn_bytes, size_t size) {
   uintptr_t address = 0;
   memcpy(&address, fn_bytes, size < sizeof address ? size : sizeof address);
-  return generation_hold_code(host, address);
+  return address;
 }
 
+/* A call's stripe: by its address, past malloc's alignment bits. */
+static struct work_stripe *stripe_of(const work_call_t *c) {
+  uintptr_t a = (uintptr_t)c;
+  return &c->host->work_stripes[(a >> 6 ^ a >> 12) & (WORK_STRIPES - 1)];
+}
+
+static void lock_all_stripes(host_t *host) {
+  for (size_t i = 0; i < WORK_STRIPES; i++)
+    pthread_mutex_lock(&host->work_stripes[i].lock);
+}
+
+static void unlock_all_stripes(host_t *host) {
+  for (size_t i = WORK_STRIPES; i-- > 0;)
+    pthread_mutex_unlock(&host->work_stripes[i].lock);
+}
+
+/* Under the call's stripe lock. */
 static void unlist(work_call_t *c) {
   if (c->prev)
     c->prev->next = c->next;
   else
-    c->host->work_calls = c->next;
+    stripe_of(c)->calls = c->next;
   if (c->next)
     c->next->prev = c->prev;
   c->prev = c->next = NULL;
 }
 
-static void drop_holds(work_call_t *c) {
-  if (c->work_code)
-    generation_drop_hold(c->work_code);
-  if (c->done_code)
-    generation_drop_hold(c->done_code);
-}
-
 void work_call_end(work_call_t *c) {
-  host_t *host = c->host;
-  pthread_mutex_lock(&host->work_lock);
+  struct work_stripe *stripe = stripe_of(c);
+  pthread_mutex_lock(&stripe->lock);
   unlist(c);
   void *owner = c->owner;
   c->owner = NULL;
-  pthread_mutex_unlock(&host->work_lock);
+  pthread_mutex_unlock(&stripe->lock);
   if (owner)
     c->release_owner(owner);
-  drop_holds(c);
+  generation_drop_holds2(c->work_code, c->done_code);
   free(c);
 }
 
 /* On the pool thread, after work returned: done goes to the owner's order.
- * Under work_lock, so that a stop that gave up on the calls (and then ends
- * the cores) never sees a post arrive after it. */
+ * Under the stripe lock, so that a stop that gave up on the calls (and then
+ * ends the cores) never sees a post arrive after it. */
 static void work_finish(void *arg) {
   work_call_t *c = arg;
-  host_t *host = c->host;
-  pthread_mutex_lock(&host->work_lock);
-  if (host->work_abandoned) {
+  struct work_stripe *stripe = stripe_of(c);
+  pthread_mutex_lock(&stripe->lock);
+  if (atomic_load(&c->host->work_abandoned)) {
     /* The stop went on without this call: its owner was let go of there
      * (or is here), and its code holds stay, so the library that ran work
      * stays mapped to the end of the process. */
@@ -72,12 +81,12 @@ static void work_finish(void *arg) {
     c->owner = NULL;
     if (owner)
       c->release_owner(owner);
-    pthread_mutex_unlock(&host->work_lock);
+    pthread_mutex_unlock(&stripe->lock);
     free(c);
     return;
   }
   int rc = c->post_back(c);
-  pthread_mutex_unlock(&host->work_lock);
+  pthread_mutex_unlock(&stripe->lock);
   if (rc != 0) {
     log_write(LOG_ERROR, "host",
               "plugin %s: out of memory handing a work's result back; its "
@@ -100,24 +109,27 @@ int work_submit(const work_call_t *call) {
   }
   *c = *call;
   host_t *host = c->host;
-  c->work_code = hold_code_of(host, &c->work, sizeof c->work);
-  c->done_code = hold_code_of(host, &c->done, sizeof c->done);
+  generation_hold_code2(host, code_address(&c->work, sizeof c->work),
+                        code_address(&c->done, sizeof c->done), &c->work_code,
+                        &c->done_code);
   c->prev = NULL;
-  pthread_mutex_lock(&host->work_lock);
+  struct work_stripe *stripe = stripe_of(c);
+  pthread_mutex_lock(&stripe->lock);
   int rc = IOCPHOST_E_CLOSED;
-  if (host->work && !host->work_abandoned) {
+  /* host->work is cleared under every stripe lock (work_stop). */
+  if (host->work && !atomic_load(&host->work_abandoned)) {
     /* Listed before it can finish: work_call_end unlists it. */
-    c->next = host->work_calls;
+    c->next = stripe->calls;
     if (c->next)
       c->next->prev = c;
-    host->work_calls = c;
+    stripe->calls = c;
     rc = work_pool_submit(host->work, work_run, work_finish, c);
     if (rc != ENGINE_OK)
       unlist(c);
   }
-  pthread_mutex_unlock(&host->work_lock);
+  pthread_mutex_unlock(&stripe->lock);
   if (rc != ENGINE_OK) {
-    drop_holds(c);
+    generation_drop_holds2(c->work_code, c->done_code);
     c->release_owner(c->owner);
     free(c);
   }
@@ -136,9 +148,9 @@ int work_start(host_t *host, char *err, size_t err_len) {
     return -1;
   }
   pthread_mutex_lock(&host->lock); /* status may be reading */
-  pthread_mutex_lock(&host->work_lock);
+  lock_all_stripes(host);
   host->work = pool;
-  pthread_mutex_unlock(&host->work_lock);
+  unlock_all_stripes(host);
   pthread_mutex_unlock(&host->lock);
   work_pool_stats_t st;
   work_pool_get_stats(pool, &st);
@@ -153,9 +165,10 @@ int work_start(host_t *host, char *err, size_t err_len) {
 static void drop_call(void *arg) {
   work_call_t *c = arg;
   c->skipped = 1;
-  pthread_mutex_lock(&c->host->work_lock);
+  struct work_stripe *stripe = stripe_of(c);
+  pthread_mutex_lock(&stripe->lock);
   int rc = c->post_back(c);
-  pthread_mutex_unlock(&c->host->work_lock);
+  pthread_mutex_unlock(&stripe->lock);
   if (rc != 0) {
     log_write(LOG_ERROR, "host",
               "plugin %s: out of memory at the stop; a work's done does not "
@@ -175,9 +188,9 @@ void work_stop(host_t *host, uint64_t deadline_ms) {
   uint32_t left = now < deadline_ms ? (uint32_t)(deadline_ms - now) : 0;
   int drained = work_pool_drain(pool, left) == 0;
   pthread_mutex_lock(&host->lock);
-  pthread_mutex_lock(&host->work_lock);
+  lock_all_stripes(host);
   host->work = NULL;
-  pthread_mutex_unlock(&host->work_lock);
+  unlock_all_stripes(host);
   pthread_mutex_unlock(&host->lock);
   if (drained) {
     work_pool_destroy(pool, NULL);
@@ -185,29 +198,37 @@ void work_stop(host_t *host, uint64_t deadline_ms) {
   }
   work_pool_stats_t st;
   work_pool_get_stats(pool, &st);
-  pthread_mutex_lock(&host->work_lock);
-  host->work_abandoned = 1;
-  const char *plugin = host->work_calls ? host->work_calls->plugin_name : "-";
+  lock_all_stripes(host);
+  atomic_store(&host->work_abandoned, 1);
+  const char *plugin = NULL;
+  size_t listed = 0;
+  for (size_t i = 0; i < WORK_STRIPES; i++)
+    for (work_call_t *c = host->work_stripes[i].calls; c; c = c->next) {
+      if (!plugin)
+        plugin = c->plugin_name;
+      listed++;
+    }
   log_write(LOG_WARN, "host",
             "drain_timeout_ms %u passed with %u work items running and %u "
             "queued (plugin %s%s): the queued ones get done with ended = 1 "
             "without running; the running ones are left to end (their done "
             "never runs) and their plugins stay loaded until the process "
             "exits",
-            host->config->drain_timeout_ms, st.running, st.queued, plugin,
-            host->work_calls && host->work_calls->next ? " and others" : "");
-  pthread_mutex_unlock(&host->work_lock);
+            host->config->drain_timeout_ms, st.running, st.queued,
+            plugin ? plugin : "-", listed > 1 ? " and others" : "");
+  unlock_all_stripes(host);
   work_pool_destroy(pool, drop_call);
   /* The running ones hold their owners: let go of them now, so the
    * sessions (and their services) can go. */
-  pthread_mutex_lock(&host->work_lock);
-  for (work_call_t *c = host->work_calls; c; c = c->next) {
-    if (c->owner && !c->skipped) {
-      c->release_owner(c->owner);
-      c->owner = NULL;
+  lock_all_stripes(host);
+  for (size_t i = 0; i < WORK_STRIPES; i++)
+    for (work_call_t *c = host->work_stripes[i].calls; c; c = c->next) {
+      if (c->owner && !c->skipped) {
+        c->release_owner(c->owner);
+        c->owner = NULL;
+      }
     }
-  }
-  pthread_mutex_unlock(&host->work_lock);
+  unlock_all_stripes(host);
 }
 
 /* ---- session_work ---- */
