@@ -26,7 +26,7 @@ static void fail(char *err, size_t err_len, const char *text, const char *fmt,
                  const char *detail) {
   if (err == NULL || err_len == 0)
     return;
-  char reason[160];
+  char reason[256]; /* the longest format, HINT and QUOTE_MAX bytes quoted */
   snprintf(reason, sizeof reason, fmt, detail ? detail : "");
   size_t text_len = strlen(text);
   if (text_len > QUOTE_MAX)
