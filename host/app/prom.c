@@ -114,6 +114,17 @@ static void put_series(prom_t *p, const char *name, const char *suffix,
   if (any) put(p, "}", 1);
 }
 
+/* The shortest of %.15g..%.17g that reads back as the same double, so a
+ * bound of 0.1 is le="0.1" (what dashboards and queries match), not
+ * 0.10000000000000001. */
+static void format_double(char *out, size_t len, double value) {
+  for (int precision = 15; precision <= 17; precision++) {
+    snprintf(out, len, "%.*g", precision, value);
+    if (strtod(out, NULL) == value)
+      return;
+  }
+}
+
 static void put_double(prom_t *p, double value) {
   if (isnan(value))
     puts_(p, "NaN");
@@ -121,8 +132,11 @@ static void put_double(prom_t *p, double value) {
     puts_(p, value > 0 ? "+Inf" : "-Inf");
   else if (value == (double)(int64_t)value && fabs(value) < 9.0e15)
     printf_(p, "%" PRId64, (int64_t)value);
-  else
-    printf_(p, "%.17g", value);
+  else {
+    char text[32];
+    format_double(text, sizeof text, value);
+    puts_(p, text);
+  }
 }
 
 void prom_sample(prom_t *p, const char *name, const char *const *labels,
@@ -146,7 +160,7 @@ void prom_histogram(prom_t *p, const char *name, const char *const *labels,
   char le[64];
   for (size_t i = 0; i < count_bounds; i++) {
     cumulative += bucket_counts[i];
-    snprintf(le, sizeof(le), "%.17g", bounds[i]);
+    format_double(le, sizeof(le), bounds[i]);
     put_series(p, name, "_bucket", labels, "le", le);
     printf_(p, " %" PRIu64 "\n", cumulative);
   }

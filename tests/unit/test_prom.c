@@ -28,7 +28,9 @@ START_TEST(label_values_are_escaped) {
   const char *labels[] = {"a", "q\"b\\s\nn", "b", "", NULL};
   prom_sample(&p, "m", labels, 1.5);
   prom_sample(&p, "m", NULL, -2);
-  ck_assert_str_eq(p.data, "m{a=\"q\\\"b\\\\s\\nn\",b=\"\"} 1.5\nm -2\n");
+  prom_sample(&p, "m", NULL, 0.3);
+  ck_assert_str_eq(p.data,
+                   "m{a=\"q\\\"b\\\\s\\nn\",b=\"\"} 1.5\nm -2\nm 0.3\n");
   prom_free(&p);
 }
 END_TEST
@@ -36,12 +38,12 @@ END_TEST
 START_TEST(a_histogram_is_cumulative_with_inf_sum_and_count) {
   prom_t p;
   prom_init(&p);
-  const double bounds[] = {0.001, 0.01};
+  const double bounds[] = {0.001, 0.1};
   const uint64_t counts[] = {2, 3, 1};
   const char *labels[] = {"kind", "on_packet", NULL};
   prom_histogram(&p, "h", labels, bounds, counts, 2, 0.125);
   ck_assert_str_eq(p.data, "h_bucket{kind=\"on_packet\",le=\"0.001\"} 2\n"
-                           "h_bucket{kind=\"on_packet\",le=\"0.01\"} 5\n"
+                           "h_bucket{kind=\"on_packet\",le=\"0.1\"} 5\n"
                            "h_bucket{kind=\"on_packet\",le=\"+Inf\"} 6\n"
                            "h_sum{kind=\"on_packet\"} 0.125\n"
                            "h_count{kind=\"on_packet\"} 6\n");
