@@ -11,6 +11,7 @@
  *   plugin_work.c      work: a plugin's blocking call on the work pool,
  *                      its completion back in its owner's serial order
  *   plugin_settings.c  typed settings: the getters by JSON pointer
+ *   plugin_metrics.c   metrics a plugin defines: families, series, render
  *   services.c         the config's cores and services made engine objects
  *   status.c           status, as text and as JSON
  *   reload.c           reload (hot deploy)
@@ -75,6 +76,8 @@ struct generation {
   uintptr_t image_start, image_end; /* where its library is mapped */
   int loaded;                       /* on_load succeeded: on_unload is owed */
   int retired;        /* no longer current: unload at 0 sessions */
+  /* on_load is running: metric_define is allowed (plugin_metrics.c). */
+  atomic_int metrics_open;
   generation_t *next; /* the plugin's generations, newest first */
 };
 
@@ -153,6 +156,10 @@ struct host {
   pthread_mutex_t work_lock;
   struct work_call *work_calls;
   int work_abandoned; /* under work_lock: the stop gave up on the rest */
+  /* Plugin-defined metrics (plugin_metrics.c): every live family, in the
+   * order defined, and their series lists, under metrics_lock. */
+  pthread_mutex_t metrics_lock;
+  struct iocphost_metric *metric_families;
 };
 
 #define SESSION(x) ((session_t *)(x))
