@@ -13,6 +13,7 @@
 #include "admission.h"
 #include "engine/log.h"
 #include "host_internal.h"
+#include "plugin_metrics.h"
 #include "shadow.h"
 
 /* ---- generations ---- */
@@ -160,6 +161,8 @@ void generation_close(generation_t *g) {
   if (g->loaded && g->desc->on_unload)
     g->desc->on_unload();
   g->loaded = 0;
+  /* The plugin's metric handles were valid until on_unload returned. */
+  plugin_metrics_generation_closed(g);
   plugin_module_close(g->module);
   shadow_remove(g->shadow_path);
   free(g->shadow_path);
@@ -195,8 +198,12 @@ int generation_check_settings(generation_t *g, size_t index, char *err,
 int generation_load(generation_t *g, char *err, size_t err_len) {
   if (g->desc->on_load) {
     char reason[512] = "";
-    if (g->desc->on_load(&g->api, g->settings_json, reason, sizeof reason) !=
-        0) {
+    /* metric_define works only meanwhile (plugin.h). */
+    atomic_store(&g->metrics_open, 1);
+    int refused =
+        g->desc->on_load(&g->api, g->settings_json, reason, sizeof reason);
+    atomic_store(&g->metrics_open, 0);
+    if (refused != 0) {
       reason[sizeof reason - 1] = '\0';
       snprintf(err, err_len, "plugin \"%s\" (%s): on_load refused: %s",
                g->plugin->name, g->source_path,

@@ -29,6 +29,7 @@ int host_open(const config_t *config, host_t **out, char *err, size_t err_len) {
   pthread_cond_init(&host->rooms_changed, NULL);
   for (size_t i = 0; i < WORK_STRIPES; i++)
     pthread_mutex_init(&host->work_stripes[i].lock, NULL);
+  pthread_mutex_init(&host->metrics_lock, NULL);
   pthread_cond_init(&host->gen_changed, NULL);
   host->plugins = calloc(config->plugin_count + 1, sizeof *host->plugins);
   host->services = calloc(config->service_count + 1, sizeof *host->services);
@@ -198,6 +199,7 @@ void host_close(host_t *host) {
   free(host->room_buckets);
   for (size_t i = 0; i < WORK_STRIPES; i++)
     pthread_mutex_destroy(&host->work_stripes[i].lock);
+  pthread_mutex_destroy(&host->metrics_lock);
   pthread_cond_destroy(&host->gen_changed);
   free(host);
 }

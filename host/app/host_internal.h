@@ -11,6 +11,7 @@
  *   plugin_work.c      work: a plugin's blocking call on the work pool,
  *                      its completion back in its owner's serial order
  *   plugin_settings.c  typed settings: the getters by JSON pointer
+ *   plugin_metrics.c   metrics a plugin defines: families, series, render
  *   services.c         the config's cores and services made engine objects
  *   status.c           status, as text and as JSON
  *   reload.c           reload (hot deploy)
@@ -75,6 +76,8 @@ struct generation {
   uintptr_t image_start, image_end; /* where its library is mapped */
   int loaded;                       /* on_load succeeded: on_unload is owed */
   int retired;        /* no longer current: unload at 0 sessions */
+  /* on_load is running: metric_define is allowed (plugin_metrics.c). */
+  atomic_int metrics_open;
   generation_t *next; /* the plugin's generations, newest first */
 };
 
@@ -153,8 +156,8 @@ struct host {
    * stop under lock (status reads it); the calls in flight, listed so that
    * a stop that gives up on them can let them go. The list is striped by
    * call address: a call takes its stripe's lock three times (submit,
-   * finish, end), and one host-wide lock made every work thread and I/O
-   * worker queue behind each other. A stop takes every stripe. */
+   * finish, end), so work threads and I/O workers handling different calls
+   * rarely meet on one lock. A stop takes every stripe. */
   work_pool_t *work;
   struct work_stripe {
     pthread_mutex_t lock;
@@ -162,6 +165,10 @@ struct host {
   } work_stripes[WORK_STRIPES];
   /* Set under every stripe's lock: the stop gave up on the rest. */
   atomic_int work_abandoned;
+  /* Plugin-defined metrics (plugin_metrics.c): every live family, in the
+   * order defined, and their series lists, under metrics_lock. */
+  pthread_mutex_t metrics_lock;
+  struct iocphost_metric *metric_families;
 };
 
 #define SESSION(x) ((session_t *)(x))

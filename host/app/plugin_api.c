@@ -15,6 +15,7 @@
 #include "engine/log.h"
 #include "framing.h"
 #include "host_internal.h"
+#include "plugin_metrics.h"
 #include "version.h"
 
 /* Sequentially consistent on both sides: either the caller sees the
@@ -350,4 +351,5 @@ void fill_api(generation_t *g) {
   settings_fill_api(a); /* setting_int ... setting_array_length */
   rooms_fill_api(a);
   a->session_work = api_session_work; /* plugin_work.c */
+  plugin_metrics_fill_api(a); /* metric_define ... metric_observe */
 }

@@ -124,6 +124,11 @@ static uint32_t get32(const uint8_t *p) {
 
 static const iocphost_api_t *host;
 static uint32_t capacity = 4;
+/* Metrics (ABI 1.3): finished matches by how they ended, and how long they
+ * lasted. The series are found once in on_load; updates are atomic, from
+ * any room's order. */
+static iocphost_series_t *matches_time_up, *matches_players_left;
+static iocphost_series_t *match_seconds_observed;
 static uint32_t match_seconds = 10;
 
 /* Writes into found what the setting at pointer holds, for a message;
@@ -562,6 +567,10 @@ static void end_match(iocphost_room_t *room, arena_room_t *ar,
   h = put16(h, count);
   put16(h, 0);
   host->room_broadcast_packet(room, ARENA_MATCH_END, buf, (size_t)(p - buf));
+  host->metric_add(reason == END_TIME_UP ? matches_time_up
+                                         : matches_players_left,
+                   1);
+  host->metric_observe(match_seconds_observed, duration / 1000.0);
 
   if (!r) {
     host->log(host, IOCPHOST_LOG_ERROR,
@@ -809,21 +818,53 @@ static void arena_disconnected(iocphost_session_t *session, void *state,
 
 /* ---- the plugin ---- */
 
+/* arena_matches_total{reason} and arena_match_seconds (histogram). */
+static int define_metrics(char *err, size_t err_len) {
+  static const char *const by_reason[] = {"reason", NULL};
+  static const double seconds[] = {1, 5, 10, 30, 60, 120, 300, 600, 1800, 3600};
+  const iocphost_metric_def_t matches = {
+      IOCPHOST_METRIC_DEF_HEADER, .type = IOCPHOST_METRIC_COUNTER,
+      .name = "arena_matches_total",
+      .help = "Matches finished, by how they ended.", .labels = by_reason};
+  const iocphost_metric_def_t length = {
+      IOCPHOST_METRIC_DEF_HEADER,
+      .type = IOCPHOST_METRIC_HISTOGRAM,
+      .name = "arena_match_seconds",
+      .help = "How long finished matches lasted.",
+      .buckets = seconds,
+      .bucket_count = sizeof seconds / sizeof seconds[0]};
+  iocphost_metric_t *m, *h;
+  int rc = host->metric_define(host, &matches, &m);
+  if (rc == IOCPHOST_OK)
+    rc = host->metric_define(host, &length, &h);
+  if (rc != IOCPHOST_OK) {
+    snprintf(err, err_len, "cannot define its metrics: %s",
+             host->result_text(rc));
+    return 1;
+  }
+  static const char *const time_up[] = {"time_up", NULL};
+  static const char *const players_left[] = {"players_left", NULL};
+  matches_time_up = host->metric_series(m, time_up);
+  matches_players_left = host->metric_series(m, players_left);
+  match_seconds_observed = host->metric_series(h, NULL);
+  return 0;
+}
+
 static int arena_load(const iocphost_api_t *api, const char *settings_json,
                       char *err, size_t err_len) {
   (void)settings_json;
   host = api;
-  if (!IOCPHOST_API_HAS(api, room_work) || !api->setting_int ||
-      !api->room_work) {
-    snprintf(err, err_len, "needs a host with rooms, work and typed settings "
-                           "(ABI 1.2 complete): upgrade iocphost");
+  if (!IOCPHOST_API_HAS(api, metric_observe) || !api->setting_int ||
+      !api->room_work || !api->metric_define) {
+    snprintf(err, err_len, "needs a host with rooms, work, typed settings "
+                           "and metrics (ABI 1.3): upgrade iocphost");
     return 1;
   }
   /* arena_check_settings accepted them before this runs. */
   capacity = (uint32_t)api->setting_int(api, CAPACITY_SETTING, 4);
   match_seconds = (uint32_t)api->setting_int(api, SECONDS_SETTING, 10);
   const char *path = api->setting_string(api, DB_PATH_SETTING, "arena.db");
-  if (db_open(path, err, err_len) != 0)
+  if (define_metrics(err, err_len) != 0 || db_open(path, err, err_len) != 0)
     return 1;
   host->log(host, IOCPHOST_LOG_INFO,
             "arena %s: matches of %u players, %u s, results in %s",

@@ -100,6 +100,18 @@ START_TEST(loads_an_abi_1_0_descriptor_without_reading_past_its_end) {
 }
 END_TEST
 
+START_TEST(loads_an_abi_1_2_plugin_on_a_1_3_host) {
+  /* ABI 1.3 appended host functions only (metrics): a 1.2 plugin's
+   * descriptor is whole here, and it says minor 2. */
+  ck_assert_int_ge(IOCPHOST_ABI_MINOR, 3);
+  plugin_module_t *m = open_ok("older", "fixture_abi_1_2");
+  ck_assert_uint_eq(plugin_module_abi_minor(m), 2);
+  ck_assert_uint_eq(plugin_module_struct_size(m), sizeof(iocphost_plugin_t));
+  ck_assert_str_eq(plugin_module_version(m), "1.2.0");
+  plugin_module_close(m);
+}
+END_TEST
+
 START_TEST(keeps_its_own_copies_of_the_names) {
   plugin_module_t *m = open_ok("echo", "fixture_ok");
   ck_assert_ptr_ne(plugin_module_name(m), plugin_module_descriptor(m)->name);
@@ -307,6 +319,7 @@ static Suite *loader_suite(void) {
   tcase_add_test(load, loads_a_valid_plugin_and_copies_its_descriptor);
   tcase_add_test(load,
                  loads_an_abi_1_0_descriptor_without_reading_past_its_end);
+  tcase_add_test(load, loads_an_abi_1_2_plugin_on_a_1_3_host);
   tcase_add_test(load, keeps_its_own_copies_of_the_names);
   tcase_add_test(load, opens_the_same_library_twice_as_independent_modules);
   tcase_add_test(load, passes_on_load_failure_reason_of_the_load_fails_fixture);

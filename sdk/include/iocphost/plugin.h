@@ -41,7 +41,7 @@ extern "C" {
 #endif
 
 #define IOCPHOST_ABI_MAJOR 1
-#define IOCPHOST_ABI_MINOR 2
+#define IOCPHOST_ABI_MINOR 3
 
 /* The exported entry symbol's name, as a string for the host's loader. */
 #define IOCPHOST_PLUGIN_ENTRY_NAME "iocphost_plugin_entry"
@@ -90,7 +90,9 @@ extern "C" {
   X(E_NOTFOUND, -5, "not found")                                               \
   X(E_TOOBIG, -6, "larger than the service allows")                          \
   X(E_FRAMING, -7, "wrong call for this service's framing")                  \
-  X(E_BUSY, -8, "the work queue is full; try again later")
+  X(E_BUSY, -8, "the work queue is full; try again later")                   \
+  X(E_CONFLICT, -9, "the name is taken by a different definition")            \
+  X(E_LOAD_ONLY, -10, "allowed only while on_load runs")
 
 enum iocphost_result {
 #define IOCPHOST_RESULT_ENUM(name, value, text) IOCPHOST_##name = value,
@@ -214,6 +216,55 @@ typedef void (*iocphost_session_done_fn)(iocphost_session_t *session,
                                          void *state, void *arg, int ended);
 typedef void (*iocphost_room_done_fn)(iocphost_room_t *room, void *state,
                                       void *arg, int ended);
+
+/* ---- ABI 1.3: metrics a plugin defines (SPEC section 15) ---- */
+
+/* A metric family the plugin defined (metric_define), and one series of it:
+ * one tuple of label values (metric_series). Both are the host's, valid
+ * until the plugin's on_unload returns; the plugin never frees them. */
+typedef struct iocphost_metric iocphost_metric_t;
+typedef struct iocphost_series iocphost_series_t;
+
+typedef enum iocphost_metric_type {
+  IOCPHOST_METRIC_COUNTER = 1,  /* only goes up: metric_add(series, >= 0) */
+  IOCPHOST_METRIC_GAUGE = 2,    /* metric_set, metric_add (either sign) */
+  IOCPHOST_METRIC_HISTOGRAM = 3 /* metric_observe, into the plugin's bounds */
+} iocphost_metric_type_t;
+
+/* At most this many label names per metric (plugin and generation, which
+ * the host adds, not counted), bucket bounds per histogram, and series
+ * (tuples of label values) per metric: a label whose values come from
+ * players (ids, names) would grow a scrape without end. */
+#define IOCPHOST_METRIC_MAX_LABELS 8
+#define IOCPHOST_METRIC_MAX_BUCKETS 64
+#define IOCPHOST_METRIC_MAX_SERIES 4096
+
+/* A metric's definition, given to metric_define; the host copies what it
+ * keeps, so it may live on the stack.
+ *  - name: Prometheus's [a-zA-Z_:][a-zA-Z0-9_:]*, at most 200 bytes, not
+ *    starting with "iocphost_" (the host's own). A counter's name should
+ *    end in _total, a unit in the name (_seconds, _bytes) is the custom.
+ *  - labels: a NULL-terminated list of label names ([a-zA-Z_][a-zA-Z0-9_]*,
+ *    not starting with "__"), or NULL for none. "plugin" and "generation"
+ *    are the host's (it adds them to every series), "le" the histogram's.
+ *  - buckets (histograms only): bucket_count upper bounds, finite and
+ *    strictly increasing; +Inf is added by the host. Ignored otherwise. */
+typedef struct iocphost_metric_def {
+  uint32_t struct_size; /* sizeof(iocphost_metric_def_t) */
+  uint32_t type;        /* iocphost_metric_type_t */
+  const char *name;
+  const char *help; /* one line for # HELP; NULL is "" */
+  const char *const *labels;
+  const double *buckets;
+  uint32_t bucket_count;
+} iocphost_metric_def_t;
+
+/* Fills the header of a definition:
+ *   static const char *const by_service[] = {"service", NULL};
+ *   iocphost_metric_def_t def = {IOCPHOST_METRIC_DEF_HEADER,
+ *       .type = IOCPHOST_METRIC_COUNTER, .name = "echo_messages_total",
+ *       .help = "Messages echoed.", .labels = by_service};               */
+#define IOCPHOST_METRIC_DEF_HEADER .struct_size = sizeof(iocphost_metric_def_t)
 
 /* Host functions, passed to on_load. Valid until on_unload returns. */
 struct iocphost_api {
@@ -419,6 +470,58 @@ struct iocphost_api {
                       iocphost_session_done_fn done, void *arg);
   int (*room_work)(iocphost_room_t *room, iocphost_work_fn work,
                    iocphost_room_done_fn done, void *arg);
+
+  /* ---- ABI 1.3: metrics (SPEC section 15); check
+   * IOCPHOST_API_HAS(api, metric_define) first on a host that may be 1.2.
+   * The host exports them with its own at /metrics, each series with the
+   * labels plugin="<config name>" and generation="<n>" added to yours. */
+
+  /* Defines a metric; only while on_load runs (IOCPHOST_E_LOAD_ONLY
+   * otherwise), so the metrics of a generation are fixed once it serves
+   * and a bad definition refuses the deploy, not a scrape hours later.
+   * Returns IOCPHOST_OK with *out set, or an error with *out NULL, and the
+   * host logs one line naming the plugin, the metric and what to fix:
+   *   IOCPHOST_E_INVAL     a name, label or bucket list breaking the rules
+   *                        of iocphost_metric_def_t, too many labels or
+   *                        buckets, an unknown type
+   *   IOCPHOST_E_CONFLICT  the name is defined already, by this plugin's
+   *                        other live generation or by another plugin,
+   *                        with another type or other label names (each
+   *                        name has one definition in the host: every
+   *                        generation's series render under one header);
+   *                        or it collides with a histogram's name_bucket,
+   *                        name_sum or name_count
+   *   IOCPHOST_E_NOMEM
+   * Defining the same name again in one generation, the same way, returns
+   * the same metric; the same name by another generation or plugin, the
+   * same way, is one family with series of each (the help of the first).
+   * A metric lives as long as its generation: after a reload the old
+   * generation's series are exported until it is unloaded, then vanish. */
+  int (*metric_define)(const iocphost_api_t *api,
+                       const iocphost_metric_def_t *def,
+                       iocphost_metric_t **out);
+  /* The series for one tuple of label values, given in the order of the
+   * definition's label names (NULL-terminated, exactly that many; NULL for
+   * a metric without labels); made at the first call, then the same
+   * pointer. Values are UTF-8, at most 1024 bytes. This lookup may take a
+   * lock: call it once per tuple (in on_load, on_connected) and keep the
+   * series, not once per update. NULL for a wrong count, an invalid value,
+   * past IOCPHOST_METRIC_MAX_SERIES, or no memory (the host logs why, once
+   * per metric). Safe from any thread. */
+  iocphost_series_t *(*metric_series)(iocphost_metric_t *metric,
+                                      const char *const *values);
+  /* Updates, from any thread at any time until on_unload returns, with
+   * atomics and no lock: concurrent updates are never lost. 0, or
+   * IOCPHOST_E_INVAL for a NULL series, a function of another type, a
+   * value that is NaN or infinite, or a negative add to a counter (the
+   * host logs that once per metric). Values are doubles: integers add up
+   * exactly to 2^53. */
+  int (*metric_add)(iocphost_series_t *series, double value); /* counter,
+                                                               * gauge */
+  int (*metric_set)(iocphost_series_t *series, double value); /* gauge */
+  /* A histogram: the value counts in the first bucket whose bound it does
+   * not exceed (le), or in +Inf, and adds to the sum. */
+  int (*metric_observe)(iocphost_series_t *series, double value);
 };
 
 /* True if the host's table has the member (append-only evolution). */
