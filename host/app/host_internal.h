@@ -52,6 +52,7 @@
 #include "host.h"
 #include "iocphost/plugin.h"
 #include "plugin_loader.h"
+#include "watchdog.h"
 
 struct cJSON; /* the host's JSON; never seen by plugins */
 typedef struct host_plugin host_plugin_t;
@@ -75,6 +76,8 @@ struct generation {
   uintptr_t image_start, image_end; /* where its library is mapped */
   int loaded;                       /* on_load succeeded: on_unload is owed */
   int retired;        /* no longer current: unload at 0 sessions */
+  /* Callback durations and stalls (watchdog.c), from any thread. */
+  watch_stats_t calls;
   generation_t *next; /* the plugin's generations, newest first */
 };
 
@@ -95,6 +98,8 @@ typedef struct host_session {
   int connected; /* the plugin saw on_connected */
   struct membership *rooms; /* the rooms it is in: host->rooms_lock */
   int rooms_ended;          /* it left them all: host->rooms_lock */
+  /* generation->number once bound, for `sessions` on another thread. */
+  atomic_uint generation_number;
 } host_session_t;
 
 #define HOST_SESSION_BYTES ((sizeof(host_session_t) + 15) & ~(size_t)15)
@@ -153,6 +158,8 @@ struct host {
   pthread_mutex_t work_lock;
   struct work_call *work_calls;
   int work_abandoned; /* under work_lock: the stop gave up on the rest */
+  /* The stall watchdog's thread (watchdog.c); NULL when off. */
+  struct watchdog *watchdog;
 };
 
 #define SESSION(x) ((session_t *)(x))
@@ -199,6 +206,10 @@ extern const session_handler_t plugin_session_handler;
 /* The engine's factory hook: room for the host's record and the current
  * generation's state. */
 size_t prepare_session(void *ctx, void **session_context);
+/* watch_begin (watchdog.h) for a call of g's code on session s; packet_id
+ * -1 when the call is not on_packet. */
+watch_mark_t watch_session(session_t *s, generation_t *g, watch_kind_t kind,
+                           int packet_id);
 
 /* ---- plugin_api.c ---- */
 
