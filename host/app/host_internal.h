@@ -322,6 +322,9 @@ int rooms_close_all(host_t *host, uint64_t deadline_ms);
 typedef void (*rooms_status_fn)(void *arg, uint64_t id, uint32_t members);
 size_t rooms_of_generation(host_t *host, const generation_t *g,
                            rooms_status_fn fn, void *arg);
+/* For `sessions`: calls fn with the id of each room s is a member of. */
+void rooms_of_session(session_t *s, void (*fn)(void *arg, uint64_t room_id),
+                      void *arg);
 
 /* ---- status.c ---- */
 

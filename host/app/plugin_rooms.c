@@ -743,3 +743,12 @@ size_t rooms_of_generation(host_t *host, const generation_t *g,
   pthread_mutex_unlock(&host->rooms_lock);
   return count;
 }
+
+void rooms_of_session(session_t *s, void (*fn)(void *arg, uint64_t room_id),
+                      void *arg) {
+  host_t *host = host_service_of(s)->host;
+  pthread_mutex_lock(&host->rooms_lock);
+  for (membership_t *m = host_session(s)->rooms; m; m = m->session_next)
+    fn(arg, room_id(m->room->room));
+  pthread_mutex_unlock(&host->rooms_lock);
+}
