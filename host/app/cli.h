@@ -33,6 +33,9 @@ int load_config(const char *file, config_t **config);
 int cmd_check(const char *file);
 /* status, reload, stop, reopen-logs: one request to the running instance. */
 int cmd_control(const char *file, const char *command, int json, int dry_run);
+/* `sessions [--service NAME] [--json]` and `kick ID` (service NULL: all). */
+int cmd_sessions(const char *file, const char *service, int json);
+int cmd_kick(const char *file, const char *id);
 /* service_mode: started by the Windows service manager (no console). */
 int cmd_run(const char *file, int service_mode);
 /* `service SUB`: the Windows service manager's commands (win_service.c);

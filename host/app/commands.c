@@ -66,7 +66,10 @@ int cmd_check(const char *file) {
   return code;
 }
 
-int cmd_control(const char *file, const char *command, int json, int dry_run) {
+/* Sends request to the instance of file's config; the answer to stdout, an
+ * error to stderr as "iocphost: COMMAND: why". */
+static int send_request(const char *file, const char *command,
+                        const char *request) {
   /* Only the instance's identity: the host owns the rest of the file, and a
    * missing plugin must not keep an operator from stopping it. */
   config_t *config;
@@ -75,11 +78,6 @@ int cmd_control(const char *file, const char *command, int json, int dry_run) {
     report_error("invalid config: %s%s", load_err, "");
     return EXIT_INVALID;
   }
-  char request[64];
-  snprintf(request, sizeof request, "%s%s", command,
-           json      ? " --json"
-           : dry_run ? " --dry-run"
-                     : "");
   unsigned wait_ms = 10000;
   if (strcmp(command, "stop") == 0)
     wait_ms = config->drain_timeout_ms + 15000;
@@ -95,6 +93,43 @@ int cmd_control(const char *file, const char *command, int json, int dry_run) {
   if (rc != 0)
     fprintf(stderr, "iocphost: %s: %s\n", command, err);
   return rc == 0 ? EXIT_OK : rc > 0 ? EXIT_INVALID : EXIT_RUNTIME;
+}
+
+int cmd_control(const char *file, const char *command, int json, int dry_run) {
+  char request[64];
+  snprintf(request, sizeof request, "%s%s", command,
+           json      ? " --json"
+           : dry_run ? " --dry-run"
+                     : "");
+  return send_request(file, command, request);
+}
+
+int cmd_sessions(const char *file, const char *service, int json) {
+  char request[CONTROL_REQUEST_MAX + 1];
+  int n = snprintf(request, sizeof request, "sessions%s%s%s",
+                   service ? " --service " : "", service ? service : "",
+                   json ? " --json" : "");
+  if (n < 0 || (size_t)n >= sizeof request || (service && strchr(service, ' ')))
+    return usage_error("--service needs a service name as the config "
+                       "gives it (no spaces, at most 200 bytes), not '%s'",
+                       service);
+  return send_request(file, "sessions", request);
+}
+
+int cmd_kick(const char *file, const char *id) {
+  if (!id)
+    return usage_error("kick needs a session id (`iocphost sessions` lists "
+                       "them)%s",
+                       "");
+  char *end = NULL;
+  unsigned long long value = strtoull(id, &end, 10);
+  if (id[0] < '0' || id[0] > '9' || *end != '\0' || value == 0)
+    return usage_error("kick needs a session id, a number above 0 as "
+                       "`iocphost sessions` lists them, not '%s'",
+                       id);
+  char request[64];
+  snprintf(request, sizeof request, "kick %llu", value);
+  return send_request(file, "kick", request);
 }
 
 int cmd_service(const char *subcommand, const char *file, const char *name) {

@@ -569,10 +569,13 @@ static int check_element(loader_t *ld, const cJSON *item, const char *path,
 
 static const char *const TOP_KEYS[] = {
     "name", "log", "runtime_dir", "shutdown", "work", "cores", "plugins",
-    "services", NULL};
+    "services",
+    "watchdog",
+    NULL};
 static const char *const LOG_KEYS[] = {"level", "file", NULL};
 static const char *const SHUTDOWN_KEYS[] = {"drain_timeout_ms", NULL};
 static const char *const WORK_KEYS[] = {"threads", "queue_limit", NULL};
+static const char *const WATCHDOG_KEYS[] = {"stall_warn_ms", NULL};
 static const char *const CORE_KEYS[] = {"name", "threads", "backend", NULL};
 static const char *const PLUGIN_KEYS[] = {"name", "path", "settings", NULL};
 static const char *const SERVER_KEYS[] = {"name",
@@ -651,6 +654,21 @@ static int parse_log(loader_t *ld, const cJSON *root, config_t *c) {
   return c->log_file != NULL ? 0 : fail_memory(ld, "log.file");
 }
 
+/* "watchdog": {"stall_warn_ms": 100}; 0 turns the watchdog off. */
+static int parse_watchdog(loader_t *ld, const cJSON *root, config_t *c) {
+  const cJSON *watchdog;
+  if (get_object(ld, root, "", "watchdog", &watchdog) != 0)
+    return -1;
+  c->stall_warn_ms = 100;
+  if (watchdog != NULL &&
+      (check_keys(ld, watchdog, "watchdog", WATCHDOG_KEYS, "\"watchdog\"") !=
+           0 ||
+       get_u32(ld, watchdog, "watchdog", "stall_warn_ms", 0, 3600000.0, 100,
+               &c->stall_warn_ms) != 0))
+    return -1;
+  return 0;
+}
+
 static int parse_top(loader_t *ld, const cJSON *root, config_t *c) {
   if (check_keys(ld, root, "", TOP_KEYS, "the top level") != 0)
     return -1;
@@ -689,6 +707,8 @@ static int parse_top(loader_t *ld, const cJSON *root, config_t *c) {
            0 ||
        get_u32(ld, work, "work", "queue_limit", 1, 16777216.0, 1024,
                &c->work_queue_limit) != 0))
+    return -1;
+  if (parse_watchdog(ld, root, c) != 0)
     return -1;
   return 0;
 }

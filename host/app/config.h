@@ -83,6 +83,9 @@ typedef struct config {
   /* "work": the pool for plugins' blocking calls (session_work). */
   int work_threads;          /* 0 = one per CPU; default 4 */
   uint32_t work_queue_limit; /* items waiting before E_BUSY; default 1024 */
+  /* "watchdog": a plugin callback running longer is logged and counted;
+   * 0 = off; default 100. */
+  uint32_t stall_warn_ms;
   config_core_t *cores;
   size_t core_count;
   config_plugin_t *plugins;

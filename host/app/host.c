@@ -100,10 +100,13 @@ int host_start(host_t *host, char *err, size_t err_len) {
   }
   if (work_start(host, err, err_len) != 0)
     goto fail;
+  if (watchdog_start(host, err, err_len) != 0)
+    goto fail;
   for (size_t i = 0; i < host->plugin_count; i++) {
     if (generation_load(host->plugins[i].current, err, err_len) != 0) {
       work_stop(host, clock_now_ms() + c->drain_timeout_ms);
       rooms_close_all(host, clock_now_ms() + c->drain_timeout_ms);
+      watchdog_stop(host);
       unload_plugins(host);
       destroy_cores(host);
       return -1;
@@ -137,6 +140,7 @@ fail:
   work_stop(host, clock_now_ms() + c->drain_timeout_ms);
   destroy_services(host);
   rooms_close_all(host, clock_now_ms() + c->drain_timeout_ms);
+  watchdog_stop(host);
   unload_plugins(host);
   destroy_cores(host);
   return -3;
@@ -176,6 +180,7 @@ void host_stop(host_t *host) {
   uint64_t now = clock_now_ms();
   rooms_close_all(host, (deadline > now ? deadline : now) + 1000);
   destroy_services(host);
+  watchdog_stop(host); /* it names generations: before they go */
   unload_plugins(host);
   destroy_cores(host);
 }

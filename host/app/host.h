@@ -28,6 +28,10 @@ void host_stop(host_t *host);
 /* The answer to `iocphost status` (with "ok\n" first), text or JSON;
  * malloc'd. Safe while the host runs, from any thread. */
 char *host_status(host_t *host, int json, uint64_t uptime_ms);
+/* The answers to `iocphost sessions [--service NAME] [--json]` and
+ * `iocphost kick ID` (sessions.c): malloc'd, "ok\n" or "error: " first. */
+char *host_sessions(host_t *host, const char *service, int json);
+char *host_kick(host_t *host, uint64_t id);
 /* Redeploys every plugin whose file, path or settings changed in
  * config_file (SPEC section 10): all changed plugins load, pass the ABI
  * checks and on_load, or nothing changes. New sessions get the new

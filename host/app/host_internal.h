@@ -53,6 +53,7 @@
 #include "host.h"
 #include "iocphost/plugin.h"
 #include "plugin_loader.h"
+#include "watchdog.h"
 
 struct cJSON; /* the host's JSON; never seen by plugins */
 typedef struct host_plugin host_plugin_t;
@@ -78,6 +79,8 @@ struct generation {
   int retired;        /* no longer current: unload at 0 sessions */
   /* on_load is running: metric_define is allowed (plugin_metrics.c). */
   atomic_int metrics_open;
+  /* Callback durations and stalls (watchdog.c), from any thread. */
+  watch_stats_t calls;
   generation_t *next; /* the plugin's generations, newest first */
 };
 
@@ -98,6 +101,8 @@ typedef struct host_session {
   int connected; /* the plugin saw on_connected */
   struct membership *rooms; /* the rooms it is in: host->rooms_lock */
   int rooms_ended;          /* it left them all: host->rooms_lock */
+  /* generation->number once bound, for `sessions` on another thread. */
+  atomic_uint generation_number;
 } host_session_t;
 
 #define HOST_SESSION_BYTES ((sizeof(host_session_t) + 15) & ~(size_t)15)
@@ -169,6 +174,8 @@ struct host {
    * order defined, and their series lists, under metrics_lock. */
   pthread_mutex_t metrics_lock;
   struct iocphost_metric *metric_families;
+  /* The stall watchdog's thread (watchdog.c); NULL when off. */
+  struct watchdog *watchdog;
 };
 
 #define SESSION(x) ((session_t *)(x))
@@ -219,6 +226,10 @@ extern const session_handler_t plugin_session_handler;
 /* The engine's factory hook: room for the host's record and the current
  * generation's state. */
 size_t prepare_session(void *ctx, void **session_context);
+/* watch_begin (watchdog.h) for a call of g's code on session s; packet_id
+ * -1 when the call is not on_packet. */
+watch_mark_t watch_session(session_t *s, generation_t *g, watch_kind_t kind,
+                           int packet_id);
 
 /* ---- plugin_api.c ---- */
 
@@ -331,6 +342,9 @@ int rooms_close_all(host_t *host, uint64_t deadline_ms);
 typedef void (*rooms_status_fn)(void *arg, uint64_t id, uint32_t members);
 size_t rooms_of_generation(host_t *host, const generation_t *g,
                            rooms_status_fn fn, void *arg);
+/* For `sessions`: calls fn with the id of each room s is a member of. */
+void rooms_of_session(session_t *s, void (*fn)(void *arg, uint64_t room_id),
+                      void *arg);
 
 /* ---- status.c ---- */
 

@@ -20,6 +20,8 @@ typedef struct options {
   const char *name; /* --name: the Windows service's name */
   int json;
   int dry_run; /* reload --dry-run: say what a reload would do */
+  const char *service_name; /* sessions --service NAME */
+  const char *session_id;   /* kick ID */
   int service; /* run --service: started by the Windows service manager */
 } options_t;
 
@@ -41,6 +43,13 @@ static void print_help(FILE *out) {
           "rotation renamed it\n"
           "  iocphost stop    [-c FILE]            stop the running instance "
           "gracefully and wait for it\n"
+          "  iocphost sessions [-c FILE] [--service NAME] [--json]\n"
+          "                                        list the sessions: id, "
+          "service, peer, age, bytes,\n"
+          "                                        queued bytes, plugin "
+          "generation, rooms\n"
+          "  iocphost kick ID [-c FILE]            disconnect session ID "
+          "(reason local)\n"
           "  iocphost service install|uninstall|start|stop [-c FILE] [--name "
           "NAME]\n"
           "                                        a Windows service "
@@ -72,14 +81,22 @@ static int parse_options(int argc, char **argv, options_t *o) {
   int i = 2;
   if (strcmp(o->command, "service") == 0 && argc > 2 && argv[2][0] != '-')
     o->subcommand = argv[i++];
+  if (strcmp(o->command, "kick") == 0 && argc > 2 && argv[2][0] != '-')
+    o->session_id = argv[i++];
   for (; i < argc; i++) {
     if (strcmp(argv[i], "-c") == 0 || strcmp(argv[i], "--config") == 0) {
       if (i + 1 >= argc)
         return usage_error("%s needs a file name", argv[i]);
       o->file = argv[++i];
     } else if (strcmp(argv[i], "--json") == 0 &&
-               strcmp(o->command, "status") == 0) {
+               (strcmp(o->command, "status") == 0 ||
+                strcmp(o->command, "sessions") == 0)) {
       o->json = 1;
+    } else if (strcmp(argv[i], "--service") == 0 &&
+               strcmp(o->command, "sessions") == 0) {
+      if (i + 1 >= argc || argv[i + 1][0] == '\0')
+        return usage_error("%s needs a service name", argv[i]);
+      o->service_name = argv[++i];
     } else if (strcmp(argv[i], "--dry-run") == 0 &&
                strcmp(o->command, "reload") == 0) {
       o->dry_run = 1;
@@ -130,5 +147,9 @@ int main(int argc, char **argv) {
     return cmd_control(o.file, command, o.json, o.dry_run);
   if (strcmp(command, "service") == 0)
     return cmd_service(o.subcommand, o.file, o.name);
+  if (strcmp(command, "sessions") == 0)
+    return cmd_sessions(o.file, o.service_name, o.json);
+  if (strcmp(command, "kick") == 0)
+    return cmd_kick(o.file, o.session_id);
   return usage_error("unknown command '%s'", command);
 }

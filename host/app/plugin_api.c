@@ -220,15 +220,17 @@ typedef struct plugin_call {
   iocphost_session_fn fn;
   void *arg;
   generation_t *generation; /* held; NULL when fn is no plugin's code */
+  watch_kind_t kind;        /* a timer's or a post's */
 } plugin_call_t;
 
 static plugin_call_t *plugin_call_new(session_t *s, iocphost_session_fn fn,
-                                      void *arg) {
+                                      void *arg, watch_kind_t kind) {
   plugin_call_t *c = malloc(sizeof *c);
   if (!c)
     return NULL;
   c->fn = fn;
   c->arg = arg;
+  c->kind = kind;
   /* A function pointer as an address: what the library's image holds. */
   uintptr_t address;
   _Static_assert(sizeof fn == sizeof address,
@@ -247,7 +249,12 @@ static void plugin_call_free(plugin_call_t *c) {
 
 static void run_plugin_call(session_t *s, void *call, void *unused) {
   plugin_call_t *c = call;
+  /* Its code's generation; the session's when fn is no plugin's code. */
+  watch_mark_t mark = watch_session(
+      s, c->generation ? c->generation : host_session(s)->generation, c->kind,
+      -1);
   c->fn(PLUGIN_SESSION(s), plugin_state(s), c->arg);
+  watch_end(&mark);
 }
 
 static void plugin_call_done(session_t *s, void *call, void *unused) {
@@ -259,7 +266,7 @@ static uint64_t api_timer_start(iocphost_session_t *s, uint32_t delay_ms,
                                 void *arg) {
   if (!s || !fn)
     return 0;
-  plugin_call_t *c = plugin_call_new(SESSION(s), fn, arg);
+  plugin_call_t *c = plugin_call_new(SESSION(s), fn, arg, WATCH_SESSION_TIMER);
   if (!c)
     return 0;
   uint64_t id =
@@ -279,7 +286,7 @@ static int api_timer_stop(iocphost_session_t *s, uint64_t timer_id) {
 static int api_post(iocphost_session_t *s, iocphost_session_fn fn, void *arg) {
   if (!s || !fn)
     return IOCPHOST_E_INVAL;
-  plugin_call_t *c = plugin_call_new(SESSION(s), fn, arg);
+  plugin_call_t *c = plugin_call_new(SESSION(s), fn, arg, WATCH_SESSION_POST);
   if (!c)
     return IOCPHOST_E_NOMEM;
   int rc =

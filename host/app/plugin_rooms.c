@@ -61,6 +61,16 @@ typedef struct host_room {
 
 static host_room_t *host_room(room_t *r) { return room_extra(r); }
 
+/* watch_begin (watchdog.h) for a call of code's generation (the room's
+ * when NULL) in room r's order. */
+static watch_mark_t watch_room(room_t *r, generation_t *code,
+                               watch_kind_t kind) {
+  host_room_t *h = host_room(r);
+  watch_call_t call = {h->host, code ? code : h->generation, kind, NULL,
+                       room_id(r), -1};
+  return watch_begin(&call);
+}
+
 /* Smallest room class the host accepts: up to on_close. */
 #define ROOM_CLASS_MIN_SIZE                                                    \
   (offsetof(iocphost_room_class_t, on_close) +                                 \
@@ -159,9 +169,12 @@ static void unlink_member(host_room_t *h, membership_t *m) {
 static void member_leaves(host_room_t *h, membership_t *m,
                           iocphost_leave_t why) {
   unlink_member(h, m);
-  if (h->room_class->on_leave)
+  if (h->room_class->on_leave) {
+    watch_mark_t mark = watch_room(h->room, NULL, WATCH_ROOM_LEAVE);
     h->room_class->on_leave(PLUGIN_ROOM(h->room), h->state,
                             PLUGIN_SESSION(m->session), why);
+    watch_end(&mark);
+  }
   session_release(m->session);
   free(m);
 }
@@ -199,8 +212,11 @@ static void join_in_order(room_t *r, void *session, void *unused) {
   h->members = m;
   h->member_count++;
   atomic_store(&h->members_now, h->member_count);
-  if (h->room_class->on_join)
+  if (h->room_class->on_join) {
+    watch_mark_t mark = watch_room(r, NULL, WATCH_ROOM_JOIN);
     h->room_class->on_join(PLUGIN_ROOM(r), h->state, PLUGIN_SESSION(s));
+    watch_end(&mark);
+  }
 }
 
 static void leave_in_order(room_t *r, void *session, void *why) {
@@ -259,8 +275,11 @@ static void on_room_close(room_t *r) {
   host_room_t *h = host_room(r);
   while (h->members)
     member_leaves(h, h->members, IOCPHOST_LEAVE_CLOSING);
-  if (h->open_queued && h->room_class->on_close)
+  if (h->open_queued && h->room_class->on_close) {
+    watch_mark_t mark = watch_room(r, NULL, WATCH_ROOM_CLOSE);
     h->room_class->on_close(PLUGIN_ROOM(r), h->state);
+    watch_end(&mark);
+  }
   registry_remove(h->host, h);
   room_release(r); /* the host's open reference */
 }
@@ -306,7 +325,9 @@ static void room_call_done(room_t *r, void *call, void *unused) {
 static void run_room_call(room_t *r, void *call, void *unused) {
   (void)unused;
   room_call_t *c = call;
+  watch_mark_t mark = watch_room(r, c->generation, WATCH_ROOM_POST);
   c->fn(PLUGIN_ROOM(r), host_room(r)->state, c->arg);
+  watch_end(&mark);
 }
 
 static void run_room_tick(room_t *r, void *call, void *unused,
@@ -317,7 +338,9 @@ static void run_room_tick(room_t *r, void *call, void *unused,
                        .late_ms = tick->late_ms,
                        .late_count = tick->late_count,
                        .count = tick->count};
+  watch_mark_t mark = watch_room(r, c->generation, WATCH_ROOM_TICK);
   c->timer_fn(PLUGIN_ROOM(r), host_room(r)->state, c->arg, &t);
+  watch_end(&mark);
 }
 
 /* ---- the API ---- */
@@ -338,8 +361,11 @@ static core_t *core_for(host_t *host, const host_plugin_t *p) {
 static void open_in_order(room_t *r, void *arg, void *unused) {
   (void)unused;
   host_room_t *h = host_room(r);
-  if (h->room_class->on_open)
+  if (h->room_class->on_open) {
+    watch_mark_t mark = watch_room(r, NULL, WATCH_ROOM_OPEN);
     h->room_class->on_open(PLUGIN_ROOM(r), h->state, arg);
+    watch_end(&mark);
+  }
 }
 
 static iocphost_room_t *api_room_create(const iocphost_api_t *api,
@@ -607,8 +633,10 @@ static void release_room(void *owner) { room_release(owner); }
 static void room_work_done(room_t *r, void *call, void *unused) {
   (void)unused;
   work_call_t *c = call;
+  watch_mark_t mark = watch_room(r, c->done_code, WATCH_ROOM_WORK_DONE);
   c->done.room(PLUGIN_ROOM(r), host_room(r)->state, c->arg,
                c->skipped || !room_is_open(r));
+  watch_end(&mark); /* before work_call_end lets go of done_code */
   work_call_end(c);
 }
 
@@ -714,4 +742,13 @@ size_t rooms_of_generation(host_t *host, const generation_t *g,
   }
   pthread_mutex_unlock(&host->rooms_lock);
   return count;
+}
+
+void rooms_of_session(session_t *s, void (*fn)(void *arg, uint64_t room_id),
+                      void *arg) {
+  host_t *host = host_service_of(s)->host;
+  pthread_mutex_lock(&host->rooms_lock);
+  for (membership_t *m = host_session(s)->rooms; m; m = m->session_next)
+    fn(arg, room_id(m->room->room));
+  pthread_mutex_unlock(&host->rooms_lock);
 }

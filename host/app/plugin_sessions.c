@@ -19,6 +19,14 @@ static const iocphost_plugin_t *desc_of(session_t *s) {
   return host_session(s)->generation->desc;
 }
 
+watch_mark_t watch_session(session_t *s, generation_t *g, watch_kind_t kind,
+                           int packet_id) {
+  host_service_t *hs = host_service_of(s);
+  watch_call_t call = {hs->host,         g,  kind, hs->config->name,
+                       session_id(s), packet_id};
+  return watch_begin(&call);
+}
+
 static void on_connected(session_t *s) {
   host_session_t *h = host_session(s);
   host_service_t *hs = host_service_of(s);
@@ -37,14 +45,21 @@ static void on_connected(session_t *s) {
     }
   }
   h->connected = 1;
+  atomic_store(&h->generation_number, g->number);
+  watch_mark_t mark = watch_session(s, g, WATCH_ON_CONNECTED, -1);
   g->desc->on_connected(PLUGIN_SESSION(s), h->state);
+  watch_end(&mark);
 }
 
 static void on_disconnected(session_t *s, session_reason_t reason) {
   host_session_t *h = host_session(s);
-  if (h->connected)
+  if (h->connected) {
+    watch_mark_t mark =
+        watch_session(s, h->generation, WATCH_ON_DISCONNECTED, -1);
     desc_of(s)->on_disconnected(PLUGIN_SESSION(s), h->state,
                                 (iocphost_reason_t)reason);
+    watch_end(&mark);
+  }
   /* Then it leaves its rooms, each in its own order: no room keeps a
    * member whose on_disconnected has run. */
   rooms_session_ended(s);
@@ -52,8 +67,12 @@ static void on_disconnected(session_t *s, session_reason_t reason) {
 
 static void on_sent(session_t *s, size_t bytes) {
   const iocphost_plugin_t *d = desc_of(s);
-  if (d->on_send)
+  if (d->on_send) {
+    watch_mark_t mark =
+        watch_session(s, host_session(s)->generation, WATCH_ON_SEND, -1);
     d->on_send(PLUGIN_SESSION(s), plugin_state(s), bytes);
+    watch_end(&mark);
+  }
 }
 
 static void on_free(session_t *s) {
@@ -69,6 +88,7 @@ static void on_free(session_t *s) {
  * rather than once per packet. */
 typedef struct packet_delivery {
   session_t *session;
+  generation_t *generation;
   const iocphost_plugin_t *desc;
   void *state;
   uint64_t packets;
@@ -77,8 +97,11 @@ typedef struct packet_delivery {
 static int deliver_packet(void *ctx, const framing_packet_t *packet) {
   packet_delivery_t *d = ctx;
   d->packets++;
+  watch_mark_t mark =
+      watch_session(d->session, d->generation, WATCH_ON_PACKET, packet->id);
   d->desc->on_packet(PLUGIN_SESSION(d->session), d->state, packet->id,
                      packet->payload, packet->payload_len);
+  watch_end(&mark);
   return !session_is_open(d->session);
 }
 
@@ -87,7 +110,8 @@ static int deliver_packet(void *ctx, const framing_packet_t *packet) {
  * more than max_packet_bytes. */
 static size_t on_recv_packets(session_t *s, host_service_t *hs,
                               const uint8_t *data, size_t len) {
-  packet_delivery_t d = {s, desc_of(s), plugin_state(s), 0};
+  packet_delivery_t d = {s, host_session(s)->generation, desc_of(s),
+                         plugin_state(s), 0};
   framing_result_t r =
       framing_split(data, len, hs->max_packet_bytes, deliver_packet, &d);
   if (d.packets)
@@ -110,7 +134,12 @@ static size_t on_recv(session_t *s, const uint8_t *data, size_t len) {
   host_service_t *hs = host_service_of(s);
   if (hs->packet_framing)
     return on_recv_packets(s, hs, data, len);
-  return desc_of(s)->on_recv(PLUGIN_SESSION(s), plugin_state(s), data, len);
+  watch_mark_t mark =
+      watch_session(s, host_session(s)->generation, WATCH_ON_RECV, -1);
+  size_t used =
+      desc_of(s)->on_recv(PLUGIN_SESSION(s), plugin_state(s), data, len);
+  watch_end(&mark);
+  return used;
 }
 
 const session_handler_t plugin_session_handler = {

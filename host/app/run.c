@@ -79,6 +79,50 @@ typedef struct run_state {
   atomic_int serving;
 } run_state_t;
 
+/* "sessions [--service NAME] [--json]" and "kick ID"; NULL when the
+ * request is none of them (then it is unknown). */
+static char *handle_sessions(host_t *host, const char *request) {
+  char words[CONTROL_REQUEST_MAX + 1];
+  snprintf(words, sizeof words, "%s", request);
+  char *word[5];
+  int n = 0;
+  for (char *p = words; *p;) {
+    while (*p == ' ')
+      *p++ = '\0';
+    if (!*p)
+      break;
+    if (n == 5)
+      return NULL; /* more words than any of these takes */
+    word[n++] = p;
+    while (*p && *p != ' ')
+      p++;
+  }
+  if (n == 0)
+    return NULL;
+  if (strcmp(word[0], "kick") == 0) {
+    char *end = NULL;
+    unsigned long long id = n == 2 ? strtoull(word[1], &end, 10) : 0;
+    if (n != 2 || word[1][0] < '0' || word[1][0] > '9' || *end != '\0' ||
+        id == 0)
+      return strdup("error: kick takes one session id (a number above 0, "
+                    "as `iocphost sessions` lists them)\n");
+    return host_kick(host, (uint64_t)id);
+  }
+  if (strcmp(word[0], "sessions") != 0)
+    return NULL;
+  const char *service = NULL;
+  int json = 0;
+  for (int i = 1; i < n; i++) {
+    if (strcmp(word[i], "--json") == 0 && !json)
+      json = 1;
+    else if (strcmp(word[i], "--service") == 0 && !service && i + 1 < n)
+      service = word[++i];
+    else
+      return NULL;
+  }
+  return host_sessions(host, service, json);
+}
+
 /* Runs on the control thread. */
 static char *handle_control(void *ctx, const char *request, int *stop) {
   run_state_t *run = ctx;
@@ -89,6 +133,14 @@ static char *handle_control(void *ctx, const char *request, int *stop) {
                     "is ready\n");
     return host_status(run->host, request[6] != '\0',
                        clock_now_ms() - run->started_ms);
+  }
+  if (strncmp(request, "sessions", 8) == 0 || strncmp(request, "kick ", 5) == 0) {
+    if (!atomic_load_explicit(&run->serving, memory_order_acquire))
+      return strdup("error: the host is still starting; ask again when it "
+                    "is ready\n");
+    char *answer = handle_sessions(run->host, request);
+    if (answer)
+      return answer;
   }
   if (strcmp(request, "stop") == 0) {
     *stop = 1;
@@ -124,7 +176,8 @@ static char *handle_control(void *ctx, const char *request, int *stop) {
     shown[n] = '\0';
     snprintf(reply, len + 160,
              "error: unknown request '%s'; requests are: status, status "
-             "--json, stop, reload, reopen-logs\n",
+             "--json, stop, reload, reopen-logs, sessions [--service NAME] "
+             "[--json], kick ID\n",
              shown);
   }
   return reply;

@@ -121,6 +121,9 @@ static cJSON *status_json(host_t *host, uint64_t uptime_ms) {
       cJSON_AddNumberToObject(go, "sessions", (double)g->sessions);
       /* Timers and posts of its code still to run (or be dropped). */
       cJSON_AddNumberToObject(go, "timers_and_posts", (double)g->holds);
+      /* Callbacks that ran past watchdog.stall_warn_ms (SPEC section 15). */
+      cJSON_AddNumberToObject(go, "stalls",
+                              (double)atomic_load(&g->calls.stalls));
       /* Its rooms, with their members (SPEC section 12). */
       cJSON *rooms = cJSON_AddArrayToObject(go, "rooms");
       rooms_of_generation(host, g, add_room_json, rooms);
@@ -217,6 +220,9 @@ char *host_status(host_t *host, int json, uint64_t uptime_ms) {
       double holds = cJSON_GetObjectItem(g, "timers_and_posts")->valuedouble;
       if (holds > 0)
         text_append(&out, &len, &cap, ", %.0f timers or posts", holds);
+      double stalls = cJSON_GetObjectItem(g, "stalls")->valuedouble;
+      if (stalls > 0)
+        text_append(&out, &len, &cap, ", %.0f stalls", stalls);
       cJSON *rooms = cJSON_GetObjectItem(g, "rooms");
       int room_count = cJSON_GetArraySize(rooms);
       if (room_count > 0) {

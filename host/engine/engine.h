@@ -204,6 +204,10 @@ void service_get_stats(service_t *svc, service_stats_t *out);
 int service_local_address(service_t *svc, address_t *out);
 /* A live session by id, acquired; NULL if none. */
 session_t *service_find_session(service_t *svc, uint64_t id);
+/* The service's sessions (connected, not yet ended and unlisted), each
+ * acquired, in a malloc'd array the caller frees after releasing each.
+ * Returns ENGINE_OK (*out NULL when there are none) or ENGINE_E_NOMEM. */
+int service_sessions(service_t *svc, session_t ***out, size_t *count);
 /* Queues one shared buffer on every open session; returns the count. */
 int service_broadcast(service_t *svc, shared_buf_t *buf);
 /* The layer above's pointer for this service (e.g. the host's record). */
@@ -246,6 +250,16 @@ service_t *session_service(const session_t *s);
 void *session_extra(session_t *s);
 size_t session_extra_size(const session_t *s);
 void *session_context(const session_t *s);
+/* A session as an operator sees it (`iocphost sessions`). */
+typedef struct session_info {
+  uint64_t id;
+  address_t peer;
+  uint64_t connected_ms; /* clock_now_ms when it connected */
+  uint64_t bytes_in, bytes_out;
+  uint64_t queued_bytes; /* queued to send, not yet taken by the socket */
+} session_info_t;
+/* Of a listed session (service_sessions). */
+void session_get_info(session_t *s, session_info_t *out);
 /* 1 while the session is open (between on_connected and disconnect). */
 int session_is_open(session_t *s);
 

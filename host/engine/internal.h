@@ -66,6 +66,10 @@ struct session {
   uint64_t pending_since_ms; /* when the oldest kept input byte arrived */
   strand_t strand; /* timers and posts in the session's order */
   uint64_t last_recv_ms;
+  /* For `sessions` (session_get_info): written on the worker, read from
+   * anywhere. connected_ms is set before the service lists the session. */
+  atomic_uint_fast64_t bytes_in, bytes_out;
+  uint64_t connected_ms;
   session_t *service_prev, *service_next, *hash_next; /* service lock */
   address_t peer;
   /* extra state follows, aligned */

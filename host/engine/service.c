@@ -270,6 +270,27 @@ session_t *service_find_session(service_t *svc, uint64_t id) {
   return found;
 }
 
+int service_sessions(service_t *svc, session_t ***out, size_t *count) {
+  *out = NULL;
+  *count = 0;
+  pthread_mutex_lock(&svc->lock);
+  size_t n = 0;
+  for (session_t *s = svc->sessions; s; s = s->service_next)
+    n++;
+  session_t **list = n ? malloc(n * sizeof *list) : NULL;
+  if (n && !list) {
+    pthread_mutex_unlock(&svc->lock);
+    return ENGINE_E_NOMEM;
+  }
+  size_t i = 0;
+  for (session_t *s = svc->sessions; s; s = s->service_next)
+    list[i++] = session_acquire(s);
+  pthread_mutex_unlock(&svc->lock);
+  *out = list;
+  *count = n;
+  return ENGINE_OK;
+}
+
 int service_broadcast(service_t *svc, shared_buf_t *buf) {
   int count = 0;
   pthread_mutex_lock(&svc->lock);

@@ -81,6 +81,15 @@ static const service_options_t *opts_of(const session_t *s) {
   return service__options(s->service);
 }
 
+/* The session's own counts (`sessions`) and its service's (status). */
+static void count_bytes(session_t *s, uint64_t in, uint64_t out) {
+  if (in)
+    atomic_fetch_add_explicit(&s->bytes_in, in, memory_order_relaxed);
+  if (out)
+    atomic_fetch_add_explicit(&s->bytes_out, out, memory_order_relaxed);
+  service__count_bytes(s->service, in, out);
+}
+
 /* ---- references ---- */
 
 void session__ref(session_t *s) {
@@ -401,6 +410,7 @@ int session__attach(session_t *s, io_socket_t sock, int worker_hint) {
   if (o->tcp_nodelay && !IO_ACCEPT_INHERITS_NODELAY)
     io_socket_set_nodelay(sock, 1);
   s->state = SESSION_OPENING;
+  s->connected_ms = clock_now_ms();
   service__register(s->service, s);
   pthread_mutex_lock(&s->lock);
   post_kick_locked(s);
@@ -434,6 +444,7 @@ static void on_connect_done(io_op_t *op, int status, size_t bytes) {
   pthread_mutex_lock(&s->lock);
   s->state = SESSION_OPENING;
   pthread_mutex_unlock(&s->lock);
+  s->connected_ms = clock_now_ms();
   service__register(s->service, s);
   service__connect_done(s->slot, s, 0);
   pthread_mutex_lock(&s->lock);
@@ -502,7 +513,7 @@ static void on_recv_done(io_op_t *op, int status, size_t bytes) {
 void session__receive(session_t *s, const uint8_t *data, size_t len) {
   if (s->state != SESSION_OPEN || !session_is_open(s))
     return;
-  service__count_bytes(s->service, len, 0);
+  count_bytes(s, len, 0);
   s->last_recv_ms = clock_now_ms();
   delivering = s;
   deliver_input(s, data, len);
@@ -705,7 +716,7 @@ static void on_send_done(io_op_t *op, int status, size_t bytes) {
     session_release(s);
     return;
   }
-  service__count_bytes(s->service, 0, bytes);
+  count_bytes(s, 0, bytes);
   const session_handler_t *h = opts_of(s)->factory.handler;
   if (h->on_sent && s->state == SESSION_OPEN)
     h->on_sent(s, bytes);
@@ -792,7 +803,7 @@ static int enqueue(session_t *s, const session_buf_t *bufs, size_t count,
       int n = io_send_now(&s->handle, iov, (int)n_iov);
       if (n > 0) {
         sent = (size_t)n;
-        service__count_bytes(s->service, 0, sent);
+        count_bytes(s, 0, sent);
         if (opts_of(s)->factory.handler->on_sent) {
           /* Reported after the running callback: by session__receive
            * when it is this session's, otherwise by the kick. */
@@ -1039,6 +1050,17 @@ static void begin_close(session_t *s, int reason, int graceful) {
 }
 
 /* ---- accessors ---- */
+
+void session_get_info(session_t *s, session_info_t *out) {
+  out->id = s->id;
+  out->peer = s->peer;
+  out->connected_ms = s->connected_ms;
+  out->bytes_in = atomic_load_explicit(&s->bytes_in, memory_order_relaxed);
+  out->bytes_out = atomic_load_explicit(&s->bytes_out, memory_order_relaxed);
+  pthread_mutex_lock(&s->lock);
+  out->queued_bytes = s->queued_bytes;
+  pthread_mutex_unlock(&s->lock);
+}
 
 uint64_t session_id(const session_t *s) { return s->id; }
 const address_t *session_peer(const session_t *s) { return &s->peer; }
