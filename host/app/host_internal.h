@@ -76,6 +76,9 @@ struct generation {
   int loaded;                       /* on_load succeeded: on_unload is owed */
   int retired;        /* no longer current: unload at 0 sessions */
   generation_t *next; /* the plugin's generations, newest first */
+  /* Its rooms' timer ticks (metrics.c): how many ran, how many late, and
+   * their lateness summed in ms. */
+  atomic_uint_fast64_t ticks, late_ticks, late_ms_sum;
 };
 
 struct host_plugin {
