@@ -83,6 +83,13 @@ typedef struct config {
   /* "work": the pool for plugins' blocking calls (session_work). */
   int work_threads;          /* 0 = one per CPU; default 4 */
   uint32_t work_queue_limit; /* items waiting before E_BUSY; default 1024 */
+  /* "metrics" (SPEC section 15): the Prometheus endpoint (metrics.c); off
+   * when metrics_address_text is NULL. */
+  char *metrics_address_text;
+  address_t metrics_address;
+  uint32_t metrics_max_connections; /* at once, 1..64; default 8 */
+  /* A connection's whole life: request in, page out; default 5000. */
+  uint32_t metrics_timeout_ms;
   config_core_t *cores;
   size_t core_count;
   config_plugin_t *plugins;

@@ -156,6 +156,9 @@ struct host {
   pthread_mutex_t work_lock;
   struct work_call *work_calls;
   int work_abandoned; /* under work_lock: the stop gave up on the rest */
+  /* The metrics endpoint (metrics.c): bound first in host_start, served
+   * once the host is started, closed first in host_stop. NULL when off. */
+  struct metrics_server *metrics;
 };
 
 #define SESSION(x) ((session_t *)(x))
