@@ -25,7 +25,8 @@ void procstat_read(procstat_t *out) {
     out->has_vsize = 1;
   }
   DWORD handles = 0;
-  if (GetProcessHandleCount(self, &handles)) {
+  /* A process has handles; 0 is a stub's answer (Wine's): not known. */
+  if (GetProcessHandleCount(self, &handles) && handles > 0) {
     out->open_fds = (double)handles;
     out->has_fds = 1;
     out->max_fds = 16777216.0; /* the kernel's per-process handle limit */

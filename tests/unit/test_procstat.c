@@ -3,6 +3,7 @@
  * very process. */
 #include <check.h>
 #include <math.h>
+#include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
@@ -67,7 +68,8 @@ START_TEST(this_process_reads_sensibly) {
   procstat_t st;
   procstat_read(&st);
   ck_assert(st.has_rss && st.rss_bytes > 0);
-  ck_assert(st.has_fds && st.open_fds > 0);
+  /* Wine answers GetProcessHandleCount with 0: then there is no figure. */
+  ck_assert(st.has_fds ? st.open_fds > 0 : getenv("WINEPREFIX") != NULL);
   ck_assert(st.has_cpu && st.cpu_seconds >= 0);
   ck_assert(st.has_start);
   double now = (double)time(NULL);
