@@ -569,13 +569,13 @@ static int check_element(loader_t *ld, const cJSON *item, const char *path,
 
 static const char *const TOP_KEYS[] = {
     "name", "log", "runtime_dir", "shutdown", "work", "cores", "plugins",
-    "services",
-    "watchdog",
-    NULL};
+    "services", "watchdog", "metrics", NULL};
 static const char *const LOG_KEYS[] = {"level", "file", NULL};
 static const char *const SHUTDOWN_KEYS[] = {"drain_timeout_ms", NULL};
 static const char *const WORK_KEYS[] = {"threads", "queue_limit", NULL};
 static const char *const WATCHDOG_KEYS[] = {"stall_warn_ms", NULL};
+static const char *const METRICS_KEYS[] = {"address", "max_connections",
+                                           "timeout_ms", NULL};
 static const char *const CORE_KEYS[] = {"name", "threads", "backend", NULL};
 static const char *const PLUGIN_KEYS[] = {"name", "path", "settings", NULL};
 static const char *const SERVER_KEYS[] = {"name",
@@ -669,6 +669,36 @@ static int parse_watchdog(loader_t *ld, const cJSON *root, config_t *c) {
   return 0;
 }
 
+/* "metrics" (SPEC section 15): the Prometheus endpoint, off when absent. */
+static int parse_metrics(loader_t *ld, const cJSON *root, config_t *c) {
+  const cJSON *metrics;
+  if (get_object(ld, root, "", "metrics", &metrics) != 0)
+    return -1;
+  c->metrics_max_connections = 8;
+  c->metrics_timeout_ms = 5000;
+  if (metrics == NULL)
+    return 0;
+  if (check_keys(ld, metrics, "metrics", METRICS_KEYS, "\"metrics\"") != 0 ||
+      get_u32(ld, metrics, "metrics", "max_connections", 1, 64, 8,
+              &c->metrics_max_connections) != 0 ||
+      get_u32(ld, metrics, "metrics", "timeout_ms", 100, 600000, 5000,
+              &c->metrics_timeout_ms) != 0 ||
+      get_text(ld, metrics, "metrics", "address", 1, NULL,
+               "give the address Prometheus scrapes, such as "
+               "\"127.0.0.1:9100\"",
+               &c->metrics_address_text) != 0)
+    return -1;
+  char why[256];
+  if (address_parse(c->metrics_address_text, &c->metrics_address, why,
+                    sizeof why) != 0)
+    return fail(ld, "metrics.address", "%s", why);
+  if (address_port(&c->metrics_address) == 0)
+    return fail(ld, "metrics.address",
+                "port 0 would pick a port Prometheus cannot know; give a "
+                "fixed port such as \"127.0.0.1:9100\"");
+  return 0;
+}
+
 static int parse_top(loader_t *ld, const cJSON *root, config_t *c) {
   if (check_keys(ld, root, "", TOP_KEYS, "the top level") != 0)
     return -1;
@@ -708,7 +738,7 @@ static int parse_top(loader_t *ld, const cJSON *root, config_t *c) {
        get_u32(ld, work, "work", "queue_limit", 1, 16777216.0, 1024,
                &c->work_queue_limit) != 0))
     return -1;
-  if (parse_watchdog(ld, root, c) != 0)
+  if (parse_watchdog(ld, root, c) != 0 || parse_metrics(ld, root, c) != 0)
     return -1;
   return 0;
 }
@@ -1177,6 +1207,17 @@ static int parse_services(loader_t *ld, const cJSON *root, config_t *c) {
                     (unsigned long)j);
       }
     }
+    if (c->metrics_address_text &&
+        addresses_conflict(&s->address, &c->metrics_address)) {
+      char a[80], b[80];
+      return fail(ld, NULL,
+                  "metrics.address: \"%s\" overlaps \"%s\" of server "
+                  "service \"%s\" (services[%lu].address); the metrics "
+                  "endpoint needs a port of its own, give it another port",
+                  printable(a, sizeof a, c->metrics_address_text),
+                  printable(b, sizeof b, s->address_text), s->name,
+                  (unsigned long)i);
+    }
   }
   return 0;
 }
@@ -1493,5 +1534,6 @@ void config_free(config_t *config) {
   free(config->name);
   free(config->log_file);
   free(config->runtime_dir);
+  free(config->metrics_address_text);
   free(config);
 }

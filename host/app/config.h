@@ -86,6 +86,13 @@ typedef struct config {
   /* "watchdog": a plugin callback running longer is logged and counted;
    * 0 = off; default 100. */
   uint32_t stall_warn_ms;
+  /* "metrics" (SPEC section 15): the Prometheus endpoint (metrics.c); off
+   * when metrics_address_text is NULL. */
+  char *metrics_address_text;
+  address_t metrics_address;
+  uint32_t metrics_max_connections; /* at once, 1..64; default 8 */
+  /* A connection's whole life: request in, page out; default 5000. */
+  uint32_t metrics_timeout_ms;
   config_core_t *cores;
   size_t core_count;
   config_plugin_t *plugins;

@@ -13,6 +13,7 @@
 #include "admission.h"
 #include "engine/log.h"
 #include "host_internal.h"
+#include "metrics.h"
 #include "shadow.h"
 
 int host_open(const config_t *config, host_t **out, char *err, size_t err_len) {
@@ -84,6 +85,10 @@ int host_start(host_t *host, char *err, size_t err_len) {
   const config_t *c = host->config;
   if (move_to_shadow(host, err, err_len) != 0)
     return -3;
+  /* Bound before anything starts: a metrics address in use stops the start
+   * here, with nothing to undo. */
+  if (metrics_open(host, &host->metrics, err, err_len) != 0)
+    return -3;
   /* The cores first: a plugin may make rooms in on_load (a world clock),
    * and rooms run on a core; the work pool too, as on_load may already
    * submit work. */
@@ -109,6 +114,8 @@ int host_start(host_t *host, char *err, size_t err_len) {
       watchdog_stop(host);
       unload_plugins(host);
       destroy_cores(host);
+      metrics_close(host->metrics);
+      host->metrics = NULL;
       return -1;
     }
   }
@@ -135,6 +142,10 @@ int host_start(host_t *host, char *err, size_t err_len) {
     }
   }
   host->started = 1;
+  if (metrics_serve(host->metrics, err, err_len) != 0) {
+    host_stop(host);
+    return -3;
+  }
   return 0;
 fail:
   work_stop(host, clock_now_ms() + c->drain_timeout_ms);
@@ -143,6 +154,8 @@ fail:
   watchdog_stop(host);
   unload_plugins(host);
   destroy_cores(host);
+  metrics_close(host->metrics);
+  host->metrics = NULL;
   return -3;
 }
 
@@ -150,6 +163,9 @@ void host_stop(host_t *host) {
   if (!host->started || host->stopped)
     return;
   host->stopped = 1;
+  /* Scrapes end first: the page would only show the host going away. */
+  metrics_close(host->metrics);
+  host->metrics = NULL;
   const config_t *c = host->config;
   for (size_t i = 0; i < c->service_count; i++)
     service_stop_accepting(host->services[i].engine);

@@ -82,6 +82,9 @@ struct generation {
   /* Callback durations and stalls (watchdog.c), from any thread. */
   watch_stats_t calls;
   generation_t *next; /* the plugin's generations, newest first */
+  /* Its rooms' timer ticks (metrics.c): how many ran, how many late, and
+   * their lateness summed in ms. */
+  atomic_uint_fast64_t ticks, late_ticks, late_ms_sum;
 };
 
 struct host_plugin {
@@ -176,6 +179,9 @@ struct host {
   struct iocphost_metric *metric_families;
   /* The stall watchdog's thread (watchdog.c); NULL when off. */
   struct watchdog *watchdog;
+  /* The metrics endpoint (metrics.c): bound first in host_start, served
+   * once the host is started, closed first in host_stop. NULL when off. */
+  struct metrics_server *metrics;
 };
 
 #define SESSION(x) ((session_t *)(x))

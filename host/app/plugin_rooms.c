@@ -339,6 +339,13 @@ static void run_room_tick(room_t *r, void *call, void *unused,
                        .late_count = tick->late_count,
                        .count = tick->count};
   watch_mark_t mark = watch_room(r, c->generation, WATCH_ROOM_TICK);
+  generation_t *g = host_room(r)->generation;
+  atomic_fetch_add_explicit(&g->ticks, 1, memory_order_relaxed);
+  if (tick->late_ms > 0) {
+    atomic_fetch_add_explicit(&g->late_ticks, 1, memory_order_relaxed);
+    atomic_fetch_add_explicit(&g->late_ms_sum, tick->late_ms,
+                              memory_order_relaxed);
+  }
   c->timer_fn(PLUGIN_ROOM(r), host_room(r)->state, c->arg, &t);
   watch_end(&mark);
 }

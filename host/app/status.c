@@ -15,23 +15,14 @@
 
 #include "engine/log.h"
 #include "host_internal.h"
+#include "snapshot.h"
 #include "version.h"
 
 /* ---- status (SPEC section 8) ---- */
 
-static const char *const reason_names[] = {
-#define REASON_NAME(name, value, text) [value] = text,
-    IOCPHOST_REASONS(REASON_NAME)
-#undef REASON_NAME
-};
-#define REASON_COUNT ((int)(sizeof reason_names / sizeof reason_names[0]))
-
-static cJSON *service_json(host_service_t *hs) {
-  const config_service_t *cs = hs->config;
-  service_stats_t st;
-  memset(&st, 0, sizeof st);
-  if (hs->engine)
-    service_get_stats(hs->engine, &st);
+static cJSON *service_json(const snap_service_t *ss) {
+  const config_service_t *cs = ss->config;
+  const service_stats_t *st = &ss->stats;
   cJSON *o = cJSON_CreateObject();
   cJSON_AddStringToObject(o, "name", cs->name);
   cJSON_AddStringToObject(
@@ -39,35 +30,28 @@ static cJSON *service_json(host_service_t *hs) {
   cJSON_AddStringToObject(o, "address", cs->address_text);
   cJSON_AddStringToObject(o, "core", cs->core);
   cJSON_AddStringToObject(o, "plugin", cs->plugin);
-  cJSON_AddStringToObject(o, "framing", hs->packet_framing ? "packet" : "raw");
-  cJSON_AddNumberToObject(o, "sessions", (double)st.sessions_now);
-  cJSON_AddNumberToObject(o, "max_sessions", (double)st.sessions_max);
-  cJSON_AddNumberToObject(o, "accepted", (double)st.accepted);
-  cJSON_AddNumberToObject(o, "rejected", (double)st.rejected);
-  cJSON_AddNumberToObject(o, "accept_errors", (double)st.accept_errors);
-  cJSON_AddNumberToObject(o, "connects", (double)st.connects);
-  cJSON_AddNumberToObject(o, "connect_failures", (double)st.connect_failures);
-  cJSON_AddNumberToObject(o, "bytes_in", (double)st.bytes_in);
-  cJSON_AddNumberToObject(o, "bytes_out", (double)st.bytes_out);
-  cJSON_AddNumberToObject(o, "packets_in",
-                          (double)atomic_load(&hs->packets_in));
-  cJSON_AddNumberToObject(o, "packets_out",
-                          (double)atomic_load(&hs->packets_out));
+  cJSON_AddStringToObject(o, "framing", ss->packet_framing ? "packet" : "raw");
+  cJSON_AddNumberToObject(o, "sessions", (double)st->sessions_now);
+  cJSON_AddNumberToObject(o, "max_sessions", (double)st->sessions_max);
+  cJSON_AddNumberToObject(o, "accepted", (double)st->accepted);
+  cJSON_AddNumberToObject(o, "rejected", (double)st->rejected);
+  cJSON_AddNumberToObject(o, "accept_errors", (double)st->accept_errors);
+  cJSON_AddNumberToObject(o, "connects", (double)st->connects);
+  cJSON_AddNumberToObject(o, "connect_failures", (double)st->connect_failures);
+  cJSON_AddNumberToObject(o, "bytes_in", (double)st->bytes_in);
+  cJSON_AddNumberToObject(o, "bytes_out", (double)st->bytes_out);
+  cJSON_AddNumberToObject(o, "packets_in", (double)ss->packets_in);
+  cJSON_AddNumberToObject(o, "packets_out", (double)ss->packets_out);
   cJSON *d = cJSON_AddObjectToObject(o, "disconnects");
-  for (int r = 1; r < REASON_COUNT && r < 10; r++)
-    if (reason_names[r])
-      cJSON_AddNumberToObject(d, reason_names[r], (double)st.disconnects[r]);
+  for (int r = 1; r < SNAPSHOT_REASONS; r++)
+    if (snapshot_reason_name(r))
+      cJSON_AddNumberToObject(d, snapshot_reason_name(r),
+                              (double)st->disconnects[r]);
   return o;
 }
 
-static void add_room_json(void *arg, uint64_t id, uint32_t members) {
-  cJSON *o = cJSON_CreateObject();
-  cJSON_AddNumberToObject(o, "id", (double)id);
-  cJSON_AddNumberToObject(o, "members", (double)members);
-  cJSON_AddItemToArray(arg, o);
-}
-
-static cJSON *status_json(host_t *host, uint64_t uptime_ms) {
+static cJSON *status_json(host_t *host, const host_snapshot_t *snap,
+                          uint64_t uptime_ms) {
   const config_t *c = host->config;
   cJSON *root = cJSON_CreateObject();
   cJSON_AddStringToObject(root, "name", c->name);
@@ -75,66 +59,66 @@ static cJSON *status_json(host_t *host, uint64_t uptime_ms) {
   cJSON_AddNumberToObject(root, "pid", (double)getpid());
   cJSON_AddNumberToObject(root, "uptime_ms", (double)uptime_ms);
   cJSON_AddStringToObject(root, "config", c->file);
-  cJSON_AddStringToObject(root, "state",
-                          host->stopped ? "stopping" : "running");
+  cJSON_AddStringToObject(root, "state", snap->stopping ? "stopping" : "running");
   cJSON *cores = cJSON_AddArrayToObject(root, "cores");
-  for (size_t i = 0; i < c->core_count; i++) {
+  for (size_t i = 0; i < snap->core_count; i++) {
+    const snap_core_t *sc = &snap->cores[i];
     cJSON *o = cJSON_CreateObject();
-    cJSON_AddStringToObject(o, "name", c->cores[i].name);
-    if (host->cores[i]) {
-      cJSON_AddNumberToObject(o, "threads", core_thread_count(host->cores[i]));
-      cJSON_AddNumberToObject(o, "completions",
-                              (double)core_completions(host->cores[i]));
+    cJSON_AddStringToObject(o, "name", sc->name);
+    if (sc->running) {
+      cJSON_AddNumberToObject(o, "threads", sc->threads);
+      cJSON_AddNumberToObject(o, "completions", (double)sc->completions);
     }
     cJSON_AddItemToArray(cores, o);
   }
-  if (host->work) {
-    work_pool_stats_t st;
-    work_pool_get_stats(host->work, &st);
+  if (snap->has_work) {
+    const work_pool_stats_t *st = &snap->work;
     cJSON *w = cJSON_AddObjectToObject(root, "work");
-    cJSON_AddNumberToObject(w, "threads", st.threads);
-    cJSON_AddNumberToObject(w, "queue_limit", st.queue_limit);
-    cJSON_AddNumberToObject(w, "queued", st.queued);
-    cJSON_AddNumberToObject(w, "running", st.running);
-    cJSON_AddNumberToObject(w, "completed", (double)st.completed);
-    cJSON_AddNumberToObject(w, "rejected", (double)st.rejected);
+    cJSON_AddNumberToObject(w, "threads", st->threads);
+    cJSON_AddNumberToObject(w, "queue_limit", st->queue_limit);
+    cJSON_AddNumberToObject(w, "queued", st->queued);
+    cJSON_AddNumberToObject(w, "running", st->running);
+    cJSON_AddNumberToObject(w, "completed", (double)st->completed);
+    cJSON_AddNumberToObject(w, "rejected", (double)st->rejected);
   }
   cJSON *plugins = cJSON_AddArrayToObject(root, "plugins");
-  for (size_t i = 0; i < host->plugin_count; i++) {
-    host_plugin_t *p = &host->plugins[i];
+  for (size_t i = 0; i < snap->plugin_count; i++) {
+    const snap_plugin_t *p = &snap->plugins[i];
     cJSON *o = cJSON_CreateObject();
     cJSON_AddStringToObject(o, "name", p->name);
-    pthread_mutex_lock(&host->gen_lock);
-    generation_t *current = p->current;
-    if (current) {
-      cJSON_AddStringToObject(o, "version", current->desc->version);
-      cJSON_AddStringToObject(o, "path", current->source_path);
-      cJSON_AddNumberToObject(o, "generation", current->number);
+    if (p->has_current) {
+      cJSON_AddStringToObject(o, "version", p->version);
+      cJSON_AddStringToObject(o, "path", p->path);
+      cJSON_AddNumberToObject(o, "generation", p->generation);
     }
     cJSON *gens = cJSON_AddArrayToObject(o, "generations");
-    for (generation_t *g = p->generations; g; g = g->next) {
+    for (size_t j = 0; j < p->generation_count; j++) {
+      const snap_generation_t *g = &p->generations[j];
       cJSON *go = cJSON_CreateObject();
       cJSON_AddNumberToObject(go, "generation", g->number);
-      cJSON_AddStringToObject(go, "version", g->desc->version);
-      cJSON_AddStringToObject(go, "state",
-                              g == current ? "current" : "retired");
+      cJSON_AddStringToObject(go, "version", g->version);
+      cJSON_AddStringToObject(go, "state", g->current ? "current" : "retired");
       cJSON_AddNumberToObject(go, "sessions", (double)g->sessions);
       /* Timers and posts of its code still to run (or be dropped). */
       cJSON_AddNumberToObject(go, "timers_and_posts", (double)g->holds);
       /* Callbacks that ran past watchdog.stall_warn_ms (SPEC section 15). */
       cJSON_AddNumberToObject(go, "stalls",
-                              (double)atomic_load(&g->calls.stalls));
+                              (double)g->stalls);
       /* Its rooms, with their members (SPEC section 12). */
       cJSON *rooms = cJSON_AddArrayToObject(go, "rooms");
-      rooms_of_generation(host, g, add_room_json, rooms);
+      for (size_t k = 0; k < g->room_count; k++) {
+        cJSON *ro = cJSON_CreateObject();
+        cJSON_AddNumberToObject(ro, "id", (double)g->rooms[k].id);
+        cJSON_AddNumberToObject(ro, "members", (double)g->rooms[k].members);
+        cJSON_AddItemToArray(rooms, ro);
+      }
       cJSON_AddItemToArray(gens, go);
     }
-    pthread_mutex_unlock(&host->gen_lock);
     cJSON_AddItemToArray(plugins, o);
   }
   cJSON *services = cJSON_AddArrayToObject(root, "services");
-  for (size_t i = 0; i < c->service_count; i++)
-    cJSON_AddItemToArray(services, service_json(&host->services[i]));
+  for (size_t i = 0; i < snap->service_count; i++)
+    cJSON_AddItemToArray(services, service_json(&snap->services[i]));
   return root;
 }
 
@@ -161,9 +145,11 @@ void text_append(char **buf, size_t *len, size_t *cap, const char *fmt, ...) {
 }
 
 char *host_status(host_t *host, int json, uint64_t uptime_ms) {
-  pthread_mutex_lock(&host->lock);
-  cJSON *root = status_json(host, uptime_ms);
-  pthread_mutex_unlock(&host->lock);
+  host_snapshot_t snap;
+  if (host_snapshot_take(host, &snap) != 0)
+    return NULL;
+  cJSON *root = status_json(host, &snap, uptime_ms);
+  host_snapshot_free(&snap);
   char *out = NULL;
   if (json) {
     char *text = cJSON_Print(root);

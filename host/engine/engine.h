@@ -171,6 +171,11 @@ typedef struct service_stats {
   uint64_t bytes_out;
   uint64_t accept_errors;
   uint64_t disconnects[10]; /* by session_reason_t */
+  /* In use now by its sessions: bytes queued to send (shared broadcast
+   * buffers counted once per session), and capacity of the buffers keeping
+   * unconsumed input. */
+  uint64_t send_queue_bytes;
+  uint64_t recv_buffer_bytes;
 } service_stats_t;
 
 int service_create(core_t *core, const service_options_t *opt,

@@ -103,6 +103,9 @@ const service_options_t *service__options(const service_t *svc);
 void service__register(service_t *svc, session_t *s);
 void service__unregister(service_t *svc, session_t *s, int reason);
 void service__count_bytes(service_t *svc, uint64_t in, uint64_t out);
+/* A session's send queue or kept input buffer grew or shrank (metrics). */
+void service__count_buffers(service_t *svc, int64_t send_delta,
+                            int64_t recv_delta);
 void service__connect_done(client_slot_t *slot, session_t *s, int status);
 void service__client_closed(client_slot_t *slot, session_t *s);
 void service__session_allocated(service_t *svc);

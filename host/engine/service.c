@@ -116,6 +116,8 @@ struct service {
       bytes_in, bytes_out, accept_errors;
   atomic_uint_fast64_t disconnects[10];
   atomic_uint_fast64_t sessions_now;
+  /* Bytes held by its sessions now: send queues, kept input buffers. */
+  atomic_int_fast64_t send_queue_bytes, recv_buffer_bytes;
 };
 
 static void objects_add(service_t *svc, long delta) {
@@ -255,6 +257,16 @@ void service__count_bytes(service_t *svc, uint64_t in, uint64_t out) {
     atomic_fetch_add_explicit(&svc->bytes_out, out, memory_order_relaxed);
 }
 
+void service__count_buffers(service_t *svc, int64_t send_delta,
+                            int64_t recv_delta) {
+  if (send_delta)
+    atomic_fetch_add_explicit(&svc->send_queue_bytes, send_delta,
+                              memory_order_relaxed);
+  if (recv_delta)
+    atomic_fetch_add_explicit(&svc->recv_buffer_bytes, recv_delta,
+                              memory_order_relaxed);
+}
+
 session_t *service_find_session(service_t *svc, uint64_t id) {
   session_t *found = NULL;
   pthread_mutex_lock(&svc->lock);
@@ -330,6 +342,10 @@ void service_get_stats(service_t *svc, service_stats_t *out) {
   out->accept_errors = atomic_load(&svc->accept_errors);
   for (int i = 0; i < 10; i++)
     out->disconnects[i] = atomic_load(&svc->disconnects[i]);
+  int_fast64_t q = atomic_load(&svc->send_queue_bytes);
+  int_fast64_t r = atomic_load(&svc->recv_buffer_bytes);
+  out->send_queue_bytes = q > 0 ? (uint64_t)q : 0;
+  out->recv_buffer_bytes = r > 0 ? (uint64_t)r : 0;
 }
 
 /* ---- listener ---- */

@@ -115,6 +115,8 @@ static void destroy(session_t *s) {
   }
   free(s->send_bufs);
   free(s->pending_in);
+  service__count_buffers(svc, -(int64_t)s->queued_bytes,
+                         -(int64_t)s->pending_in_cap);
   pthread_mutex_destroy(&s->lock);
   free(s);
   engine__live_add(-1);
@@ -530,11 +532,19 @@ static void start_recv(session_t *s) {
   io_submit(&s->recv_op);
 }
 
+/* The kept input buffer's capacity, counted in the service (metrics). */
+static void set_pending_cap(session_t *s, uint32_t cap) {
+  service__count_buffers(s->service, 0,
+                         (int64_t)cap - (int64_t)s->pending_in_cap);
+  s->pending_in_cap = cap;
+}
+
 static int keep_pending(session_t *s, const uint8_t *data, size_t len) {
   if (len == 0) {
+    set_pending_cap(s, 0);
     free(s->pending_in);
     s->pending_in = NULL;
-    s->pending_in_len = s->pending_in_cap = 0;
+    s->pending_in_len = 0;
     return 0;
   }
   /* Is data inside the kept buffer (what was kept before, partly used)?
@@ -548,7 +558,7 @@ static int keep_pending(session_t *s, const uint8_t *data, size_t len) {
       if (!grown)
         return -1;
       s->pending_in = grown;
-      s->pending_in_cap = (uint32_t)len;
+      set_pending_cap(s, (uint32_t)len);
     }
     memcpy(s->pending_in, data, len);
   }
@@ -574,7 +584,7 @@ static void deliver_input(session_t *s, const uint8_t *in, size_t n) {
         return;
       }
       s->pending_in = grown;
-      s->pending_in_cap = (uint32_t)cap;
+      set_pending_cap(s, (uint32_t)cap);
     }
     memcpy(s->pending_in + s->pending_in_len, in, n);
     data = s->pending_in;
@@ -702,8 +712,10 @@ static void on_send_done(io_op_t *op, int status, size_t bytes) {
       s->queue_tail = NULL;
     free_chunk(c);
   }
-  if (status == 0)
+  if (status == 0) {
     s->queued_bytes -= bytes;
+    service__count_buffers(s->service, -(int64_t)bytes, 0);
+  }
   int more = s->queue_head != NULL;
   if (!more) {
     free(s->send_bufs);
@@ -885,6 +897,7 @@ static int enqueue(session_t *s, const session_buf_t *bufs, size_t count,
     return ENGINE_E_NOMEM;
   }
   s->queued_bytes += total;
+  service__count_buffers(s->service, (int64_t)total, 0);
   post_kick_locked(s);
   pthread_mutex_unlock(&s->lock);
   return ENGINE_OK;
@@ -1020,6 +1033,7 @@ static void begin_close(session_t *s, int reason, int graceful) {
     if (!s->sending) {
       c = s->queue_head;
       s->queue_head = s->queue_tail = NULL;
+      service__count_buffers(s->service, -(int64_t)s->queued_bytes, 0);
       s->queued_bytes = 0;
     }
     pthread_mutex_unlock(&s->lock);

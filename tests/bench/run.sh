@@ -12,6 +12,9 @@
 #   iocphost-packet  bin/iocphost + tests/bench/plugins/packet_echo, packets
 #   uring            iocphost with "backend": "io_uring" (same plugin, raw)
 #   uring-packet     the same with packets
+#   metrics          iocphost as "iocphost", with the metrics endpoint on and
+#                    scraped every second (GET /metrics) during its runs:
+#                    the ratio metrics / iocphost is the cost of being watched
 # Workloads (the client, tests/bench/loadgen.c, pinned to CLIENT_CPU):
 #   pingpong  100 connections, 64-byte messages, 1 in flight each
 #   bulk      8 connections, 64 KiB messages, 1 in flight each
@@ -58,7 +61,7 @@ CLIENT_CPU=${CLIENT_CPU:-1}
 BASE_PORT=${BASE_PORT:-17800}
 SUITE=${SUITE:-echo}
 case $SUITE in
-  echo) PEERS=${PEERS:-"epoll libuv iocphost iocphost-packet uring uring-packet"} ;;
+  echo) PEERS=${PEERS:-"epoll libuv iocphost iocphost-packet uring uring-packet metrics"} ;;
   game)
     PEERS=${PEERS:-"bcast-epoll rooms rooms-loop uv-work iocphost-work"}
     SKIP_SYSCALLS=${SKIP_SYSCALLS:-1} # counted for the echo suite only
@@ -95,6 +98,7 @@ fi
 LOADGEN=$BUILD/tests/bench/loadgen
 SERVER_PID=
 COUNTER_PID=
+SCRAPER_PID=
 
 log() { printf '[bench %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 die() { log "error: $*"; exit 1; }
@@ -102,6 +106,7 @@ die() { log "error: $*"; exit 1; }
 cleanup() {
   # Only what this script started, by process id.
   if [ -n "$COUNTER_PID" ]; then kill -INT "$COUNTER_PID" 2>/dev/null || true; fi
+  if [ -n "$SCRAPER_PID" ]; then kill -TERM "$SCRAPER_PID" 2>/dev/null || true; fi
   if [ -n "$SERVER_PID" ]; then kill -TERM "$SERVER_PID" 2>/dev/null || true; fi
   wait 2>/dev/null || true
 }
@@ -203,7 +208,26 @@ peer_port() {
     rooms-loop) echo $((BASE_PORT + 11)) ;;
     uv-work) echo $((BASE_PORT + 12)) ;;
     iocphost-work) echo $((BASE_PORT + 13)) ;;
+    metrics) echo $((BASE_PORT + 14)) ;;
   esac
+}
+
+metrics_port() { echo $((BASE_PORT + 15)); }
+
+# The metrics peer's Prometheus stand-in: GET /metrics every second while
+# the server lives (bash's /dev/tcp, so the bench needs no HTTP client).
+start_scraper() {
+  (
+    while kill -0 "$SERVER_PID" 2>/dev/null; do
+      if exec 3<>"/dev/tcp/127.0.0.1/$(metrics_port)"; then
+        printf 'GET /metrics HTTP/1.1\r\nHost: bench\r\n\r\n' >&3
+        cat <&3 >/dev/null
+        exec 3<&-
+      fi
+      sleep 1
+    done
+  ) 2>/dev/null &
+  SCRAPER_PID=$!
 }
 
 build_of() { # peer
@@ -211,7 +235,8 @@ build_of() { # peer
 }
 
 write_config() { # peer port file
-  local plugin path framing build backend=epoll level=warn settings="{}"
+  local plugin path framing build backend=epoll level=warn settings="{}" metrics=
+  [ "$1" = metrics ] && metrics="\"metrics\": { \"address\": \"127.0.0.1:$(metrics_port)\" },"
   build=$(build_of "$1")
   case $1 in uring*) backend=io_uring ;; esac
   case $1 in
@@ -233,7 +258,7 @@ write_config() { # peer port file
   "log": { "level": "$level", "file": null },
   "runtime_dir": "$OUT/run-$1",
   "shutdown": { "drain_timeout_ms": 2000 },
-  "work": { "threads": $WORK_THREADS, "queue_limit": 65536 },
+  "work": { "threads": $WORK_THREADS, "queue_limit": 65536 },$metrics
   "cores": [ { "name": "main", "threads": 1, "backend": "$backend" } ],
   "plugins": [ { "name": "$plugin", "path": "$path", "settings": $settings } ],
   "services": [
@@ -275,7 +300,7 @@ start_peer() { # peer
       "$MEMBERS" "$PERIOD_MS" "$PAYLOAD" 2>>"$OUT/server-$peer.log" & ;;
     uv-work) UV_THREADPOOL_SIZE=$WORK_THREADS pinned "$peer" "$SERVER_CPU" \
       "$BUILD/tests/bench/uv_work_echo" "$port" 2>>"$OUT/server-$peer.log" & ;;
-    iocphost* | candidate* | uring* | rooms*)
+    iocphost* | candidate* | uring* | rooms* | metrics)
       write_config "$peer" "$port" "$OUT/$peer.json"
       pinned "$peer" "$SERVER_CPU" "$(build_of "$peer")/bin/iocphost" run -c "$OUT/$peer.json" \
         2>>"$OUT/server-$peer.log" & ;;
@@ -289,7 +314,17 @@ start_peer() { # peer
   die "$peer does not listen on $port"
 }
 
+start_peer_scraped() { # peer: start_peer, and the scraper for "metrics"
+  start_peer "$1"
+  [ "$1" != metrics ] || start_scraper
+}
+
 stop_peer() {
+  if [ -n "$SCRAPER_PID" ]; then
+    kill -TERM "$SCRAPER_PID" 2>/dev/null || true
+    wait "$SCRAPER_PID" 2>/dev/null || true
+    SCRAPER_PID=
+  fi
   kill -TERM "$SERVER_PID" 2>/dev/null || true
   wait "$SERVER_PID" 2>/dev/null || true
   SERVER_PID=
@@ -301,7 +336,7 @@ workloads_of() { # peer: the packet peers run what differs from raw
   case $1 in
     bcast-epoll | rooms*) echo rooms ;;
     *-work) echo work ;;
-    *-packet) echo "pingpong rate" ;;
+    *-packet | metrics) echo "pingpong rate" ;;
     *) echo "pingpong bulk rate churn" ;;
   esac
 }
@@ -364,7 +399,7 @@ START=$(date +%s)
 for ((round = 1; round <= ROUNDS; round++)); do
   for peer in $(rotated "$round"); do
     log "round $round/$ROUNDS: $peer"
-    start_peer "$peer"
+    start_peer_scraped "$peer"
     for w in $(workloads_of "$peer"); do
       lat_file=
       [ "$w" = rate ] && lat_file=$OUT/latency-$peer-$round.txt
@@ -405,6 +440,7 @@ done
 
 if [ "${SKIP_SYSCALLS:-0}" != 1 ] && [ "$COUNTER" != none ]; then
   for peer in $(rotated 0); do
+    [ "$peer" != metrics ] || continue # the scrapes' calls are not per message
     log "system calls: $peer ($COUNTER)"
     start_peer "$peer"
     for w in $(workloads_of "$peer"); do
@@ -440,6 +476,7 @@ fi
 if [ "${SKIP_IDLE:-0}" != 1 ]; then
   for peer in $(rotated 0); do
     [ "${peer%-packet}" != "$peer" ] && continue # the same sessions as raw
+    [ "$peer" != metrics ] || continue           # the same sessions as iocphost
     log "idle: $peer"
     start_peer "$peer"
     run_loadgen "idle=1" idle "$peer"

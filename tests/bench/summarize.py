@@ -14,13 +14,14 @@ import statistics
 import sys
 
 PEERS = ["epoll", "libuv", "iocphost", "iocphost-packet", "uring",
-         "uring-packet", "candidate", "candidate-packet"]
+         "uring-packet", "candidate", "candidate-packet", "metrics"]
 # The game suite (SUITE=game): rooms and work, a table of their own.
 GAME_PEERS = ["bcast-epoll", "rooms", "rooms-loop", "uv-work", "iocphost-work"]
 TITLES = {"epoll": "raw epoll", "libuv": "libuv", "iocphost": "iocphost",
           "iocphost-packet": "iocphost packet", "uring": "iocphost io_uring",
           "uring-packet": "iocphost io_uring packet",
           "candidate": "candidate", "candidate-packet": "candidate packet",
+          "metrics": "iocphost + metrics",
           "bcast-epoll": "raw epoll", "rooms": "room_broadcast_packet",
           "rooms-loop": "send_packet loop", "uv-work": "libuv uv_queue_work",
           "iocphost-work": "iocphost session_work"}
@@ -186,7 +187,8 @@ def main():
              ("candidate", "epoll"), ("candidate", "libuv"),
              ("candidate", "iocphost"), ("candidate-packet", "epoll"),
              ("candidate-packet", "libuv"),
-             ("candidate-packet", "iocphost-packet")]
+             ("candidate-packet", "iocphost-packet"),
+             ("metrics", "iocphost")]
     pairs = [p for p in pairs if p[0] in peers and p[1] in peers]
     head = ["measure"] + [TITLES[p] for p in peers] + \
         [f"{TITLES[a]} / {TITLES[b]}" for a, b in pairs]
@@ -261,6 +263,14 @@ def main():
         if (peer, "rate", "p99_us") in med:
             check(f"{name}: p99 at 50k msg/s vs raw epoll",
                   ratio(med[(peer, "rate", "p99_us")], med.get(("epoll", "rate", "p99_us"))), 1.2)
+    # The metrics endpoint, scraped every second, against the same host
+    # without it (issue 16): at most 2% more CPU per message.
+    for workload in ("pingpong", "rate"):
+        m = "server_cpu_us_per_msg"
+        if ("metrics", workload, m) in med:
+            check(f"metrics on and scraped {workload}: CPU/msg vs metrics off",
+                  ratio(med[("metrics", workload, m)],
+                        med.get(("iocphost", workload, m))), 1.02)
     for peer in ("iocphost", "uring", "candidate"):
         for workload, metric, label in (("idle", "rss_bytes_per_conn", "RSS delta"),
                                         ("engine_idle", "heap_bytes_per_session",
