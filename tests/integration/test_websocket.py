@@ -104,7 +104,7 @@ class WebSocketTest(HostTestCase):
     @classmethod
     def setUpClass(cls):
         cls.ports = {name: harness.free_port() for name in
-                     ("ws", "wsp", "tcp", "wso", "wsk")}
+                     ("ws", "wsp", "tcp", "wso", "wsk", "wsc")}
 
     def start_host(self):
         p = self.ports
@@ -124,8 +124,11 @@ class WebSocketTest(HostTestCase):
             harness.server_service(
                 "wsk", "echo", p["wsk"], "raw", transport="websocket",
                 websocket={"ping_interval_ms": 200}),
+            # Chat: broadcasts (one encoding shared by every session).
+            harness.server_service("wsc", "chat", p["wsc"], "packet", **ws),
         ]
-        config = harness.make_config({"echo": {}, "backend": {}}, services)
+        config = harness.make_config({"echo": {}, "backend": {}, "chat": {}},
+                                     services)
         self.host = Host(self, config, "websocket").start()
 
     def url(self, name, path="/"):
@@ -247,6 +250,32 @@ class WebSocketTest(HostTestCase):
                 self.assertEqual(ws.close_code, 1002)
         self.run_with_bystanders(scenario)
         self.assertRegex(self.host.log(), r"not one packet")
+        self.host.stop()
+
+    def test_chat_broadcasts_reach_every_ws_member_as_one_packet_each(self):
+        self.start_host()
+
+        async def next_packet(ws, wanted, payload):
+            # Other members' JOINED come too, and PRESENCE now and then.
+            while True:
+                message = await asyncio.wait_for(ws.recv(), harness.scaled(10))
+                size, pid = struct.unpack("<HH", message[:4])
+                self.assertEqual(size, len(message))
+                if pid == wanted and message[4:] == payload:
+                    return True
+
+        async def scenario():
+            clients = [await websockets.connect(self.url("wsc"))
+                       for _ in range(3)]
+            for i, ws in enumerate(clients):
+                await ws.send(packet(1, b"p%d" % i))  # JOIN
+                self.assertTrue(await next_packet(ws, 101, b"p%d" % i))
+            await clients[0].send(packet(2, b"hello all"))  # SAY
+            for ws in clients:
+                self.assertTrue(await next_packet(ws, 102, b"p0: hello all"))
+            for ws in clients:
+                await ws.close()
+        self.run_with_bystanders(scenario)
         self.host.stop()
 
     # --- pings ------------------------------------------------------------
