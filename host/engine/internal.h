@@ -47,7 +47,7 @@ struct session {
   /* Transports (engine.h): has_transport is fixed at creation, so a plain
    * TCP session pays one predicted branch per receive and send. */
   uint8_t has_transport;
-  uint8_t transport_started; /* worker only: the layers are open */
+  uint8_t transport_started; /* the layers are open: worker, under lock */
   uint8_t transport_ready;   /* under lock: every layer's handshake is done */
   uint8_t transport_closed;  /* under lock: a layer ended the stream */
   void *layers[TRANSPORT_LAYERS_MAX]; /* each layer's state, socket's first */

@@ -1376,7 +1376,10 @@ static void transport_start(session_t *s) {
       return;
     }
   }
+  /* Under the lock: a sender on another thread reads it (enqueue_locked). */
+  pthread_mutex_lock(&s->lock);
   s->transport_started = 1;
+  pthread_mutex_unlock(&s->lock);
   if (o->handshake_timeout_ms)
     timer_start(s, o->handshake_timeout_ms, 0, check_handshake, NULL, 1);
   transport_scratch_t *sc = scratch_get();
