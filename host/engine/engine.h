@@ -147,8 +147,8 @@ static inline int transport_sink_write(const transport_sink_t *sink,
 }
 
 /* A layer's output may be shared among sessions (one encoding of a
- * broadcast): it depends on the bytes only, never on the session, and the
- * layer accepts output(NULL, ...). */
+ * broadcast): it depends on the bytes and config only, never on the
+ * session, and the layer accepts output(config, NULL, ...). */
 #define TRANSPORT_SHARED_OUTPUT 1u
 
 typedef struct transport_ops {
@@ -172,10 +172,10 @@ typedef struct transport_ops {
   int (*input)(void *layer, const uint8_t *data, size_t len,
                const transport_sink_t *up, const transport_sink_t *down);
   /* Bytes the session sends (any thread): their encoding goes to down.
-   * Returns 0 or ENGINE_E_* (the send fails with it). layer is NULL for a
-   * shared encoding (TRANSPORT_SHARED_OUTPUT). */
-  int (*output)(void *layer, const session_buf_t *bufs, size_t count,
-                const transport_sink_t *down);
+   * Returns 0 or ENGINE_E_* (the send fails with it). config is the
+   * layer's; layer is NULL for a shared encoding (TRANSPORT_SHARED_OUTPUT). */
+  int (*output)(void *config, void *layer, const session_buf_t *bufs,
+                size_t count, const transport_sink_t *down);
   /* 1 once the layer's handshake is done: on_connected runs when every
    * layer is ready. */
   int (*ready)(void *layer);

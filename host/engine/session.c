@@ -1230,7 +1230,8 @@ static int sink_down(const transport_sink_t *sink, const session_buf_t *bufs,
   if (level < 0)
     return byte_buf_append(&c->sc->wire, bufs, count);
   transport_sink_t down = {sink_down, sink->ctx, level - 1};
-  return c->tl[level].ops->output(c->layers ? c->layers[level] : NULL, bufs,
+  return c->tl[level].ops->output(c->tl[level].config,
+                                  c->layers ? c->layers[level] : NULL, bufs,
                                   count, &down);
 }
 

@@ -630,24 +630,73 @@ static int ws_input(void *layer, const uint8_t *data, size_t len,
   return rc;
 }
 
-static int ws_output(void *layer, const session_buf_t *bufs, size_t count,
-                     const transport_sink_t *down) {
+/* The byte at offset off of the bytes bufs describe. */
+static uint8_t byte_at(const session_buf_t *bufs, size_t count, size_t off) {
+  for (size_t i = 0; i < count; i++) {
+    if (off < bufs[i].len)
+      return ((const uint8_t *)bufs[i].data)[off];
+    off -= bufs[i].len;
+  }
+  return 0;
+}
+
+/* One binary message of bytes [off, off + len) of bufs: its header, then
+ * the slices of bufs it covers, gathered in as few writes as fit. */
+static int write_message(const session_buf_t *bufs, size_t count, size_t off,
+                         size_t len, const transport_sink_t *down) {
+  uint8_t header[WS_HEADER_MAX];
+  session_buf_t v[1 + WS_GATHER_MAX];
+  size_t n = 0;
+  v[n].data = header;
+  v[n++].len = frame_header(header, WSLAY_BINARY_FRAME, len);
+  size_t pos = 0, end = off + len;
+  for (size_t i = 0; i < count && pos < end; i++) {
+    size_t b0 = pos, b1 = pos + bufs[i].len;
+    pos = b1;
+    size_t from = b0 > off ? b0 : off, to = b1 < end ? b1 : end;
+    if (from >= to)
+      continue;
+    v[n].data = (const uint8_t *)bufs[i].data + (from - b0);
+    v[n++].len = to - from;
+    if (n == sizeof v / sizeof v[0]) {
+      int rc = down->write(down, v, n);
+      if (rc)
+        return rc;
+      n = 0;
+    }
+  }
+  return n ? down->write(down, v, n) : 0;
+}
+
+/* Every send call is one message; on a packet service, every packet of it
+ * is one (so two packets sent in one call reach the client as two
+ * messages, as they would as two packets over TCP). Bytes that are not
+ * whole packets go out as one message, as they were given. */
+static int ws_output(void *config, void *layer, const session_buf_t *bufs,
+                     size_t count, const transport_sink_t *down) {
+  const ws_config_t *cfg = config;
   ws_layer_t *w = layer;
   if (w && (w->phase != WS_OPEN || w->close_sent))
     return ENGINE_E_CLOSED;
-  uint64_t total = 0;
+  size_t total = 0;
   for (size_t i = 0; i < count; i++)
     total += bufs[i].len;
-  uint8_t header[WS_HEADER_MAX];
-  session_buf_t v[1 + WS_GATHER_MAX];
-  v[0].data = header;
-  v[0].len = frame_header(header, WSLAY_BINARY_FRAME, total);
-  if (count <= WS_GATHER_MAX) {
-    memcpy(v + 1, bufs, count * sizeof *bufs);
-    return down->write(down, v, 1 + count);
+  size_t off = 0;
+  while (cfg->packet_messages && total - off >= 4) {
+    size_t size = (size_t)byte_at(bufs, count, off) |
+                  (size_t)byte_at(bufs, count, off + 1) << 8;
+    if (size < 4 || size > total - off)
+      break;
+    if (size == total - off && off == 0)
+      break; /* one packet: the common case, below */
+    int rc = write_message(bufs, count, off, size, down);
+    if (rc)
+      return rc;
+    off += size;
   }
-  int rc = down->write(down, v, 1);
-  return rc ? rc : down->write(down, bufs, count);
+  if (off < total || total == 0)
+    return write_message(bufs, count, off, total - off, down);
+  return 0;
 }
 
 static int ws_ready(void *layer) {

@@ -100,10 +100,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     (void)d;
     session_buf_t b = {"x", 1};
     if (!websocket_transport.ready(layer))
-      CHECK(websocket_transport.output(layer, &b, 1, &down) != 0);
+      CHECK(websocket_transport.output(&c, layer, &b, 1, &down) != 0);
   } else if (websocket_transport.ready(layer)) {
     session_buf_t b = {data, size};
-    websocket_transport.output(layer, &b, 1, &down);
+    websocket_transport.output(&c, layer, &b, 1, &down);
   }
   websocket_transport.close(layer, REASON_HOST_STOPPING, &down);
   websocket_transport.free(layer);

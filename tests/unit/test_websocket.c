@@ -277,7 +277,7 @@ START_TEST(test_an_unmasked_frame_closes_with_1002) {
   ck_assert_uint_eq(sent_close_code(), 1002);
   /* Nothing more goes out after the close frame. */
   session_buf_t b = {"x", 1};
-  ck_assert_int_eq(websocket_transport.output(layer, &b, 1, &down),
+  ck_assert_int_eq(websocket_transport.output(&c, layer, &b, 1, &down),
                    ENGINE_E_CLOSED);
   websocket_transport.free(layer);
 }
@@ -342,7 +342,8 @@ START_TEST(test_output_frame_header_for_each_length_class) {
     down_bytes.len = 0;
     session_buf_t b = {payload, lens[i]};
     /* NULL: the shared encoding of a broadcast. */
-    ck_assert_int_eq(websocket_transport.output(NULL, &b, 1, &down), 0);
+    ws_config_t c = config();
+    ck_assert_int_eq(websocket_transport.output(&c, NULL, &b, 1, &down), 0);
     ck_assert_uint_eq(down_bytes.len, heads[i] + lens[i]);
     ck_assert_uint_eq(down_bytes.data[0], 0x82);
     if (heads[i] == 2)
@@ -354,6 +355,24 @@ START_TEST(test_output_frame_header_for_each_length_class) {
                             down_bytes.data[9],
                         lens[i]);
   }
+}
+END_TEST
+
+START_TEST(test_on_a_packet_service_each_packet_sent_is_one_message) {
+  ws_config_t c = config();
+  c.packet_messages = 1;
+  /* Two packets in one call, cut across three buffers, then a tail that
+   * is no packet: three messages. */
+  static const uint8_t bytes[] = "\x06\x00\x01\x00" "ab" "\x05\x00\x02\x00"
+                                 "cxyz";
+  session_buf_t b[3] = {{bytes, 3}, {bytes + 3, 6}, {bytes + 9, 5}};
+  down_bytes.len = 0;
+  ck_assert_int_eq(websocket_transport.output(&c, NULL, b, 3, &down), 0);
+  static const uint8_t want[] = "\x82\x06\x06\x00\x01\x00" "ab"
+                                "\x82\x05\x05\x00\x02\x00" "c"
+                                "\x82\x03" "xyz";
+  ck_assert_uint_eq(down_bytes.len, sizeof want - 1);
+  ck_assert(memcmp(down_bytes.data, want, sizeof want - 1) == 0);
 }
 END_TEST
 
@@ -393,6 +412,7 @@ int main(void) {
   tcase_add_test(tc, test_a_packet_message_must_be_exactly_one_packet);
   tcase_add_test(tc, test_ping_is_answered_and_close_is_echoed);
   tcase_add_test(tc, test_output_frame_header_for_each_length_class);
+  tcase_add_test(tc, test_on_a_packet_service_each_packet_sent_is_one_message);
   tcase_add_test(tc, test_graceful_close_sends_our_reason_once);
   suite_add_tcase(s, tc);
   SRunner *sr = srunner_create(s);
