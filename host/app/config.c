@@ -593,6 +593,9 @@ static const char *const SERVER_KEYS[] = {"name",
                                           "tcp_nodelay",
                                           "max_sessions",
                                           "backlog",
+                                          "transport",
+                                          "websocket",
+                                          "handshake_timeout_ms",
                                           NULL};
 static const char *const CLIENT_KEYS[] = {"name",
                                           "type",
@@ -610,6 +613,7 @@ static const char *const CLIENT_KEYS[] = {"name",
                                           "sessions",
                                           "connect_timeout_ms",
                                           "reconnect",
+                                          "transport",
                                           NULL};
 static const char *const SERVER_ONLY_KEYS[] = {"max_sessions", "backlog", NULL};
 static const char *const CLIENT_ONLY_KEYS[] = {"sessions", "connect_timeout_ms",
@@ -618,6 +622,10 @@ static const char *const RECONNECT_KEYS[] = {"min_delay_ms", "max_delay_ms",
                                              "jitter", "reset_after_ms", NULL};
 static const char *const SERVICE_TYPES[] = {"server", "client", NULL};
 static const char *const FRAMINGS[] = {"raw", "packet", NULL};
+static const char *const TRANSPORTS[] = {"tcp", "websocket", NULL};
+static const char *const WEBSOCKET_KEYS[] = {"path", "origins", "subprotocol",
+                                             "max_request_bytes",
+                                             "ping_interval_ms", NULL};
 /* The backends of this platform, as core_backend_parse knows them. */
 #ifdef _WIN32
 static const char *const BACKENDS[] = {"iocp", NULL};
@@ -941,6 +949,95 @@ static const char *names_join(char *buf, size_t len, char *const *names,
   return buf;
 }
 
+/* SPEC section 14: "transport", and for "websocket" its object. */
+static int parse_transport(loader_t *ld, const cJSON *item, const char *path,
+                           int server, config_service_t *s) {
+  json_path_t tpath, wpath;
+  path_key(&tpath, path, "transport");
+  path_key(&wpath, path, "websocket");
+  int transport;
+  if (get_choice(ld, item, path, "transport", TRANSPORTS, 0, &transport) != 0)
+    return -1;
+  s->transport = transport == 1 ? CONFIG_TRANSPORT_WEBSOCKET
+                                : CONFIG_TRANSPORT_TCP;
+  if (!server && s->transport == CONFIG_TRANSPORT_WEBSOCKET)
+    return fail(ld, tpath.text,
+                "\"websocket\" is for server services in this version; a "
+                "client service connects over \"tcp\"");
+  if (server && get_u32(ld, item, path, "handshake_timeout_ms", 0, MS_MAX,
+                        10000, &s->handshake_timeout_ms) != 0)
+    return -1;
+  const cJSON *ws;
+  if (get_object(ld, item, path, "websocket", &ws) != 0)
+    return -1;
+  if (ws && s->transport != CONFIG_TRANSPORT_WEBSOCKET)
+    return fail(ld, wpath.text,
+                "given, but \"transport\" is \"tcp\"; add \"transport\": "
+                "\"websocket\" or remove \"websocket\"");
+  if (s->transport != CONFIG_TRANSPORT_WEBSOCKET)
+    return 0;
+  config_websocket_t *w = &s->websocket;
+  static const cJSON empty = {0};
+  if (!ws)
+    ws = &empty;
+  if (check_keys(ld, ws, wpath.text, WEBSOCKET_KEYS, "\"websocket\"") != 0 ||
+      get_text(ld, ws, wpath.text, "path", 0, "/",
+               "give the path clients upgrade on, such as \"/\" or "
+               "\"/play\"",
+               &w->path) != 0 ||
+      (!cJSON_IsNull(member(ws, "subprotocol")) &&
+       get_text(ld, ws, wpath.text, "subprotocol", 0, NULL,
+                "give the subprotocol clients must offer, or null for none",
+                &w->subprotocol) != 0) ||
+      get_u32(ld, ws, wpath.text, "max_request_bytes", 256, 65536, 8192,
+              &w->max_request_bytes) != 0 ||
+      get_u32(ld, ws, wpath.text, "ping_interval_ms", 0, MS_MAX, 0,
+              &w->ping_interval_ms) != 0)
+    return -1;
+  json_path_t p;
+  path_key(&p, wpath.text, "path");
+  if (w->path[0] != '/' || strpbrk(w->path, "? \t\r\n") != NULL)
+    return fail(ld, p.text,
+                "must start with '/' and hold no '?' or spaces, such as "
+                "\"/\" or \"/play\"");
+  path_key(&p, wpath.text, "subprotocol");
+  if (w->subprotocol &&
+      (strlen(w->subprotocol) > 64 ||
+       strpbrk(w->subprotocol, " ,;\t\r\n\"") != NULL))
+    return fail(ld, p.text,
+                "must be one token of at most 64 characters (no spaces, "
+                "commas or quotes), such as \"game.v1\"");
+  path_key(&p, wpath.text, "origins");
+  const cJSON *origins = member(ws, "origins");
+  if (origins && !cJSON_IsNull(origins)) {
+    if (!cJSON_IsArray(origins))
+      return fail(ld, p.text,
+                  "must be an array of origins such as "
+                  "[\"https://game.example\"], found %s",
+                  json_kind(origins));
+    size_t n = (size_t)cJSON_GetArraySize(origins);
+    w->origins = n ? calloc(n, sizeof *w->origins) : NULL;
+    if (n && !w->origins)
+      return fail_memory(ld, p.text);
+    size_t i = 0;
+    for (const cJSON *o = origins->child; o; o = o->next, i++) {
+      json_path_t op;
+      snprintf(op.text, sizeof op.text, "%.200s[%lu]", p.text,
+               (unsigned long)i);
+      if (!cJSON_IsString(o) || o->valuestring[0] == '\0' ||
+          strpbrk(o->valuestring, "\r\n") != NULL)
+        return fail(ld, op.text,
+                    "must be an origin such as \"https://game.example\" "
+                    "(scheme, host and port as browsers send it), found %s",
+                    json_kind(o));
+      if (!(w->origins[i] = dup_string(o->valuestring)))
+        return fail_memory(ld, op.text);
+      w->origin_count = i + 1;
+    }
+  }
+  return 0;
+}
+
 static int parse_reconnect(loader_t *ld, const cJSON *item, const char *path,
                            config_service_t *s) {
   json_path_t rpath;
@@ -1131,6 +1228,8 @@ static int parse_service(loader_t *ld, const cJSON *item, const char *path,
                 (unsigned)s->max_recv_bytes, (unsigned)s->max_packet_bytes);
   }
 
+  if (parse_transport(ld, item, path, server, s) != 0)
+    return -1;
   if (server)
     return get_u32(ld, item, path, "max_sessions", 1, 10000000.0, 10000,
                    &s->max_sessions) != 0 ||
@@ -1527,6 +1626,11 @@ void config_free(config_t *config) {
     free(s->core);
     free(s->plugin);
     free(s->address_text);
+    free(s->websocket.path);
+    free(s->websocket.subprotocol);
+    for (size_t j = 0; j < s->websocket.origin_count; j++)
+      free(s->websocket.origins[j]);
+    free(s->websocket.origins);
   }
   free(config->services);
   free(config->file);

@@ -23,6 +23,21 @@ typedef enum config_framing {
   CONFIG_FRAMING_PACKET = 2
 } config_framing_t;
 
+typedef enum config_transport {
+  CONFIG_TRANSPORT_TCP = 0,
+  CONFIG_TRANSPORT_WEBSOCKET = 1
+} config_transport_t;
+
+/* A service's "websocket" object (RFC 6455 upgrade and keepalive). */
+typedef struct config_websocket {
+  char *path;           /* default "/" */
+  char **origins;       /* allowed Origin values; none: any */
+  size_t origin_count;
+  char *subprotocol;    /* NULL: none */
+  uint32_t max_request_bytes; /* the upgrade request's cap; default 8192 */
+  uint32_t ping_interval_ms;  /* 0 (default): no pings of ours */
+} config_websocket_t;
+
 typedef struct config_core {
   char *name;
   int threads; /* as written; 0 = one per CPU (resolved by the host) */
@@ -70,6 +85,10 @@ typedef struct config_service {
   /* After the host's FIN, how long to wait for the peer's before closing
    * the socket anyway; 0 = close at once. Default 2000. */
   uint32_t close_linger_ms;
+  /* SPEC section 14: "transport" and its "websocket" object. */
+  config_transport_t transport;
+  uint32_t handshake_timeout_ms; /* default 10000; 0 = none */
+  config_websocket_t websocket;  /* when transport is websocket */
 } config_service_t;
 
 typedef struct config {

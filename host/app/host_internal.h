@@ -54,6 +54,7 @@
 #include "iocphost/plugin.h"
 #include "plugin_loader.h"
 #include "watchdog.h"
+#include "websocket.h"
 
 struct cJSON; /* the host's JSON; never seen by plugins */
 typedef struct host_plugin host_plugin_t;
@@ -126,6 +127,11 @@ typedef struct host_service {
   uint32_t max_packet_bytes;
   atomic_uint_fast64_t packets_in;
   atomic_uint_fast64_t packets_out;
+  /* The service's transport (SPEC section 14), its layers' configs: they
+   * live as long as the engine service that points at them. */
+  ws_config_t websocket;
+  transport_layer_t transport[TRANSPORT_LAYERS_MAX];
+  size_t transport_layers;
 } host_service_t;
 
 /* Stripes of the work call list (plugin_work.c); a power of two. */

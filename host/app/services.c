@@ -40,6 +40,31 @@ int create_service(host_t *host, size_t i, char *err, size_t err_len) {
   o.reconnect_max_delay_ms = cs->reconnect_max_delay_ms;
   o.reconnect_jitter = cs->reconnect_jitter;
   o.reconnect_reset_after_ms = cs->reconnect_reset_after_ms;
+  /* SPEC section 14: a WebSocket message is one packet on a packet
+   * service, a run of bytes (at most max_recv_bytes) on a raw one. */
+  if (cs->transport == CONFIG_TRANSPORT_WEBSOCKET) {
+    ws_config_t *w = &hs->websocket;
+    memset(w, 0, sizeof *w);
+    w->service = cs->name;
+    w->path = cs->websocket.path;
+    w->origins = (const char *const *)cs->websocket.origins;
+    w->origin_count = cs->websocket.origin_count;
+    w->subprotocol = cs->websocket.subprotocol;
+    w->packet_messages = hs->packet_framing;
+    w->max_packet_bytes = cs->max_packet_bytes;
+    w->max_message_bytes =
+        hs->packet_framing ? cs->max_packet_bytes : cs->max_recv_bytes;
+    w->max_message_name =
+        hs->packet_framing ? "max_packet_bytes" : "max_recv_bytes";
+    w->max_request_bytes = cs->websocket.max_request_bytes;
+    w->ping_interval_ms = cs->websocket.ping_interval_ms;
+    hs->transport[0].ops = &websocket_transport;
+    hs->transport[0].config = w;
+    hs->transport_layers = 1;
+  }
+  o.transport = hs->transport_layers ? hs->transport : NULL;
+  o.transport_layers = hs->transport_layers;
+  o.handshake_timeout_ms = cs->handshake_timeout_ms;
   /* A session asked to close may flush for as long as a graceful stop may
    * drain, and a little longer: the stop's deadline, not one of its own,
    * decides when a stop gives up (and says so in the log). */

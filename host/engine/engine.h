@@ -26,6 +26,11 @@ typedef struct service service_t;
 typedef struct session session_t;
 typedef struct shared_buf shared_buf_t;
 
+typedef struct session_buf {
+  const void *data;
+  size_t len;
+} session_buf_t;
+
 /* Results: 0 or one of these (they match iocphost_result in the SDK). */
 enum {
   ENGINE_OK = 0,
@@ -110,6 +115,99 @@ typedef struct session_factory {
   size_t (*prepare)(void *ctx, void **session_context);
 } session_factory_t;
 
+/* ---- transports: layers between a session's socket and its handler ---- */
+
+/* A transport (SPEC section 14) is a stack of layers, the socket's side
+ * first (tcp < tls < websocket): each turns the bytes below it into the
+ * bytes above it and back. The engine knows no layer; the host chooses
+ * them per service (service_options.transport). A service without layers
+ * pays one predicted branch per receive and per send, nothing else.
+ *
+ * Every layer call runs under the session's send lock, so the wire stream
+ * is never reordered between a receive (a handshake answer, a pong) and
+ * sends from other threads, and a layer's state needs no lock of its own.
+ * So a layer must not call back into the session's functions (send,
+ * timers, posts) from inside its ops; it writes through the sinks it is
+ * handed, and the engine queues what they collect before unlocking. */
+typedef struct transport_sink transport_sink_t;
+struct transport_sink {
+  /* Returns 0, a session_reason_t (> 0) that ends the session (returned
+   * by a layer above), or ENGINE_E_* (< 0). A layer passes a non-zero
+   * result on, as its own. */
+  int (*write)(const transport_sink_t *sink, const session_buf_t *bufs,
+               size_t count);
+  void *ctx; /* the writer's: the engine's, or a test's */
+  int level;
+};
+
+static inline int transport_sink_write(const transport_sink_t *sink,
+                                       const void *data, size_t len) {
+  session_buf_t b = {data, len};
+  return sink->write(sink, &b, 1);
+}
+
+/* A layer's output may be shared among sessions (one encoding of a
+ * broadcast): it depends on the bytes and config only, never on the
+ * session, and the layer accepts output(config, NULL, ...). */
+#define TRANSPORT_SHARED_OUTPUT 1u
+
+typedef struct transport_ops {
+  const char *name; /* "websocket", "tls": for log lines */
+  unsigned flags;   /* TRANSPORT_* */
+  /* Worker, no lock: the layer's state for session s, before any byte
+   * moves. config is the transport_layer_t's. Returns 0, or -1 (the
+   * session ends quietly, io_error). */
+  int (*open)(void *config, session_t *s, void **layer);
+  /* Optional, right after open: what the layer says first (a client's
+   * upgrade request, a ClientHello) is written to down. Same returns as
+   * input. */
+  int (*start)(void *layer, const transport_sink_t *down);
+  /* Bytes from below (the socket, or the layer under this one), in order.
+   * What they decode to goes to up (toward the handler), what must be
+   * answered (a handshake reply, a pong) to down. Returns 0, or a
+   * session_reason_t (> 0) to end the session gracefully: what up got
+   * before is still delivered, then the session closes (close() below
+   * runs, but a layer that already wrote its closing bytes adds none), or
+   * ENGINE_E_* (< 0): the session aborts (io_error). */
+  int (*input)(void *layer, const uint8_t *data, size_t len,
+               const transport_sink_t *up, const transport_sink_t *down);
+  /* Bytes the session sends (any thread): their encoding goes to down.
+   * Returns 0 or ENGINE_E_* (the send fails with it). config is the
+   * layer's; layer is NULL for a shared encoding (TRANSPORT_SHARED_OUTPUT). */
+  int (*output)(void *config, void *layer, const session_buf_t *bufs,
+                size_t count, const transport_sink_t *down);
+  /* 1 once the layer's handshake is done: on_connected runs when every
+   * layer is ready. */
+  int (*ready)(void *layer);
+  /* Optional, worker, no lock: every layer became ready, right before
+   * on_connected (a layer starts its keepalive timers here). */
+  void (*opened)(void *layer);
+  /* A graceful close, before the engine's FIN: the layer's closing bytes
+   * (a close frame; close_notify) for reason go to down. Also for a session
+   * whose handshake failed or timed out (it never reached on_connected). */
+  void (*close)(void *layer, session_reason_t reason,
+                const transport_sink_t *down);
+  /* When the session's memory goes (any thread). */
+  void (*free)(void *layer);
+} transport_ops_t;
+
+typedef struct transport_layer {
+  const transport_ops_t *ops;
+  void *config; /* passed to open; outlives the service */
+} transport_layer_t;
+
+#define TRANSPORT_LAYERS_MAX 4
+
+/* Runs fn(layer, arg, down) under s's lock, with layer's down sink, and
+ * queues what it writes: for a layer that speaks on its own (a keepalive
+ * ping from a timer). fn returns as input does. Returns ENGINE_OK,
+ * ENGINE_E_CLOSED (the session is closing or ended), ENGINE_E_INVAL
+ * (layer is not one of s's) or what fn returned when < 0. */
+int session_transport_call(session_t *s, void *layer,
+                           int (*fn)(void *layer, void *arg,
+                                     const transport_sink_t *down),
+                           void *arg);
+
 /* ---- services ---- */
 
 typedef enum service_type { SERVICE_SERVER = 1, SERVICE_CLIENT = 2 } service_type_t;
@@ -153,6 +251,14 @@ typedef struct service_options {
    * server that accepts and drops at once is not hammered at the minimum.
    * 0 = reconnect_max_delay_ms (at least 1 s). */
   uint32_t reconnect_reset_after_ms;
+  /* The transport's layers, the socket's side first; none (NULL, 0) is
+   * plain TCP. The array and its configs outlive the service. */
+  const transport_layer_t *transport;
+  size_t transport_layers; /* at most TRANSPORT_LAYERS_MAX */
+  /* Every layer must be ready (its handshake done) this long after the
+   * connection: otherwise the session ends (idle_timeout) without ever
+   * reaching on_connected. Default 10000; 0 = none. */
+  uint32_t handshake_timeout_ms;
 } service_options_t;
 
 /* Fills the documented defaults. */
@@ -229,11 +335,6 @@ void shared_buf_release(shared_buf_t *buf);
 /* ---- sessions ---- */
 
 typedef void (*session_fn)(session_t *s, void *arg);
-
-typedef struct session_buf {
-  const void *data;
-  size_t len;
-} session_buf_t;
 
 int session_send(session_t *s, const void *data, size_t len);
 int session_sendv(session_t *s, const session_buf_t *bufs, size_t count);

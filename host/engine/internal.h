@@ -43,6 +43,14 @@ struct session {
   uint8_t reason;          /* the reason on_disconnected gets */
   uint8_t registered;      /* counted in the service */
   uint8_t incomplete_armed; /* worker only: the incomplete-input check runs */
+  uint8_t opened;          /* worker only: on_connected has run */
+  /* Transports (engine.h): has_transport is fixed at creation, so a plain
+   * TCP session pays one predicted branch per receive and send. */
+  uint8_t has_transport;
+  uint8_t transport_started; /* the layers are open: worker, under lock */
+  uint8_t transport_ready;   /* under lock: every layer's handshake is done */
+  uint8_t transport_closed;  /* under lock: a layer ended the stream */
+  void *layers[TRANSPORT_LAYERS_MAX]; /* each layer's state, socket's first */
   uint64_t id;
   service_t *service;
   void *context;
@@ -97,6 +105,13 @@ void session__ref(session_t *s);
  * session to IO_INVALID_SOCKET and feed it from a posted function: the
  * real code, with the socket stubbed out. */
 void session__receive(session_t *s, const uint8_t *data, size_t len);
+
+/* A broadcast encoded once for every session of svc, when each of its
+ * transport's layers allows it (TRANSPORT_SHARED_OUTPUT): a new buffer, or
+ * NULL (then each session encodes its own copy). */
+shared_buf_t *session__transport_share(service_t *svc, shared_buf_t *buf);
+/* session_send_shared for bytes session__transport_share encoded. */
+int session__send_encoded(session_t *s, shared_buf_t *encoded);
 
 /* service.c, for session.c */
 const service_options_t *service__options(const service_t *svc);

@@ -160,6 +160,7 @@ void service_options_init(service_options_t *o) {
   o->reconnect_min_delay_ms = 100;
   o->reconnect_max_delay_ms = 10000;
   o->reconnect_jitter = 0.2;
+  o->handshake_timeout_ms = 10000;
 }
 
 int service__stopping(service_t *svc) { return atomic_load(&svc->stopping); }
@@ -305,11 +306,18 @@ int service_sessions(service_t *svc, session_t ***out, size_t *count) {
 
 int service_broadcast(service_t *svc, shared_buf_t *buf) {
   int count = 0;
+  /* A transport that allows it encodes the bytes once for everyone (a
+   * WebSocket frame); otherwise each session encodes its own copy. */
+  shared_buf_t *encoded =
+      svc->opt.transport_layers ? session__transport_share(svc, buf) : NULL;
   pthread_mutex_lock(&svc->lock);
   for (session_t *s = svc->sessions; s; s = s->service_next)
-    if (session_send_shared(s, buf) == ENGINE_OK)
+    if ((encoded ? session__send_encoded(s, encoded)
+                 : session_send_shared(s, buf)) == ENGINE_OK)
       count++;
   pthread_mutex_unlock(&svc->lock);
+  if (encoded)
+    shared_buf_release(encoded);
   return count;
 }
 
@@ -771,6 +779,21 @@ int service_create(core_t *core, const service_options_t *opt,
     snprintf(err, err_len, "service %s: the session handler is incomplete",
              opt->name ? opt->name : "?");
     return -1;
+  }
+  if (opt->transport_layers > TRANSPORT_LAYERS_MAX ||
+      (opt->transport_layers && !opt->transport)) {
+    snprintf(err, err_len, "service %s: a transport has 1 to %d layers",
+             opt->name ? opt->name : "?", TRANSPORT_LAYERS_MAX);
+    return -1;
+  }
+  for (size_t i = 0; i < opt->transport_layers; i++) {
+    const transport_ops_t *t = opt->transport[i].ops;
+    if (!t || !t->open || !t->input || !t->output || !t->ready || !t->free) {
+      snprintf(err, err_len,
+               "service %s: transport layer %lu lacks a required operation",
+               opt->name ? opt->name : "?", (unsigned long)i);
+      return -1;
+    }
   }
   service_t *svc = calloc(1, sizeof *svc);
   if (!svc || !(svc->name = strdup(opt->name ? opt->name : "service"))) {

@@ -27,6 +27,14 @@
  * discarding) until the peer's FIN, so the close never turns into a reset
  * because of unread input; a timer bounds both the flush and the linger
  * (close_timeout_ms, close_linger_ms).
+ *
+ * A service with a transport (engine.h: WebSocket, TLS) puts its layers
+ * between the socket and the handler: received bytes pass up through them
+ * before deliver_input, sent bytes down through them before the queue,
+ * both under the session's lock; on_connected waits until every layer's
+ * handshake is done (bounded by handshake_timeout_ms), and a graceful close
+ * lets each layer write its closing bytes before the FIN. Sessions of other
+ * services test has_transport once per receive and per send.
  */
 #include <errno.h>
 #include <limits.h>
@@ -72,6 +80,10 @@ static uint64_t timer_start(session_t *s, uint32_t delay_ms,
                             int internal);
 
 static const strand_owner_ops_t session_strand_ops;
+static void transport_start(session_t *s);
+static void transport_receive(session_t *s, const uint8_t *data, size_t len);
+static int transport_close_locked(session_t *s, int reason);
+static void transport_free(session_t *s);
 
 static size_t extra_offset(void) {
   return (sizeof(session_t) + 15) & ~(size_t)15;
@@ -107,6 +119,8 @@ static void destroy(session_t *s) {
   const session_handler_t *h = opts_of(s)->factory.handler;
   if (h && h->on_free)
     h->on_free(s);
+  if (s->has_transport)
+    transport_free(s);
   send_chunk_t *c = s->queue_head;
   while (c) {
     send_chunk_t *next = c->next;
@@ -148,6 +162,7 @@ session_t *session__new(service_t *svc) {
   if (!s)
     return NULL;
   s->extra_size = (uint32_t)extra;
+  s->has_transport = o->transport_layers > 0;
   atomic_init(&s->refs, 1); /* the open reference */
   s->id = atomic_fetch_add_explicit(&next_session_id, 1, memory_order_relaxed);
   s->service = svc;
@@ -313,7 +328,8 @@ static void check_incomplete(session_t *s, void *arg) {
 
 /* ---- the kick: start, flush and close requests ---- */
 
-static void open_session(session_t *s) {
+/* A transport session is receiving already (its handshake needed it). */
+static void open_session(session_t *s, int start_receiving) {
   const service_options_t *o = opts_of(s);
   pthread_mutex_lock(&s->lock);
   s->state = SESSION_OPEN;
@@ -321,8 +337,10 @@ static void open_session(session_t *s) {
   s->last_recv_ms = clock_now_ms();
   if (o->idle_timeout_ms)
     timer_start(s, o->idle_timeout_ms, 0, check_idle, NULL, 1);
+  s->opened = 1;
   o->factory.handler->on_connected(s);
-  start_recv(s);
+  if (start_receiving)
+    start_recv(s);
 }
 
 /* Worker only: on_sent for bytes that went out at once (see enqueue). */
@@ -350,7 +368,12 @@ static void on_kick(io_op_t *op, int status, size_t bytes) {
     abort_now = 0;
   }
   if (s->state == SESSION_OPENING && !request) {
-    open_session(s);
+    /* A transport's handshake runs first; on_connected follows when it is
+     * done (transport_receive). Later kicks (its flushes) start nothing. */
+    if (!s->has_transport)
+      open_session(s, 1);
+    else if (!s->transport_started)
+      transport_start(s);
     pthread_mutex_lock(&s->lock);
     request = s->close_request;
     abort_now = s->close_abort;
@@ -513,6 +536,10 @@ static void on_recv_done(io_op_t *op, int status, size_t bytes) {
 }
 
 void session__receive(session_t *s, const uint8_t *data, size_t len) {
+  if (s->has_transport) {
+    transport_receive(s, data, len);
+    return;
+  }
   if (s->state != SESSION_OPEN || !session_is_open(s))
     return;
   count_bytes(s, len, 0);
@@ -771,37 +798,25 @@ static int append_locked(session_t *s, const session_buf_t *bufs, size_t count,
   return 0;
 }
 
-static int enqueue(session_t *s, const session_buf_t *bufs, size_t count,
-                   shared_buf_t *shared) {
-  size_t total = 0;
-  if (shared) {
-    total = shared->len;
-  } else {
-    for (size_t i = 0; i < count; i++) {
-      if (!bufs[i].data && bufs[i].len)
-        return ENGINE_E_INVAL;
-      /* Lengths adding up past SIZE_MAX describe no memory there is. */
-      if (bufs[i].len > SIZE_MAX - total)
-        return ENGINE_E_INVAL;
-      total += bufs[i].len;
-    }
-  }
-  if (total == 0)
-    return ENGINE_OK;
-  pthread_mutex_lock(&s->lock);
-  if (s->close_request || s->state >= SESSION_CLOSING) {
-    pthread_mutex_unlock(&s->lock);
-    return ENGINE_E_CLOSED;
-  }
+/* Under the lock, with the session accepting sends: the bytes go to the
+ * socket at once or into the queue. Returns ENGINE_OK, ENGINE_E_NOMEM, or
+ * ENGINE_E_QUEUE_FULL (*partial: part of the bytes went out already): the
+ * caller unlocks, then gives up the session (queue_full). */
+static int enqueue_locked(session_t *s, const session_buf_t *bufs,
+                          size_t count, shared_buf_t *shared, size_t total,
+                          int *partial) {
   /* Like libuv's try-write: on the session's worker, with nothing queued
    * or in flight, the bytes go to the socket at once, from the caller's
    * buffer; only what the socket does not take is copied into the queue.
    * Echo-like traffic then costs no allocation, no copy and no op. It is
    * tried before the limit is looked at: send_queue_limit_bytes bounds what
    * waits unsent, so a send larger than it still goes out whole when the
-   * socket takes the excess. */
+   * socket takes the excess. (A transport's handshake answer goes out the
+   * same way, before the session is open.) */
   size_t sent = 0;
-  if (!s->queue_head && !s->sending && s->state == SESSION_OPEN &&
+  if (!s->queue_head && !s->sending &&
+      (s->state == SESSION_OPEN ||
+       (s->state == SESSION_OPENING && s->transport_started)) &&
       io_handle_on_worker(&s->handle)) {
     io_buf_t iov[SEND_NOW_BUFS];
     size_t n_iov = shared ? 1 : count;
@@ -827,26 +842,11 @@ static int enqueue(session_t *s, const session_buf_t *bufs, size_t count,
       /* Errors other than "full" surface through the send op below. */
     }
   }
-  if (sent == total) {
-    pthread_mutex_unlock(&s->lock);
+  if (sent == total)
     return ENGINE_OK;
-  }
   uint64_t limit = opts_of(s)->send_queue_limit_bytes;
   if (total - sent > limit || s->queued_bytes > limit - (total - sent)) {
-    pthread_mutex_unlock(&s->lock);
-    char peer[ADDRESS_TEXT_MAX] = "?";
-    address_format(&s->peer, peer, sizeof peer);
-    log_write(LOG_WARN, "session",
-              "service %s: session %llu (%s) would queue more than "
-              "send_queue_limit_bytes %llu (a slow reader, or one send "
-              "larger than the limit): disconnecting (send_queue_full)",
-              service_name(s->service), (unsigned long long)s->id, peer,
-              (unsigned long long)limit);
-    /* Part of this call's bytes went out, the rest never will: a FIN
-     * would tell the peer the stream ended whole. */
-    if (sent > 0)
-      io_handle_reset_on_close(&s->handle);
-    session_abort(s, REASON_SEND_QUEUE_FULL);
+    *partial = sent > 0;
     return ENGINE_E_QUEUE_FULL;
   }
   int rc;
@@ -892,28 +892,104 @@ static int enqueue(session_t *s, const session_buf_t *bufs, size_t count,
     }
     rc = append_locked(s, bufs, count, total);
   }
-  if (rc != 0) {
-    pthread_mutex_unlock(&s->lock);
+  if (rc != 0)
     return ENGINE_E_NOMEM;
-  }
   s->queued_bytes += total;
   service__count_buffers(s->service, (int64_t)total, 0);
   post_kick_locked(s);
-  pthread_mutex_unlock(&s->lock);
   return ENGINE_OK;
+}
+
+/* After enqueue_locked refused for the limit, unlocked: one log line and
+ * the session ends. */
+static void queue_full(session_t *s, int partial) {
+  char peer[ADDRESS_TEXT_MAX] = "?";
+  address_format(&s->peer, peer, sizeof peer);
+  log_write(LOG_WARN, "session",
+            "service %s: session %llu (%s) would queue more than "
+            "send_queue_limit_bytes %llu (a slow reader, or one send "
+            "larger than the limit): disconnecting (send_queue_full)",
+            service_name(s->service), (unsigned long long)s->id, peer,
+            (unsigned long long)opts_of(s)->send_queue_limit_bytes);
+  /* Part of this call's bytes went out, the rest never will: a FIN
+   * would tell the peer the stream ended whole. */
+  if (partial)
+    io_handle_reset_on_close(&s->handle);
+  session_abort(s, REASON_SEND_QUEUE_FULL);
+}
+
+static int transport_encode_locked(session_t *s, const session_buf_t *bufs,
+                                   size_t count, shared_buf_t *shared,
+                                   session_buf_t *encoded);
+
+/* encoded: shared holds bytes session__transport_share encoded already. */
+static int enqueue(session_t *s, const session_buf_t *bufs, size_t count,
+                   shared_buf_t *shared, int encoded) {
+  size_t total = 0;
+  if (shared) {
+    total = shared->len;
+  } else {
+    for (size_t i = 0; i < count; i++) {
+      if (!bufs[i].data && bufs[i].len)
+        return ENGINE_E_INVAL;
+      /* Lengths adding up past SIZE_MAX describe no memory there is. */
+      if (bufs[i].len > SIZE_MAX - total)
+        return ENGINE_E_INVAL;
+      total += bufs[i].len;
+    }
+  }
+  if (total == 0)
+    return ENGINE_OK;
+  pthread_mutex_lock(&s->lock);
+  if (s->close_request || s->state >= SESSION_CLOSING) {
+    pthread_mutex_unlock(&s->lock);
+    return ENGINE_E_CLOSED;
+  }
+  session_buf_t wire;
+  if (s->has_transport) {
+    /* Before its handshake is done (on_connected) a transport session
+     * takes no sends, nor after a layer ended the stream (a close frame
+     * went out). Encoding under the lock keeps concurrent senders' frames
+     * (or records) whole and in the order they queue. */
+    if (!s->transport_ready || s->transport_closed) {
+      pthread_mutex_unlock(&s->lock);
+      return ENGINE_E_CLOSED;
+    }
+    if (!encoded) {
+      int rc = transport_encode_locked(s, bufs, count, shared, &wire);
+      if (rc != 0) {
+        pthread_mutex_unlock(&s->lock);
+        return rc;
+      }
+      bufs = &wire;
+      count = 1;
+      shared = NULL;
+      total = wire.len;
+    }
+  }
+  int partial = 0;
+  int rc = enqueue_locked(s, bufs, count, shared, total, &partial);
+  pthread_mutex_unlock(&s->lock);
+  if (rc == ENGINE_E_QUEUE_FULL)
+    queue_full(s, partial);
+  return rc;
 }
 
 int session_send(session_t *s, const void *data, size_t len) {
   session_buf_t b = {data, len};
-  return enqueue(s, &b, 1, NULL);
+  return enqueue(s, &b, 1, NULL, 0);
 }
 
 int session_sendv(session_t *s, const session_buf_t *bufs, size_t count) {
-  return enqueue(s, bufs, count, NULL);
+  return enqueue(s, bufs, count, NULL, 0);
 }
 
 int session_send_shared(session_t *s, shared_buf_t *buf) {
-  return enqueue(s, NULL, 0, buf);
+  return enqueue(s, NULL, 0, buf, 0);
+}
+
+int session__send_encoded(session_t *s, shared_buf_t *encoded) {
+  return enqueue(s, NULL, 0, encoded, 1);
 }
 
 /* ---- closing ---- */
@@ -965,7 +1041,9 @@ static void finish_close(session_t *s, int graceful) {
    * on_disconnected's effects must not still find the session open in
    * service_find_session, a broadcast or the stats. */
   service__unregister(s->service, s, s->reason);
-  o->factory.handler->on_disconnected(s, (session_reason_t)s->reason);
+  /* A transport session whose handshake failed never heard on_connected. */
+  if (s->opened)
+    o->factory.handler->on_disconnected(s, (session_reason_t)s->reason);
   if (s->slot)
     service__client_closed(s->slot, s);
   if (graceful && !s->peer_eof && s->handle.socket != IO_INVALID_SOCKET &&
@@ -1002,7 +1080,9 @@ static void begin_close(session_t *s, int reason, int graceful) {
   if (!s->close_started) {
     s->close_started = 1;
     s->reason = (uint8_t)first;
-    if (s->state == SESSION_OPENING) {
+    /* A transport's handshake that fails closes gracefully: its answer (an
+     * HTTP error) goes out before the FIN, still with no callbacks. */
+    if (s->state == SESSION_OPENING && (!graceful || !s->transport_started)) {
       /* Never reached on_connected: end quietly, no callbacks. A timer
        * armed meanwhile (the session is findable by id from the moment it
        * is registered) dies with it rather than hold it for its delay. */
@@ -1018,6 +1098,11 @@ static void begin_close(session_t *s, int reason, int graceful) {
     }
     pthread_mutex_lock(&s->lock);
     s->state = SESSION_CLOSING;
+    /* The transport's closing bytes (a close frame, close_notify), after
+     * everything queued and before the FIN. */
+    if (graceful && s->transport_started &&
+        transport_close_locked(s, first) != 0)
+      graceful = 0;
     pthread_mutex_unlock(&s->lock);
     cancel_timers(s);
     if (graceful)
@@ -1061,6 +1146,429 @@ static void begin_close(session_t *s, int reason, int graceful) {
   pthread_mutex_unlock(&s->lock);
   if (drained)
     finish_close(s, 1);
+}
+
+/* ---- transports ---- */
+
+/* Bytes the layers write during one call: toward the handler (up) and
+ * toward the socket (wire). One pair per thread, reused, so a receive or a
+ * send through a transport allocates nothing once they have grown; freed
+ * when the thread ends. */
+typedef struct byte_buf {
+  uint8_t *data;
+  size_t len;
+  size_t cap;
+} byte_buf_t;
+
+typedef struct transport_scratch {
+  byte_buf_t up;
+  byte_buf_t wire;
+} transport_scratch_t;
+
+static pthread_once_t scratch_once = PTHREAD_ONCE_INIT;
+static pthread_key_t scratch_key;
+
+static void scratch_destroy(void *p) {
+  transport_scratch_t *sc = p;
+  free(sc->up.data);
+  free(sc->wire.data);
+  free(sc);
+}
+
+static void scratch_key_create(void) {
+  pthread_key_create(&scratch_key, scratch_destroy);
+}
+
+static transport_scratch_t *scratch_get(void) {
+  pthread_once(&scratch_once, scratch_key_create);
+  transport_scratch_t *sc = pthread_getspecific(scratch_key);
+  if (!sc) {
+    sc = calloc(1, sizeof *sc);
+    if (sc && pthread_setspecific(scratch_key, sc) != 0) {
+      free(sc);
+      sc = NULL;
+    }
+  }
+  return sc;
+}
+
+static int byte_buf_append(byte_buf_t *b, const session_buf_t *bufs,
+                           size_t count) {
+  for (size_t i = 0; i < count; i++) {
+    size_t len = bufs[i].len;
+    if (len > SIZE_MAX / 2 - b->len)
+      return ENGINE_E_NOMEM;
+    if (b->len + len > b->cap) {
+      size_t cap = b->cap ? b->cap * 2 : 1024;
+      while (cap < b->len + len)
+        cap *= 2;
+      uint8_t *grown = realloc(b->data, cap);
+      if (!grown)
+        return ENGINE_E_NOMEM;
+      b->data = grown;
+      b->cap = cap;
+    }
+    if (len)
+      memcpy(b->data + b->len, bufs[i].data, len);
+    b->len += len;
+  }
+  return 0;
+}
+
+/* The layers one call runs through: a session's, or (layers NULL) a
+ * shared encoding's. A sink's level is the layer its bytes go to: up from
+ * layer i is level i + 1 (the handler past the top), down is level i - 1
+ * (the socket below 0). */
+typedef struct transport_chain {
+  const transport_layer_t *tl;
+  int count;
+  void *const *layers;
+  transport_scratch_t *sc;
+} transport_chain_t;
+
+static int sink_down(const transport_sink_t *sink, const session_buf_t *bufs,
+                     size_t count);
+
+static int sink_up(const transport_sink_t *sink, const session_buf_t *bufs,
+                   size_t count) {
+  const transport_chain_t *c = sink->ctx;
+  int level = sink->level;
+  if (level >= c->count)
+    return byte_buf_append(&c->sc->up, bufs, count);
+  transport_sink_t up = {sink_up, sink->ctx, level + 1};
+  transport_sink_t down = {sink_down, sink->ctx, level - 1};
+  for (size_t i = 0; i < count; i++) {
+    if (!bufs[i].len)
+      continue;
+    int rc = c->tl[level].ops->input(c->layers[level], bufs[i].data,
+                                     bufs[i].len, &up, &down);
+    if (rc != 0)
+      return rc;
+  }
+  return 0;
+}
+
+static int sink_down(const transport_sink_t *sink, const session_buf_t *bufs,
+                     size_t count) {
+  const transport_chain_t *c = sink->ctx;
+  int level = sink->level;
+  if (level < 0)
+    return byte_buf_append(&c->sc->wire, bufs, count);
+  transport_sink_t down = {sink_down, sink->ctx, level - 1};
+  return c->tl[level].ops->output(c->tl[level].config,
+                                  c->layers ? c->layers[level] : NULL, bufs,
+                                  count, &down);
+}
+
+static transport_chain_t chain_of(session_t *s, transport_scratch_t *sc) {
+  const service_options_t *o = opts_of(s);
+  transport_chain_t c = {o->transport, (int)o->transport_layers, s->layers,
+                         sc};
+  return c;
+}
+
+/* Under the lock: every layer's handshake is done. */
+static int layers_ready(session_t *s) {
+  const service_options_t *o = opts_of(s);
+  for (size_t i = 0; i < o->transport_layers; i++)
+    if (!o->transport[i].ops->ready(s->layers[i]))
+      return 0;
+  return 1;
+}
+
+/* Under the lock: queues what the layers wrote toward the socket. Returns
+ * as enqueue_locked. */
+static int queue_wire_locked(session_t *s, transport_scratch_t *sc,
+                             int *partial) {
+  if (sc->wire.len == 0)
+    return ENGINE_OK;
+  session_buf_t b = {sc->wire.data, sc->wire.len};
+  sc->wire.len = 0;
+  return enqueue_locked(s, &b, 1, NULL, b.len, partial);
+}
+
+/* Under the lock, from enqueue: bufs (or shared) encoded by every layer,
+ * top first, into the thread's wire buffer. */
+static int transport_encode_locked(session_t *s, const session_buf_t *bufs,
+                                   size_t count, shared_buf_t *shared,
+                                   session_buf_t *encoded) {
+  transport_scratch_t *sc = scratch_get();
+  if (!sc)
+    return ENGINE_E_NOMEM;
+  session_buf_t one;
+  if (shared) {
+    one.data = shared->data;
+    one.len = shared->len;
+    bufs = &one;
+    count = 1;
+  }
+  transport_chain_t c = chain_of(s, sc);
+  transport_sink_t top = {sink_down, &c, c.count - 1};
+  sc->wire.len = 0;
+  int rc = top.write(&top, bufs, count);
+  if (rc > 0)
+    rc = ENGINE_E_CLOSED; /* a layer refuses: its stream has ended */
+  encoded->data = sc->wire.data;
+  encoded->len = sc->wire.len;
+  sc->wire.len = 0; /* the caller queues it before unlocking */
+  return rc;
+}
+
+shared_buf_t *session__transport_share(service_t *svc, shared_buf_t *buf) {
+  const service_options_t *o = service__options(svc);
+  for (size_t i = 0; i < o->transport_layers; i++)
+    if (!(o->transport[i].ops->flags & TRANSPORT_SHARED_OUTPUT))
+      return NULL;
+  transport_scratch_t *sc = scratch_get();
+  if (!sc)
+    return NULL;
+  transport_chain_t c = {o->transport, (int)o->transport_layers, NULL, sc};
+  transport_sink_t top = {sink_down, &c, c.count - 1};
+  session_buf_t b = {buf->data, buf->len};
+  sc->wire.len = 0;
+  shared_buf_t *out = NULL;
+  if (top.write(&top, &b, 1) == 0) {
+    out = shared_buf_new(sc->wire.len);
+    if (out)
+      memcpy(out->data, sc->wire.data, sc->wire.len);
+  }
+  sc->wire.len = 0;
+  return out;
+}
+
+/* Worker: the handshake's deadline. */
+static void check_handshake(session_t *s, void *arg) {
+  (void)arg;
+  /* Once the session opened it finds nothing to do (an engine timer
+   * cannot be stopped early; it holds a few bytes until then). */
+  if (s->state != SESSION_OPENING || s->close_started)
+    return;
+  pthread_mutex_lock(&s->lock);
+  int ready = s->transport_ready;
+  const char *name = "transport";
+  const service_options_t *o = opts_of(s);
+  for (size_t i = 0; i < o->transport_layers; i++)
+    if (!o->transport[i].ops->ready(s->layers[i])) {
+      name = o->transport[i].ops->name;
+      break;
+    }
+  pthread_mutex_unlock(&s->lock);
+  if (ready)
+    return;
+  char peer[ADDRESS_TEXT_MAX] = "?";
+  address_format(&s->peer, peer, sizeof peer);
+  log_write(LOG_WARN, "session",
+            "service %s: session %llu (%s) did not complete its %s handshake "
+            "within handshake_timeout_ms %u: closing (idle_timeout)",
+            service_name(s->service), (unsigned long long)s->id, peer, name,
+            o->handshake_timeout_ms);
+  begin_close(s, REASON_IDLE_TIMEOUT, 1);
+}
+
+/* Worker, unlocked: every layer became ready. */
+static void transport_opened(session_t *s, int start_receiving) {
+  const service_options_t *o = opts_of(s);
+  if (service__stopping(s->service)) {
+    begin_close(s, REASON_HOST_STOPPING, 1);
+    return;
+  }
+  for (size_t i = 0; i < o->transport_layers; i++)
+    if (o->transport[i].ops->opened)
+      o->transport[i].ops->opened(s->layers[i]);
+  open_session(s, start_receiving);
+}
+
+/* Unlocked, after a layer call: the queue's verdict, then the layers'. */
+static int transport_after(session_t *s, int qrc, int partial, int rc) {
+  if (qrc == ENGINE_E_QUEUE_FULL) {
+    queue_full(s, partial);
+    return -1;
+  }
+  if (qrc != 0 || rc < 0) {
+    begin_close(s, REASON_IO_ERROR, 0);
+    return -1;
+  }
+  return 0;
+}
+
+/* Worker, from on_kick: a session of a transport service was attached or
+ * connected; its layers open and speak first if they do. */
+static void transport_start(session_t *s) {
+  const service_options_t *o = opts_of(s);
+  for (size_t i = 0; i < o->transport_layers; i++) {
+    if (o->transport[i].ops->open(o->transport[i].config, s,
+                                  &s->layers[i]) != 0) {
+      begin_close(s, REASON_IO_ERROR, 0);
+      return;
+    }
+  }
+  /* Under the lock: a sender on another thread reads it (enqueue_locked). */
+  pthread_mutex_lock(&s->lock);
+  s->transport_started = 1;
+  pthread_mutex_unlock(&s->lock);
+  if (o->handshake_timeout_ms)
+    timer_start(s, o->handshake_timeout_ms, 0, check_handshake, NULL, 1);
+  transport_scratch_t *sc = scratch_get();
+  if (!sc) {
+    begin_close(s, REASON_IO_ERROR, 0);
+    return;
+  }
+  transport_chain_t c = chain_of(s, sc);
+  int rc = 0, qrc, partial = 0, ready = 0;
+  pthread_mutex_lock(&s->lock);
+  sc->wire.len = 0;
+  for (int i = 0; i < c.count && rc == 0; i++) {
+    if (!o->transport[i].ops->start)
+      continue;
+    transport_sink_t down = {sink_down, &c, i - 1};
+    rc = o->transport[i].ops->start(s->layers[i], &down);
+  }
+  qrc = queue_wire_locked(s, sc, &partial);
+  if (rc != 0)
+    s->transport_closed = 1;
+  else if (layers_ready(s))
+    ready = s->transport_ready = 1;
+  pthread_mutex_unlock(&s->lock);
+  if (transport_after(s, qrc, partial, rc) != 0)
+    return;
+  if (rc > 0) {
+    begin_close(s, rc, 1);
+    return;
+  }
+  if (ready)
+    transport_opened(s, 0);
+  if (!s->handle.closed)
+    start_recv(s);
+}
+
+/* Worker: bytes read from the socket go up through the layers under the
+ * lock; what reaches the top is delivered unlocked, as TCP's bytes are. */
+static void transport_receive(session_t *s, const uint8_t *data, size_t len) {
+  if (!s->transport_started || s->close_started ||
+      atomic_load_explicit(&s->close_request, memory_order_relaxed))
+    return;
+  service__count_bytes(s->service, len, 0);
+  s->last_recv_ms = clock_now_ms();
+  transport_scratch_t *sc = scratch_get();
+  if (!sc) {
+    begin_close(s, REASON_IO_ERROR, 0);
+    return;
+  }
+  transport_chain_t c = chain_of(s, sc);
+  transport_sink_t first = {sink_up, &c, 0};
+  int rc, qrc, partial = 0, ready = 0;
+  pthread_mutex_lock(&s->lock);
+  if (s->transport_closed) {
+    pthread_mutex_unlock(&s->lock);
+    return;
+  }
+  sc->up.len = 0;
+  sc->wire.len = 0;
+  rc = transport_sink_write(&first, data, len);
+  qrc = queue_wire_locked(s, sc, &partial);
+  if (rc != 0)
+    s->transport_closed = 1;
+  else if (!s->transport_ready && layers_ready(s))
+    ready = s->transport_ready = 1;
+  pthread_mutex_unlock(&s->lock);
+  if (transport_after(s, qrc, partial, rc) != 0)
+    return;
+  if (ready)
+    transport_opened(s, 0);
+  /* The decoded bytes leave the thread's buffer while they are delivered:
+   * a callback may send, which encodes through the same scratch. */
+  byte_buf_t in = sc->up;
+  sc->up.data = NULL;
+  sc->up.len = sc->up.cap = 0;
+  if (in.len && s->state == SESSION_OPEN && session_is_open(s)) {
+    delivering = s;
+    deliver_input(s, in.data, in.len);
+    delivering = NULL;
+    report_sent(s);
+  }
+  sc = scratch_get(); /* the same thread's */
+  if (sc && !sc->up.data) {
+    in.len = 0;
+    sc->up = in;
+  } else {
+    free(in.data);
+  }
+  /* What came before a close frame (or a broken frame) was delivered;
+   * then the session closes. */
+  if (rc > 0)
+    begin_close(s, rc, 1);
+}
+
+/* Under the lock, from begin_close: each layer's closing bytes, the top's
+ * first (a close frame travels through TLS, then close_notify). Returns 0,
+ * or non-zero when they could not be queued (the close aborts). */
+static int transport_close_locked(session_t *s, int reason) {
+  transport_scratch_t *sc = scratch_get();
+  if (!sc)
+    return -1;
+  transport_chain_t c = chain_of(s, sc);
+  sc->wire.len = 0;
+  for (int i = c.count - 1; i >= 0; i--) {
+    if (!c.tl[i].ops->close)
+      continue;
+    transport_sink_t down = {sink_down, &c, i - 1};
+    c.tl[i].ops->close(s->layers[i], (session_reason_t)reason, &down);
+  }
+  s->transport_closed = 1;
+  int partial = 0;
+  return queue_wire_locked(s, sc, &partial);
+}
+
+static void transport_free(session_t *s) {
+  const service_options_t *o = opts_of(s);
+  for (size_t i = 0; i < o->transport_layers; i++)
+    if (s->layers[i])
+      o->transport[i].ops->free(s->layers[i]);
+}
+
+int session_transport_call(session_t *s, void *layer,
+                           int (*fn)(void *layer, void *arg,
+                                     const transport_sink_t *down),
+                           void *arg) {
+  const service_options_t *o = opts_of(s);
+  int level = -1;
+  for (size_t i = 0; i < o->transport_layers; i++)
+    if (layer && s->layers[i] == layer)
+      level = (int)i;
+  if (level < 0 || !fn)
+    return ENGINE_E_INVAL;
+  transport_scratch_t *sc = scratch_get();
+  if (!sc)
+    return ENGINE_E_NOMEM;
+  transport_chain_t c = chain_of(s, sc);
+  transport_sink_t down = {sink_down, &c, level - 1};
+  pthread_mutex_lock(&s->lock);
+  if (s->close_request || s->state >= SESSION_CLOSING || s->transport_closed) {
+    pthread_mutex_unlock(&s->lock);
+    return ENGINE_E_CLOSED;
+  }
+  sc->wire.len = 0;
+  int rc = fn(layer, arg, &down);
+  int partial = 0;
+  int qrc = queue_wire_locked(s, sc, &partial);
+  if (rc != 0)
+    s->transport_closed = 1;
+  pthread_mutex_unlock(&s->lock);
+  if (qrc == ENGINE_E_QUEUE_FULL) {
+    queue_full(s, partial);
+    return ENGINE_E_QUEUE_FULL;
+  }
+  if (qrc != 0 || rc < 0) {
+    session_abort(s, REASON_IO_ERROR);
+    return qrc != 0 ? qrc : rc;
+  }
+  if (rc > 0) {
+    if (io_handle_on_worker(&s->handle))
+      begin_close(s, rc, 1);
+    else
+      session_disconnect(s, (session_reason_t)rc);
+  }
+  return ENGINE_OK;
 }
 
 /* ---- accessors ---- */
