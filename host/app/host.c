@@ -23,6 +23,7 @@ int host_open(const config_t *config, host_t **out, char *err, size_t err_len) {
     return -1;
   }
   host->config = config;
+  host->callback_durations = config->metrics_address_text != NULL;
   pthread_mutex_init(&host->lock, NULL);
   pthread_mutex_init(&host->gen_lock, NULL);
   pthread_mutex_init(&host->reload_lock, NULL);

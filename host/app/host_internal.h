@@ -185,6 +185,9 @@ struct host {
   struct iocphost_metric *metric_families;
   /* The stall watchdog's thread (watchdog.c); NULL when off. */
   struct watchdog *watchdog;
+  /* Callback durations are measured (two clock reads per callback) only
+   * when the metrics endpoint can show them; set at host_open. */
+  int callback_durations;
   /* The metrics endpoint (metrics.c): bound first in host_start, served
    * once the host is started, closed first in host_stop. NULL when off. */
   struct metrics_server *metrics;

@@ -15,7 +15,7 @@ from harness import HostTestCase, Host
 STALL, ECHO = 1, 2
 STALL_LINE = re.compile(
     r"stall: plugin (\S+), generation (\d+), service (\S+), session (\d+), "
-    r"(\w+) \(packet (\d+)\), running for (\d+) ms \(over "
+    r"(\w+) \(packet (\d+)\), running for at least (\d+) ms \(over "
     r"watchdog\.stall_warn_ms (\d+)\)")
 
 

@@ -29,6 +29,7 @@ static fake_t *fake_new(void) {
   f->plugin.generations = f->generation;
   f->host.plugins = &f->plugin;
   f->host.plugin_count = 1;
+  f->host.callback_durations = 1; /* as with the metrics endpoint on */
   return f;
 }
 
@@ -148,6 +149,36 @@ START_TEST(a_stall_is_reported_once_while_it_lasts_and_counted) {
 }
 END_TEST
 
+/* Without the metrics endpoint nothing keeps durations: the bracket reads
+ * no clock, and a stall is timed from the watchdog's first sight of it. */
+START_TEST(an_untimed_stall_counts_from_the_first_scan_that_saw_it) {
+  fake_t *f = fake_new();
+  f->host.callback_durations = 0;
+  runner_t r;
+  runner_start(&r, packet_call(f), 0);
+  /* A day's threshold: first seen now, not reported. */
+  ck_assert_int_eq(watchdog_scan(&f->host, 86400000), 0);
+  /* 20 ms past the first sight (however long the call had run before):
+   * reported once, by a bounded wait on the condition. */
+  uint64_t deadline = watch_now_ns() + 10000000000ull;
+  int reported = 0;
+  while (!reported && watch_now_ns() < deadline)
+    reported = watchdog_scan(&f->host, 20);
+  ck_assert_int_eq(reported, 1);
+  ck_assert_int_eq(watchdog_scan(&f->host, 20), 0);
+  runner_finish(&r);
+  ck_assert_uint_eq(atomic_load(&f->generation->calls.stalls), 1);
+  /* Nothing measured. */
+  uint64_t counts[WATCH_BOUNDS + 1];
+  double sum;
+  ck_assert_uint_eq(watch_histogram_read(
+                        &f->generation->calls.kinds[WATCH_ON_PACKET], counts,
+                        &sum),
+                    0);
+  fake_free(f);
+}
+END_TEST
+
 START_TEST(a_call_shorter_than_the_threshold_is_no_stall) {
   fake_t *f = fake_new();
   runner_t r;
@@ -263,6 +294,7 @@ int main(void) {
   tcase_add_test(tc, durations_fall_in_the_bucket_of_their_upper_bound);
   tcase_add_test(tc, a_stall_is_reported_once_while_it_lasts_and_counted);
   tcase_add_test(tc, a_call_shorter_than_the_threshold_is_no_stall);
+  tcase_add_test(tc, an_untimed_stall_counts_from_the_first_scan_that_saw_it);
   tcase_add_test(tc, a_nested_call_is_part_of_the_one_around_it);
   tcase_add_test(tc, another_hosts_calls_are_left_to_its_own_watchdog);
   tcase_add_test(tc, many_threads_bracket_while_the_watchdog_scans);
