@@ -10,6 +10,8 @@ set -euo pipefail
 # dpkg-dev and file: cpack's .deb (dpkg-shlibdeps, file) for package.deb.
 packages=(cmake ninja-build gcc clang libclang-rt-14-dev pkg-config check libsubunit-dev
           libcjson-dev liburing-dev libsqlite3-dev python3 netcat-openbsd dpkg-dev file jq)
+# The TLS codec (host/transport/tls.c): OpenSSL 3.
+packages+=(libssl-dev)
 if [ "${1:-}" = windows ]; then
   packages+=(gcc-mingw-w64-x86-64 wine wine64 tcl)
 fi
