@@ -596,6 +596,13 @@ const char *tls_conn_cipher(const tls_conn_t *c) {
   return name ? name : "";
 }
 
+const char *tls_conn_server_name(const tls_conn_t *c) {
+  const char *name = c->ctx->role == TLS_SERVER
+                         ? SSL_get_servername(c->ssl, TLSEXT_NAMETYPE_host_name)
+                         : NULL;
+  return name ? name : "";
+}
+
 bool tls_conn_peer_subject(const tls_conn_t *c, char *buf, size_t buf_len) {
   X509 *peer = SSL_get0_peer_certificate(c->ssl);
   if (!peer || buf_len == 0) {

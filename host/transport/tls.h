@@ -155,6 +155,9 @@ const char *tls_conn_error(const tls_conn_t *c);
  * "" before the handshake. */
 const char *tls_conn_version(const tls_conn_t *c);
 const char *tls_conn_cipher(const tls_conn_t *c);
+/* Server: the name the client asked for (SNI), "" when none (clients
+ * send none for an IP address). */
+const char *tls_conn_server_name(const tls_conn_t *c);
 /* The peer certificate's subject (one line, RFC 2253), or false when the
  * peer presented none. */
 bool tls_conn_peer_subject(const tls_conn_t *c, char *buf, size_t buf_len);

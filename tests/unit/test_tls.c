@@ -346,6 +346,21 @@ START_TEST(test_a_verifying_client_refuses_an_expired_certificate) {
 }
 END_TEST
 
+START_TEST(test_the_server_name_is_sent_as_sni) {
+  tls_ctx_t *s = server_ctx(FX("server.pem"), FX("server.key"), NULL, 0);
+  tls_ctx_t *c = client_ctx(FX("ca.pem"), "localhost", 0);
+  end_t client, server;
+  connect_ends(&client, c, &server, s, 1 << 20);
+  assert_established(&client, &server);
+  ck_assert_str_eq(tls_conn_server_name(server.c), "localhost");
+  end_close(&client);
+  end_close(&server);
+  tls_ctx_release(s);
+  tls_ctx_release(c);
+}
+END_TEST
+
+/* RFC 6066: no IP literal in SNI; the address is checked all the same. */
 START_TEST(test_a_server_name_that_is_an_ip_address_is_checked_against_the_cert) {
   const char *names[] = {"127.0.0.1", "::1"};
   for (int i = 0; i < 2; i++) {
@@ -354,6 +369,7 @@ START_TEST(test_a_server_name_that_is_an_ip_address_is_checked_against_the_cert)
     end_t client, server;
     connect_ends(&client, c, &server, s, 1 << 20);
     assert_established(&client, &server);
+    ck_assert_str_eq(tls_conn_server_name(server.c), "");
     end_close(&client);
     end_close(&server);
     tls_ctx_release(s);
@@ -509,9 +525,21 @@ START_TEST(test_garbage_input_fails_cleanly_with_a_reason) {
     end_close(&server);
   }
 
+  /* A close_notify alert in the middle of a handshake. */
+  static const unsigned char close_notify[] = {21, 3, 3, 0, 2, 1, 0};
+  end_t client;
+  end_open(&client, c);
+  end_open(&server, s);
+  move(&client, &server, 1 << 20); /* the ClientHello */
+  ck_assert_int_eq(server.status, TLS_WANT_INPUT);
+  feed(&server, close_notify, sizeof close_notify, 1 << 20);
+  ck_assert_int_eq(server.status, TLS_FAILED);
+  assert_contains(tls_conn_error(server.c), "handshake failed: the peer closed TLS");
+  end_close(&client);
+  end_close(&server);
+
   /* A client whose server answers noise; and an established connection
    * whose peer sends noise after the handshake. */
-  end_t client;
   end_open(&client, c);
   feed(&client, noise, 4096, 1 << 20);
   ck_assert_int_eq(client.status, TLS_FAILED);
@@ -594,6 +622,7 @@ static Suite *tls_suite(void) {
   tcase_add_test(tc, test_a_verifying_client_refuses_a_certificate_from_another_ca);
   tcase_add_test(tc, test_a_verifying_client_refuses_a_wrong_server_name);
   tcase_add_test(tc, test_a_verifying_client_refuses_an_expired_certificate);
+  tcase_add_test(tc, test_the_server_name_is_sent_as_sni);
   tcase_add_test(tc, test_a_server_name_that_is_an_ip_address_is_checked_against_the_cert);
   tcase_add_loop_test(tc, test_client_certificates_are_required_when_the_server_has_a_ca_file,
                       TLS_VERSIONS_1_2_ONLY, TLS_VERSIONS_1_3_ONLY + 1);
