@@ -566,7 +566,7 @@ tls_status_t tls_conn_close(tls_conn_t *c) {
 }
 
 size_t tls_conn_output(tls_conn_t *c, const void **bytes) {
-  *bytes = c->out + c->out_head;
+  *bytes = c->out ? c->out + c->out_head : NULL;
   return c->out_len - c->out_head;
 }
 

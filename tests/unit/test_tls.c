@@ -57,6 +57,9 @@ static void end_close(end_t *e) {
 }
 
 static void keep_plain(end_t *e, const unsigned char *p, size_t n) {
+  if (n == 0) {
+    return;
+  }
   if (e->plain_cap - e->plain_len < n) {
     size_t cap = e->plain_cap ? e->plain_cap : 1024;
     while (cap - e->plain_len < n) {
