@@ -3,6 +3,8 @@
  * certificates are the committed fixtures of tests/fixtures/tls (make.sh
  * there says what each is and regenerates them). */
 #include <check.h>
+#include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -505,6 +507,51 @@ START_TEST(test_a_swapped_context_serves_new_connections_while_old_ones_keep_the
 }
 END_TEST
 
+/* Reload swaps while I/O threads make connections: every connection gets a
+ * whole context and holds it (ASan and TSan watch the references). */
+typedef struct swapper {
+  tls_slot_t *slot;
+  atomic_int stop;
+  int swaps;
+} swapper_t;
+
+static void *swap_contexts(void *arg) {
+  swapper_t *w = arg;
+  while (!atomic_load(&w->stop) && w->swaps < 1000) {
+    bool second = w->swaps++ % 2;
+    tls_slot_swap(w->slot, server_ctx(second ? FX("server2.pem") : FX("server.pem"),
+                                      second ? FX("server2.key") : FX("server.key"),
+                                      NULL, 0));
+  }
+  return NULL;
+}
+
+START_TEST(test_connections_made_during_swaps_each_hold_a_whole_context) {
+  tls_slot_t slot;
+  tls_slot_init(&slot, server_ctx(FX("server.pem"), FX("server.key"), NULL, 0));
+  tls_ctx_t *c = client_ctx(FX("ca.pem"), "localhost", 0);
+  swapper_t w = {.slot = &slot};
+  atomic_init(&w.stop, 0);
+  pthread_t thread;
+  ck_assert_int_eq(pthread_create(&thread, NULL, swap_contexts, &w), 0);
+  for (int i = 0; i < 40; i++) {
+    tls_ctx_t *s = tls_slot_get(&slot);
+    end_t client, server;
+    connect_ends(&client, c, &server, s, 1 << 20);
+    tls_ctx_release(s); /* the connection holds its own */
+    assert_established(&client, &server);
+    exchange(&client, &server, 1000, 1 << 20);
+    end_close(&client);
+    end_close(&server);
+  }
+  atomic_store(&w.stop, 1);
+  pthread_join(thread, NULL);
+  ck_assert_int_gt(w.swaps, 0);
+  tls_slot_destroy(&slot);
+  tls_ctx_release(c);
+}
+END_TEST
+
 /* ---- Garbage ----------------------------------------------------------- */
 
 START_TEST(test_garbage_input_fails_cleanly_with_a_reason) {
@@ -635,6 +682,7 @@ static Suite *tls_suite(void) {
   tcase_add_loop_test(tc,
                       test_a_swapped_context_serves_new_connections_while_old_ones_keep_theirs,
                       TLS_VERSIONS_1_2_ONLY, TLS_VERSIONS_1_3_ONLY + 1);
+  tcase_add_test(tc, test_connections_made_during_swaps_each_hold_a_whole_context);
   tcase_add_test(tc, test_garbage_input_fails_cleanly_with_a_reason);
   tcase_add_loop_test(tc, test_each_bad_context_is_refused_with_a_reason_naming_the_file, 0,
                       (int)(sizeof bad_configs / sizeof bad_configs[0]));
