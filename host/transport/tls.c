@@ -382,7 +382,8 @@ static tls_status_t fail(tls_conn_t *c, int ssl_error) {
              stage, X509_verify_cert_error_string(verify),
              c->ctx->server_name ? c->ctx->server_name : "?");
     } else {
-      format(c->error, sizeof c->error, "%s: certificate verify failed (%s)", stage,
+      format(c->error, sizeof c->error, "%s: certificate verify failed (the %s's: %s)",
+             stage, c->ctx->role == TLS_SERVER ? "client" : "server",
              X509_verify_cert_error_string(verify));
     }
   } else if (e && ERR_GET_LIB(e) == ERR_LIB_SSL && reason == SSL_R_UNSUPPORTED_PROTOCOL) {
@@ -486,9 +487,6 @@ static tls_status_t read_step(tls_conn_t *c, void *plain, size_t cap, size_t *go
     }
     c->established = true;
   }
-  if (cap == 0) {
-    return TLS_WANT_INPUT;
-  }
   int r = SSL_read_ex(c->ssl, plain, cap, got);
   if (r == 1) {
     return TLS_OK;
@@ -513,6 +511,11 @@ tls_status_t tls_conn_read(tls_conn_t *c, const void **wire, size_t *wire_len,
   }
   if (c->peer_closed) {
     return TLS_CLOSED;
+  }
+  if (!plain || cap == 0) {
+    /* The caller's mistake: refused, the connection unharmed. */
+    format(c->error, sizeof c->error, "TLS failed: a read with no plaintext buffer");
+    return TLS_FAILED;
   }
   ERR_clear_error();
   c->in = *wire;

@@ -126,8 +126,8 @@ typedef enum tls_status {
 tls_conn_t *tls_conn_new(tls_ctx_t *ctx, char *err, size_t err_len);
 void tls_conn_free(tls_conn_t *c);
 
-/* Input: see the top of this file. plain may be NULL when cap is 0 (to
- * drive a handshake only). */
+/* Input: see the top of this file. cap must be > 0 (a call without a
+ * plaintext buffer is refused with TLS_FAILED and changes nothing). */
 tls_status_t tls_conn_read(tls_conn_t *c, const void **wire, size_t *wire_len,
                            void *plain, size_t cap, size_t *got);
 /* Encrypts len bytes of plaintext into the output: TLS_OK, or TLS_FAILED
@@ -144,7 +144,9 @@ tls_status_t tls_conn_close(tls_conn_t *c);
 size_t tls_conn_output(tls_conn_t *c, const void **bytes);
 void tls_conn_output_done(tls_conn_t *c, size_t n);
 
-/* True once the handshake has completed (and stays true). */
+/* True once the handshake has completed (and stays true). In TLS 1.3 a
+ * client is established before the server has checked the client's
+ * certificate: a refusal comes as TLS_FAILED from a later tls_conn_read. */
 bool tls_conn_established(const tls_conn_t *c);
 /* After TLS_FAILED: one line for the log, such as "handshake failed: the
  * client offered only TLS 1.0 or 1.1 (unsupported protocol); TLS 1.2 or

@@ -217,6 +217,13 @@ START_TEST(test_the_state_before_the_handshake_is_not_established) {
   ck_assert_str_eq(tls_conn_version(client.c), "");
   ck_assert_int_eq(tls_conn_write(server.c, "x", 1), TLS_FAILED);
   assert_contains(tls_conn_error(server.c), "before the handshake completed");
+  /* A read without a plaintext buffer: refused, the connection unharmed. */
+  const void *hello;
+  size_t hello_len = tls_conn_output(client.c, &hello), got = 0;
+  ck_assert_int_eq(tls_conn_read(server.c, &hello, &hello_len, NULL, 0, &got), TLS_FAILED);
+  assert_contains(tls_conn_error(server.c), "no plaintext buffer");
+  pump(&client, &server, 1 << 20);
+  assert_established(&client, &server);
   end_close(&client);
   end_close(&server);
   tls_ctx_release(s);
@@ -303,7 +310,10 @@ START_TEST(test_a_client_pinned_to_tls_1_0_or_1_1_is_refused_with_a_clear_reason
   /* Later calls say the same, and change nothing. */
   const void *nothing = NULL;
   size_t zero = 0, got = 0;
-  ck_assert_int_eq(tls_conn_read(server.c, &nothing, &zero, NULL, 0, &got), TLS_FAILED);
+  unsigned char plain[16];
+  ck_assert_int_eq(tls_conn_read(server.c, &nothing, &zero, plain, sizeof plain, &got),
+                   TLS_FAILED);
+  ck_assert_uint_eq(got, 0);
   SSL_free(ssl);
   SSL_CTX_free(legacy);
   end_close(&server);
@@ -347,7 +357,7 @@ END_TEST
 
 START_TEST(test_a_verifying_client_refuses_an_expired_certificate) {
   refused_by_client(FX("expired.pem"), FX("expired.key"), "localhost",
-                    "certificate has expired");
+                    "(the server's: certificate has expired)");
 }
 END_TEST
 
@@ -422,7 +432,7 @@ START_TEST(test_client_certificates_are_required_when_the_server_has_a_ca_file) 
   ck_assert_msg(stranger != NULL, "%s", err);
   connect_ends(&client, stranger, &server, s, 1 << 20);
   ck_assert_int_eq(server.status, TLS_FAILED);
-  assert_contains(tls_conn_error(server.c), "certificate verify failed");
+  assert_contains(tls_conn_error(server.c), "certificate verify failed (the client's: ");
   end_close(&client);
   end_close(&server);
   tls_ctx_release(stranger);
