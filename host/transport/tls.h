@@ -10,9 +10,12 @@
  *
  * How a session uses a connection (tls_conn_t):
  *
- *   1. Creation. c = tls_conn_new(tls_slot_get(slot) or a ctx, ...). A
+ *   1. Creation. ctx = tls_slot_get(slot); c = tls_conn_new(ctx, err,
+ *      len); tls_ctx_release(ctx) (the connection holds its own). A
  *      client's ClientHello is in the output at once; a server's output is
- *      empty until the peer's hello arrives.
+ *      empty until the peer's hello arrives. The handshake's deadline is
+ *      the session's (its incomplete-input timer); its size is bounded by
+ *      OpenSSL (one handshake message at most 100 KiB).
  *   2. After EVERY call below, send the output: while
  *      (n = tls_conn_output(c, &bytes)) > 0, hand `bytes` (owned by the
  *      connection, valid until the next call on c) to the socket or copy
