@@ -15,7 +15,8 @@
  *      client's ClientHello is in the output at once; a server's output is
  *      empty until the peer's hello arrives. The handshake's deadline is
  *      the session's (its incomplete-input timer); its size is bounded by
- *      OpenSSL (one handshake message at most 100 KiB).
+ *      OpenSSL (a ClientHello at most about 128 KiB, a certificate list
+ *      100 KiB).
  *   2. After EVERY call below, send the output: while
  *      (n = tls_conn_output(c, &bytes)) > 0, hand `bytes` (owned by the
  *      connection, valid until the next call on c) to the socket or copy
