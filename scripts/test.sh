@@ -11,7 +11,7 @@
 # platform did not (checked from ctest's JUnit report by
 # scripts/check_must_run.py). Between them,
 # the libFuzzer targets (the packet parser, the receive path, the config
-# loader) run for a minute each.
+# loader, the TLS input path) run for a minute each.
 # Usage: scripts/test.sh [normal|asan|tsan|uring|fuzz|windows ...]
 set -euo pipefail
 cd "$(dirname "$0")/.."

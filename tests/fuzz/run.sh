@@ -13,7 +13,7 @@ seconds="${1:-${FUZZ_SECONDS:-60}}"
 build="${2:-$root/build-fuzz}"
 shift $(( $# > 2 ? 2 : $# ))
 targets=("$@")
-[ ${#targets[@]} -gt 0 ] || targets=(fuzz_framing fuzz_recv fuzz_config fuzz_websocket)
+[ ${#targets[@]} -gt 0 ] || targets=(fuzz_framing fuzz_recv fuzz_config fuzz_websocket fuzz_tls)
 
 command -v clang >/dev/null || {
   echo "fuzz: clang is needed (apt-get install clang)" >&2
