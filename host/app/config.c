@@ -574,8 +574,8 @@ static const char *const LOG_KEYS[] = {"level", "file", NULL};
 static const char *const SHUTDOWN_KEYS[] = {"drain_timeout_ms", NULL};
 static const char *const WORK_KEYS[] = {"threads", "queue_limit", NULL};
 static const char *const WATCHDOG_KEYS[] = {"stall_warn_ms", NULL};
-static const char *const METRICS_KEYS[] = {"address", "max_connections",
-                                           "timeout_ms", NULL};
+static const char *const METRICS_KEYS[] = {
+    "address", "max_connections", "timeout_ms", "callback_sample", NULL};
 static const char *const CORE_KEYS[] = {"name", "threads", "backend", NULL};
 static const char *const PLUGIN_KEYS[] = {"name", "path", "settings", NULL};
 static const char *const SERVER_KEYS[] = {"name",
@@ -684,6 +684,7 @@ static int parse_metrics(loader_t *ld, const cJSON *root, config_t *c) {
     return -1;
   c->metrics_max_connections = 8;
   c->metrics_timeout_ms = 5000;
+  c->metrics_callback_sample = 16;
   if (metrics == NULL)
     return 0;
   if (check_keys(ld, metrics, "metrics", METRICS_KEYS, "\"metrics\"") != 0 ||
@@ -691,6 +692,8 @@ static int parse_metrics(loader_t *ld, const cJSON *root, config_t *c) {
               &c->metrics_max_connections) != 0 ||
       get_u32(ld, metrics, "metrics", "timeout_ms", 100, 600000, 5000,
               &c->metrics_timeout_ms) != 0 ||
+      get_u32(ld, metrics, "metrics", "callback_sample", 1, 65536, 16,
+              &c->metrics_callback_sample) != 0 ||
       get_text(ld, metrics, "metrics", "address", 1, NULL,
                "give the address Prometheus scrapes, such as "
                "\"127.0.0.1:9100\"",

@@ -112,6 +112,9 @@ typedef struct config {
   uint32_t metrics_max_connections; /* at once, 1..64; default 8 */
   /* A connection's whole life: request in, page out; default 5000. */
   uint32_t metrics_timeout_ms;
+  /* One plugin callback in this many (per thread) is timed for the
+   * callback-duration histograms, and counts for that many; default 16. */
+  uint32_t metrics_callback_sample;
   config_core_t *cores;
   size_t core_count;
   config_plugin_t *plugins;

@@ -23,7 +23,8 @@ int host_open(const config_t *config, host_t **out, char *err, size_t err_len) {
     return -1;
   }
   host->config = config;
-  host->callback_durations = config->metrics_address_text != NULL;
+  host->callback_sample =
+      config->metrics_address_text ? config->metrics_callback_sample : 0;
   pthread_mutex_init(&host->lock, NULL);
   pthread_mutex_init(&host->gen_lock, NULL);
   pthread_mutex_init(&host->reload_lock, NULL);

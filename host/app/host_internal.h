@@ -185,9 +185,10 @@ struct host {
   struct iocphost_metric *metric_families;
   /* The stall watchdog's thread (watchdog.c); NULL when off. */
   struct watchdog *watchdog;
-  /* Callback durations are measured (two clock reads per callback) only
-   * when the metrics endpoint can show them; set at host_open. */
-  int callback_durations;
+  /* Callback durations are measured (two clock reads per timed callback)
+   * only when the metrics endpoint can show them: one callback in
+   * callback_sample per thread, or none (0); set at host_open. */
+  uint32_t callback_sample;
   /* The metrics endpoint (metrics.c): bound first in host_start, served
    * once the host is started, closed first in host_stop. NULL when off. */
   struct metrics_server *metrics;

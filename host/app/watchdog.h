@@ -72,8 +72,9 @@ typedef struct watch_stats {
   watch_histogram_t kinds[WATCH_KIND_COUNT];
 } watch_stats_t;
 
-/* Adds one duration to a histogram. */
-void watch_histogram_add(watch_histogram_t *h, uint64_t ns);
+/* Adds one timed duration to a histogram, counted weight times (a sampled
+ * call stands for the calls that were not timed). */
+void watch_histogram_add(watch_histogram_t *h, uint64_t ns, uint32_t weight);
 /* A snapshot: counts[WATCH_BOUNDS + 1] as prom_histogram takes them;
  * returns the total count and sets *sum_seconds. */
 uint64_t watch_histogram_read(const watch_histogram_t *h, uint64_t *counts,
@@ -95,7 +96,8 @@ typedef struct watch_mark {
   void *slot; /* the thread's slot, NULL when nested or not watched */
   generation_t *generation;
   watch_kind_t kind;
-  uint64_t start_ns;
+  uint64_t start_ns; /* 0: not timed */
+  uint32_t weight;   /* the calls a timed one stands for */
 } watch_mark_t;
 
 watch_mark_t watch_begin(const watch_call_t *call);

@@ -135,6 +135,17 @@ class MetricsEndpointTest(HostTestCase):
         start = samples(text, "process_start_time_seconds")[""]
         self.assertLess(abs(start - time.time()), 600, "start time %r" % start)
         self.assertIn("# TYPE iocphost_work_run_seconds histogram", text)
+        # Callback durations are sampled (metrics.callback_sample, 16): a
+        # timed call counts for 16, so the count is a multiple of 16 and
+        # at least the calls of whole samples.
+        with harness.connect(h.game) as s:
+            for _ in range(40):
+                self.assertEqual(harness.exchange(s, b"y"), b"y")
+        text = http_get(h.metrics)[2].decode()
+        count = samples(text, "iocphost_plugin_callback_duration_seconds_count")[
+            '{plugin="echo",generation="1",kind="on_recv"}']
+        self.assertEqual(count % 16, 0, count)
+        self.assertGreaterEqual(count, 32)
         self.assertIn('iocphost_rooms{plugin="chat",generation="1"} 0', text)
         # HEAD: the headers only.
         head = raw_request(h.metrics,
@@ -292,7 +303,8 @@ class RealPrometheusTest(HostTestCase):
         return answer["data"]["result"]
 
     def test_promql_matches_status_json(self):
-        h = MetricsHost(self)
+        # Every callback timed, so the histogram's count is exact.
+        h = MetricsHost(self, callback_sample=1)
         self.start_prometheus(h.metrics)
         # Traffic: echo on two sessions, one left open; chat packets.
         self.assertEqual(h.echo(b"a" * 5000), b"a" * 5000)

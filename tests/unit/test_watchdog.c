@@ -29,7 +29,7 @@ static fake_t *fake_new(void) {
   f->plugin.generations = f->generation;
   f->host.plugins = &f->plugin;
   f->host.plugin_count = 1;
-  f->host.callback_durations = 1; /* as with the metrics endpoint on */
+  f->host.callback_sample = 1; /* metrics on, every callback timed */
   return f;
 }
 
@@ -48,11 +48,11 @@ static watch_call_t packet_call(fake_t *f) {
 START_TEST(durations_fall_in_the_bucket_of_their_upper_bound) {
   watch_histogram_t h;
   memset(&h, 0, sizeof h);
-  watch_histogram_add(&h, 0);
-  watch_histogram_add(&h, 50000);      /* le 0.00005 */
-  watch_histogram_add(&h, 50001);      /* le 0.0001 */
-  watch_histogram_add(&h, 1000000000); /* le 1 */
-  watch_histogram_add(&h, 2000000000); /* +Inf */
+  watch_histogram_add(&h, 0, 1);
+  watch_histogram_add(&h, 50000, 1);      /* le 0.00005 */
+  watch_histogram_add(&h, 50001, 1);      /* le 0.0001 */
+  watch_histogram_add(&h, 1000000000, 1); /* le 1 */
+  watch_histogram_add(&h, 2000000000, 1); /* +Inf */
   uint64_t counts[WATCH_BOUNDS + 1];
   double sum;
   ck_assert_uint_eq(watch_histogram_read(&h, counts, &sum), 5);
@@ -153,7 +153,7 @@ END_TEST
  * no clock, and a stall is timed from the watchdog's first sight of it. */
 START_TEST(an_untimed_stall_counts_from_the_first_scan_that_saw_it) {
   fake_t *f = fake_new();
-  f->host.callback_durations = 0;
+  f->host.callback_sample = 0;
   runner_t r;
   runner_start(&r, packet_call(f), 0);
   /* A day's threshold: first seen now, not reported. */
@@ -175,6 +175,29 @@ START_TEST(an_untimed_stall_counts_from_the_first_scan_that_saw_it) {
                         &f->generation->calls.kinds[WATCH_ON_PACKET], counts,
                         &sum),
                     0);
+  fake_free(f);
+}
+END_TEST
+
+/* metrics.callback_sample 4: one call in four on a thread is timed, and
+ * counts for four, so the count still matches the calls in whole samples. */
+START_TEST(sampled_calls_count_for_the_calls_they_stand_for) {
+  fake_t *f = fake_new();
+  f->host.callback_sample = 4;
+  watch_call_t call = packet_call(f);
+  int timed = 0;
+  for (int i = 0; i < 8; i++) {
+    watch_mark_t mark = watch_begin(&call);
+    timed += mark.start_ns != 0;
+    watch_end(&mark);
+  }
+  ck_assert_int_eq(timed, 2);
+  uint64_t counts[WATCH_BOUNDS + 1];
+  double sum;
+  ck_assert_uint_eq(watch_histogram_read(
+                        &f->generation->calls.kinds[WATCH_ON_PACKET], counts,
+                        &sum),
+                    8);
   fake_free(f);
 }
 END_TEST
@@ -261,7 +284,7 @@ END_TEST
 START_TEST(metrics_name_plugin_generation_and_kind) {
   fake_t *f = fake_new();
   atomic_store(&f->generation->calls.stalls, 2);
-  watch_histogram_add(&f->generation->calls.kinds[WATCH_ROOM_TICK], 30000);
+  watch_histogram_add(&f->generation->calls.kinds[WATCH_ROOM_TICK], 30000, 1);
   prom_t p;
   prom_init(&p);
   watchdog_render_metrics(&f->host, &p);
@@ -295,6 +318,7 @@ int main(void) {
   tcase_add_test(tc, a_stall_is_reported_once_while_it_lasts_and_counted);
   tcase_add_test(tc, a_call_shorter_than_the_threshold_is_no_stall);
   tcase_add_test(tc, an_untimed_stall_counts_from_the_first_scan_that_saw_it);
+  tcase_add_test(tc, sampled_calls_count_for_the_calls_they_stand_for);
   tcase_add_test(tc, a_nested_call_is_part_of_the_one_around_it);
   tcase_add_test(tc, another_hosts_calls_are_left_to_its_own_watchdog);
   tcase_add_test(tc, many_threads_bracket_while_the_watchdog_scans);
