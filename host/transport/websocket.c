@@ -42,6 +42,14 @@ typedef enum ws_phase {
   WS_REFUSED        /* an HTTP error sent (client: a bad answer): nothing more */
 } ws_phase_t;
 
+/* The client's side: the Sec-WebSocket-Accept its key asks for, and random
+ * bytes from the OS for its frames' mask keys, 4 a frame. */
+typedef struct ws_client {
+  char accept[29];
+  uint8_t random_left;
+  uint8_t random[64];
+} ws_client_t;
+
 typedef struct ws_layer {
   const ws_config_t *cfg;
   session_t *session; /* NULL in the unit tests and the fuzzer */
@@ -58,12 +66,7 @@ typedef struct ws_layer {
   int sink_rc; /* a sink's failure, passed on */
   uint8_t close_sent;
   uint8_t ping_outstanding;
-  /* The client's side: the Sec-WebSocket-Accept its key asks for, and
-   * random bytes from the OS for its frames' mask keys, 4 a frame. */
-  uint8_t client;
-  uint8_t random_left;
-  char accept[29];
-  uint8_t random[64];
+  ws_client_t *client; /* the client's side; NULL: the server's */
 } ws_layer_t;
 
 /* ---- helpers ---- */
@@ -147,16 +150,17 @@ static int os_random(void *buf, size_t len) {
 /* A client's mask key: from the layer's pool, refilled from the OS one
  * system call per 16 frames. */
 static int mask_key(ws_layer_t *w, uint8_t key[4]) {
-  if (w->random_left < 4) {
-    if (os_random(w->random, sizeof w->random) != 0) {
+  ws_client_t *c = w->client;
+  if (c->random_left < 4) {
+    if (os_random(c->random, sizeof c->random) != 0) {
       ws_log(w, LOG_ERROR, "cannot read random bytes from the OS for a "
                            "WebSocket mask key: closing");
       return -1;
     }
-    w->random_left = sizeof w->random;
+    c->random_left = sizeof c->random;
   }
-  w->random_left = (uint8_t)(w->random_left - 4);
-  memcpy(key, w->random + w->random_left, 4);
+  c->random_left = (uint8_t)(c->random_left - 4);
+  memcpy(key, c->random + c->random_left, 4);
   return 0;
 }
 
@@ -287,6 +291,10 @@ static int on_wslay_genmask(wslay_event_context_ptr ctx, uint8_t *buf,
                             size_t len, void *user) {
   ws_layer_t *w = user;
   uint8_t key[4];
+  if (!w->client) {
+    memset(buf, 0, len);
+    return 0;
+  }
   for (size_t i = 0; i < len; i += 4) {
     if (mask_key(w, key) != 0) {
       wslay_event_set_error(ctx, WSLAY_ERR_CALLBACK_FAILURE);
@@ -639,7 +647,7 @@ static int ws_client_start(void *layer, const transport_sink_t *down) {
     return ENGINE_E_NOMEM;
   }
   base64(nonce, sizeof nonce, key);
-  if (ws_accept_key(key, 24, w->accept) != 0)
+  if (ws_accept_key(key, 24, w->client->accept) != 0)
     return ENGINE_E_INVAL;
   char request[2048];
   int n = snprintf(
@@ -698,13 +706,13 @@ static int check_answer(ws_layer_t *w, size_t len) {
     return client_fail(w, "the server's 101 lacks \"Upgrade: websocket\" or "
                           "\"Connection: Upgrade\"");
   if (u.accepts != 1 || u.accept_len != 28 ||
-      memcmp(u.accept, w->accept, 28) != 0)
+      memcmp(u.accept, w->client->accept, 28) != 0)
     return client_fail(
         w, "the server answered Sec-WebSocket-Accept \"%.*s\"%s, not \"%s\" "
            "(the answer to our Sec-WebSocket-Key)",
         u.accept ? (int)(u.accept_len > 60 ? 60 : u.accept_len) : 4,
         u.accept ? u.accept : "none", u.accepts > 1 ? " among others" : "",
-        w->accept);
+        w->client->accept);
   if (u.extensions)
     return client_fail(w, "the server's 101 names extensions "
                           "(Sec-WebSocket-Extensions), which we did not ask "
@@ -825,10 +833,15 @@ static int ws_open(void *config, session_t *s, void **layer) {
   return 0;
 }
 
+/* The client's state rides behind the layer: a server's stays small. */
 static int ws_client_open(void *config, session_t *s, void **layer) {
-  if (ws_open(config, s, layer) != 0)
+  ws_layer_t *w = calloc(1, sizeof *w + sizeof(ws_client_t));
+  if (!w)
     return -1;
-  ((ws_layer_t *)*layer)->client = 1;
+  w->cfg = config;
+  w->session = s;
+  w->client = (ws_client_t *)(w + 1);
+  *layer = w;
   return 0;
 }
 
@@ -1005,9 +1018,14 @@ static void ws_close(void *layer, session_reason_t reason,
   ws_layer_t *w = layer;
   w->down = down;
   if (w->phase == WS_HANDSHAKE) {
-    /* A handshake cut short: its deadline, or the host stopping. A
-     * client's request has no answer to give: the FIN is all. */
-    if (!w->client && reason == REASON_IDLE_TIMEOUT)
+    /* A handshake cut short: its deadline (the engine logs it), the host
+     * stopping, or (a client's) the server's FIN. A client has no answer
+     * to give: its FIN is all. */
+    if (w->client && reason == REASON_PEER_CLOSED)
+      client_fail(w, "the server closed the connection %s",
+                  w->request_len ? "in the middle of its answer"
+                                 : "without answering");
+    else if (!w->client && reason == REASON_IDLE_TIMEOUT)
       refuse(w, 408, "the upgrade request took too long");
     else if (!w->client && reason == REASON_HOST_STOPPING)
       refuse(w, 503, "the host is stopping");

@@ -74,8 +74,9 @@ class BadServer:
     the way `answer(key)` says (the bytes to send), records each
     connection's time and request head, and what the client sent after."""
 
-    def __init__(self, answer):
+    def __init__(self, answer, close_at_once=False):
         self.answer = answer
+        self.close_at_once = close_at_once
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self.sock.bind(("127.0.0.1", 0))
@@ -107,6 +108,9 @@ class BadServer:
                     self.heads.append(head)
                     key = headers_of(head).get("sec-websocket-key", "")
                     conn.sendall(self.answer(key))
+                    if self.close_at_once:
+                        self.after.append(b"")
+                        continue
                     # What the client sends until its FIN (a close frame).
                     rest = b""
                     while True:
@@ -351,20 +355,31 @@ class WebSocketClientTest(HostTestCase):
             bytes(b ^ k for b, k in zip(b"hello", b"\x01\x02\x03\x04\x01")))
         servers = {"wrong_accept": wrong_accept, "ok_200": ok_200,
                    "masked": masked}
+        # No answer at all: the deadline; and a FIN instead of an answer.
+        silent = BadServer(lambda key: b"")
+        closer = BadServer(lambda key: b"", close_at_once=True)
         try:
             config = harness.make_config(
                 {"echo": {}},
                 [harness.client_service(name, "echo", server.port, "raw",
                                         transport="websocket",
                                         reconnect=BACKOFF)
-                 for name, server in servers.items()])
+                 for name, server in servers.items()] +
+                [harness.client_service("silent", "echo", silent.port, "raw",
+                                        transport="websocket",
+                                        handshake_timeout_ms=300,
+                                        reconnect=BACKOFF),
+                 harness.client_service("closer", "echo", closer.port, "raw",
+                                        transport="websocket",
+                                        reconnect=BACKOFF)])
             host = Host(self, config, "client").start()
-            for name, server in servers.items():
+            for name, server in list(servers.items()) + [("silent", silent),
+                                                         ("closer", closer)]:
                 harness.wait_until(lambda: len(server.after) >= 4, 30,
                                    "%s: four attempts" % name)
             host.stop()
         finally:
-            for server in servers.values():
+            for server in list(servers.values()) + [silent, closer]:
                 server.close()
         log = host.log()
         self.assertRegex(
@@ -381,6 +396,15 @@ class WebSocketClientTest(HostTestCase):
             log, r"service masked: session \d+ \(127\.0\.0\.1:%d\) sent a "
             r"frame that breaks RFC 6455 \(masked by a server, .*closing with "
             r"1002 \(protocol_error\)" % masked.port)
+        self.assertRegex(
+            log, r"service silent: session \d+ \(127\.0\.0\.1:%d\) did not "
+            r"complete its websocket handshake within handshake_timeout_ms "
+            r"300: closing \(idle_timeout\)" % silent.port)
+        self.assertRegex(
+            log, r"service closer: session \d+ \(127\.0\.0\.1:%d\) WebSocket "
+            r"upgrade to / failed: the server closed the connection without "
+            r"answering" % closer.port)
+        self.assertEqual(silent.after[0], b"")
         # One line per attempt, no more.
         for name, server in servers.items():
             lines = [line for line in log.splitlines()
