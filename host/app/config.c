@@ -956,9 +956,8 @@ static const char *names_join(char *buf, size_t len, char *const *names,
 
 /* One header value of a client's upgrade request (websocket.origin,
  * .host): at most 255 visible characters, no spaces. */
-static int check_header_value(loader_t *ld, const char *parent,
-                              const char *key, const char *value,
-                              const char *example) {
+static int check_header_value(loader_t *ld, const char *parent, const char *key,
+                              const char *value, const char *example) {
   json_path_t p;
   path_key(&p, parent, key);
   size_t len = strlen(value);
@@ -1014,9 +1013,8 @@ static int parse_websocket_client(loader_t *ld, const cJSON *ws,
                 "characters (at most 1024), such as \"/\" or "
                 "\"/play?room=1\"");
   path_key(&p, wpath, "subprotocol");
-  if (w->subprotocol &&
-      (strlen(w->subprotocol) > 64 ||
-       strpbrk(w->subprotocol, " ,;\t\r\n\"") != NULL))
+  if (w->subprotocol && (strlen(w->subprotocol) > 64 ||
+                         strpbrk(w->subprotocol, " ,;\t\r\n\"") != NULL))
     return fail(ld, p.text,
                 "must be one token of at most 64 characters (no spaces, "
                 "commas or quotes), such as \"game.v1\"");

@@ -34,12 +34,13 @@
 #define WS_GUID "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 #define WS_HEADER_MAX 10 /* a server frame's header: no mask */
 #define WS_GATHER_MAX 8
-#define WS_MASK_CHUNK 2048 /* a client's payload is masked this much at a time */
+#define WS_MASK_CHUNK                                                          \
+  2048 /* a client's payload is masked this much at a time */
 
 typedef enum ws_phase {
   WS_HANDSHAKE = 0, /* reading the upgrade request (client: its answer) */
   WS_OPEN,          /* 101 sent (client: verified): frames */
-  WS_REFUSED        /* an HTTP error sent (client: a bad answer): nothing more */
+  WS_REFUSED /* an HTTP error sent (client: a bad answer): nothing more */
 } ws_phase_t;
 
 /* The client's side: the Sec-WebSocket-Accept its key asks for, and random
@@ -153,8 +154,9 @@ static int mask_key(ws_layer_t *w, uint8_t key[4]) {
   ws_client_t *c = w->client;
   if (c->random_left < 4) {
     if (os_random(c->random, sizeof c->random) != 0) {
-      ws_log(w, LOG_ERROR, "cannot read random bytes from the OS for a "
-                           "WebSocket mask key: closing");
+      ws_log(w, LOG_ERROR,
+             "cannot read random bytes from the OS for a "
+             "WebSocket mask key: closing");
       return -1;
     }
     c->random_left = sizeof c->random;
@@ -642,24 +644,24 @@ static int ws_client_start(void *layer, const transport_sink_t *down) {
   uint8_t nonce[16];
   char key[25];
   if (os_random(nonce, sizeof nonce) != 0) {
-    ws_log(w, LOG_ERROR, "cannot read random bytes from the OS for a "
-                         "Sec-WebSocket-Key: closing");
+    ws_log(w, LOG_ERROR,
+           "cannot read random bytes from the OS for a "
+           "Sec-WebSocket-Key: closing");
     return ENGINE_E_NOMEM;
   }
   base64(nonce, sizeof nonce, key);
   if (ws_accept_key(key, 24, w->client->accept) != 0)
     return ENGINE_E_INVAL;
   char request[2048];
-  int n = snprintf(
-      request, sizeof request,
-      "GET %s HTTP/1.1\r\nHost: %s\r\nUpgrade: websocket\r\n"
-      "Connection: Upgrade\r\nSec-WebSocket-Key: %s\r\n"
-      "Sec-WebSocket-Version: 13\r\n%s%s%s%s%s%s\r\n",
-      cfg->path, host, key, cfg->origin ? "Origin: " : "",
-      cfg->origin ? cfg->origin : "", cfg->origin ? "\r\n" : "",
-      cfg->subprotocol ? "Sec-WebSocket-Protocol: " : "",
-      cfg->subprotocol ? cfg->subprotocol : "",
-      cfg->subprotocol ? "\r\n" : "");
+  int n = snprintf(request, sizeof request,
+                   "GET %s HTTP/1.1\r\nHost: %s\r\nUpgrade: websocket\r\n"
+                   "Connection: Upgrade\r\nSec-WebSocket-Key: %s\r\n"
+                   "Sec-WebSocket-Version: 13\r\n%s%s%s%s%s%s\r\n",
+                   cfg->path, host, key, cfg->origin ? "Origin: " : "",
+                   cfg->origin ? cfg->origin : "", cfg->origin ? "\r\n" : "",
+                   cfg->subprotocol ? "Sec-WebSocket-Protocol: " : "",
+                   cfg->subprotocol ? cfg->subprotocol : "",
+                   cfg->subprotocol ? "\r\n" : "");
   if (n <= 0 || (size_t)n >= sizeof request)
     return ENGINE_E_INVAL; /* config.c caps what goes in */
   return transport_sink_write(down, request, (size_t)n);
@@ -694,13 +696,15 @@ static int check_answer(ws_layer_t *w, size_t len) {
   char line[104];
   status_line(w->request, len, line);
   if (HTTP_PARSER_ERRNO(&parser) != HPE_OK || !u.done)
-    return client_fail(w, "the server answered \"%s\", which is not an "
-                          "HTTP/1.1 response (%s)",
+    return client_fail(w,
+                       "the server answered \"%s\", which is not an "
+                       "HTTP/1.1 response (%s)",
                        line, http_errno_name(HTTP_PARSER_ERRNO(&parser)));
   if (parser.status_code != 101)
-    return client_fail(w, "the server answered \"%s\", not 101 Switching "
-                          "Protocols (is the address a WebSocket service, "
-                          "and websocket.path its path?)",
+    return client_fail(w,
+                       "the server answered \"%s\", not 101 Switching "
+                       "Protocols (is the address a WebSocket service, "
+                       "and websocket.path its path?)",
                        line);
   if (!u.upgrade_ws || !u.connection_upgrade)
     return client_fail(w, "the server's 101 lacks \"Upgrade: websocket\" or "
@@ -708,8 +712,9 @@ static int check_answer(ws_layer_t *w, size_t len) {
   if (u.accepts != 1 || u.accept_len != 28 ||
       memcmp(u.accept, w->client->accept, 28) != 0)
     return client_fail(
-        w, "the server answered Sec-WebSocket-Accept \"%.*s\"%s, not \"%s\" "
-           "(the answer to our Sec-WebSocket-Key)",
+        w,
+        "the server answered Sec-WebSocket-Accept \"%.*s\"%s, not \"%s\" "
+        "(the answer to our Sec-WebSocket-Key)",
         u.accept ? (int)(u.accept_len > 60 ? 60 : u.accept_len) : 4,
         u.accept ? u.accept : "none", u.accepts > 1 ? " among others" : "",
         w->client->accept);
@@ -721,14 +726,16 @@ static int check_answer(ws_layer_t *w, size_t len) {
       (u.protocols != 1 || u.protocol_len != strlen(cfg->subprotocol) ||
        memcmp(u.protocol, cfg->subprotocol, u.protocol_len) != 0))
     return client_fail(
-        w, "the server's 101 names the subprotocol \"%.*s\", not \"%s\" as "
-           "websocket.subprotocol asks",
+        w,
+        "the server's 101 names the subprotocol \"%.*s\", not \"%s\" as "
+        "websocket.subprotocol asks",
         u.protocol ? (int)(u.protocol_len > 64 ? 64 : u.protocol_len) : 4,
         u.protocol ? u.protocol : "none", cfg->subprotocol);
   if (!cfg->subprotocol && u.protocols)
     return client_fail(
-        w, "the server's 101 names the subprotocol \"%.*s\", which we did "
-           "not ask for (set websocket.subprotocol)",
+        w,
+        "the server's 101 names the subprotocol \"%.*s\", which we did "
+        "not ask for (set websocket.subprotocol)",
         (int)(u.protocol_len > 64 ? 64 : u.protocol_len), u.protocol);
   if (wslay_event_context_client_init(&w->ev, &wslay_callbacks, w) != 0)
     return ENGINE_E_NOMEM;
@@ -767,8 +774,9 @@ static size_t take_request(ws_layer_t *w, const uint8_t *data, size_t len,
     }
   }
   if (w->request_len >= cap && w->client)
-    *rc = client_fail(w, "the server's answer is longer than %zu bytes "
-                         "before its blank line",
+    *rc = client_fail(w,
+                      "the server's answer is longer than %zu bytes "
+                      "before its blank line",
                       cap);
   else if (w->request_len >= cap)
     *rc = refuse(w, 431, "the upgrade request is longer than %zu bytes",
@@ -922,7 +930,8 @@ static int write_masked_message(ws_layer_t *w, const session_buf_t *bufs,
     size_t b0 = pos, b1 = pos + bufs[i].len;
     pos = b1;
     size_t from = b0 > off ? b0 : off, to = b1 < end ? b1 : end;
-    const uint8_t *p = (const uint8_t *)bufs[i].data + (from > b0 ? from - b0 : 0);
+    const uint8_t *p =
+        (const uint8_t *)bufs[i].data + (from > b0 ? from - b0 : 0);
     for (size_t j = from; j < to; j++) {
       if (n == sizeof out) {
         int rc = transport_sink_write(down, out, n);

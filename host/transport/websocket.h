@@ -7,10 +7,10 @@
  * What a message carries (README, "WebSocket"): on a packet service every
  * packet sent is one binary message, its 4-byte header included (the size
  * field equals the message's length), so a client reads the same bytes
- * over ws as over tcp; on a raw service every send call is one message. Received messages,
- * binary or text (text is UTF-8-checked by wslay and passed on as bytes),
- * go up in order: on a packet service each must be exactly one packet, on
- * a raw one it is a run of bytes.
+ * over ws as over tcp; on a raw service every send call is one message.
+ * Received messages, binary or text (text is UTF-8-checked by wslay and passed
+ * on as bytes), go up in order: on a packet service each must be exactly one
+ * packet, on a raw one it is a run of bytes.
  */
 #ifndef IOCPHOST_TRANSPORT_WEBSOCKET_H
 #define IOCPHOST_TRANSPORT_WEBSOCKET_H

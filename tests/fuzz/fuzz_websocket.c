@@ -145,8 +145,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   if (rc != 0) {
     size_t d = down_len, u = up_len;
     /* The engine closes: the layer's close adds nothing after its own. */
-    int again =
-        ops->input(layer, (const uint8_t *)"\x82\x00", 2, &up, &down);
+    int again = ops->input(layer, (const uint8_t *)"\x82\x00", 2, &up, &down);
     (void)again;
     CHECK(up_len == u);
     (void)d;

@@ -407,8 +407,7 @@ static char client_accept[29];
  * the Sec-WebSocket-Accept its key asks for in client_accept. */
 static void *client_started(const ws_config_t *c) {
   void *layer = NULL;
-  ck_assert_int_eq(websocket_client_transport.open((void *)c, NULL, &layer),
-                   0);
+  ck_assert_int_eq(websocket_client_transport.open((void *)c, NULL, &layer), 0);
   up_bytes.len = down_bytes.len = 0;
   ck_assert_int_eq(websocket_client_transport.start(layer, &down), 0);
   ck_assert(!websocket_client_transport.ready(layer));
@@ -624,7 +623,10 @@ START_TEST(test_client_frames_out_are_masked_each_with_its_own_key) {
   void *layer = client_open_ready(&c);
   /* Two packets in one call: two messages; then a long one (16-bit length,
    * masked across several chunks). */
-  static const uint8_t two[] = "\x06\x00\x01\x00" "ab" "\x05\x00\x02\x00" "c";
+  static const uint8_t two[] = "\x06\x00\x01\x00"
+                               "ab"
+                               "\x05\x00\x02\x00"
+                               "c";
   session_buf_t b[2] = {{two, 3}, {two + 3, 8}};
   ck_assert_int_eq(websocket_client_transport.output(&c, layer, b, 2, &down),
                    0);
@@ -736,13 +738,15 @@ int main(void) {
   tcase_add_test(client,
                  test_client_request_asks_for_path_host_origin_and_subprotocol);
   tcase_add_test(client, test_client_101_whole_or_byte_by_byte_then_frames);
-  tcase_add_loop_test(client, test_client_refuses_each_bad_answer_quietly, 0,
-                      (int)(sizeof client_refusals / sizeof client_refusals[0]));
+  tcase_add_loop_test(
+      client, test_client_refuses_each_bad_answer_quietly, 0,
+      (int)(sizeof client_refusals / sizeof client_refusals[0]));
   tcase_add_test(client, test_client_answer_over_the_cap_is_refused);
-  tcase_add_test(client, test_client_frames_out_are_masked_each_with_its_own_key);
-  tcase_add_test(client, test_client_a_masked_server_frame_closes_with_1002);
   tcase_add_test(client,
-                 test_client_answers_ping_and_close_masked_and_closes_with_1000);
+                 test_client_frames_out_are_masked_each_with_its_own_key);
+  tcase_add_test(client, test_client_a_masked_server_frame_closes_with_1002);
+  tcase_add_test(
+      client, test_client_answers_ping_and_close_masked_and_closes_with_1000);
   suite_add_tcase(s, client);
   SRunner *sr = srunner_create(s);
   srunner_run_all(sr, CK_NORMAL);
