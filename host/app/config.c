@@ -613,6 +613,8 @@ static const char *const CLIENT_KEYS[] = {"name",
                                           "sessions",
                                           "connect_timeout_ms",
                                           "reconnect",
+                                          "websocket",
+                                          "handshake_timeout_ms",
                                           "transport",
                                           NULL};
 static const char *const SERVER_ONLY_KEYS[] = {"max_sessions", "backlog", NULL};
@@ -626,6 +628,9 @@ static const char *const TRANSPORTS[] = {"tcp", "websocket", NULL};
 static const char *const WEBSOCKET_KEYS[] = {"path", "origins", "subprotocol",
                                              "max_request_bytes",
                                              "ping_interval_ms", NULL};
+/* A client service's "websocket": what its upgrade request says. */
+static const char *const WEBSOCKET_CLIENT_KEYS[] = {
+    "path", "origin", "subprotocol", "host", "ping_interval_ms", NULL};
 /* The backends of this platform, as core_backend_parse knows them. */
 #ifdef _WIN32
 static const char *const BACKENDS[] = {"iocp", NULL};
@@ -952,23 +957,92 @@ static const char *names_join(char *buf, size_t len, char *const *names,
   return buf;
 }
 
+/* One header value of a client's upgrade request (websocket.origin,
+ * .host): at most 255 visible characters, no spaces. */
+static int check_header_value(loader_t *ld, const char *parent, const char *key,
+                              const char *value, const char *example) {
+  json_path_t p;
+  path_key(&p, parent, key);
+  size_t len = strlen(value);
+  int bad = len > 255;
+  for (size_t i = 0; i < len && !bad; i++)
+    bad = (unsigned char)value[i] <= 0x20 || value[i] == 0x7f;
+  if (bad)
+    return fail(ld, p.text,
+                "must be at most 255 characters with no spaces or control "
+                "characters, such as %s",
+                example);
+  return 0;
+}
+
+/* A client service's "websocket" object: its upgrade request's path
+ * (a query allowed), Origin, subprotocol and Host, and its pings. */
+static int parse_websocket_client(loader_t *ld, const cJSON *ws,
+                                  const char *wpath, config_websocket_t *w) {
+  if (check_keys(ld, ws, wpath, WEBSOCKET_CLIENT_KEYS,
+                 "a client service's \"websocket\"") != 0 ||
+      get_text(ld, ws, wpath, "path", 0, "/",
+               "give the path the server upgrades on, such as \"/\" or "
+               "\"/play\"",
+               &w->path) != 0 ||
+      (!cJSON_IsNull(member(ws, "origin")) &&
+       get_text(ld, ws, wpath, "origin", 0, NULL,
+                "give the Origin to send, such as \"https://game.example\", "
+                "or null for none",
+                &w->origin) != 0) ||
+      (!cJSON_IsNull(member(ws, "subprotocol")) &&
+       get_text(ld, ws, wpath, "subprotocol", 0, NULL,
+                "give the subprotocol to ask for, or null for none",
+                &w->subprotocol) != 0) ||
+      (!cJSON_IsNull(member(ws, "host")) &&
+       get_text(ld, ws, wpath, "host", 0, NULL,
+                "give the Host to send, such as \"game.example\", or null "
+                "for the address",
+                &w->host) != 0) ||
+      get_u32(ld, ws, wpath, "ping_interval_ms", 0, MS_MAX, 0,
+              &w->ping_interval_ms) != 0)
+    return -1;
+  /* The server's answer (not configurable): as a request's default cap. */
+  w->max_request_bytes = 8192;
+  json_path_t p;
+  path_key(&p, wpath, "path");
+  size_t len = strlen(w->path);
+  int bad = w->path[0] != '/' || len > 1024;
+  for (size_t i = 0; i < len && !bad; i++)
+    bad = (unsigned char)w->path[i] <= 0x20 || w->path[i] == 0x7f;
+  if (bad)
+    return fail(ld, p.text,
+                "must start with '/' and hold no spaces or control "
+                "characters (at most 1024), such as \"/\" or "
+                "\"/play?room=1\"");
+  path_key(&p, wpath, "subprotocol");
+  if (w->subprotocol && (strlen(w->subprotocol) > 64 ||
+                         strpbrk(w->subprotocol, " ,;\t\r\n\"") != NULL))
+    return fail(ld, p.text,
+                "must be one token of at most 64 characters (no spaces, "
+                "commas or quotes), such as \"game.v1\"");
+  if (w->origin && check_header_value(ld, wpath, "origin", w->origin,
+                                      "\"https://game.example\"") != 0)
+    return -1;
+  if (w->host && check_header_value(ld, wpath, "host", w->host,
+                                    "\"game.example\" or "
+                                    "\"game.example:8080\"") != 0)
+    return -1;
+  return 0;
+}
+
 /* SPEC section 14: "transport", and for "websocket" its object. */
 static int parse_transport(loader_t *ld, const cJSON *item, const char *path,
                            int server, config_service_t *s) {
-  json_path_t tpath, wpath;
-  path_key(&tpath, path, "transport");
+  json_path_t wpath;
   path_key(&wpath, path, "websocket");
   int transport;
   if (get_choice(ld, item, path, "transport", TRANSPORTS, 0, &transport) != 0)
     return -1;
   s->transport = transport == 1 ? CONFIG_TRANSPORT_WEBSOCKET
                                 : CONFIG_TRANSPORT_TCP;
-  if (!server && s->transport == CONFIG_TRANSPORT_WEBSOCKET)
-    return fail(ld, tpath.text,
-                "\"websocket\" is for server services in this version; a "
-                "client service connects over \"tcp\"");
-  if (server && get_u32(ld, item, path, "handshake_timeout_ms", 0, MS_MAX,
-                        10000, &s->handshake_timeout_ms) != 0)
+  if (get_u32(ld, item, path, "handshake_timeout_ms", 0, MS_MAX, 10000,
+              &s->handshake_timeout_ms) != 0)
     return -1;
   const cJSON *ws;
   if (get_object(ld, item, path, "websocket", &ws) != 0)
@@ -983,6 +1057,8 @@ static int parse_transport(loader_t *ld, const cJSON *item, const char *path,
   static const cJSON empty = {0};
   if (!ws)
     ws = &empty;
+  if (!server)
+    return parse_websocket_client(ld, ws, wpath.text, w);
   if (check_keys(ld, ws, wpath.text, WEBSOCKET_KEYS, "\"websocket\"") != 0 ||
       get_text(ld, ws, wpath.text, "path", 0, "/",
                "give the path clients upgrade on, such as \"/\" or "
@@ -1634,6 +1710,8 @@ void config_free(config_t *config) {
     for (size_t j = 0; j < s->websocket.origin_count; j++)
       free(s->websocket.origins[j]);
     free(s->websocket.origins);
+    free(s->websocket.origin);
+    free(s->websocket.host);
   }
   free(config->services);
   free(config->file);

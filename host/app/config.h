@@ -36,6 +36,10 @@ typedef struct config_websocket {
   char *subprotocol;    /* NULL: none */
   uint32_t max_request_bytes; /* the upgrade request's cap; default 8192 */
   uint32_t ping_interval_ms;  /* 0 (default): no pings of ours */
+  /* A client service's upgrade request: its Origin (NULL: none) and Host
+   * (NULL: the address); path and subprotocol above are what it asks. */
+  char *origin;
+  char *host;
 } config_websocket_t;
 
 typedef struct config_core {

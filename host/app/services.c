@@ -62,6 +62,13 @@ int create_service(host_t *host, size_t i, char *err, size_t err_len) {
     hs->transport[0].config = w;
     hs->transport_layers = 1;
   }
+  /* A client service's WebSocket: its own upgrade request, masked frames. */
+  if (cs->transport == CONFIG_TRANSPORT_WEBSOCKET &&
+      cs->type == CONFIG_SERVICE_CLIENT) {
+    hs->websocket.origin = cs->websocket.origin;
+    hs->websocket.host = cs->websocket.host;
+    hs->transport[0].ops = &websocket_client_transport;
+  }
   o.transport = hs->transport_layers ? hs->transport : NULL;
   o.transport_layers = hs->transport_layers;
   o.handshake_timeout_ms = cs->handshake_timeout_ms;

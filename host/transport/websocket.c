@@ -1,10 +1,12 @@
 /*
- * WebSocket server layer: see websocket.h. The upgrade request is kept
- * until its blank line (at most max_request_bytes), then parsed whole by
- * http-parser; frames in are wslay's (masking, fragments, control frames,
- * UTF-8 of text, message size, the closing handshake); data frames out are
- * written here, because a server's frame is a few header bytes before the
- * payload, and so needs no copy and can be shared by a broadcast.
+ * WebSocket layers, server and client: see websocket.h. The upgrade request
+ * (server) or its answer (client) is kept until its blank line (at most
+ * max_request_bytes), then parsed whole by http-parser; frames in are
+ * wslay's (masking, fragments, control frames, UTF-8 of text, message size,
+ * the closing handshake); data frames out are written here, because a
+ * server's frame is a few header bytes before the payload, and so needs no
+ * copy and can be shared by a broadcast. A client's frame is masked, so its
+ * payload is copied once, through a buffer on the stack, as it is masked.
  *
  * Every op runs under the session's lock (engine.h), so the layer keeps
  * no lock of its own and calls nothing of the session's but through the
@@ -18,7 +20,9 @@
 #include <windows.h>
 #include <bcrypt.h>
 #else
+#include <errno.h>
 #include <openssl/evp.h>
+#include <sys/random.h>
 #endif
 
 #include <http_parser.h>
@@ -30,12 +34,22 @@
 #define WS_GUID "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 #define WS_HEADER_MAX 10 /* a server frame's header: no mask */
 #define WS_GATHER_MAX 8
+#define WS_MASK_CHUNK                                                          \
+  2048 /* a client's payload is masked this much at a time */
 
 typedef enum ws_phase {
-  WS_HANDSHAKE = 0, /* reading the upgrade request */
-  WS_OPEN,          /* 101 sent: frames */
-  WS_REFUSED        /* an HTTP error sent: nothing more */
+  WS_HANDSHAKE = 0, /* reading the upgrade request (client: its answer) */
+  WS_OPEN,          /* 101 sent (client: verified): frames */
+  WS_REFUSED /* an HTTP error sent (client: a bad answer): nothing more */
 } ws_phase_t;
+
+/* The client's side: the Sec-WebSocket-Accept its key asks for, and random
+ * bytes from the OS for its frames' mask keys, 4 a frame. */
+typedef struct ws_client {
+  char accept[29];
+  uint8_t random_left;
+  uint8_t random[64];
+} ws_client_t;
 
 typedef struct ws_layer {
   const ws_config_t *cfg;
@@ -53,6 +67,7 @@ typedef struct ws_layer {
   int sink_rc; /* a sink's failure, passed on */
   uint8_t close_sent;
   uint8_t ping_outstanding;
+  ws_client_t *client; /* the client's side; NULL: the server's */
 } ws_layer_t;
 
 /* ---- helpers ---- */
@@ -108,6 +123,47 @@ static int sha1(const void *data, size_t len, uint8_t out[20]) {
   return EVP_Digest(data, len, out, &n, EVP_sha1(), NULL) == 1 && n == 20 ? 0
                                                                         : -1;
 #endif
+}
+
+/* Random bytes from the operating system (a Sec-WebSocket-Key, mask keys:
+ * RFC 6455 asks for unpredictable ones). Returns 0, or -1. */
+static int os_random(void *buf, size_t len) {
+#ifdef _WIN32
+  return BCryptGenRandom(NULL, buf, (ULONG)len,
+                         BCRYPT_USE_SYSTEM_PREFERRED_RNG) >= 0
+             ? 0
+             : -1;
+#else
+  uint8_t *p = buf;
+  while (len > 0) {
+    ssize_t n = getrandom(p, len, 0);
+    if (n < 0 && errno == EINTR)
+      continue;
+    if (n <= 0)
+      return -1;
+    p += n;
+    len -= (size_t)n;
+  }
+  return 0;
+#endif
+}
+
+/* A client's mask key: from the layer's pool, refilled from the OS one
+ * system call per 16 frames. */
+static int mask_key(ws_layer_t *w, uint8_t key[4]) {
+  ws_client_t *c = w->client;
+  if (c->random_left < 4) {
+    if (os_random(c->random, sizeof c->random) != 0) {
+      ws_log(w, LOG_ERROR,
+             "cannot read random bytes from the OS for a "
+             "WebSocket mask key: closing");
+      return -1;
+    }
+    c->random_left = sizeof c->random;
+  }
+  c->random_left = (uint8_t)(c->random_left - 4);
+  memcpy(key, c->random + c->random_left, 4);
+  return 0;
 }
 
 static const char B64[] =
@@ -169,19 +225,33 @@ static size_t frame_header(uint8_t h[WS_HEADER_MAX], uint8_t opcode,
 }
 
 /* A close frame of ours, written directly: for errors wslay's own close
- * would carry no status code (a frame it cannot parse). */
+ * would carry no status code (a frame it cannot parse). A client's is
+ * masked. */
 static void write_close(ws_layer_t *w, uint16_t code, const char *text) {
-  uint8_t frame[2 + 2 + 123];
+  uint8_t frame[2 + 4 + 2 + 123];
   size_t tlen = text ? strlen(text) : 0;
   if (tlen > 123)
     tlen = 123;
+  size_t head = 2;
   frame[0] = 0x88;
   frame[1] = (uint8_t)(2 + tlen);
-  frame[2] = (uint8_t)(code >> 8);
-  frame[3] = (uint8_t)code;
+  uint8_t key[4] = {0, 0, 0, 0};
+  if (w->client) {
+    if (mask_key(w, key) != 0) {
+      w->sink_rc = ENGINE_E_NOMEM;
+      return;
+    }
+    frame[1] |= 0x80;
+    memcpy(frame + 2, key, 4);
+    head += 4;
+  }
+  frame[head] = (uint8_t)(code >> 8);
+  frame[head + 1] = (uint8_t)code;
   if (tlen)
-    memcpy(frame + 4, text, tlen);
-  int rc = transport_sink_write(w->down, frame, 4 + tlen);
+    memcpy(frame + head + 2, text, tlen);
+  for (size_t i = 0; i < 2 + tlen; i++)
+    frame[head + i] ^= key[i & 3];
+  int rc = transport_sink_write(w->down, frame, head + 2 + tlen);
   if (rc && !w->sink_rc)
     w->sink_rc = rc;
   w->close_sent = 1;
@@ -218,12 +288,22 @@ static ssize_t on_wslay_send(wslay_event_context_ptr ctx, const uint8_t *data,
   return (ssize_t)len;
 }
 
-/* Only a client masks; a server never asks. */
+/* Only a client masks (its pings, pongs and close); a server never asks. */
 static int on_wslay_genmask(wslay_event_context_ptr ctx, uint8_t *buf,
                             size_t len, void *user) {
-  (void)ctx;
-  (void)user;
-  memset(buf, 0, len);
+  ws_layer_t *w = user;
+  uint8_t key[4];
+  if (!w->client) {
+    memset(buf, 0, len);
+    return 0;
+  }
+  for (size_t i = 0; i < len; i += 4) {
+    if (mask_key(w, key) != 0) {
+      wslay_event_set_error(ctx, WSLAY_ERR_CALLBACK_FAILURE);
+      return -1;
+    }
+    memcpy(buf + i, key, len - i < 4 ? len - i : 4);
+  }
   return 0;
 }
 
@@ -298,6 +378,10 @@ typedef struct upgrade {
   int duplicate_key;
   const char *key, *version, *origin;
   size_t key_len, version_len, origin_len;
+  /* An answer's (the client's side). */
+  const char *accept, *protocol;
+  size_t accept_len, protocol_len;
+  int accepts, protocols, extensions;
 } upgrade_t;
 
 static int ieq(const char *a, size_t alen, const char *b) {
@@ -358,6 +442,15 @@ static void header_done(upgrade_t *u) {
   } else if (ieq(f, fl, "sec-websocket-protocol")) {
     if (u->cfg->subprotocol)
       u->protocol_offered |= lists_token(v, vl, u->cfg->subprotocol);
+    u->protocol = v;
+    u->protocol_len = vl;
+    u->protocols++;
+  } else if (ieq(f, fl, "sec-websocket-accept")) {
+    u->accept = v;
+    u->accept_len = vl;
+    u->accepts++;
+  } else if (ieq(f, fl, "sec-websocket-extensions")) {
+    u->extensions = 1;
   }
   u->field = u->value = NULL;
   u->field_len = u->value_len = 0;
@@ -518,6 +611,139 @@ static int parse_upgrade(ws_layer_t *w, size_t len) {
   return accept_upgrade(w, &u);
 }
 
+/* ---- the client's upgrade: its request, the server's answer ---- */
+
+/* The answer failed: one log line saying what the server answered; the
+ * session ends (protocol_error) with nothing more written, and a client
+ * service connects again after its backoff. */
+static int client_fail(ws_layer_t *w, const char *why, ...) {
+  char reason[320];
+  va_list ap;
+  va_start(ap, why);
+  vsnprintf(reason, sizeof reason, why, ap);
+  va_end(ap);
+  ws_log(w, LOG_WARN,
+         "WebSocket upgrade to %s failed: %s; closing (protocol_error), the "
+         "service connects again after its reconnect backoff",
+         w->cfg->path, reason);
+  w->phase = WS_REFUSED;
+  return REASON_PROTOCOL_ERROR;
+}
+
+static int ws_client_start(void *layer, const transport_sink_t *down) {
+  ws_layer_t *w = layer;
+  const ws_config_t *cfg = w->cfg;
+  char peer[ADDRESS_TEXT_MAX];
+  const char *host = cfg->host;
+  if (!host) {
+    if (!w->session ||
+        address_format(session_peer(w->session), peer, sizeof peer) < 0)
+      return ENGINE_E_INVAL;
+    host = peer;
+  }
+  uint8_t nonce[16];
+  char key[25];
+  if (os_random(nonce, sizeof nonce) != 0) {
+    ws_log(w, LOG_ERROR,
+           "cannot read random bytes from the OS for a "
+           "Sec-WebSocket-Key: closing");
+    return ENGINE_E_NOMEM;
+  }
+  base64(nonce, sizeof nonce, key);
+  if (ws_accept_key(key, 24, w->client->accept) != 0)
+    return ENGINE_E_INVAL;
+  char request[2048];
+  int n = snprintf(request, sizeof request,
+                   "GET %s HTTP/1.1\r\nHost: %s\r\nUpgrade: websocket\r\n"
+                   "Connection: Upgrade\r\nSec-WebSocket-Key: %s\r\n"
+                   "Sec-WebSocket-Version: 13\r\n%s%s%s%s%s%s\r\n",
+                   cfg->path, host, key, cfg->origin ? "Origin: " : "",
+                   cfg->origin ? cfg->origin : "", cfg->origin ? "\r\n" : "",
+                   cfg->subprotocol ? "Sec-WebSocket-Protocol: " : "",
+                   cfg->subprotocol ? cfg->subprotocol : "",
+                   cfg->subprotocol ? "\r\n" : "");
+  if (n <= 0 || (size_t)n >= sizeof request)
+    return ENGINE_E_INVAL; /* config.c caps what goes in */
+  return transport_sink_write(down, request, (size_t)n);
+}
+
+/* The answer's first line, for a log line: at most 100 bytes. */
+static void status_line(const uint8_t *head, size_t len, char out[104]) {
+  size_t n = 0;
+  while (n < len && n < 100 && head[n] != '\r' && head[n] != '\n')
+    n++;
+  memcpy(out, head, n);
+  out[n] = '\0';
+}
+
+/* The server's answer in w->request, whole up to its blank line (len
+ * bytes): a 101 with our key's Sec-WebSocket-Accept (RFC 6455 section
+ * 4.1), and the subprotocol asked for, no other and no extensions. */
+static int check_answer(ws_layer_t *w, size_t len) {
+  const ws_config_t *cfg = w->cfg;
+  upgrade_t u;
+  memset(&u, 0, sizeof u);
+  u.cfg = cfg;
+  http_parser parser;
+  http_parser_init(&parser, HTTP_RESPONSE);
+  parser.data = &u;
+  http_parser_settings settings;
+  memset(&settings, 0, sizeof settings);
+  settings.on_header_field = on_field;
+  settings.on_header_value = on_value;
+  settings.on_headers_complete = on_headers_complete;
+  http_parser_execute(&parser, &settings, (const char *)w->request, len);
+  char line[104];
+  status_line(w->request, len, line);
+  if (HTTP_PARSER_ERRNO(&parser) != HPE_OK || !u.done)
+    return client_fail(w,
+                       "the server answered \"%s\", which is not an "
+                       "HTTP/1.1 response (%s)",
+                       line, http_errno_name(HTTP_PARSER_ERRNO(&parser)));
+  if (parser.status_code != 101)
+    return client_fail(w,
+                       "the server answered \"%s\", not 101 Switching "
+                       "Protocols (is the address a WebSocket service, "
+                       "and websocket.path its path?)",
+                       line);
+  if (!u.upgrade_ws || !u.connection_upgrade)
+    return client_fail(w, "the server's 101 lacks \"Upgrade: websocket\" or "
+                          "\"Connection: Upgrade\"");
+  if (u.accepts != 1 || u.accept_len != 28 ||
+      memcmp(u.accept, w->client->accept, 28) != 0)
+    return client_fail(
+        w,
+        "the server answered Sec-WebSocket-Accept \"%.*s\"%s, not \"%s\" "
+        "(the answer to our Sec-WebSocket-Key)",
+        u.accept ? (int)(u.accept_len > 60 ? 60 : u.accept_len) : 4,
+        u.accept ? u.accept : "none", u.accepts > 1 ? " among others" : "",
+        w->client->accept);
+  if (u.extensions)
+    return client_fail(w, "the server's 101 names extensions "
+                          "(Sec-WebSocket-Extensions), which we did not ask "
+                          "for");
+  if (cfg->subprotocol &&
+      (u.protocols != 1 || u.protocol_len != strlen(cfg->subprotocol) ||
+       memcmp(u.protocol, cfg->subprotocol, u.protocol_len) != 0))
+    return client_fail(
+        w,
+        "the server's 101 names the subprotocol \"%.*s\", not \"%s\" as "
+        "websocket.subprotocol asks",
+        u.protocol ? (int)(u.protocol_len > 64 ? 64 : u.protocol_len) : 4,
+        u.protocol ? u.protocol : "none", cfg->subprotocol);
+  if (!cfg->subprotocol && u.protocols)
+    return client_fail(
+        w,
+        "the server's 101 names the subprotocol \"%.*s\", which we did "
+        "not ask for (set websocket.subprotocol)",
+        (int)(u.protocol_len > 64 ? 64 : u.protocol_len), u.protocol);
+  if (wslay_event_context_client_init(&w->ev, &wslay_callbacks, w) != 0)
+    return ENGINE_E_NOMEM;
+  wslay_event_config_set_max_recv_msg_length(w->ev, w->cfg->max_message_bytes);
+  w->phase = WS_OPEN;
+  return 0;
+}
+
 /* Keeps request bytes until the blank line. Returns how many of data
  * belonged to the request (the rest are frames), or sets w->result. */
 static size_t take_request(ws_layer_t *w, const uint8_t *data, size_t len,
@@ -540,14 +766,19 @@ static size_t take_request(ws_layer_t *w, const uint8_t *data, size_t len,
   for (size_t i = from; i + 4 <= w->request_len; i++) {
     if (memcmp(w->request + i, "\r\n\r\n", 4) == 0) {
       size_t end = i + 4;
-      *rc = parse_upgrade(w, end);
+      *rc = w->client ? check_answer(w, end) : parse_upgrade(w, end);
       free(w->request);
       w->request = NULL;
       w->request_len = 0;
       return end - old;
     }
   }
-  if (w->request_len >= cap)
+  if (w->request_len >= cap && w->client)
+    *rc = client_fail(w,
+                      "the server's answer is longer than %zu bytes "
+                      "before its blank line",
+                      cap);
+  else if (w->request_len >= cap)
     *rc = refuse(w, 431, "the upgrade request is longer than %zu bytes",
                  cap);
   return len;
@@ -587,10 +818,10 @@ static int frames_in(ws_layer_t *w, const uint8_t *data, size_t len) {
              w->cfg->max_message_bytes);
     else
       ws_log(w, LOG_WARN,
-             "sent a frame that breaks RFC 6455 (unmasked, reserved bits, an "
+             "sent a frame that breaks RFC 6455 (%s, reserved bits, an "
              "unknown opcode, a bad continuation or invalid UTF-8 text): "
              "closing with %u (protocol_error)",
-             (unsigned)code);
+             w->client ? "masked by a server" : "unmasked", (unsigned)code);
     w->result = REASON_PROTOCOL_ERROR;
   }
   if (w->sink_rc)
@@ -606,6 +837,18 @@ static int ws_open(void *config, session_t *s, void **layer) {
     return -1;
   w->cfg = config;
   w->session = s;
+  *layer = w;
+  return 0;
+}
+
+/* The client's state rides behind the layer: a server's stays small. */
+static int ws_client_open(void *config, session_t *s, void **layer) {
+  ws_layer_t *w = calloc(1, sizeof *w + sizeof(ws_client_t));
+  if (!w)
+    return -1;
+  w->cfg = config;
+  w->session = s;
+  w->client = (ws_client_t *)(w + 1);
   *layer = w;
   return 0;
 }
@@ -668,6 +911,48 @@ static int write_message(const session_buf_t *bufs, size_t count, size_t off,
   return n ? down->write(down, v, n) : 0;
 }
 
+/* A client's binary message of bytes [off, off + len) of bufs: its header
+ * with a fresh mask key, then the payload masked through a buffer on the
+ * stack (the sink copies what it is given). */
+static int write_masked_message(ws_layer_t *w, const session_buf_t *bufs,
+                                size_t count, size_t off, size_t len,
+                                const transport_sink_t *down) {
+  uint8_t out[WS_HEADER_MAX + 4 + WS_MASK_CHUNK];
+  uint8_t key[4];
+  if (mask_key(w, key) != 0)
+    return ENGINE_E_NOMEM;
+  size_t n = frame_header(out, WSLAY_BINARY_FRAME, len);
+  out[1] |= 0x80;
+  memcpy(out + n, key, 4);
+  n += 4;
+  size_t pos = 0, end = off + len, k = 0;
+  for (size_t i = 0; i < count && pos < end; i++) {
+    size_t b0 = pos, b1 = pos + bufs[i].len;
+    pos = b1;
+    size_t from = b0 > off ? b0 : off, to = b1 < end ? b1 : end;
+    const uint8_t *p =
+        (const uint8_t *)bufs[i].data + (from > b0 ? from - b0 : 0);
+    for (size_t j = from; j < to; j++) {
+      if (n == sizeof out) {
+        int rc = transport_sink_write(down, out, n);
+        if (rc)
+          return rc;
+        n = 0;
+      }
+      out[n++] = (uint8_t)(*p++ ^ key[k++ & 3]);
+    }
+  }
+  return n ? transport_sink_write(down, out, n) : 0;
+}
+
+/* One message: a client's masked, a server's (or a shared one) as is. */
+static int emit_message(ws_layer_t *w, const session_buf_t *bufs, size_t count,
+                        size_t off, size_t len, const transport_sink_t *down) {
+  if (w && w->client)
+    return write_masked_message(w, bufs, count, off, len, down);
+  return write_message(bufs, count, off, len, down);
+}
+
 /* Every send call is one message; on a packet service, every packet of it
  * is one (so two packets sent in one call reach the client as two
  * messages, as they would as two packets over TCP). Bytes that are not
@@ -689,13 +974,13 @@ static int ws_output(void *config, void *layer, const session_buf_t *bufs,
       break;
     if (size == total - off && off == 0)
       break; /* one packet: the common case, below */
-    int rc = write_message(bufs, count, off, size, down);
+    int rc = emit_message(w, bufs, count, off, size, down);
     if (rc)
       return rc;
     off += size;
   }
   if (off < total || total == 0)
-    return write_message(bufs, count, off, total - off, down);
+    return emit_message(w, bufs, count, off, total - off, down);
   return 0;
 }
 
@@ -742,10 +1027,16 @@ static void ws_close(void *layer, session_reason_t reason,
   ws_layer_t *w = layer;
   w->down = down;
   if (w->phase == WS_HANDSHAKE) {
-    /* A handshake cut short: its deadline, or the host stopping. */
-    if (reason == REASON_IDLE_TIMEOUT)
+    /* A handshake cut short: its deadline (the engine logs it), the host
+     * stopping, or (a client's) the server's FIN. A client has no answer
+     * to give: its FIN is all. */
+    if (w->client && reason == REASON_PEER_CLOSED)
+      client_fail(w, "the server closed the connection %s",
+                  w->request_len ? "in the middle of its answer"
+                                 : "without answering");
+    else if (!w->client && reason == REASON_IDLE_TIMEOUT)
       refuse(w, 408, "the upgrade request took too long");
-    else if (reason == REASON_HOST_STOPPING)
+    else if (!w->client && reason == REASON_HOST_STOPPING)
       refuse(w, 503, "the host is stopping");
     w->phase = WS_REFUSED;
   } else if (w->phase == WS_OPEN && !w->close_sent &&
@@ -771,6 +1062,19 @@ const transport_ops_t websocket_transport = {
     .name = "websocket",
     .flags = TRANSPORT_SHARED_OUTPUT,
     .open = ws_open,
+    .input = ws_input,
+    .output = ws_output,
+    .ready = ws_ready,
+    .opened = ws_opened,
+    .close = ws_close,
+    .free = ws_free,
+};
+
+const transport_ops_t websocket_client_transport = {
+    .name = "websocket",
+    .flags = 0, /* masked with the session's own keys: never shared */
+    .open = ws_client_open,
+    .start = ws_client_start,
     .input = ws_input,
     .output = ws_output,
     .ready = ws_ready,

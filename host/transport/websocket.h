@@ -1,16 +1,16 @@
 /*
- * WebSocket (RFC 6455), server side, as a transport layer (engine.h): the
- * HTTP/1.1 upgrade parsed by http-parser, frames by wslay, between a
- * session's socket (or TLS) and its handler. It knows nothing of JSON or
- * plugins: the host fills a ws_config_t per service.
+ * WebSocket (RFC 6455), server and client sides, as transport layers
+ * (engine.h): the HTTP/1.1 upgrade parsed by http-parser, frames by wslay,
+ * between a session's socket (or TLS) and its handler. It knows nothing of
+ * JSON or plugins: the host fills a ws_config_t per service.
  *
  * What a message carries (README, "WebSocket"): on a packet service every
  * packet sent is one binary message, its 4-byte header included (the size
  * field equals the message's length), so a client reads the same bytes
- * over ws as over tcp; on a raw service every send call is one message. Received messages,
- * binary or text (text is UTF-8-checked by wslay and passed on as bytes),
- * go up in order: on a packet service each must be exactly one packet, on
- * a raw one it is a run of bytes.
+ * over ws as over tcp; on a raw service every send call is one message.
+ * Received messages, binary or text (text is UTF-8-checked by wslay and passed
+ * on as bytes), go up in order: on a packet service each must be exactly one
+ * packet, on a raw one it is a run of bytes.
  */
 #ifndef IOCPHOST_TRANSPORT_WEBSOCKET_H
 #define IOCPHOST_TRANSPORT_WEBSOCKET_H
@@ -35,9 +35,25 @@ typedef struct ws_config {
   uint32_t max_request_bytes; /* the upgrade request's size cap (431) */
   uint32_t ping_interval_ms;  /* 0: no pings of ours; else a ping not
                                  answered by the next one ends it (1008) */
+  /* The client's side (websocket_client_transport): the upgrade request's
+   * Host (NULL: the session's peer, "1.2.3.4:80") and Origin (NULL: none);
+   * path and subprotocol above are what it asks for, and max_request_bytes
+   * caps the server's answer. origins is the server's only. */
+  const char *host;
+  const char *origin;
 } ws_config_t;
 
+/* The server's side: answers an upgrade request; its frames are shared by
+ * a broadcast (TRANSPORT_SHARED_OUTPUT). */
 extern const transport_ops_t websocket_transport;
+
+/* The client's side: start sends the upgrade request (a fresh random
+ * Sec-WebSocket-Key each time), input verifies the server's 101 within
+ * handshake_timeout_ms, and every frame it sends is masked with a fresh
+ * random key, so its output is the session's own. Any other answer ends the
+ * session (protocol_error) with one log line saying what the server
+ * answered; a client service then reconnects with its backoff. */
+extern const transport_ops_t websocket_client_transport;
 
 /* The close code that carries a session's reason (README's table). */
 uint16_t ws_close_code(int reason);

@@ -1,16 +1,20 @@
 /*
- * libFuzzer target: the WebSocket layer (host/transport/websocket.c), the
- * upgrade request and the frames after it, through its transport ops as
- * the engine calls them, with sinks that catch what it writes.
+ * libFuzzer target: the WebSocket layers (host/transport/websocket.c), the
+ * server's upgrade request or the client's answer to its own, and the
+ * frames after them, through the transport ops as the engine calls them,
+ * with sinks that catch what they write.
  *
- * Input: 1 byte of flags (bit 0: a valid upgrade request comes first, so
- * the frame parser is reached at once; bit 1: messages must be packets;
- * bits 2-7 seed the cuts), then the bytes, fed in arbitrary reads. Checks:
- * once input returned a reason, the layer writes nothing more down and
- * nothing up; what goes up is never more than what came in; a layer not
- * ready writes nothing up; output after the end is refused.
+ * Input: 1 byte of flags (bit 0: a valid upgrade request, or for the
+ * client a valid 101 for its key, comes first, so the frame parser is
+ * reached at once; bit 1: messages must be packets; bit 2: the client's
+ * side; bits 3-7 seed the cuts), then the bytes, fed in arbitrary reads.
+ * Checks: once input returned a reason, the layer writes nothing more down
+ * and nothing up; what goes up is never more than what came in; a layer
+ * not ready writes nothing up, and a client not ready nothing down either;
+ * output after the end is refused.
  */
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -39,6 +43,37 @@ static int count_down(const transport_sink_t *sink, const session_buf_t *bufs,
   return 0;
 }
 
+/* What the client's start wrote: its upgrade request. */
+static char request[4096];
+static size_t request_len;
+
+static int keep_request(const transport_sink_t *sink, const session_buf_t *bufs,
+                        size_t count) {
+  for (size_t i = 0; i < count; i++) {
+    size_t n = bufs[i].len;
+    if (n > sizeof request - 1 - request_len)
+      n = sizeof request - 1 - request_len;
+    memcpy(request + request_len, bufs[i].data, n);
+    request_len += n;
+  }
+  request[request_len] = '\0';
+  return 0;
+}
+
+/* A 101 for the key in the client's request, in out; its length. */
+static size_t answer_for_request(char *out, size_t cap) {
+  const char *key = strstr(request, "Sec-WebSocket-Key: ");
+  CHECK(key != NULL);
+  char accept[29];
+  CHECK(ws_accept_key(key + 19, 24, accept) == 0);
+  int n = snprintf(out, cap,
+                   "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+                   "Connection: Upgrade\r\nSec-WebSocket-Accept: %s\r\n\r\n",
+                   accept);
+  CHECK(n > 0 && (size_t)n < cap);
+  return (size_t)n;
+}
+
 static const char REQUEST[] =
     "GET / HTTP/1.1\r\nHost: h\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
     "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
@@ -63,49 +98,65 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   c.max_packet_bytes = 4096;
   c.max_request_bytes = 1024;
   c.packet_messages = (flags & 2) != 0;
+  int client = (flags & 4) != 0;
+  c.host = "h";
+  const transport_ops_t *ops =
+      client ? &websocket_client_transport : &websocket_transport;
   void *layer = NULL;
-  if (websocket_transport.open(&c, NULL, &layer) != 0)
+  if (ops->open(&c, NULL, &layer) != 0)
     return 0;
   transport_sink_t up = {count_up, NULL, 1};
   transport_sink_t down = {count_down, NULL, -1};
   up_len = down_len = 0;
   int rc = 0;
-  if (flags & 1) {
-    rc = websocket_transport.input(layer, (const uint8_t *)REQUEST,
-                                   sizeof REQUEST - 1, &up, &down);
-    CHECK(rc == 0 && websocket_transport.ready(layer));
+  if (client) {
+    transport_sink_t keep = {keep_request, NULL, -1};
+    request_len = 0;
+    CHECK(ops->start(layer, &keep) == 0 && request_len > 0);
   }
-  uint32_t seed = flags >> 2;
+  if (flags & 1) {
+    char answer[512];
+    const char *first = REQUEST;
+    size_t first_len = sizeof REQUEST - 1;
+    if (client) {
+      first_len = answer_for_request(answer, sizeof answer);
+      first = answer;
+    }
+    rc = ops->input(layer, (const uint8_t *)first, first_len, &up, &down);
+    CHECK(rc == 0 && ops->ready(layer));
+  }
+  uint32_t seed = flags >> 3;
   size_t fed = 0;
   while (rc == 0 && fed < size) {
     seed = seed * 1103515245u + 12345u;
     size_t cut = 1 + (seed >> 16) % 64;
     if (cut > size - fed)
       cut = size - fed;
-    int ready = websocket_transport.ready(layer);
-    size_t before = up_len;
-    rc = websocket_transport.input(layer, data + fed, cut, &up, &down);
-    if (!ready && !websocket_transport.ready(layer))
+    int ready = ops->ready(layer);
+    size_t before = up_len, before_down = down_len;
+    rc = ops->input(layer, data + fed, cut, &up, &down);
+    if (!ready && !ops->ready(layer))
       CHECK(up_len == before);
+    if (client && !ready && !ops->ready(layer))
+      CHECK(down_len == before_down); /* a client answers no answer */
     fed += cut;
     CHECK(up_len <= fed);
   }
   if (rc != 0) {
     size_t d = down_len, u = up_len;
     /* The engine closes: the layer's close adds nothing after its own. */
-    int again = websocket_transport.input(layer, (const uint8_t *)"\x82\x00",
-                                          2, &up, &down);
+    int again = ops->input(layer, (const uint8_t *)"\x82\x00", 2, &up, &down);
     (void)again;
     CHECK(up_len == u);
     (void)d;
     session_buf_t b = {"x", 1};
-    if (!websocket_transport.ready(layer))
-      CHECK(websocket_transport.output(&c, layer, &b, 1, &down) != 0);
-  } else if (websocket_transport.ready(layer)) {
+    if (!ops->ready(layer))
+      CHECK(ops->output(&c, layer, &b, 1, &down) != 0);
+  } else if (ops->ready(layer)) {
     session_buf_t b = {data, size};
-    websocket_transport.output(&c, layer, &b, 1, &down);
+    ops->output(&c, layer, &b, 1, &down);
   }
-  websocket_transport.close(layer, REASON_HOST_STOPPING, &down);
-  websocket_transport.free(layer);
+  ops->close(layer, REASON_HOST_STOPPING, &down);
+  ops->free(layer);
   return 0;
 }

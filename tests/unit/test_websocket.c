@@ -3,7 +3,8 @@
  * wire) caught by two test sinks. The accept key of RFC 6455's example, the
  * upgrade whole and byte by byte, each refusal's status, frames in
  * (masked, fragmented, unmasked, oversize, ping, close), the frame header
- * for every length class, and the close codes. */
+ * for every length class, and the close codes. The client's side: its
+ * upgrade request, each answer it refuses, masked frames both ways. */
 #include <check.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -43,6 +44,7 @@ static ws_config_t config(void) {
   c.max_message_name = "max_recv_bytes";
   c.max_packet_bytes = 1000;
   c.max_request_bytes = 2048;
+  c.host = "h"; /* the client's: no session to take the address from */
   return c;
 }
 
@@ -396,6 +398,323 @@ START_TEST(test_graceful_close_sends_our_reason_once) {
 }
 END_TEST
 
+/* ---- the client's side ---- */
+
+static char client_request[2048];
+static char client_accept[29];
+
+/* A client layer that has sent its request: kept in client_request, and
+ * the Sec-WebSocket-Accept its key asks for in client_accept. */
+static void *client_started(const ws_config_t *c) {
+  void *layer = NULL;
+  ck_assert_int_eq(websocket_client_transport.open((void *)c, NULL, &layer), 0);
+  up_bytes.len = down_bytes.len = 0;
+  ck_assert_int_eq(websocket_client_transport.start(layer, &down), 0);
+  ck_assert(!websocket_client_transport.ready(layer));
+  ck_assert_uint_lt(down_bytes.len, sizeof client_request);
+  memcpy(client_request, down_bytes.data, down_bytes.len);
+  client_request[down_bytes.len] = '\0';
+  const char *key = strstr(client_request, "\r\nSec-WebSocket-Key: ");
+  ck_assert_ptr_nonnull(key);
+  key += strlen("\r\nSec-WebSocket-Key: ");
+  ck_assert_int_eq(ws_accept_key(key, 24, client_accept), 0);
+  ck_assert(key[24] == '\r');
+  down_bytes.len = 0;
+  return layer;
+}
+
+static int client_feed(void *layer, const void *data, size_t len) {
+  return websocket_client_transport.input(layer, data, len, &up, &down);
+}
+
+/* The server's 101 for the request client_started kept, with extra header
+ * lines. */
+static size_t answer_101(char *out, size_t cap, const char *extra) {
+  int n = snprintf(out, cap,
+                   "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+                   "Connection: Upgrade\r\nSec-WebSocket-Accept: %s\r\n%s\r\n",
+                   client_accept, extra);
+  ck_assert(n > 0 && (size_t)n < cap);
+  return (size_t)n;
+}
+
+/* The client frame at data (masked, or the test fails): its opcode and
+ * unmasked payload; returns its length on the wire. */
+static size_t client_frame_read(const uint8_t *data, size_t len, int *opcode,
+                                uint8_t *payload, size_t *payload_len) {
+  ck_assert_uint_ge(len, 6);
+  *opcode = data[0] & 0x0f;
+  ck_assert_msg(data[1] & 0x80, "a client's frame must be masked");
+  size_t n = data[1] & 0x7f, h = 2;
+  if (n == 126) {
+    n = (size_t)data[2] << 8 | data[3];
+    h = 4;
+  } else if (n == 127) {
+    n = 0;
+    for (int i = 0; i < 8; i++)
+      n = n << 8 | data[2 + i];
+    h = 10;
+  }
+  const uint8_t *key = data + h;
+  h += 4;
+  ck_assert_uint_le(h + n, len);
+  for (size_t i = 0; i < n; i++)
+    payload[i] = (uint8_t)(data[h + i] ^ key[i % 4]);
+  *payload_len = n;
+  return h + n;
+}
+
+START_TEST(test_client_request_asks_for_path_host_origin_and_subprotocol) {
+  ws_config_t c = config();
+  c.path = "/play?room=1";
+  c.host = "game.example:8080";
+  c.origin = "https://game.example";
+  c.subprotocol = "game.v1";
+  void *layer = client_started(&c);
+  ck_assert(strstr(client_request, "GET /play?room=1 HTTP/1.1\r\n") ==
+            client_request);
+  ck_assert(strstr(client_request, "\r\nHost: game.example:8080\r\n"));
+  ck_assert(strstr(client_request, "\r\nUpgrade: websocket\r\n"));
+  ck_assert(strstr(client_request, "\r\nConnection: Upgrade\r\n"));
+  ck_assert(strstr(client_request, "\r\nSec-WebSocket-Version: 13\r\n"));
+  ck_assert(strstr(client_request, "\r\nOrigin: https://game.example\r\n"));
+  ck_assert(strstr(client_request, "\r\nSec-WebSocket-Protocol: game.v1\r\n"));
+  size_t len = strlen(client_request);
+  ck_assert(strcmp(client_request + len - 4, "\r\n\r\n") == 0);
+  char first[29];
+  memcpy(first, client_accept, sizeof first);
+  websocket_client_transport.free(layer);
+  /* Without origin and subprotocol, none is sent; a fresh key each time. */
+  c.origin = c.subprotocol = NULL;
+  layer = client_started(&c);
+  ck_assert(!strstr(client_request, "Origin:"));
+  ck_assert(!strstr(client_request, "Sec-WebSocket-Protocol:"));
+  ck_assert_str_ne(first, client_accept);
+  websocket_client_transport.free(layer);
+}
+END_TEST
+
+START_TEST(test_client_101_whole_or_byte_by_byte_then_frames) {
+  ws_config_t c = config();
+  char answer[512];
+  for (int bytewise = 0; bytewise < 2; bytewise++) {
+    void *layer = client_started(&c);
+    size_t n = answer_101(answer, sizeof answer - 8, "X-Other: 1\r\n");
+    /* A server frame may follow the 101 in the same read. */
+    memcpy(answer + n, "\x82\x02hi", 4);
+    n += 4;
+    if (bytewise) {
+      for (size_t i = 0; i < n; i++)
+        ck_assert_int_eq(client_feed(layer, answer + i, 1), 0);
+    } else {
+      ck_assert_int_eq(client_feed(layer, answer, n), 0);
+    }
+    ck_assert(websocket_client_transport.ready(layer));
+    ck_assert_uint_eq(up_bytes.len, 2);
+    ck_assert(memcmp(up_bytes.data, "hi", 2) == 0);
+    ck_assert_uint_eq(down_bytes.len, 0);
+    websocket_client_transport.free(layer);
+  }
+}
+END_TEST
+
+typedef struct client_refusal {
+  const char *name;
+  const char *answer; /* %s: the right accept, where a line needs it */
+  const char *subprotocol;
+} client_refusal_t;
+
+static const client_refusal_t client_refusals[] = {
+    {"200", "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nhi", NULL},
+    {"404", "HTTP/1.1 404 Not Found\r\n\r\n", NULL},
+    {"not HTTP", "SSH-2.0-OpenSSH_9.2\r\n\r\n", NULL},
+    {"wrong accept",
+     "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: "
+     "Upgrade\r\nSec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n",
+     NULL},
+    {"no accept",
+     "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: "
+     "Upgrade\r\n\r\n",
+     NULL},
+    {"two accepts",
+     "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: "
+     "Upgrade\r\nSec-WebSocket-Accept: %s\r\nSec-WebSocket-Accept: %s\r\n\r\n",
+     NULL},
+    {"no upgrade",
+     "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\n"
+     "Sec-WebSocket-Accept: %s\r\n\r\n",
+     NULL},
+    {"no connection",
+     "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+     "Sec-WebSocket-Accept: %s\r\n\r\n",
+     NULL},
+    {"extensions",
+     "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: "
+     "Upgrade\r\nSec-WebSocket-Accept: %s\r\n"
+     "Sec-WebSocket-Extensions: permessage-deflate\r\n\r\n",
+     NULL},
+    {"a subprotocol not asked for",
+     "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: "
+     "Upgrade\r\nSec-WebSocket-Accept: %s\r\nSec-WebSocket-Protocol: x\r\n\r\n",
+     NULL},
+    {"another subprotocol",
+     "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: "
+     "Upgrade\r\nSec-WebSocket-Accept: %s\r\nSec-WebSocket-Protocol: "
+     "game.v2\r\n\r\n",
+     "game.v1"},
+    {"the subprotocol missing",
+     "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: "
+     "Upgrade\r\nSec-WebSocket-Accept: %s\r\n\r\n",
+     "game.v1"},
+};
+
+START_TEST(test_client_refuses_each_bad_answer_quietly) {
+  const client_refusal_t *r = &client_refusals[_i];
+  ws_config_t c = config();
+  c.subprotocol = r->subprotocol;
+  void *layer = client_started(&c);
+  char answer[1024];
+  snprintf(answer, sizeof answer, r->answer, client_accept, client_accept);
+  ck_assert_msg(client_feed(layer, answer, strlen(answer)) ==
+                    REASON_PROTOCOL_ERROR,
+                "%s", r->name);
+  ck_assert_msg(!websocket_client_transport.ready(layer), "%s", r->name);
+  /* A client answers nothing, then or later: the FIN says it all. */
+  ck_assert_uint_eq(up_bytes.len, 0);
+  ck_assert_uint_eq(down_bytes.len, 0);
+  ck_assert_int_eq(client_feed(layer, "\x82\x00", 2), REASON_PROTOCOL_ERROR);
+  websocket_client_transport.close(layer, REASON_PROTOCOL_ERROR, &down);
+  ck_assert_uint_eq(down_bytes.len, 0);
+  session_buf_t b = {"x", 1};
+  ck_assert_int_ne(websocket_client_transport.output(&c, layer, &b, 1, &down),
+                   0);
+  websocket_client_transport.free(layer);
+}
+END_TEST
+
+START_TEST(test_client_answer_over_the_cap_is_refused) {
+  ws_config_t c = config();
+  void *layer = client_started(&c);
+  char line[100];
+  memset(line, 'a', sizeof line);
+  memcpy(line, "X-Pad: ", 7);
+  memcpy(line + sizeof line - 2, "\r\n", 2);
+  int rc = client_feed(layer, "HTTP/1.1 101 Switching Protocols\r\n", 34);
+  for (int i = 0; rc == 0 && i < 100; i++)
+    rc = client_feed(layer, line, sizeof line);
+  ck_assert_int_eq(rc, REASON_PROTOCOL_ERROR);
+  ck_assert_uint_eq(down_bytes.len, 0);
+  websocket_client_transport.free(layer);
+}
+END_TEST
+
+static void *client_open_ready(const ws_config_t *c) {
+  void *layer = client_started(c);
+  char answer[512];
+  size_t n = answer_101(answer, sizeof answer, "");
+  ck_assert_int_eq(client_feed(layer, answer, n), 0);
+  ck_assert(websocket_client_transport.ready(layer));
+  return layer;
+}
+
+START_TEST(test_client_frames_out_are_masked_each_with_its_own_key) {
+  ws_config_t c = config();
+  c.packet_messages = 1;
+  void *layer = client_open_ready(&c);
+  /* Two packets in one call: two messages; then a long one (16-bit length,
+   * masked across several chunks). */
+  static const uint8_t two[] = "\x06\x00\x01\x00"
+                               "ab"
+                               "\x05\x00\x02\x00"
+                               "c";
+  session_buf_t b[2] = {{two, 3}, {two + 3, 8}};
+  ck_assert_int_eq(websocket_client_transport.output(&c, layer, b, 2, &down),
+                   0);
+  static uint8_t big[9000];
+  big[0] = (uint8_t)(sizeof big & 0xff);
+  big[1] = (uint8_t)(sizeof big >> 8);
+  for (size_t i = 4; i < sizeof big; i++)
+    big[i] = (uint8_t)(i * 7);
+  session_buf_t one = {big, sizeof big};
+  ck_assert_int_eq(websocket_client_transport.output(&c, layer, &one, 1, &down),
+                   0);
+  static uint8_t payload[9000];
+  size_t n, off = 0;
+  int opcode;
+  off += client_frame_read(down_bytes.data + off, down_bytes.len - off, &opcode,
+                           payload, &n);
+  ck_assert_int_eq(opcode, 2);
+  ck_assert_uint_eq(n, 6);
+  ck_assert(memcmp(payload, two, 6) == 0);
+  uint8_t key1[4];
+  memcpy(key1, down_bytes.data + 2, 4);
+  size_t second = off;
+  off += client_frame_read(down_bytes.data + off, down_bytes.len - off, &opcode,
+                           payload, &n);
+  ck_assert_uint_eq(n, 5);
+  ck_assert(memcmp(payload, two + 6, 5) == 0);
+  ck_assert(memcmp(key1, down_bytes.data + second + 2, 4) != 0 ||
+            memcmp(key1, "\0\0\0\0", 4) != 0);
+  off += client_frame_read(down_bytes.data + off, down_bytes.len - off, &opcode,
+                           payload, &n);
+  ck_assert_uint_eq(n, sizeof big);
+  ck_assert(memcmp(payload, big, sizeof big) == 0);
+  ck_assert_uint_eq(off, down_bytes.len);
+  websocket_client_transport.free(layer);
+}
+END_TEST
+
+START_TEST(test_client_a_masked_server_frame_closes_with_1002) {
+  ws_config_t c = config();
+  void *layer = client_open_ready(&c);
+  uint8_t frame[32];
+  size_t n = client_frame(frame, 1, 2, "hello", 5, 1); /* masked */
+  ck_assert_int_eq(client_feed(layer, frame, n), REASON_PROTOCOL_ERROR);
+  ck_assert_uint_eq(up_bytes.len, 0);
+  uint8_t payload[200];
+  size_t len;
+  int opcode;
+  client_frame_read(down_bytes.data, down_bytes.len, &opcode, payload, &len);
+  ck_assert_int_eq(opcode, 8);
+  ck_assert_uint_ge(len, 2);
+  ck_assert_uint_eq(payload[0] << 8 | payload[1], 1002);
+  websocket_client_transport.free(layer);
+}
+END_TEST
+
+START_TEST(test_client_answers_ping_and_close_masked_and_closes_with_1000) {
+  ws_config_t c = config();
+  void *layer = client_open_ready(&c);
+  /* A server's ping, unmasked: a masked pong with its payload. */
+  ck_assert_int_eq(client_feed(layer, "\x89\x02pq", 4), 0);
+  uint8_t payload[200];
+  size_t len;
+  int opcode;
+  size_t used = client_frame_read(down_bytes.data, down_bytes.len, &opcode,
+                                  payload, &len);
+  ck_assert_int_eq(opcode, 0xA);
+  ck_assert_uint_eq(len, 2);
+  ck_assert(memcmp(payload, "pq", 2) == 0);
+  ck_assert_uint_eq(used, down_bytes.len);
+  /* Our graceful close: masked, 1000 with the reason's name. */
+  down_bytes.len = 0;
+  websocket_client_transport.close(layer, REASON_LOCAL, &down);
+  client_frame_read(down_bytes.data, down_bytes.len, &opcode, payload, &len);
+  ck_assert_int_eq(opcode, 8);
+  ck_assert_uint_eq(payload[0] << 8 | payload[1], 1000);
+  ck_assert(len == 2 + 5 && memcmp(payload + 2, "local", 5) == 0);
+  websocket_client_transport.free(layer);
+  /* The server's close is echoed, masked, and ends the session. */
+  layer = client_open_ready(&c);
+  ck_assert_int_eq(client_feed(layer, "\x88\x02\x03\xe9", 4),
+                   REASON_PEER_CLOSED);
+  client_frame_read(down_bytes.data, down_bytes.len, &opcode, payload, &len);
+  ck_assert_int_eq(opcode, 8);
+  ck_assert_uint_eq(payload[0] << 8 | payload[1], 1001);
+  websocket_client_transport.free(layer);
+}
+END_TEST
+
 int main(void) {
   log_set_level(LOG_ERROR); /* the refusals' log lines are expected here */
   Suite *s = suite_create("websocket");
@@ -415,6 +734,20 @@ int main(void) {
   tcase_add_test(tc, test_on_a_packet_service_each_packet_sent_is_one_message);
   tcase_add_test(tc, test_graceful_close_sends_our_reason_once);
   suite_add_tcase(s, tc);
+  TCase *client = tcase_create("client");
+  tcase_add_test(client,
+                 test_client_request_asks_for_path_host_origin_and_subprotocol);
+  tcase_add_test(client, test_client_101_whole_or_byte_by_byte_then_frames);
+  tcase_add_loop_test(
+      client, test_client_refuses_each_bad_answer_quietly, 0,
+      (int)(sizeof client_refusals / sizeof client_refusals[0]));
+  tcase_add_test(client, test_client_answer_over_the_cap_is_refused);
+  tcase_add_test(client,
+                 test_client_frames_out_are_masked_each_with_its_own_key);
+  tcase_add_test(client, test_client_a_masked_server_frame_closes_with_1002);
+  tcase_add_test(
+      client, test_client_answers_ping_and_close_masked_and_closes_with_1000);
+  suite_add_tcase(s, client);
   SRunner *sr = srunner_create(s);
   srunner_run_all(sr, CK_NORMAL);
   int failed = srunner_ntests_failed(sr);
