@@ -16,14 +16,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#ifdef _WIN32
-#include <windows.h>
-#include <bcrypt.h>
-#else
-#include <errno.h>
 #include <openssl/evp.h>
-#include <sys/random.h>
-#endif
+#include <openssl/rand.h>
 
 #include <http_parser.h>
 #include <wslay/wslay.h>
@@ -105,47 +99,21 @@ uint16_t ws_close_code(int reason) {
   }
 }
 
+/* OpenSSL's libcrypto on both platforms (the TLS layer links it anyway;
+ * Windows' bcrypt.dll is no KnownDLL, so importing it would let a DLL
+ * beside the executable stand in for it). */
 static int sha1(const void *data, size_t len, uint8_t out[20]) {
-#ifdef _WIN32
-  BCRYPT_ALG_HANDLE alg = NULL;
-  BCRYPT_HASH_HANDLE hash = NULL;
-  int ok = BCryptOpenAlgorithmProvider(&alg, BCRYPT_SHA1_ALGORITHM, NULL, 0) >= 0 &&
-           BCryptCreateHash(alg, &hash, NULL, 0, NULL, 0, 0) >= 0 &&
-           BCryptHashData(hash, (PUCHAR)data, (ULONG)len, 0) >= 0 &&
-           BCryptFinishHash(hash, out, 20, 0) >= 0;
-  if (hash)
-    BCryptDestroyHash(hash);
-  if (alg)
-    BCryptCloseAlgorithmProvider(alg, 0);
-  return ok ? 0 : -1;
-#else
   unsigned int n = 0;
   return EVP_Digest(data, len, out, &n, EVP_sha1(), NULL) == 1 && n == 20 ? 0
                                                                         : -1;
-#endif
 }
 
-/* Random bytes from the operating system (a Sec-WebSocket-Key, mask keys:
- * RFC 6455 asks for unpredictable ones). Returns 0, or -1. */
+/* Unpredictable bytes (a Sec-WebSocket-Key, mask keys: RFC 6455 asks for
+ * them) from OpenSSL's generator, seeded from the operating system
+ * (getrandom on Linux, advapi32's CryptGenRandom on Windows). Returns 0,
+ * or -1. */
 static int os_random(void *buf, size_t len) {
-#ifdef _WIN32
-  return BCryptGenRandom(NULL, buf, (ULONG)len,
-                         BCRYPT_USE_SYSTEM_PREFERRED_RNG) >= 0
-             ? 0
-             : -1;
-#else
-  uint8_t *p = buf;
-  while (len > 0) {
-    ssize_t n = getrandom(p, len, 0);
-    if (n < 0 && errno == EINTR)
-      continue;
-    if (n <= 0)
-      return -1;
-    p += n;
-    len -= (size_t)n;
-  }
-  return 0;
-#endif
+  return len <= (size_t)0x7fffffff && RAND_bytes(buf, (int)len) == 1 ? 0 : -1;
 }
 
 /* A client's mask key: from the layer's pool, refilled from the OS one
