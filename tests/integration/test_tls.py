@@ -360,6 +360,41 @@ class TlsTest(HostTestCase):
                           r"not complete its tls handshake within "
                           r"handshake_timeout_ms 600", "the deadline's line")
 
+    # --- files checked by `check` and `run` ---------------------------------
+
+    def test_check_refuses_bad_certificate_files(self):
+        cases = [
+            ({"cert_file": "certs/missing.pem", "key_file": "certs/cert.key"},
+             r"services\[0\]\.tls \(service tls\): cannot open the "
+             r"certificate chain file '.*certs[/\\]missing\.pem': .*; check "
+             r"tls\.cert_file"),
+            ({"cert_file": "certs/cert.pem", "key_file": fx("server2.key")},
+             r"services\[0\]\.tls \(service tls\): the key in "
+             r"'.*server2\.key' does not match the certificate in "
+             r"'.*cert\.pem'; give the key the certificate was issued for"),
+            ({"cert_file": "certs/cert.pem", "key_file": "certs/cert.key",
+              "ca_file": "certs/cert.key"},
+             r"services\[0\]\.tls \(service tls\): the CA file "
+             r"'.*cert\.key' holds no usable PEM certificate .*tls\.ca_file "
+             r"must be PEM CA certificates"),
+        ]
+        for tls, message in cases:
+            with self.subTest(tls=tls):
+                config = harness.make_config({"echo": {}}, [
+                    harness.server_service("tls", "echo", harness.free_port(),
+                                           tls=tls)])
+                host = Host(self, config, "tls-check")
+                certs = os.path.join(host.dir, "certs")
+                os.mkdir(certs)
+                shutil.copy(fx("server.pem"), os.path.join(certs, "cert.pem"))
+                shutil.copy(fx("server.key"), os.path.join(certs, "cert.key"))
+                for command in ("check", "run"):
+                    result = harness.run_cli([command, "-c",
+                                              host.config_path])
+                    self.assertEqual(result.returncode, 1, result.stderr)
+                    self.assertEqual(result.stdout, "")
+                    self.assertRegex(result.stderr, message)
+
     # --- rotation -----------------------------------------------------------
 
     def rotate(self, cert, key):
