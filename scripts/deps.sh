@@ -9,7 +9,7 @@ set -euo pipefail
 
 # dpkg-dev and file: cpack's .deb (dpkg-shlibdeps, file) for package.deb.
 packages=(cmake ninja-build gcc clang libclang-rt-14-dev pkg-config check libsubunit-dev
-          libcjson-dev liburing-dev libsqlite3-dev libhttp-parser-dev libwslay-dev libssl-dev python3 python3-websockets netcat-openbsd dpkg-dev file jq
+          libcjson-dev liburing-dev libsqlite3-dev libhttp-parser-dev libwslay-dev libssl-dev python3 python3-websockets chromium netcat-openbsd dpkg-dev file jq
           prometheus)
 if [ "${1:-}" = windows ]; then
   packages+=(gcc-mingw-w64-x86-64 wine wine64 tcl)

@@ -596,6 +596,7 @@ static const char *const SERVER_KEYS[] = {"name",
                                           "transport",
                                           "websocket",
                                           "handshake_timeout_ms",
+                                          "tls",
                                           NULL};
 static const char *const CLIENT_KEYS[] = {"name",
                                           "type",
@@ -610,6 +611,7 @@ static const char *const CLIENT_KEYS[] = {"name",
                                           "incomplete_timeout_ms",
                                           "close_linger_ms",
                                           "tcp_nodelay",
+                                          "tls",
                                           "sessions",
                                           "connect_timeout_ms",
                                           "reconnect",
@@ -631,6 +633,10 @@ static const char *const WEBSOCKET_KEYS[] = {"path", "origins", "subprotocol",
 /* A client service's "websocket": what its upgrade request says. */
 static const char *const WEBSOCKET_CLIENT_KEYS[] = {
     "path", "origin", "subprotocol", "host", "ping_interval_ms", NULL};
+static const char *const TLS_SERVER_KEYS[] = {"cert_file", "key_file",
+                                              "ca_file", NULL};
+static const char *const TLS_CLIENT_KEYS[] = {"ca_file", "server_name",
+                                              "cert_file", "key_file", NULL};
 /* The backends of this platform, as core_backend_parse knows them. */
 #ifdef _WIN32
 static const char *const BACKENDS[] = {"iocp", NULL};
@@ -1117,6 +1123,92 @@ static int parse_transport(loader_t *ld, const cJSON *item, const char *path,
   return 0;
 }
 
+/* One path of "tls": resolved against the config's folder; NULL when
+ * absent or null. */
+static int get_tls_path(loader_t *ld, const cJSON *tls, const char *tpath,
+                        const char *key, const char *hint, char **out) {
+  *out = NULL;
+  if (cJSON_IsNull(member(tls, key)))
+    return 0;
+  char *given;
+  if (get_text(ld, tls, tpath, key, 0, NULL, hint, &given) != 0)
+    return -1;
+  if (!given)
+    return 0;
+  *out = path_resolve(ld->dir, given);
+  free(given);
+  json_path_t p;
+  path_key(&p, tpath, key);
+  return *out != NULL ? 0 : fail_memory(ld, p.text);
+}
+
+/* SPEC section 14: "tls" under the transport. What each role needs is
+ * checked here; the files themselves when the host opens. */
+static int parse_tls(loader_t *ld, const cJSON *item, const char *path,
+                     int server, config_service_t *s) {
+  const cJSON *tls;
+  if (get_object(ld, item, path, "tls", &tls) != 0)
+    return -1;
+  if (!tls)
+    return 0;
+  json_path_t tpath, p;
+  path_key(&tpath, path, "tls");
+  config_tls_t *t = &s->tls;
+  t->enabled = 1;
+  if (check_keys(ld, tls, tpath.text, server ? TLS_SERVER_KEYS : TLS_CLIENT_KEYS,
+                 server ? "a server service's \"tls\""
+                        : "a client service's \"tls\"") != 0 ||
+      get_tls_path(ld, tls, tpath.text, "cert_file",
+                   "give the PEM certificate chain file (leaf first)",
+                   &t->cert_file) != 0 ||
+      get_tls_path(ld, tls, tpath.text, "key_file",
+                   "give the PEM private key file of the certificate",
+                   &t->key_file) != 0 ||
+      get_tls_path(ld, tls, tpath.text, "ca_file",
+                   "give a PEM file of CA certificates, or null", &t->ca_file) != 0)
+    return -1;
+  if (server) {
+    if (!t->cert_file) {
+      path_key(&p, tpath.text, "cert_file");
+      return missing(ld, p.text,
+                     "a TLS server needs its certificate chain: give "
+                     "\"cert_file\" (PEM, leaf first) and \"key_file\"");
+    }
+    if (!t->key_file) {
+      path_key(&p, tpath.text, "key_file");
+      return missing(ld, p.text,
+                     "a TLS server needs the private key of cert_file: give "
+                     "\"key_file\" (PEM)");
+    }
+    return 0;
+  }
+  if (get_text(ld, tls, tpath.text, "server_name", 0, NULL,
+               "give the name the server's certificate must carry, such as "
+               "\"game.example\" or \"127.0.0.1\"",
+               &t->server_name) != 0)
+    return -1;
+  if (!t->ca_file) {
+    path_key(&p, tpath.text, "ca_file");
+    return missing(ld, p.text,
+                   "a TLS client verifies the server: give \"ca_file\", a "
+                   "PEM file of the CAs to trust");
+  }
+  if (!t->server_name) {
+    path_key(&p, tpath.text, "server_name");
+    return missing(ld, p.text,
+                   "a TLS client verifies the server's name: give "
+                   "\"server_name\", such as \"game.example\" or "
+                   "\"127.0.0.1\"");
+  }
+  if (!t->cert_file != !t->key_file) {
+    path_key(&p, tpath.text, t->cert_file ? "key_file" : "cert_file");
+    return missing(ld, p.text,
+                   "a client certificate needs both \"cert_file\" and "
+                   "\"key_file\" (or neither)");
+  }
+  return 0;
+}
+
 static int parse_reconnect(loader_t *ld, const cJSON *item, const char *path,
                            config_service_t *s) {
   json_path_t rpath;
@@ -1308,6 +1400,8 @@ static int parse_service(loader_t *ld, const cJSON *item, const char *path,
   }
 
   if (parse_transport(ld, item, path, server, s) != 0)
+    return -1;
+  if (parse_tls(ld, item, path, server, s) != 0)
     return -1;
   if (server)
     return get_u32(ld, item, path, "max_sessions", 1, 10000000.0, 10000,
@@ -1712,6 +1806,10 @@ void config_free(config_t *config) {
     free(s->websocket.origins);
     free(s->websocket.origin);
     free(s->websocket.host);
+    free(s->tls.cert_file);
+    free(s->tls.key_file);
+    free(s->tls.ca_file);
+    free(s->tls.server_name);
   }
   free(config->services);
   free(config->file);

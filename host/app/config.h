@@ -42,6 +42,20 @@ typedef struct config_websocket {
   char *host;
 } config_websocket_t;
 
+/* A service's "tls" object (SPEC section 14). Paths are absolute
+ * (resolved against the config file's folder); NULL when not given. A
+ * server needs cert_file and key_file, and with ca_file requires client
+ * certificates; a client needs ca_file and server_name, and may present
+ * cert_file and key_file. The files are read when the host opens
+ * (tls_services.c), so `check` reads them too. */
+typedef struct config_tls {
+  int enabled; /* the service has a "tls" object */
+  char *cert_file;
+  char *key_file;
+  char *ca_file;
+  char *server_name;
+} config_tls_t;
+
 typedef struct config_core {
   char *name;
   int threads; /* as written; 0 = one per CPU (resolved by the host) */
@@ -93,6 +107,7 @@ typedef struct config_service {
   config_transport_t transport;
   uint32_t handshake_timeout_ms; /* default 10000; 0 = none */
   config_websocket_t websocket;  /* when transport is websocket */
+  config_tls_t tls; /* under the transport, when enabled */
 } config_service_t;
 
 typedef struct config {

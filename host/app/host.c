@@ -66,6 +66,9 @@ int host_open(const config_t *config, host_t **out, char *err, size_t err_len) {
     hs->packet_framing = cs->framing == CONFIG_FRAMING_PACKET;
     hs->max_packet_bytes = cs->max_packet_bytes;
   }
+  /* TLS certificates and keys are read and matched here, so `check` does. */
+  if (rc == 0 && tls_services_open(host, err, err_len) != 0)
+    rc = -1;
   for (size_t i = 0; i < config->plugin_count; i++) {
     if (!gens[i])
       continue;
@@ -209,6 +212,7 @@ void host_close(host_t *host) {
   if (host->started)
     host_stop(host);
   unload_plugins(host); /* what check opened, or what a failed start left */
+  tls_services_close(host);
   shadow_dir_remove(host->shadow_dir);
   free(host->shadow_dir);
   free(host->plugins);

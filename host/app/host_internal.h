@@ -53,6 +53,7 @@
 #include "host.h"
 #include "iocphost/plugin.h"
 #include "plugin_loader.h"
+#include "tls_layer.h"
 #include "watchdog.h"
 #include "websocket.h"
 
@@ -132,6 +133,12 @@ typedef struct host_service {
   ws_config_t websocket;
   transport_layer_t transport[TRANSPORT_LAYERS_MAX];
   size_t transport_layers;
+  /* Its TLS (tls_services.c): the layer's config and slot, and hashes of
+   * what made the slot's context (cert_file, key_file, ca_file bytes,
+   * server_name), which tell a reload what changed. */
+  tls_layer_config_t tls;
+  int tls_open;
+  uint64_t tls_hash[4];
 } host_service_t;
 
 /* Stripes of the work call list (plugin_work.c); a power of two. */
@@ -345,6 +352,22 @@ void settings_check_api_init(settings_check_api_t *table,
 int create_service(host_t *host, size_t i, char *err, size_t err_len);
 void destroy_cores(host_t *host);
 void destroy_services(host_t *host);
+
+/* ---- tls_services.c ---- */
+
+/* Every service's TLS context, made from its files (so `check` reads them
+ * too); errors name services[i].tls and the file. */
+int tls_services_open(host_t *host, char *err, size_t err_len);
+void tls_services_close(host_t *host);
+/* A reload: new contexts for the services whose TLS files or names
+ * changed, made before anything is applied (a failure names the service
+ * and file, and the reload changes nothing); then applied (new sessions
+ * get them) or dropped, and reported into the reply. */
+typedef struct tls_reload tls_reload_t;
+int tls_reload_prepare(host_t *host, const config_t *next, tls_reload_t **out,
+                       char *err, size_t err_len);
+void tls_reload_finish(host_t *host, tls_reload_t *r, int apply, int dry_run,
+                       char **out, size_t *len, size_t *cap);
 
 /* ---- plugin_rooms.c ---- */
 

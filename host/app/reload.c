@@ -88,6 +88,7 @@ static void restart_notes(const config_t *a, const config_t *b, char **out,
     DIFF_NUM(label, x, y, reconnect_min_delay_ms);
     DIFF_NUM(label, x, y, reconnect_max_delay_ms);
     DIFF_NUM(label, x, y, reconnect_jitter);
+    DIFF_NUM(label, x, y, tls.enabled);
   }
 }
 #undef DIFF_STR
@@ -120,6 +121,8 @@ char *host_reload(host_t *host, const char *config_file, int dry_run) {
     snprintf(err, sizeof err, "out of memory");
   char *notes = NULL;
   size_t notes_len = 0, notes_cap = 0;
+  char *tls_lines = NULL;
+  size_t tls_len = 0, tls_cap = 0;
   restart_notes(c, next, &notes, &notes_len, &notes_cap);
   if (next->log_level != c->log_level) {
     if (!dry_run)
@@ -172,9 +175,16 @@ char *host_reload(host_t *host, const char *config_file, int dry_run) {
     p->loading = fresh[i];
     pthread_mutex_unlock(&host->gen_lock);
   }
+  /* New TLS contexts (certificate rotation) are made before any on_load:
+   * a certificate that fails to load refuses the reload like a plugin. */
+  tls_reload_t *tls_next = NULL;
+  if (!failed && tls_reload_prepare(host, next, &tls_next, err, sizeof err) != 0)
+    failed = 1;
   for (size_t i = 0; !failed && !dry_run && i < count; i++)
     if (fresh[i] && generation_load(fresh[i], err, sizeof err) != 0)
       failed = 1;
+  tls_reload_finish(host, tls_next, !failed, dry_run, &tls_lines, &tls_len,
+                    &tls_cap);
   if (failed) {
     /* Nothing changes: the new generations go, on_unload for any whose
      * on_load ran; the running ones never noticed. */
@@ -219,11 +229,14 @@ char *host_reload(host_t *host, const char *config_file, int dry_run) {
                   p->name, fresh[i]->number, fresh[i]->desc->version, why[i]);
       }
     }
+    if (tls_lines)
+      text_append(&out, &len, &cap, "%s", tls_lines);
     if (notes)
       text_append(&out, &len, &cap, "%s", notes);
   }
   pthread_mutex_unlock(&host->reload_lock);
   free(notes);
+  free(tls_lines);
   free(fresh);
   free(why);
   config_free(next);

@@ -69,6 +69,15 @@ int create_service(host_t *host, size_t i, char *err, size_t err_len) {
     hs->websocket.host = cs->websocket.host;
     hs->transport[0].ops = &websocket_client_transport;
   }
+  /* TLS under whatever the service speaks (tcp, websocket): the socket's
+   * side of the stack, layer 0, the rest moved up one. */
+  if (cs->tls.enabled && hs->transport_layers < TRANSPORT_LAYERS_MAX) {
+    memmove(&hs->transport[1], &hs->transport[0],
+            hs->transport_layers * sizeof hs->transport[0]);
+    hs->transport[0].ops = &tls_transport;
+    hs->transport[0].config = &hs->tls;
+    hs->transport_layers++;
+  }
   o.transport = hs->transport_layers ? hs->transport : NULL;
   o.transport_layers = hs->transport_layers;
   o.handshake_timeout_ms = cs->handshake_timeout_ms;

@@ -1,10 +1,17 @@
 /*
- * ws_pingpong: 64-byte ping-pong over plain TCP or over WebSocket, one
- * client for both so only the server's transport differs (ws_bench.sh runs
- * them side by side; docs/benchmarks.md).
+ * ws_pingpong: 64-byte ping-pong over plain TCP or over WebSocket, with or
+ * without TLS, one client for all so only the server's transport differs
+ * (ws_bench.sh runs them side by side; docs/benchmarks.md).
  *
- *   ws_pingpong tcp|ws --port P --server-pid PID [--conns 100] [--size 64]
- *               [--warmup 0.3] [--duration 2]
+ *   ws_pingpong tcp|ws|tls|wss --port P --server-pid PID [--conns 100]
+ *               [--size 64] [--warmup 0.3] [--duration 2]
+ *   ws_pingpong handshakes --port P --server-pid PID [--duration 2]
+ *
+ * tls and wss speak TLS (OpenSSL, no certificate check: a benchmark) over
+ * the same bytes. handshakes makes one connection after another, each a
+ * full TLS handshake (no resumption) and one 1-byte echo (so a TLS 1.3
+ * server has finished its side), and reports handshakes per second and the
+ * server's CPU per handshake.
  *
  * Every connection keeps one message in flight: tcp sends size bytes and
  * waits for size bytes back; ws upgrades first, then sends one masked
@@ -30,15 +37,20 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <openssl/err.h>
+#include <openssl/ssl.h>
+
 #define MAX_CONNS 10000
 #define MAX_SIZE 125 /* one short frame header each way */
 
 typedef struct conn {
   int fd;
+  SSL *ssl; /* tls and wss */
   size_t got; /* bytes of the current echo */
 } conn_t;
 
 static int ws_mode;
+static SSL_CTX *tls_ctx; /* tls, wss and handshakes */
 static int size = 64;
 static size_t echo_len;
 static uint8_t message[6 + MAX_SIZE];
@@ -72,7 +84,29 @@ static void die(const char *what) {
   exit(1);
 }
 
-static int open_conn(int port) {
+static ssize_t conn_write(conn_t *k, const void *p, size_t n) {
+  if (!k->ssl)
+    return write(k->fd, p, n);
+  size_t done = 0;
+  return SSL_write_ex(k->ssl, p, n, &done) == 1 ? (ssize_t)done : -1;
+}
+
+/* -1 with errno EAGAIN when nothing is ready. */
+static ssize_t conn_read(conn_t *k, void *p, size_t n) {
+  if (!k->ssl)
+    return read(k->fd, p, n);
+  size_t got = 0;
+  if (SSL_read_ex(k->ssl, p, n, &got) == 1)
+    return (ssize_t)got;
+  int e = SSL_get_error(k->ssl, 0);
+  if (e == SSL_ERROR_WANT_READ) {
+    errno = EAGAIN;
+    return -1;
+  }
+  return e == SSL_ERROR_ZERO_RETURN ? 0 : -1;
+}
+
+static void open_conn(conn_t *k, int port) {
   int fd = socket(AF_INET, SOCK_STREAM, 0);
   if (fd < 0)
     die("socket");
@@ -84,17 +118,27 @@ static int open_conn(int port) {
     die("connect");
   int one = 1;
   setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+  k->fd = fd;
+  k->ssl = NULL;
+  if (tls_ctx) {
+    k->ssl = SSL_new(tls_ctx);
+    if (!k->ssl || SSL_set_fd(k->ssl, fd) != 1 || SSL_connect(k->ssl) != 1) {
+      ERR_print_errors_fp(stderr);
+      fprintf(stderr, "ws_pingpong: TLS handshake failed\n");
+      exit(1);
+    }
+  }
   if (ws_mode) {
     static const char req[] =
         "GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
         "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
         "Sec-WebSocket-Version: 13\r\n\r\n";
-    if (write(fd, req, sizeof req - 1) != (ssize_t)(sizeof req - 1))
+    if (conn_write(k, req, sizeof req - 1) != (ssize_t)(sizeof req - 1))
       die("write upgrade");
     char head[1024];
     size_t n = 0;
     while (n < 4 || memcmp(head + n - 4, "\r\n\r\n", 4) != 0) {
-      if (n == sizeof head || read(fd, head + n, 1) != 1)
+      if (n == sizeof head || conn_read(k, head + n, 1) != 1)
         die("read upgrade answer");
       n++;
     }
@@ -104,18 +148,65 @@ static int open_conn(int port) {
     }
   }
   fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK);
-  return fd;
+}
+
+/* One full handshake and a 1-byte echo after another, for duration. */
+static int handshakes(int port, int pid, double warmup, double duration) {
+  double start = now_s(), measure_at = start + warmup,
+         end = measure_at + duration, cpu0 = 0, t0 = 0;
+  unsigned long long done = 0, done0 = 0;
+  int measuring = 0;
+  for (;;) {
+    conn_t k;
+    open_conn(&k, port);
+    fcntl(k.fd, F_SETFL, fcntl(k.fd, F_GETFL) & ~O_NONBLOCK);
+    char b = 'x';
+    if (conn_write(&k, &b, 1) != 1 || conn_read(&k, &b, 1) != 1)
+      die("echo after the handshake");
+    SSL_free(k.ssl);
+    close(k.fd);
+    done++;
+    double t = now_s();
+    if (!measuring && t >= measure_at) {
+      measuring = 1;
+      done0 = done;
+      cpu0 = server_cpu_s(pid);
+      t0 = t;
+    }
+    if (t >= end)
+      break;
+  }
+  double secs = now_s() - t0;
+  double cpu = server_cpu_s(pid) - cpu0;
+  unsigned long long n = done - done0;
+  printf("handshakes=%llu secs=%.3f handshakes_per_s=%.0f server_cpu_s=%.3f "
+         "server_cpu_us_per_handshake=%.1f\n",
+         n, secs, n / secs, cpu, n ? cpu * 1e6 / (double)n : 0.0);
+  return 0;
 }
 
 int main(int argc, char **argv) {
   int port = 0, pid = 0, conns = 100;
   double warmup = 0.3, duration = 2;
-  if (argc < 2 || (strcmp(argv[1], "tcp") && strcmp(argv[1], "ws"))) {
-    fprintf(stderr, "usage: ws_pingpong tcp|ws --port P --server-pid PID "
-                    "[--conns N] [--size B] [--warmup S] [--duration S]\n");
+  const char *mode = argc >= 2 ? argv[1] : "";
+  int tls_mode = !strcmp(mode, "tls") || !strcmp(mode, "wss") ||
+                 !strcmp(mode, "handshakes");
+  if (strcmp(mode, "tcp") && strcmp(mode, "ws") && !tls_mode) {
+    fprintf(stderr, "usage: ws_pingpong tcp|ws|tls|wss|handshakes --port P "
+                    "--server-pid PID [--conns N] [--size B] [--warmup S] "
+                    "[--duration S]\n");
     return 2;
   }
-  ws_mode = strcmp(argv[1], "ws") == 0;
+  ws_mode = !strcmp(mode, "ws") || !strcmp(mode, "wss");
+  if (tls_mode) {
+    tls_ctx = SSL_CTX_new(TLS_client_method());
+    if (!tls_ctx)
+      die("SSL_CTX_new");
+    SSL_CTX_set_verify(tls_ctx, SSL_VERIFY_NONE, NULL);
+    /* Every handshake a full one. */
+    SSL_CTX_set_session_cache_mode(tls_ctx, SSL_SESS_CACHE_OFF);
+    SSL_CTX_set_options(tls_ctx, SSL_OP_NO_TICKET);
+  }
   for (int i = 2; i + 1 < argc; i += 2) {
     if (!strcmp(argv[i], "--port"))
       port = atoi(argv[i + 1]);
@@ -137,6 +228,8 @@ int main(int argc, char **argv) {
                     "--duration up to 60 s\n", MAX_CONNS, MAX_SIZE);
     return 2;
   }
+  if (!strcmp(mode, "handshakes"))
+    return handshakes(port, pid, warmup, duration);
   if (ws_mode) {
     static const uint8_t key[4] = {0x12, 0x34, 0x56, 0x78};
     message[0] = 0x82;
@@ -156,10 +249,10 @@ int main(int argc, char **argv) {
   if (!c || ep < 0)
     die("setup");
   for (int i = 0; i < conns; i++) {
-    c[i].fd = open_conn(port);
+    open_conn(&c[i], port);
     struct epoll_event ev = {.events = EPOLLIN, .data.u32 = (uint32_t)i};
     epoll_ctl(ep, EPOLL_CTL_ADD, c[i].fd, &ev);
-    if (write(c[i].fd, message, message_len) != (ssize_t)message_len)
+    if (conn_write(&c[i], message, message_len) != (ssize_t)message_len)
       die("write");
   }
   double start = now_s(), measure_at = start + warmup,
@@ -172,7 +265,10 @@ int main(int argc, char **argv) {
     int n = epoll_wait(ep, evs, 256, 50);
     for (int i = 0; i < n; i++) {
       conn_t *k = &c[evs[i].data.u32];
-      ssize_t r = read(k->fd, buf, sizeof buf);
+      /* TLS may hold a whole record already read from the socket. */
+      ssize_t r;
+    again:
+      r = conn_read(k, buf, sizeof buf);
       if (r <= 0) {
         if (r < 0 && errno == EAGAIN)
           continue;
@@ -187,8 +283,10 @@ int main(int argc, char **argv) {
       if (k->got == echo_len) {
         k->got = 0;
         done++;
-        if (write(k->fd, message, message_len) != (ssize_t)message_len)
+        if (conn_write(k, message, message_len) != (ssize_t)message_len)
           die("write");
+      } else if (k->ssl) {
+        goto again;
       }
     }
     double t = now_s();
@@ -206,10 +304,12 @@ int main(int argc, char **argv) {
   unsigned long long msgs = done - done0;
   printf("transport=%s conns=%d size=%d secs=%.3f msgs=%llu msgs_per_s=%.0f "
          "server_cpu_s=%.3f server_cpu_us_per_msg=%.3f\n",
-         ws_mode ? "ws" : "tcp", conns, size, secs, msgs, msgs / secs, cpu,
+         mode, conns, size, secs, msgs, msgs / secs, cpu,
          msgs ? cpu * 1e6 / (double)msgs : 0.0);
-  for (int i = 0; i < conns; i++)
+  for (int i = 0; i < conns; i++) {
+    SSL_free(c[i].ssl);
     close(c[i].fd);
+  }
   free(c);
   return 0;
 }
