@@ -93,6 +93,14 @@ void generation_drop_hold(generation_t *g) {
   pthread_mutex_unlock(&host->gen_lock);
 }
 
+void generation_drop_room(generation_t *g) {
+  host_t *host = g->plugin->host;
+  pthread_mutex_lock(&host->gen_lock);
+  g->rooms--;
+  drop_hold_locked(host, g);
+  pthread_mutex_unlock(&host->gen_lock);
+}
+
 void generation_drop_holds2(generation_t *a, generation_t *b) {
   generation_t *any = a ? a : b;
   if (!any)
@@ -329,14 +337,15 @@ void unload_plugins(host_t *host) {
         g->desc->on_unload();
       g->loaded = 0;
       pthread_mutex_lock(&host->gen_lock);
-      long sessions = g->sessions, holds = g->holds;
+      long sessions = g->sessions, holds = g->holds, rooms = g->rooms;
       pthread_mutex_unlock(&host->gen_lock);
       if (sessions != 0 || holds != 0)
         log_write(LOG_ERROR, "host",
-                  "plugin %s generation %u still has %ld sessions and %ld "
-                  "timers, posts or rooms after on_unload (a session or room "
-                  "handle was kept without release)",
-                  p->name, g->number, sessions, holds);
+                  "plugin %s generation %u still has %ld sessions, %ld rooms "
+                  "and %ld timers, posts or work after on_unload (the plugin "
+                  "kept a session handle without session_release or a room "
+                  "handle without room_release)",
+                  p->name, g->number, sessions, rooms, holds - rooms);
       generation_close(g);
       g = next;
     }
