@@ -68,11 +68,12 @@ static void *late_worker(void *arg) {
     atomic_store(&saw_report, 1);
     return NULL;
   }
+  /* Said before the drop: an unload that waited for it sees it said. */
+  atomic_store(&dropped, 1);
   if (room)
     generation_drop_room(gen);
   else
     generation_drop_hold(gen);
-  atomic_store(&dropped, 1);
   return NULL;
 }
 
