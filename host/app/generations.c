@@ -11,6 +11,7 @@
 #include <string.h>
 
 #include "admission.h"
+#include "engine/cond_wait.h"
 #include "engine/log.h"
 #include "host_internal.h"
 #include "plugin_metrics.h"
@@ -89,6 +90,14 @@ static void drop_hold_locked(host_t *host, generation_t *g) {
 void generation_drop_hold(generation_t *g) {
   host_t *host = g->plugin->host;
   pthread_mutex_lock(&host->gen_lock);
+  drop_hold_locked(host, g);
+  pthread_mutex_unlock(&host->gen_lock);
+}
+
+void generation_drop_room(generation_t *g) {
+  host_t *host = g->plugin->host;
+  pthread_mutex_lock(&host->gen_lock);
+  g->rooms--;
   drop_hold_locked(host, g);
   pthread_mutex_unlock(&host->gen_lock);
 }
@@ -292,6 +301,10 @@ void *reaper_main(void *arg) {
   return NULL;
 }
 
+/* How long the stop waits, after on_unload, for what I/O workers still
+ * hold of a generation (see unload_plugins); only a leak waits it out. */
+#define UNLOAD_GRACE_MS 2000
+
 /* Unloads every generation still there: the stop, after every session.
  * Under the reload lock, so a reload still answering has finished with the
  * generations it names. */
@@ -311,6 +324,9 @@ void unload_plugins(host_t *host) {
     generation_t *g = p->generations;
     p->generations = NULL;
     p->current = NULL;
+    /* None is current now: a drop to nothing held wakes the wait below. */
+    for (generation_t *r = g; r; r = r->next)
+      r->retired = 1;
     pthread_mutex_unlock(&host->gen_lock);
     while (g) {
       generation_t *next = g->next;
@@ -328,15 +344,28 @@ void unload_plugins(host_t *host) {
       if (g->loaded && g->desc->on_unload)
         g->desc->on_unload();
       g->loaded = 0;
+      /* What on_unload let go of may still be held a moment by an I/O
+       * worker: a closed room's last reference is often the one of the
+       * timer, post or close that ran last in its order, released after
+       * that op's done, which is what rooms_close_all waited for (strand.c:
+       * done, then release). Wait for those (the cores still run), bounded:
+       * only what stays held is a leak, and the generation must not be
+       * freed while a worker is still to drop its hold on it. */
+      uint64_t deadline = clock_now_ms() + UNLOAD_GRACE_MS;
       pthread_mutex_lock(&host->gen_lock);
-      long sessions = g->sessions, holds = g->holds;
+      while ((g->sessions != 0 || g->holds != 0) &&
+             !cond_wait_until_ms(&host->gen_changed, &host->gen_lock,
+                                 deadline)) {
+      }
+      long sessions = g->sessions, holds = g->holds, rooms = g->rooms;
       pthread_mutex_unlock(&host->gen_lock);
       if (sessions != 0 || holds != 0)
         log_write(LOG_ERROR, "host",
-                  "plugin %s generation %u still has %ld sessions and %ld "
-                  "timers, posts or rooms after on_unload (a session or room "
-                  "handle was kept without release)",
-                  p->name, g->number, sessions, holds);
+                  "plugin %s generation %u still has %ld sessions, %ld rooms "
+                  "and %ld timers, posts or work after on_unload (the plugin "
+                  "kept a session handle without session_release or a room "
+                  "handle without room_release)",
+                  p->name, g->number, sessions, rooms, holds - rooms);
       generation_close(g);
       g = next;
     }

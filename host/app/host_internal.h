@@ -76,6 +76,7 @@ struct generation {
   uint64_t source_hash;
   long sessions; /* bound sessions; under host->gen_lock */
   long holds;    /* timers and posts that will run its code; gen_lock */
+  long rooms;    /* of the holds: its rooms not yet freed; gen_lock */
   uintptr_t image_start, image_end; /* where its library is mapped */
   int loaded;                       /* on_load succeeded: on_unload is owed */
   int retired;        /* no longer current: unload at 0 sessions */
@@ -237,6 +238,8 @@ generation_t *generation_hold_code(host_t *host, uintptr_t address);
 void generation_hold_code2(host_t *host, uintptr_t a, uintptr_t b,
                            generation_t **held_a, generation_t **held_b);
 void generation_drop_holds2(generation_t *a, generation_t *b);
+/* A room's hold (api_room_create counts it in holds and rooms). */
+void generation_drop_room(generation_t *g);
 /* The reaper thread's body; unload_plugins ends it and unloads the rest. */
 int move_to_shadow(host_t *host, char *err, size_t err_len);
 void *reaper_main(void *arg);

@@ -287,7 +287,7 @@ static void on_room_close(room_t *r) {
 static void on_room_free(room_t *r) {
   host_room_t *h = host_room(r);
   if (h->generation)
-    generation_drop_hold(h->generation);
+    generation_drop_room(h->generation);
 }
 
 static const room_handler_t room_handler = {.on_close = on_room_close,
@@ -396,6 +396,7 @@ static iocphost_room_t *api_room_create(const iocphost_api_t *api,
   h->state = (char *)h + HOST_ROOM_BYTES;
   pthread_mutex_lock(&host->gen_lock);
   g->holds++; /* the room's callbacks are this generation's code */
+  g->rooms++;
   pthread_mutex_unlock(&host->gen_lock);
   h->generation = g;
   /* Always, even if the room is closed before it runs: on_open is a
