@@ -419,6 +419,15 @@ static tls_status_t fail(tls_conn_t *c, int ssl_error) {
   return TLS_FAILED;
 }
 
+/* SSL_get_error needs an empty error queue before each call into the
+ * connection. Clearing it walks all its slots (OpenSSL 3.0: 2.7% of a
+ * TLS echo's server CPU, perf); it is nearly always empty already, and
+ * peeking at an empty queue is cheap. */
+static void clear_errors(void) {
+  if (ERR_peek_error() != 0)
+    ERR_clear_error();
+}
+
 tls_conn_t *tls_conn_new(tls_ctx_t *ctx, char *err, size_t err_len) {
   format(err, err_len, "%s", "");
   ERR_clear_error();
@@ -517,7 +526,7 @@ tls_status_t tls_conn_read(tls_conn_t *c, const void **wire, size_t *wire_len,
     format(c->error, sizeof c->error, "TLS failed: a read with no plaintext buffer");
     return TLS_FAILED;
   }
-  ERR_clear_error();
+  clear_errors();
   c->in = *wire;
   c->in_len = *wire_len;
   tls_status_t st = read_step(c, plain, cap, got);
@@ -538,7 +547,7 @@ tls_status_t tls_conn_write(tls_conn_t *c, const void *plain, size_t len) {
            c->close_sent ? "after close_notify" : "before the handshake completed");
     return TLS_FAILED;
   }
-  ERR_clear_error();
+  clear_errors();
   const unsigned char *p = plain;
   while (len > 0) {
     size_t n = 0;
@@ -560,7 +569,7 @@ tls_status_t tls_conn_close(tls_conn_t *c) {
     return TLS_OK; /* a handshake cut short has nothing to close */
   }
   c->close_sent = true;
-  ERR_clear_error();
+  clear_errors();
   int r = SSL_shutdown(c->ssl);
   if (r < 0) {
     return fail(c, SSL_get_error(c->ssl, r));
