@@ -18,6 +18,7 @@ struct core {
 };
 
 typedef struct send_chunk send_chunk_t;
+typedef struct send_state send_state_t;
 typedef struct client_slot client_slot_t;
 
 typedef enum session_state {
@@ -57,16 +58,15 @@ struct session {
   uint32_t extra_size; /* bytes of extra state, as the factory asked */
   client_slot_t *slot; /* client sessions: the slot that keeps it */
   io_handle_t handle;
+  /* The receive; before the first one it carries the connect (a client
+   * session's), so an op exists for every moment of the session's life. */
   io_op_t recv_op;
-  io_op_t send_op; /* also carries the connect */
   io_op_t kick_op; /* start, flush and close requests, in serial order */
   pthread_mutex_t lock;
-  /* Send queue (under lock). */
-  send_chunk_t *queue_head;
-  send_chunk_t *queue_tail;
-  uint64_t queued_bytes;
+  /* The send side (under lock): the queue, its send op and gather list,
+   * allocated only while bytes wait (session.c); NULL when idle. */
+  send_state_t *tx;
   size_t sent_unreported; /* worker only: sent at once, on_sent still owed */
-  io_buf_t *send_bufs; /* gather list while a send is in flight */
   /* Unconsumed received bytes, allocated only while there are some. */
   uint8_t *pending_in;
   uint32_t pending_in_len;

@@ -59,6 +59,20 @@ struct send_chunk {
   uint8_t bytes[];
 };
 
+/* What a session has only while bytes wait to be sent: allocated when the
+ * first byte is queued, freed (under the lock) once the queue is empty and
+ * no send is in flight. An idle session, and one whose sends go out at once
+ * (enqueue's try-write), holds none of it. The send op in flight lives here
+ * and holds its session (SPEC section 2), so the block is never freed under
+ * it: on_send_done frees it, after the op completed. */
+struct send_state {
+  io_op_t op;
+  send_chunk_t *head;
+  send_chunk_t *tail;
+  uint64_t queued_bytes;
+  io_buf_t bufs[SEND_BUFS_MAX]; /* the gather list of the send in flight */
+};
+
 struct shared_buf {
   atomic_int refs;
   size_t len;
@@ -114,6 +128,34 @@ static void free_chunk(send_chunk_t *c) {
   free(c);
 }
 
+/* Under the lock (or once nothing else can see the session): drops the
+ * send side, its queued bytes with it. Never while a send is in flight. */
+static void tx_free_locked(session_t *s) {
+  send_state_t *tx = s->tx;
+  if (!tx)
+    return;
+  send_chunk_t *c = tx->head;
+  while (c) {
+    send_chunk_t *next = c->next;
+    free_chunk(c);
+    c = next;
+  }
+  service__count_buffers(s->service, -(int64_t)tx->queued_bytes, 0);
+  free(tx);
+  s->tx = NULL;
+}
+
+/* Under the lock: the send side, allocated at the first byte queued. */
+static send_state_t *tx_get_locked(session_t *s) {
+  if (!s->tx)
+    s->tx = calloc(1, sizeof *s->tx);
+  return s->tx;
+}
+
+static uint64_t queued_bytes_locked(const session_t *s) {
+  return s->tx ? s->tx->queued_bytes : 0;
+}
+
 static void destroy(session_t *s) {
   service_t *svc = s->service;
   const session_handler_t *h = opts_of(s)->factory.handler;
@@ -121,16 +163,9 @@ static void destroy(session_t *s) {
     h->on_free(s);
   if (s->has_transport)
     transport_free(s);
-  send_chunk_t *c = s->queue_head;
-  while (c) {
-    send_chunk_t *next = c->next;
-    free_chunk(c);
-    c = next;
-  }
-  free(s->send_bufs);
+  tx_free_locked(s);
   free(s->pending_in);
-  service__count_buffers(svc, -(int64_t)s->queued_bytes,
-                         -(int64_t)s->pending_in_cap);
+  service__count_buffers(svc, 0, -(int64_t)s->pending_in_cap);
   pthread_mutex_destroy(&s->lock);
   free(s);
   engine__live_add(-1);
@@ -444,7 +479,7 @@ int session__attach(session_t *s, io_socket_t sock, int worker_hint) {
 }
 
 static void on_connect_done(io_op_t *op, int status, size_t bytes) {
-  session_t *s = container_of(op, session_t, send_op);
+  session_t *s = container_of(op, session_t, recv_op);
   pthread_mutex_lock(&s->lock);
   if (status == 0 && s->close_request)
     status = IO_ECANCELED;
@@ -479,7 +514,9 @@ static void on_connect_done(io_op_t *op, int status, size_t bytes) {
 }
 
 void session__connect(session_t *s, io_socket_t sock, int worker_hint) {
-  s->send_op.complete = on_connect_done;
+  /* The receive op carries the connect: no receive is issued before the
+   * session opens, which is after the connect completed. */
+  s->recv_op.complete = on_connect_done;
   s->peer = opts_of(s)->address; /* a client session's peer is its target */
   session__ref(s); /* the connect's reference */
   int rc = io_handle_open(service_core(s->service)->io, &s->handle, sock,
@@ -488,14 +525,14 @@ void session__connect(session_t *s, io_socket_t sock, int worker_hint) {
     io_socket_close(sock);
     s->handle.socket = IO_INVALID_SOCKET;
     s->handle.closed = 1;
-    io_post(&s->handle, &s->send_op, rc);
+    io_post(&s->handle, &s->recv_op, rc);
     return;
   }
-  s->send_op.type = IO_OP_CONNECT;
-  s->send_op.handle = &s->handle;
-  s->send_op.status = 0;
-  s->send_op.u.connect.to = &opts_of(s)->address;
-  io_submit(&s->send_op);
+  s->recv_op.type = IO_OP_CONNECT;
+  s->recv_op.handle = &s->handle;
+  s->recv_op.status = 0;
+  s->recv_op.u.connect.to = &opts_of(s)->address;
+  io_submit(&s->recv_op);
 }
 
 /* ---- receiving ---- */
@@ -688,45 +725,38 @@ static void flush(session_t *s) {
     pthread_mutex_unlock(&s->lock);
     return;
   }
-  if (!s->queue_head) {
+  send_state_t *tx = s->tx;
+  if (!tx) {
     pthread_mutex_unlock(&s->lock);
     if (s->state == SESSION_CLOSING && s->close_started)
       begin_close(s, s->reason, 1); /* drained: go on closing */
     return;
   }
-  if (!s->send_bufs) {
-    s->send_bufs = malloc(SEND_BUFS_MAX * sizeof *s->send_bufs);
-    if (!s->send_bufs) {
-      pthread_mutex_unlock(&s->lock);
-      begin_close(s, REASON_IO_ERROR, 0);
-      return;
-    }
-  }
   int count = 0;
-  for (send_chunk_t *c = s->queue_head; c && count < SEND_BUFS_MAX;
-       c = c->next) {
-    if (!fill_buf(&s->send_bufs[count++], c->data, c->len))
+  for (send_chunk_t *c = tx->head; c && count < SEND_BUFS_MAX; c = c->next) {
+    if (!fill_buf(&tx->bufs[count++], c->data, c->len))
       break;
   }
   s->sending = 1;
   session__ref(s);
-  s->send_op.type = IO_OP_SEND;
-  s->send_op.handle = &s->handle;
-  s->send_op.status = 0;
-  s->send_op.complete = on_send_done;
-  s->send_op.u.send.bufs = s->send_bufs;
-  s->send_op.u.send.count = count;
+  tx->op.type = IO_OP_SEND;
+  tx->op.handle = &s->handle;
+  tx->op.status = 0;
+  tx->op.complete = on_send_done;
+  tx->op.u.send.bufs = tx->bufs;
+  tx->op.u.send.count = count;
   pthread_mutex_unlock(&s->lock);
-  io_submit(&s->send_op);
+  io_submit(&tx->op);
 }
 
 static void on_send_done(io_op_t *op, int status, size_t bytes) {
-  session_t *s = container_of(op, session_t, send_op);
+  send_state_t *tx = container_of(op, send_state_t, op);
+  session_t *s = container_of(op->handle, session_t, handle);
   pthread_mutex_lock(&s->lock);
   s->sending = 0;
   size_t left = status == 0 ? bytes : 0;
-  while (left > 0 && s->queue_head) {
-    send_chunk_t *c = s->queue_head;
+  while (left > 0 && tx->head) {
+    send_chunk_t *c = tx->head;
     if (left < c->len) {
       c->data += left;
       c->len -= left;
@@ -734,20 +764,20 @@ static void on_send_done(io_op_t *op, int status, size_t bytes) {
       break;
     }
     left -= c->len;
-    s->queue_head = c->next;
-    if (!s->queue_head)
-      s->queue_tail = NULL;
+    tx->head = c->next;
+    if (!tx->head)
+      tx->tail = NULL;
     free_chunk(c);
   }
   if (status == 0) {
-    s->queued_bytes -= bytes;
+    tx->queued_bytes -= bytes;
     service__count_buffers(s->service, -(int64_t)bytes, 0);
   }
-  int more = s->queue_head != NULL;
-  if (!more) {
-    free(s->send_bufs);
-    s->send_bufs = NULL;
-  }
+  /* Drained: the send side goes until bytes wait again. (What an abort
+   * left behind a send in flight stays until destroy: flush sends no more
+   * once the socket is closed.) */
+  if (!tx->head)
+    tx_free_locked(s);
   pthread_mutex_unlock(&s->lock);
   if (status < 0) {
     if (status != IO_ECANCELED)
@@ -764,9 +794,9 @@ static void on_send_done(io_op_t *op, int status, size_t bytes) {
 }
 
 /* Appends under the lock; the caller has checked the limit. */
-static int append_locked(session_t *s, const session_buf_t *bufs, size_t count,
-                         size_t total) {
-  send_chunk_t *tail = s->queue_tail;
+static int append_locked(send_state_t *tx, const session_buf_t *bufs,
+                         size_t count, size_t total) {
+  send_chunk_t *tail = tx->tail;
   if (tail && !tail->shared && tail->room >= total) {
     uint8_t *end = tail->data + tail->len;
     for (size_t i = 0; i < count; i++) {
@@ -793,8 +823,8 @@ static int append_locked(session_t *s, const session_buf_t *bufs, size_t count,
   if (tail)
     tail->next = c;
   else
-    s->queue_head = c;
-  s->queue_tail = c;
+    tx->head = c;
+  tx->tail = c;
   return 0;
 }
 
@@ -814,7 +844,7 @@ static int enqueue_locked(session_t *s, const session_buf_t *bufs,
    * socket takes the excess. (A transport's handshake answer goes out the
    * same way, before the session is open.) */
   size_t sent = 0;
-  if (!s->queue_head && !s->sending &&
+  if (!s->tx && !s->sending &&
       (s->state == SESSION_OPEN ||
        (s->state == SESSION_OPENING && s->transport_started)) &&
       io_handle_on_worker(&s->handle)) {
@@ -845,10 +875,14 @@ static int enqueue_locked(session_t *s, const session_buf_t *bufs,
   if (sent == total)
     return ENGINE_OK;
   uint64_t limit = opts_of(s)->send_queue_limit_bytes;
-  if (total - sent > limit || s->queued_bytes > limit - (total - sent)) {
+  if (total - sent > limit ||
+      queued_bytes_locked(s) > limit - (total - sent)) {
     *partial = sent > 0;
     return ENGINE_E_QUEUE_FULL;
   }
+  send_state_t *tx = tx_get_locked(s);
+  if (!tx)
+    return ENGINE_E_NOMEM;
   int rc;
   if (shared && sent > 0) {
     /* A shared buffer the socket took part of: copy the rest. */
@@ -858,7 +892,7 @@ static int enqueue_locked(session_t *s, const session_buf_t *bufs,
     count = 1;
     total -= sent;
     sent = 0;
-    rc = append_locked(s, bufs, count, total);
+    rc = append_locked(tx, bufs, count, total);
   } else if (shared) {
     send_chunk_t *c = malloc(sizeof *c);
     rc = c ? 0 : -1;
@@ -869,11 +903,11 @@ static int enqueue_locked(session_t *s, const session_buf_t *bufs,
       c->data = shared->data;
       c->len = shared->len;
       c->room = 0;
-      if (s->queue_tail)
-        s->queue_tail->next = c;
+      if (tx->tail)
+        tx->tail->next = c;
       else
-        s->queue_head = c;
-      s->queue_tail = c;
+        tx->head = c;
+      tx->tail = c;
     }
   } else {
     /* Skip what the socket already took. */
@@ -890,11 +924,14 @@ static int enqueue_locked(session_t *s, const session_buf_t *bufs,
       count -= k;
       total -= sent;
     }
-    rc = append_locked(s, bufs, count, total);
+    rc = append_locked(tx, bufs, count, total);
   }
-  if (rc != 0)
+  if (rc != 0) {
+    if (!tx->head)
+      tx_free_locked(s); /* made for these bytes only */
     return ENGINE_E_NOMEM;
-  s->queued_bytes += total;
+  }
+  tx->queued_bytes += total;
   service__count_buffers(s->service, (int64_t)total, 0);
   post_kick_locked(s);
   return ENGINE_OK;
@@ -1011,7 +1048,7 @@ static void on_close_timeout(session_t *s, void *arg) {
     if (claims_clean_end(reason)) {
       reason = REASON_SEND_QUEUE_FULL;
       pthread_mutex_lock(&s->lock);
-      unsigned long long left = (unsigned long long)s->queued_bytes;
+      unsigned long long left = (unsigned long long)queued_bytes_locked(s);
       pthread_mutex_unlock(&s->lock);
       char peer[ADDRESS_TEXT_MAX] = "?";
       address_format(&s->peer, peer, sizeof peer);
@@ -1113,14 +1150,9 @@ static void begin_close(session_t *s, int reason, int graceful) {
      * those buffers until the send completes (cancelled, once the socket
      * is closed below). destroy() frees what is left. */
     pthread_mutex_lock(&s->lock);
-    int lost = s->queue_head != NULL;
-    send_chunk_t *c = NULL;
-    if (!s->sending) {
-      c = s->queue_head;
-      s->queue_head = s->queue_tail = NULL;
-      service__count_buffers(s->service, -(int64_t)s->queued_bytes, 0);
-      s->queued_bytes = 0;
-    }
+    int lost = s->tx && s->tx->head;
+    if (!s->sending)
+      tx_free_locked(s);
     pthread_mutex_unlock(&s->lock);
     /* The first reason wins, except that accepted bytes thrown away here
      * were lost for this reason, and a reason that claims a clean end must
@@ -1133,16 +1165,11 @@ static void begin_close(session_t *s, int reason, int graceful) {
      * EOF on). A reset says it was cut. */
     if (lost)
       io_handle_reset_on_close(&s->handle);
-    while (c) {
-      send_chunk_t *next = c->next;
-      free_chunk(c);
-      c = next;
-    }
     finish_close(s, 0);
     return;
   }
   pthread_mutex_lock(&s->lock);
-  int drained = !s->queue_head && !s->sending;
+  int drained = !s->tx && !s->sending;
   pthread_mutex_unlock(&s->lock);
   if (drained)
     finish_close(s, 1);
@@ -1580,7 +1607,7 @@ void session_get_info(session_t *s, session_info_t *out) {
   out->bytes_in = atomic_load_explicit(&s->bytes_in, memory_order_relaxed);
   out->bytes_out = atomic_load_explicit(&s->bytes_out, memory_order_relaxed);
   pthread_mutex_lock(&s->lock);
-  out->queued_bytes = s->queued_bytes;
+  out->queued_bytes = queued_bytes_locked(s);
   pthread_mutex_unlock(&s->lock);
 }
 
