@@ -62,7 +62,7 @@ struct session {
    * session's), so an op exists for every moment of the session's life. */
   io_op_t recv_op;
   io_op_t kick_op; /* start, flush and close requests, in serial order */
-  pthread_mutex_t lock;
+  engine_lock_t lock;
   /* The send side (under lock): the queue, its send op and gather list,
    * allocated only while bytes wait (session.c); NULL when idle. */
   send_state_t *tx;

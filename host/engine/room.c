@@ -24,7 +24,7 @@ struct room {
   const room_handler_t *handler;
   void *context;
   io_handle_t handle; /* no socket: a place in a worker's serial order */
-  pthread_mutex_t lock;
+  engine_lock_t lock;
   strand_t strand;
   uint8_t closing;  /* under lock: room_close was called */
   io_op_t close_op; /* the close, in the room's order (no allocation) */
@@ -69,7 +69,7 @@ room_t *room_create(core_t *core, const room_handler_t *handler, size_t extra,
   r->handler = handler;
   r->context = context;
   r->extra_size = extra;
-  pthread_mutex_init(&r->lock, NULL);
+  engine_lock_init(&r->lock);
   strand_init(&r->strand, &r->handle, &r->lock, r, &room_strand_ops);
   engine__live_add(1);
   return r;
@@ -89,15 +89,15 @@ void room_release(room_t *r) {
     return;
   if (r->handler && r->handler->on_free)
     r->handler->on_free(r);
-  pthread_mutex_destroy(&r->lock);
+  engine_lock_destroy(&r->lock);
   free(r);
   engine__live_add(-1);
 }
 
 int room_is_open(room_t *r) {
-  pthread_mutex_lock(&r->lock);
+  engine_lock(&r->lock);
   int open = !r->closing;
-  pthread_mutex_unlock(&r->lock);
+  engine_unlock(&r->lock);
   return open;
 }
 
@@ -114,13 +114,13 @@ static void on_close_op(io_op_t *op, int status, size_t bytes) {
 }
 
 int room_close(room_t *r) {
-  pthread_mutex_lock(&r->lock);
+  engine_lock(&r->lock);
   if (r->closing) {
-    pthread_mutex_unlock(&r->lock);
+    engine_unlock(&r->lock);
     return ENGINE_E_CLOSED;
   }
   r->closing = 1;
-  pthread_mutex_unlock(&r->lock);
+  engine_unlock(&r->lock);
   /* The room's own op: a close can never fail for want of memory. */
   room_acquire(r);
   r->close_op.complete = on_close_op;

@@ -166,7 +166,7 @@ static void destroy(session_t *s) {
   tx_free_locked(s);
   free(s->pending_in);
   service__count_buffers(svc, 0, -(int64_t)s->pending_in_cap);
-  pthread_mutex_destroy(&s->lock);
+  engine_lock_destroy(&s->lock);
   free(s);
   engine__live_add(-1);
   service__session_freed(svc);
@@ -204,7 +204,7 @@ session_t *session__new(service_t *svc) {
   s->context = context;
   s->handle.socket = IO_INVALID_SOCKET;
   s->kick_op.complete = on_kick;
-  pthread_mutex_init(&s->lock, NULL);
+  engine_lock_init(&s->lock);
   strand_init(&s->strand, &s->handle, &s->lock, s, &session_strand_ops);
   engine__live_add(1);
   /* The service outlives its sessions: service_wait_closed waits for this
@@ -366,9 +366,9 @@ static void check_incomplete(session_t *s, void *arg) {
 /* A transport session is receiving already (its handshake needed it). */
 static void open_session(session_t *s, int start_receiving) {
   const service_options_t *o = opts_of(s);
-  pthread_mutex_lock(&s->lock);
+  engine_lock(&s->lock);
   s->state = SESSION_OPEN;
-  pthread_mutex_unlock(&s->lock);
+  engine_unlock(&s->lock);
   s->last_recv_ms = clock_now_ms();
   if (o->idle_timeout_ms)
     timer_start(s, o->idle_timeout_ms, 0, check_idle, NULL, 1);
@@ -390,11 +390,11 @@ static void report_sent(session_t *s) {
 
 static void on_kick(io_op_t *op, int status, size_t bytes) {
   session_t *s = container_of(op, session_t, kick_op);
-  pthread_mutex_lock(&s->lock);
+  engine_lock(&s->lock);
   s->kick_pending = 0;
   int request = s->close_request;
   int abort_now = s->close_abort;
-  pthread_mutex_unlock(&s->lock);
+  engine_unlock(&s->lock);
   /* A session that was accepted or connected before its service's stop
    * began, and opens after: the stop has told the plugin (on_stopping), so
    * no on_connected may follow it. It ends quietly. */
@@ -409,10 +409,10 @@ static void on_kick(io_op_t *op, int status, size_t bytes) {
       open_session(s, 1);
     else if (!s->transport_started)
       transport_start(s);
-    pthread_mutex_lock(&s->lock);
+    engine_lock(&s->lock);
     request = s->close_request;
     abort_now = s->close_abort;
-    pthread_mutex_unlock(&s->lock);
+    engine_unlock(&s->lock);
   }
   if (request)
     begin_close(s, request, !abort_now);
@@ -424,12 +424,12 @@ static void on_kick(io_op_t *op, int status, size_t bytes) {
 static int request_close(session_t *s, int reason, int abort_now) {
   if (!reason)
     return ENGINE_E_INVAL;
-  pthread_mutex_lock(&s->lock);
+  engine_lock(&s->lock);
   if (s->state >= SESSION_CLOSED ||
       (s->close_request && (!abort_now || s->close_abort))) {
     /* Read the state before unlocking: the worker may be changing it. */
     int rc = s->state >= SESSION_CLOSED ? ENGINE_E_CLOSED : ENGINE_OK;
-    pthread_mutex_unlock(&s->lock);
+    engine_unlock(&s->lock);
     return rc;
   }
   if (!s->close_request)
@@ -442,7 +442,7 @@ static int request_close(session_t *s, int reason, int abort_now) {
     session__ref(s);
     io_post(&s->handle, &s->kick_op, 0);
   }
-  pthread_mutex_unlock(&s->lock);
+  engine_unlock(&s->lock);
   return ENGINE_OK;
 }
 
@@ -472,23 +472,23 @@ int session__attach(session_t *s, io_socket_t sock, int worker_hint) {
   s->state = SESSION_OPENING;
   s->connected_ms = clock_now_ms();
   service__register(s->service, s);
-  pthread_mutex_lock(&s->lock);
+  engine_lock(&s->lock);
   post_kick_locked(s);
-  pthread_mutex_unlock(&s->lock);
+  engine_unlock(&s->lock);
   return 0;
 }
 
 static void on_connect_done(io_op_t *op, int status, size_t bytes) {
   session_t *s = container_of(op, session_t, recv_op);
-  pthread_mutex_lock(&s->lock);
+  engine_lock(&s->lock);
   if (status == 0 && s->close_request)
     status = IO_ECANCELED;
-  pthread_mutex_unlock(&s->lock);
+  engine_unlock(&s->lock);
   if (status < 0) {
-    pthread_mutex_lock(&s->lock);
+    engine_lock(&s->lock);
     s->close_request = REASON_CONNECT_FAILED;
     s->state = SESSION_CLOSED;
-    pthread_mutex_unlock(&s->lock);
+    engine_unlock(&s->lock);
     s->close_started = 1;
     service__connect_done(s->slot, s, status);
     if (!s->handle.closed)
@@ -501,15 +501,15 @@ static void on_connect_done(io_op_t *op, int status, size_t bytes) {
   if (opts_of(s)->tcp_nodelay)
     io_socket_set_nodelay(s->handle.socket, 1);
   /* Other threads read the state under the lock (session_is_open). */
-  pthread_mutex_lock(&s->lock);
+  engine_lock(&s->lock);
   s->state = SESSION_OPENING;
-  pthread_mutex_unlock(&s->lock);
+  engine_unlock(&s->lock);
   s->connected_ms = clock_now_ms();
   service__register(s->service, s);
   service__connect_done(s->slot, s, 0);
-  pthread_mutex_lock(&s->lock);
+  engine_lock(&s->lock);
   post_kick_locked(s);
-  pthread_mutex_unlock(&s->lock);
+  engine_unlock(&s->lock);
   session_release(s);
 }
 
@@ -720,14 +720,14 @@ static int fill_buf(io_buf_t *b, const void *data, size_t len) {
 }
 
 static void flush(session_t *s) {
-  pthread_mutex_lock(&s->lock);
+  engine_lock(&s->lock);
   if (s->sending || s->handle.closed || s->state == SESSION_NEW) {
-    pthread_mutex_unlock(&s->lock);
+    engine_unlock(&s->lock);
     return;
   }
   send_state_t *tx = s->tx;
   if (!tx) {
-    pthread_mutex_unlock(&s->lock);
+    engine_unlock(&s->lock);
     if (s->state == SESSION_CLOSING && s->close_started)
       begin_close(s, s->reason, 1); /* drained: go on closing */
     return;
@@ -745,14 +745,14 @@ static void flush(session_t *s) {
   tx->op.complete = on_send_done;
   tx->op.u.send.bufs = tx->bufs;
   tx->op.u.send.count = count;
-  pthread_mutex_unlock(&s->lock);
+  engine_unlock(&s->lock);
   io_submit(&tx->op);
 }
 
 static void on_send_done(io_op_t *op, int status, size_t bytes) {
   send_state_t *tx = container_of(op, send_state_t, op);
   session_t *s = container_of(op->handle, session_t, handle);
-  pthread_mutex_lock(&s->lock);
+  engine_lock(&s->lock);
   s->sending = 0;
   size_t left = status == 0 ? bytes : 0;
   while (left > 0 && tx->head) {
@@ -778,7 +778,7 @@ static void on_send_done(io_op_t *op, int status, size_t bytes) {
    * once the socket is closed.) */
   if (!tx->head)
     tx_free_locked(s);
-  pthread_mutex_unlock(&s->lock);
+  engine_unlock(&s->lock);
   if (status < 0) {
     if (status != IO_ECANCELED)
       begin_close(s, status == -EIO ? REASON_IO_ERROR : REASON_PEER_RESET, 0);
@@ -977,9 +977,9 @@ static int enqueue(session_t *s, const session_buf_t *bufs, size_t count,
   }
   if (total == 0)
     return ENGINE_OK;
-  pthread_mutex_lock(&s->lock);
+  engine_lock(&s->lock);
   if (s->close_request || s->state >= SESSION_CLOSING) {
-    pthread_mutex_unlock(&s->lock);
+    engine_unlock(&s->lock);
     return ENGINE_E_CLOSED;
   }
   session_buf_t wire;
@@ -989,13 +989,13 @@ static int enqueue(session_t *s, const session_buf_t *bufs, size_t count,
      * went out). Encoding under the lock keeps concurrent senders' frames
      * (or records) whole and in the order they queue. */
     if (!s->transport_ready || s->transport_closed) {
-      pthread_mutex_unlock(&s->lock);
+      engine_unlock(&s->lock);
       return ENGINE_E_CLOSED;
     }
     if (!encoded) {
       int rc = transport_encode_locked(s, bufs, count, shared, &wire);
       if (rc != 0) {
-        pthread_mutex_unlock(&s->lock);
+        engine_unlock(&s->lock);
         return rc;
       }
       bufs = &wire;
@@ -1006,7 +1006,7 @@ static int enqueue(session_t *s, const session_buf_t *bufs, size_t count,
   }
   int partial = 0;
   int rc = enqueue_locked(s, bufs, count, shared, total, &partial);
-  pthread_mutex_unlock(&s->lock);
+  engine_unlock(&s->lock);
   if (rc == ENGINE_E_QUEUE_FULL)
     queue_full(s, partial);
   return rc;
@@ -1047,9 +1047,9 @@ static void on_close_timeout(session_t *s, void *arg) {
     int reason = s->reason;
     if (claims_clean_end(reason)) {
       reason = REASON_SEND_QUEUE_FULL;
-      pthread_mutex_lock(&s->lock);
+      engine_lock(&s->lock);
       unsigned long long left = (unsigned long long)queued_bytes_locked(s);
-      pthread_mutex_unlock(&s->lock);
+      engine_unlock(&s->lock);
       char peer[ADDRESS_TEXT_MAX] = "?";
       address_format(&s->peer, peer, sizeof peer);
       log_write(LOG_WARN, "session",
@@ -1070,9 +1070,9 @@ static void finish_close(session_t *s, int graceful) {
    * sends our FIN: a shutdown first would be one more system call. */
   if (graceful && !s->peer_eof)
     io_handle_shutdown_write(&s->handle);
-  pthread_mutex_lock(&s->lock);
+  engine_lock(&s->lock);
   s->state = SESSION_CLOSED;
-  pthread_mutex_unlock(&s->lock);
+  engine_unlock(&s->lock);
   cancel_timers(s);
   /* Out of the service's set (and counters) first: whoever sees
    * on_disconnected's effects must not still find the session open in
@@ -1096,7 +1096,7 @@ static void finish_close(session_t *s, int graceful) {
 }
 
 static void begin_close(session_t *s, int reason, int graceful) {
-  pthread_mutex_lock(&s->lock);
+  engine_lock(&s->lock);
   if (!s->close_request)
     s->close_request = (uint8_t)reason;
   /* A reason asked for earlier (from a callback or another thread, with
@@ -1105,7 +1105,7 @@ static void begin_close(session_t *s, int reason, int graceful) {
   int first = s->close_request;
   if (!graceful)
     s->close_abort = 1;
-  pthread_mutex_unlock(&s->lock);
+  engine_unlock(&s->lock);
   if (s->state >= SESSION_CLOSED)
     return;
   if (s->state == SESSION_NEW) {
@@ -1123,9 +1123,9 @@ static void begin_close(session_t *s, int reason, int graceful) {
       /* Never reached on_connected: end quietly, no callbacks. A timer
        * armed meanwhile (the session is findable by id from the moment it
        * is registered) dies with it rather than hold it for its delay. */
-      pthread_mutex_lock(&s->lock);
+      engine_lock(&s->lock);
       s->state = SESSION_CLOSED;
-      pthread_mutex_unlock(&s->lock);
+      engine_unlock(&s->lock);
       cancel_timers(s);
       service__unregister(s->service, s, first);
       if (s->slot)
@@ -1133,14 +1133,14 @@ static void begin_close(session_t *s, int reason, int graceful) {
       drop_socket(s);
       return;
     }
-    pthread_mutex_lock(&s->lock);
+    engine_lock(&s->lock);
     s->state = SESSION_CLOSING;
     /* The transport's closing bytes (a close frame, close_notify), after
      * everything queued and before the FIN. */
     if (graceful && s->transport_started &&
         transport_close_locked(s, first) != 0)
       graceful = 0;
-    pthread_mutex_unlock(&s->lock);
+    engine_unlock(&s->lock);
     cancel_timers(s);
     if (graceful)
       timer_start(s, opts_of(s)->close_timeout_ms, 0, on_close_timeout, NULL, 1);
@@ -1149,11 +1149,11 @@ static void begin_close(session_t *s, int reason, int graceful) {
     /* The queue is thrown away, but not under a send in flight: IOCP reads
      * those buffers until the send completes (cancelled, once the socket
      * is closed below). destroy() frees what is left. */
-    pthread_mutex_lock(&s->lock);
+    engine_lock(&s->lock);
     int lost = s->tx && s->tx->head;
     if (!s->sending)
       tx_free_locked(s);
-    pthread_mutex_unlock(&s->lock);
+    engine_unlock(&s->lock);
     /* The first reason wins, except that accepted bytes thrown away here
      * were lost for this reason, and a reason that claims a clean end must
      * not stay (a reset while flushing after the peer's FIN is peer_reset,
@@ -1168,9 +1168,9 @@ static void begin_close(session_t *s, int reason, int graceful) {
     finish_close(s, 0);
     return;
   }
-  pthread_mutex_lock(&s->lock);
+  engine_lock(&s->lock);
   int drained = !s->tx && !s->sending;
-  pthread_mutex_unlock(&s->lock);
+  engine_unlock(&s->lock);
   if (drained)
     finish_close(s, 1);
 }
@@ -1370,7 +1370,7 @@ static void check_handshake(session_t *s, void *arg) {
    * cannot be stopped early; it holds a few bytes until then). */
   if (s->state != SESSION_OPENING || s->close_started)
     return;
-  pthread_mutex_lock(&s->lock);
+  engine_lock(&s->lock);
   int ready = s->transport_ready;
   const char *name = "transport";
   const service_options_t *o = opts_of(s);
@@ -1379,7 +1379,7 @@ static void check_handshake(session_t *s, void *arg) {
       name = o->transport[i].ops->name;
       break;
     }
-  pthread_mutex_unlock(&s->lock);
+  engine_unlock(&s->lock);
   if (ready)
     return;
   char peer[ADDRESS_TEXT_MAX] = "?";
@@ -1430,9 +1430,9 @@ static void transport_start(session_t *s) {
     }
   }
   /* Under the lock: a sender on another thread reads it (enqueue_locked). */
-  pthread_mutex_lock(&s->lock);
+  engine_lock(&s->lock);
   s->transport_started = 1;
-  pthread_mutex_unlock(&s->lock);
+  engine_unlock(&s->lock);
   if (o->handshake_timeout_ms)
     timer_start(s, o->handshake_timeout_ms, 0, check_handshake, NULL, 1);
   transport_scratch_t *sc = scratch_get();
@@ -1442,7 +1442,7 @@ static void transport_start(session_t *s) {
   }
   transport_chain_t c = chain_of(s, sc);
   int rc = 0, qrc, partial = 0, ready = 0;
-  pthread_mutex_lock(&s->lock);
+  engine_lock(&s->lock);
   sc->wire.len = 0;
   for (int i = 0; i < c.count && rc == 0; i++) {
     if (!o->transport[i].ops->start)
@@ -1455,7 +1455,7 @@ static void transport_start(session_t *s) {
     s->transport_closed = 1;
   else if (layers_ready(s))
     ready = s->transport_ready = 1;
-  pthread_mutex_unlock(&s->lock);
+  engine_unlock(&s->lock);
   if (transport_after(s, qrc, partial, rc) != 0)
     return;
   if (rc > 0) {
@@ -1484,9 +1484,9 @@ static void transport_receive(session_t *s, const uint8_t *data, size_t len) {
   transport_chain_t c = chain_of(s, sc);
   transport_sink_t first = {sink_up, &c, 0};
   int rc, qrc, partial = 0, ready = 0;
-  pthread_mutex_lock(&s->lock);
+  engine_lock(&s->lock);
   if (s->transport_closed) {
-    pthread_mutex_unlock(&s->lock);
+    engine_unlock(&s->lock);
     return;
   }
   sc->up.len = 0;
@@ -1497,7 +1497,7 @@ static void transport_receive(session_t *s, const uint8_t *data, size_t len) {
     s->transport_closed = 1;
   else if (!s->transport_ready && layers_ready(s))
     ready = s->transport_ready = 1;
-  pthread_mutex_unlock(&s->lock);
+  engine_unlock(&s->lock);
   if (transport_after(s, qrc, partial, rc) != 0)
     return;
   if (ready)
@@ -1569,9 +1569,9 @@ int session_transport_call(session_t *s, void *layer,
     return ENGINE_E_NOMEM;
   transport_chain_t c = chain_of(s, sc);
   transport_sink_t down = {sink_down, &c, level - 1};
-  pthread_mutex_lock(&s->lock);
+  engine_lock(&s->lock);
   if (s->close_request || s->state >= SESSION_CLOSING || s->transport_closed) {
-    pthread_mutex_unlock(&s->lock);
+    engine_unlock(&s->lock);
     return ENGINE_E_CLOSED;
   }
   sc->wire.len = 0;
@@ -1580,7 +1580,7 @@ int session_transport_call(session_t *s, void *layer,
   int qrc = queue_wire_locked(s, sc, &partial);
   if (rc != 0)
     s->transport_closed = 1;
-  pthread_mutex_unlock(&s->lock);
+  engine_unlock(&s->lock);
   if (qrc == ENGINE_E_QUEUE_FULL) {
     queue_full(s, partial);
     return ENGINE_E_QUEUE_FULL;
@@ -1606,9 +1606,9 @@ void session_get_info(session_t *s, session_info_t *out) {
   out->connected_ms = s->connected_ms;
   out->bytes_in = atomic_load_explicit(&s->bytes_in, memory_order_relaxed);
   out->bytes_out = atomic_load_explicit(&s->bytes_out, memory_order_relaxed);
-  pthread_mutex_lock(&s->lock);
+  engine_lock(&s->lock);
   out->queued_bytes = queued_bytes_locked(s);
-  pthread_mutex_unlock(&s->lock);
+  engine_unlock(&s->lock);
 }
 
 uint64_t session_id(const session_t *s) { return s->id; }
@@ -1624,9 +1624,9 @@ int session_is_open(session_t *s) {
   if (io_handle_on_worker(&s->handle))
     return s->state == SESSION_OPEN &&
            !atomic_load_explicit(&s->close_request, memory_order_relaxed);
-  pthread_mutex_lock(&s->lock);
+  engine_lock(&s->lock);
   int open = s->state == SESSION_OPEN && !s->close_request;
-  pthread_mutex_unlock(&s->lock);
+  engine_unlock(&s->lock);
   return open;
 }
 

@@ -47,7 +47,7 @@ typedef struct strand_post_op {
 
 static atomic_uint_fast64_t next_timer_id = 1;
 
-void strand_init(strand_t *st, io_handle_t *handle, pthread_mutex_t *lock,
+void strand_init(strand_t *st, io_handle_t *handle, engine_lock_t *lock,
                  void *owner, const strand_owner_ops_t *ops) {
   st->handle = handle;
   st->lock = lock;
@@ -97,23 +97,23 @@ static int may_start(const strand_t *st, int internal) {
 /* ---- timers ---- */
 
 void strand_cancel_timers(strand_t *st) {
-  pthread_mutex_lock(st->lock);
+  engine_lock(st->lock);
   for (strand_timer_t *t = st->timers; t; t = t->next) {
     t->stopped = 1;
     io_timer_cancel(&t->timer);
   }
-  pthread_mutex_unlock(st->lock);
+  engine_unlock(st->lock);
 }
 
 static void unlink_timer(strand_t *st, strand_timer_t *t) {
-  pthread_mutex_lock(st->lock);
+  engine_lock(st->lock);
   for (strand_timer_t **p = &st->timers; *p; p = &(*p)->next) {
     if (*p == t) {
       *p = t->next;
       break;
     }
   }
-  pthread_mutex_unlock(st->lock);
+  engine_unlock(st->lock);
 }
 
 static void timer_gone(strand_timer_t *t) {
@@ -131,9 +131,9 @@ static void on_timer(io_op_t *op, int status, size_t bytes) {
   (void)bytes;
   strand_timer_t *t = container_of(op, strand_timer_t, timer.op);
   strand_t *st = t->strand;
-  pthread_mutex_lock(st->lock);
+  engine_lock(st->lock);
   int run = status == 0 && !t->stopped && may_run(st, t->internal);
-  pthread_mutex_unlock(st->lock);
+  engine_unlock(st->lock);
   if (!run) {
     timer_gone(t);
     return;
@@ -147,9 +147,9 @@ static void on_timer(io_op_t *op, int status, size_t bytes) {
     tick.late_count = t->late_count;
   }
   invoke(&t->call, st->owner, &tick);
-  pthread_mutex_lock(st->lock);
+  engine_lock(st->lock);
   int again = t->repeat_ms > 0 && !t->stopped && may_run(st, t->internal);
-  pthread_mutex_unlock(st->lock);
+  engine_unlock(st->lock);
   if (!again) {
     timer_gone(t);
     return;
@@ -165,11 +165,11 @@ static void on_timer_arm(io_op_t *op, int status, size_t bytes) {
   strand_timer_t *t = container_of(op, strand_timer_t, timer.op);
   strand_t *st = t->strand;
   t->timer.op.complete = on_timer;
-  pthread_mutex_lock(st->lock);
+  engine_lock(st->lock);
   /* Stopped, or its owner closed while it travelled here: cancelling marks
    * every listed timer, but only the gate says a close ran. */
   int stopped = t->stopped || !may_start(st, t->internal);
-  pthread_mutex_unlock(st->lock);
+  engine_unlock(st->lock);
   if (stopped || status != 0) {
     on_timer(op, IO_ECANCELED, bytes);
     return;
@@ -189,9 +189,9 @@ uint64_t strand_timer_start(strand_t *st, uint32_t delay_ms, uint32_t repeat_ms,
   t->internal = (uint8_t)internal;
   t->id = atomic_fetch_add_explicit(&next_timer_id, 1, memory_order_relaxed);
   io_timer_init(&t->timer, st->handle, on_timer);
-  pthread_mutex_lock(st->lock);
+  engine_lock(st->lock);
   if (!may_start(st, internal)) {
-    pthread_mutex_unlock(st->lock);
+    engine_unlock(st->lock);
     free(t);
     return 0;
   }
@@ -207,19 +207,19 @@ uint64_t strand_timer_start(strand_t *st, uint32_t delay_ms, uint32_t repeat_ms,
     t->timer.op.complete = on_timer_arm;
     io_post(st->handle, &t->timer.op, 0);
   }
-  pthread_mutex_unlock(st->lock);
+  engine_unlock(st->lock);
   return id;
 }
 
 static void cancel_timer_on_worker(strand_t *st, uint64_t id) {
-  pthread_mutex_lock(st->lock);
+  engine_lock(st->lock);
   for (strand_timer_t *t = st->timers; t; t = t->next) {
     if (t->id == id) {
       io_timer_cancel(&t->timer);
       break;
     }
   }
-  pthread_mutex_unlock(st->lock);
+  engine_unlock(st->lock);
 }
 
 /* The cancel, travelling to the worker: it needs no reference of its own
@@ -244,16 +244,16 @@ static void on_timer_cancel(io_op_t *op, int status, size_t bytes) {
 }
 
 int strand_timer_stop(strand_t *st, uint64_t timer_id) {
-  pthread_mutex_lock(st->lock);
+  engine_lock(st->lock);
   strand_timer_t *t = st->timers;
   while (t && t->id != timer_id)
     t = t->next;
   if (!t || t->stopped || t->internal) {
-    pthread_mutex_unlock(st->lock);
+    engine_unlock(st->lock);
     return ENGINE_E_NOTFOUND;
   }
   t->stopped = 1;
-  pthread_mutex_unlock(st->lock);
+  engine_unlock(st->lock);
   /* Give the memory back now rather than when it would have fired. */
   if (io_handle_on_worker(st->handle)) {
     cancel_timer_on_worker(st, timer_id);
@@ -280,9 +280,9 @@ static void on_post(io_op_t *op, int status, size_t bytes) {
   strand_t *st = p->strand;
   void *owner = st->owner;
   const strand_owner_ops_t *ops = st->ops;
-  pthread_mutex_lock(st->lock);
+  engine_lock(st->lock);
   int run = may_run(st, p->internal);
-  pthread_mutex_unlock(st->lock);
+  engine_unlock(st->lock);
   if (run)
     invoke(&p->call, owner, NULL);
   invoke_done(st, &p->call);
@@ -299,15 +299,15 @@ int strand_post(strand_t *st, const strand_call_t *call, int internal) {
   p->call = *call;
   p->internal = (uint8_t)internal;
   p->op.complete = on_post;
-  pthread_mutex_lock(st->lock);
+  engine_lock(st->lock);
   if (!may_start(st, internal)) {
-    pthread_mutex_unlock(st->lock);
+    engine_unlock(st->lock);
     free(p);
     return ENGINE_E_CLOSED;
   }
   st->ops->ref(st->owner);
   engine__live_add(1);
   io_post(st->handle, &p->op, 0);
-  pthread_mutex_unlock(st->lock);
+  engine_unlock(st->lock);
   return ENGINE_OK;
 }

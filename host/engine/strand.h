@@ -28,6 +28,7 @@
 
 #include "engine/backend.h"
 #include "engine/engine.h"
+#include "engine/lock.h"
 
 typedef struct strand strand_t;
 typedef struct strand_timer strand_timer_t;
@@ -72,13 +73,13 @@ typedef struct strand_owner_ops {
 
 struct strand {
   io_handle_t *handle;   /* the serial order */
-  pthread_mutex_t *lock; /* the owner's lock: guards timers */
+  engine_lock_t *lock; /* the owner's lock: guards timers */
   void *owner;
   const strand_owner_ops_t *ops;
   strand_timer_t *timers;
 };
 
-void strand_init(strand_t *st, io_handle_t *handle, pthread_mutex_t *lock,
+void strand_init(strand_t *st, io_handle_t *handle, engine_lock_t *lock,
                  void *owner, const strand_owner_ops_t *ops);
 
 /* Starts a timer (from any thread): after delay_ms, then every repeat_ms
