@@ -50,6 +50,9 @@ static const strand_owner_ops_t room_strand_ops = {
     .may_start = strand_open,
     .may_run = strand_open,
     .room = 1,
+    .strand_at = offsetof(room_t, strand),
+    .handle_at = offsetof(room_t, handle),
+    .lock_at = offsetof(room_t, lock),
 };
 
 room_t *room_create(core_t *core, const room_handler_t *handler, size_t extra,
@@ -70,7 +73,7 @@ room_t *room_create(core_t *core, const room_handler_t *handler, size_t extra,
   r->context = context;
   r->extra_size = extra;
   engine_lock_init(&r->lock);
-  strand_init(&r->strand, &r->handle, &r->lock, r, &room_strand_ops);
+  strand_init(&r->strand, &room_strand_ops);
   engine__live_add(1);
   return r;
 }

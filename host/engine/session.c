@@ -205,7 +205,7 @@ session_t *session__new(service_t *svc) {
   s->handle.socket = IO_INVALID_SOCKET;
   s->kick_op.complete = on_kick;
   engine_lock_init(&s->lock);
-  strand_init(&s->strand, &s->handle, &s->lock, s, &session_strand_ops);
+  strand_init(&s->strand, &session_strand_ops);
   engine__live_add(1);
   /* The service outlives its sessions: service_wait_closed waits for this
    * count, and destroy() still reads the service's options. */
@@ -253,6 +253,9 @@ static const strand_owner_ops_t session_strand_ops = {
     .may_start = strand_may_start,
     .may_run = strand_may_run,
     .room = 0,
+    .strand_at = offsetof(session_t, strand),
+    .handle_at = offsetof(session_t, handle),
+    .lock_at = offsetof(session_t, lock),
 };
 
 /* Worker only: every timer stops (the engine's own too). */

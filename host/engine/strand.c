@@ -47,13 +47,21 @@ typedef struct strand_post_op {
 
 static atomic_uint_fast64_t next_timer_id = 1;
 
-void strand_init(strand_t *st, io_handle_t *handle, engine_lock_t *lock,
-                 void *owner, const strand_owner_ops_t *ops) {
-  st->handle = handle;
-  st->lock = lock;
-  st->owner = owner;
+void strand_init(strand_t *st, const strand_owner_ops_t *ops) {
   st->ops = ops;
   st->timers = NULL;
+}
+
+static void *owner_of(const strand_t *st) {
+  return (char *)st - st->ops->strand_at;
+}
+
+static io_handle_t *handle_of(const strand_t *st) {
+  return (io_handle_t *)((char *)owner_of(st) + st->ops->handle_at);
+}
+
+static engine_lock_t *lock_of(const strand_t *st) {
+  return (engine_lock_t *)((char *)owner_of(st) + st->ops->lock_at);
 }
 
 static void invoke(const strand_call_t *c, void *owner,
@@ -79,46 +87,46 @@ static void invoke(const strand_call_t *c, void *owner,
 static void invoke_done(const strand_t *st, const strand_call_t *c) {
   if (st->ops->room) {
     if (c->done.room)
-      c->done.room(st->owner, c->arg, c->arg2);
+      c->done.room(owner_of(st), c->arg, c->arg2);
   } else if (c->done.session) {
-    c->done.session(st->owner, c->arg, c->arg2);
+    c->done.session(owner_of(st), c->arg, c->arg2);
   }
 }
 
 /* Under the owner's lock. */
 static int may_run(const strand_t *st, int internal) {
-  return internal || st->ops->may_run(st->owner);
+  return internal || st->ops->may_run(owner_of(st));
 }
 
 static int may_start(const strand_t *st, int internal) {
-  return internal || st->ops->may_start(st->owner);
+  return internal || st->ops->may_start(owner_of(st));
 }
 
 /* ---- timers ---- */
 
 void strand_cancel_timers(strand_t *st) {
-  engine_lock(st->lock);
+  engine_lock(lock_of(st));
   for (strand_timer_t *t = st->timers; t; t = t->next) {
     t->stopped = 1;
     io_timer_cancel(&t->timer);
   }
-  engine_unlock(st->lock);
+  engine_unlock(lock_of(st));
 }
 
 static void unlink_timer(strand_t *st, strand_timer_t *t) {
-  engine_lock(st->lock);
+  engine_lock(lock_of(st));
   for (strand_timer_t **p = &st->timers; *p; p = &(*p)->next) {
     if (*p == t) {
       *p = t->next;
       break;
     }
   }
-  engine_unlock(st->lock);
+  engine_unlock(lock_of(st));
 }
 
 static void timer_gone(strand_timer_t *t) {
   strand_t *st = t->strand;
-  void *owner = st->owner;
+  void *owner = owner_of(st);
   const strand_owner_ops_t *ops = st->ops;
   unlink_timer(st, t);
   invoke_done(st, &t->call);
@@ -131,9 +139,9 @@ static void on_timer(io_op_t *op, int status, size_t bytes) {
   (void)bytes;
   strand_timer_t *t = container_of(op, strand_timer_t, timer.op);
   strand_t *st = t->strand;
-  engine_lock(st->lock);
+  engine_lock(lock_of(st));
   int run = status == 0 && !t->stopped && may_run(st, t->internal);
-  engine_unlock(st->lock);
+  engine_unlock(lock_of(st));
   if (!run) {
     timer_gone(t);
     return;
@@ -146,10 +154,10 @@ static void on_timer(io_op_t *op, int status, size_t bytes) {
   } else {
     tick.late_count = t->late_count;
   }
-  invoke(&t->call, st->owner, &tick);
-  engine_lock(st->lock);
+  invoke(&t->call, owner_of(st), &tick);
+  engine_lock(lock_of(st));
   int again = t->repeat_ms > 0 && !t->stopped && may_run(st, t->internal);
-  engine_unlock(st->lock);
+  engine_unlock(lock_of(st));
   if (!again) {
     timer_gone(t);
     return;
@@ -165,11 +173,11 @@ static void on_timer_arm(io_op_t *op, int status, size_t bytes) {
   strand_timer_t *t = container_of(op, strand_timer_t, timer.op);
   strand_t *st = t->strand;
   t->timer.op.complete = on_timer;
-  engine_lock(st->lock);
+  engine_lock(lock_of(st));
   /* Stopped, or its owner closed while it travelled here: cancelling marks
    * every listed timer, but only the gate says a close ran. */
   int stopped = t->stopped || !may_start(st, t->internal);
-  engine_unlock(st->lock);
+  engine_unlock(lock_of(st));
   if (stopped || status != 0) {
     on_timer(op, IO_ECANCELED, bytes);
     return;
@@ -188,38 +196,38 @@ uint64_t strand_timer_start(strand_t *st, uint32_t delay_ms, uint32_t repeat_ms,
   t->repeat_ms = repeat_ms;
   t->internal = (uint8_t)internal;
   t->id = atomic_fetch_add_explicit(&next_timer_id, 1, memory_order_relaxed);
-  io_timer_init(&t->timer, st->handle, on_timer);
-  engine_lock(st->lock);
+  io_timer_init(&t->timer, handle_of(st), on_timer);
+  engine_lock(lock_of(st));
   if (!may_start(st, internal)) {
-    engine_unlock(st->lock);
+    engine_unlock(lock_of(st));
     free(t);
     return 0;
   }
   t->next = st->timers;
   st->timers = t;
-  st->ops->ref(st->owner);
+  st->ops->ref(owner_of(st));
   engine__live_add(1);
   uint64_t id = t->id;
   t->due_ms = clock_now_ms() + delay_ms;
-  if (io_handle_on_worker(st->handle)) {
+  if (io_handle_on_worker(handle_of(st))) {
     io_timer_start(&t->timer, delay_ms);
   } else {
     t->timer.op.complete = on_timer_arm;
-    io_post(st->handle, &t->timer.op, 0);
+    io_post(handle_of(st), &t->timer.op, 0);
   }
-  engine_unlock(st->lock);
+  engine_unlock(lock_of(st));
   return id;
 }
 
 static void cancel_timer_on_worker(strand_t *st, uint64_t id) {
-  engine_lock(st->lock);
+  engine_lock(lock_of(st));
   for (strand_timer_t *t = st->timers; t; t = t->next) {
     if (t->id == id) {
       io_timer_cancel(&t->timer);
       break;
     }
   }
-  engine_unlock(st->lock);
+  engine_unlock(lock_of(st));
 }
 
 /* The cancel, travelling to the worker: it needs no reference of its own
@@ -235,7 +243,7 @@ static void on_timer_cancel(io_op_t *op, int status, size_t bytes) {
   (void)bytes;
   timer_cancel_op_t *c = container_of(op, timer_cancel_op_t, op);
   strand_t *st = c->strand;
-  void *owner = st->owner;
+  void *owner = owner_of(st);
   const strand_owner_ops_t *ops = st->ops;
   cancel_timer_on_worker(st, c->id);
   free(c);
@@ -244,18 +252,18 @@ static void on_timer_cancel(io_op_t *op, int status, size_t bytes) {
 }
 
 int strand_timer_stop(strand_t *st, uint64_t timer_id) {
-  engine_lock(st->lock);
+  engine_lock(lock_of(st));
   strand_timer_t *t = st->timers;
   while (t && t->id != timer_id)
     t = t->next;
   if (!t || t->stopped || t->internal) {
-    engine_unlock(st->lock);
+    engine_unlock(lock_of(st));
     return ENGINE_E_NOTFOUND;
   }
   t->stopped = 1;
-  engine_unlock(st->lock);
+  engine_unlock(lock_of(st));
   /* Give the memory back now rather than when it would have fired. */
-  if (io_handle_on_worker(st->handle)) {
+  if (io_handle_on_worker(handle_of(st))) {
     cancel_timer_on_worker(st, timer_id);
     return ENGINE_OK;
   }
@@ -265,9 +273,9 @@ int strand_timer_stop(strand_t *st, uint64_t timer_id) {
   c->strand = st;
   c->id = timer_id;
   c->op.complete = on_timer_cancel;
-  st->ops->ref(st->owner);
+  st->ops->ref(owner_of(st));
   engine__live_add(1);
-  io_post(st->handle, &c->op, 0);
+  io_post(handle_of(st), &c->op, 0);
   return ENGINE_OK;
 }
 
@@ -278,11 +286,11 @@ static void on_post(io_op_t *op, int status, size_t bytes) {
   (void)bytes;
   strand_post_op_t *p = container_of(op, strand_post_op_t, op);
   strand_t *st = p->strand;
-  void *owner = st->owner;
+  void *owner = owner_of(st);
   const strand_owner_ops_t *ops = st->ops;
-  engine_lock(st->lock);
+  engine_lock(lock_of(st));
   int run = may_run(st, p->internal);
-  engine_unlock(st->lock);
+  engine_unlock(lock_of(st));
   if (run)
     invoke(&p->call, owner, NULL);
   invoke_done(st, &p->call);
@@ -299,15 +307,15 @@ int strand_post(strand_t *st, const strand_call_t *call, int internal) {
   p->call = *call;
   p->internal = (uint8_t)internal;
   p->op.complete = on_post;
-  engine_lock(st->lock);
+  engine_lock(lock_of(st));
   if (!may_start(st, internal)) {
-    engine_unlock(st->lock);
+    engine_unlock(lock_of(st));
     free(p);
     return ENGINE_E_CLOSED;
   }
-  st->ops->ref(st->owner);
+  st->ops->ref(owner_of(st));
   engine__live_add(1);
-  io_post(st->handle, &p->op, 0);
-  engine_unlock(st->lock);
+  io_post(handle_of(st), &p->op, 0);
+  engine_unlock(lock_of(st));
   return ENGINE_OK;
 }

@@ -69,18 +69,18 @@ typedef struct strand_owner_ops {
   int (*may_start)(void *owner);
   int (*may_run)(void *owner);
   uint8_t room; /* the owner is a room (done callbacks are room_fn) */
+  /* Where the owner keeps its strand, its handle (the serial order) and
+   * its lock (which guards the timers), as offsetof: one table per kind of
+   * owner says it, instead of three pointers in every strand. */
+  size_t strand_at, handle_at, lock_at;
 } strand_owner_ops_t;
 
 struct strand {
-  io_handle_t *handle;   /* the serial order */
-  engine_lock_t *lock; /* the owner's lock: guards timers */
-  void *owner;
   const strand_owner_ops_t *ops;
   strand_timer_t *timers;
 };
 
-void strand_init(strand_t *st, io_handle_t *handle, engine_lock_t *lock,
-                 void *owner, const strand_owner_ops_t *ops);
+void strand_init(strand_t *st, const strand_owner_ops_t *ops);
 
 /* Starts a timer (from any thread): after delay_ms, then every repeat_ms
  * if repeat_ms > 0. Returns its id (> 0), or 0 when the gate is shut (and
