@@ -29,49 +29,60 @@ typedef enum session_state {
   SESSION_CLOSED = 4   /* on_disconnected has run */
 } session_state_t;
 
+/* The input a session keeps (unconsumed bytes), allocated only while there
+ * are some, header and bytes in one block. */
+typedef struct kept_input {
+  uint32_t len;
+  uint32_t cap;
+  uint64_t since_ms; /* when the oldest kept byte arrived */
+  uint8_t bytes[];
+} kept_input_t;
+
+/* A session, laid out for what an idle one needs (issue 18: its bytes are
+ * counted): what it uses only while busy (the send side, kept input,
+ * timers) is allocated then, and what only some services use (transport
+ * layers) is placed in the same block only for them. */
 struct session {
   atomic_int refs;
   uint8_t state;           /* session_state_t; written on the worker only */
-  uint8_t close_started;   /* worker only */
-  uint8_t sending;         /* under lock: a send op is in flight */
-  uint8_t kick_pending;    /* under lock: the kick op is queued */
-  uint8_t peer_eof;        /* worker only: the peer sent FIN */
-  uint8_t lingering;       /* worker only: FIN sent, draining input */
   /* Written under lock (a reason asked from any thread); atomic so that
    * the worker may read it without the lock. */
   _Atomic uint8_t close_request;
-  uint8_t close_abort;     /* under lock: abort rather than flush */
   uint8_t reason;          /* the reason on_disconnected gets */
-  uint8_t registered;      /* counted in the service */
-  uint8_t incomplete_armed; /* worker only: the incomplete-input check runs */
-  uint8_t opened;          /* worker only: on_connected has run */
-  /* Transports (engine.h): has_transport is fixed at creation, so a plain
-   * TCP session pays one predicted branch per receive and send. */
-  uint8_t has_transport;
+  uint8_t registered;      /* counted in the service: its lock */
+  /* Worker only. */
+  uint8_t close_started;
+  uint8_t peer_eof;        /* the peer sent FIN */
+  uint8_t lingering;       /* FIN sent, draining input */
+  uint8_t incomplete_armed; /* the incomplete-input check runs */
+  uint8_t opened;          /* on_connected has run */
+  /* Under lock. */
+  uint8_t sending;         /* a send op is in flight */
+  uint8_t kick_pending;    /* the kick op is queued */
+  uint8_t close_abort;     /* abort rather than flush */
+  /* Transports (engine.h), under lock; layers is fixed at creation, so a
+   * plain TCP session pays one predicted branch per receive and send. */
   uint8_t transport_started; /* the layers are open: worker, under lock */
-  uint8_t transport_ready;   /* under lock: every layer's handshake is done */
-  uint8_t transport_closed;  /* under lock: a layer ended the stream */
-  void *layers[TRANSPORT_LAYERS_MAX]; /* each layer's state, socket's first */
+  uint8_t transport_ready;   /* every layer's handshake is done */
+  uint8_t transport_closed;  /* a layer ended the stream */
+  engine_lock_t lock;
+  uint32_t extra_size; /* bytes of extra state, as the factory asked */
+  address_t peer;      /* 4-byte aligned: here it fills what would be holes */
+  void **layers; /* each layer's state, socket's first; NULL: no transport */
   uint64_t id;
   service_t *service;
   void *context;
-  uint32_t extra_size; /* bytes of extra state, as the factory asked */
   client_slot_t *slot; /* client sessions: the slot that keeps it */
   io_handle_t handle;
   /* The receive; before the first one it carries the connect (a client
    * session's), so an op exists for every moment of the session's life. */
   io_op_t recv_op;
   io_op_t kick_op; /* start, flush and close requests, in serial order */
-  engine_lock_t lock;
   /* The send side (under lock): the queue, its send op and gather list,
    * allocated only while bytes wait (session.c); NULL when idle. */
   send_state_t *tx;
   size_t sent_unreported; /* worker only: sent at once, on_sent still owed */
-  /* Unconsumed received bytes, allocated only while there are some. */
-  uint8_t *pending_in;
-  uint32_t pending_in_len;
-  uint32_t pending_in_cap;
-  uint64_t pending_since_ms; /* when the oldest kept input byte arrived */
+  kept_input_t *kept;     /* worker only: unconsumed input, NULL when none */
   strand_t strand; /* timers and posts in the session's order */
   uint64_t last_recv_ms;
   /* For `sessions` (session_get_info): written on the worker, read from
@@ -79,8 +90,7 @@ struct session {
   atomic_uint_fast64_t bytes_in, bytes_out;
   uint64_t connected_ms;
   session_t *service_prev, *service_next, *hash_next; /* service lock */
-  address_t peer;
-  /* extra state follows, aligned */
+  /* extra state follows, aligned; then the transport layers' pointers */
 };
 
 /* service.c and session.c call into each other, and only each other: a

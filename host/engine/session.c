@@ -34,7 +34,7 @@
  * both under the session's lock; on_connected waits until every layer's
  * handshake is done (bounded by handshake_timeout_ms), and a graceful close
  * lets each layer write its closing bytes before the FIN. Sessions of other
- * services test has_transport once per receive and per send.
+ * services test their layers once per receive and per send.
  */
 #include <errno.h>
 #include <limits.h>
@@ -156,16 +156,39 @@ static uint64_t queued_bytes_locked(const session_t *s) {
   return s->tx ? s->tx->queued_bytes : 0;
 }
 
+static uint32_t kept_len(const session_t *s) {
+  return s->kept ? s->kept->len : 0;
+}
+
+/* The kept input's capacity is counted in the service (metrics). Frees it
+ * when cap is 0. Returns 0, or -1 when memory ran out (nothing changed). */
+static int kept_resize(session_t *s, size_t cap) {
+  uint32_t old = s->kept ? s->kept->cap : 0;
+  if (cap == 0) {
+    free(s->kept);
+    s->kept = NULL;
+  } else {
+    kept_input_t *grown = realloc(s->kept, sizeof *grown + cap);
+    if (!grown)
+      return -1;
+    if (!s->kept)
+      grown->len = 0;
+    grown->cap = (uint32_t)cap;
+    s->kept = grown;
+  }
+  service__count_buffers(s->service, 0, (int64_t)cap - (int64_t)old);
+  return 0;
+}
+
 static void destroy(session_t *s) {
   service_t *svc = s->service;
   const session_handler_t *h = opts_of(s)->factory.handler;
   if (h && h->on_free)
     h->on_free(s);
-  if (s->has_transport)
+  if (s->layers)
     transport_free(s);
   tx_free_locked(s);
-  free(s->pending_in);
-  service__count_buffers(svc, 0, -(int64_t)s->pending_in_cap);
+  kept_resize(s, 0);
   engine_lock_destroy(&s->lock);
   free(s);
   engine__live_add(-1);
@@ -193,11 +216,16 @@ session_t *session__new(service_t *svc) {
     if (extra == (size_t)-1)
       return NULL;
   }
-  session_t *s = calloc(1, extra_offset() + extra);
+  /* One block: the session, the factory's extra state, and the transport
+   * layers' pointers (only for a service that has layers). */
+  size_t layers_at = extra_offset() + ((extra + 7) & ~(size_t)7);
+  session_t *s =
+      calloc(1, layers_at + o->transport_layers * sizeof(void *));
   if (!s)
     return NULL;
   s->extra_size = (uint32_t)extra;
-  s->has_transport = o->transport_layers > 0;
+  if (o->transport_layers > 0)
+    s->layers = (void **)((char *)s + layers_at);
   atomic_init(&s->refs, 1); /* the open reference */
   s->id = atomic_fetch_add_explicit(&next_session_id, 1, memory_order_relaxed);
   s->service = svc;
@@ -340,15 +368,15 @@ static void arm_incomplete(session_t *s, uint64_t delay_ms) {
 }
 
 /* Fires at the earliest moment the oldest kept byte could be overdue; input
- * consumed meanwhile moved pending_since_ms on, so it re-arms for the rest
+ * consumed meanwhile moved kept->since_ms on, so it re-arms for the rest
  * (or not at all once nothing is kept). */
 static void check_incomplete(session_t *s, void *arg) {
   uint32_t limit = opts_of(s)->incomplete_timeout_ms;
   s->incomplete_armed = 0;
-  if (s->state != SESSION_OPEN || s->pending_in_len == 0 || !limit)
+  if (s->state != SESSION_OPEN || kept_len(s) == 0 || !limit)
     return;
   uint64_t now = clock_now_ms();
-  uint64_t deadline = s->pending_since_ms + limit;
+  uint64_t deadline = s->kept->since_ms + limit;
   if (now < deadline) {
     arm_incomplete(s, deadline - now);
     return;
@@ -360,7 +388,7 @@ static void check_incomplete(session_t *s, void *arg) {
             "incomplete packet or message) for longer than "
             "incomplete_timeout_ms %u: disconnecting (protocol_error)",
             service_name(s->service), (unsigned long long)s->id, peer,
-            s->pending_in_len, limit);
+            s->kept->len, limit);
   begin_close(s, REASON_PROTOCOL_ERROR, 1);
 }
 
@@ -408,7 +436,7 @@ static void on_kick(io_op_t *op, int status, size_t bytes) {
   if (s->state == SESSION_OPENING && !request) {
     /* A transport's handshake runs first; on_connected follows when it is
      * done (transport_receive). Later kicks (its flushes) start nothing. */
-    if (!s->has_transport)
+    if (!s->layers)
       open_session(s, 1);
     else if (!s->transport_started)
       transport_start(s);
@@ -576,7 +604,7 @@ static void on_recv_done(io_op_t *op, int status, size_t bytes) {
 }
 
 void session__receive(session_t *s, const uint8_t *data, size_t len) {
-  if (s->has_transport) {
+  if (s->layers) {
     transport_receive(s, data, len);
     return;
   }
@@ -599,37 +627,20 @@ static void start_recv(session_t *s) {
   io_submit(&s->recv_op);
 }
 
-/* The kept input buffer's capacity, counted in the service (metrics). */
-static void set_pending_cap(session_t *s, uint32_t cap) {
-  service__count_buffers(s->service, 0,
-                         (int64_t)cap - (int64_t)s->pending_in_cap);
-  s->pending_in_cap = cap;
-}
-
 static int keep_pending(session_t *s, const uint8_t *data, size_t len) {
-  if (len == 0) {
-    set_pending_cap(s, 0);
-    free(s->pending_in);
-    s->pending_in = NULL;
-    s->pending_in_len = 0;
-    return 0;
-  }
+  if (len == 0)
+    return kept_resize(s, 0);
   /* Is data inside the kept buffer (what was kept before, partly used)?
    * No buffer yet: then it cannot be (and NULL + 0 is undefined). */
-  if (s->pending_in && data >= s->pending_in &&
-      data < s->pending_in + s->pending_in_cap) {
-    memmove(s->pending_in, data, len);
+  kept_input_t *k = s->kept;
+  if (k && data >= k->bytes && data < k->bytes + k->cap) {
+    memmove(k->bytes, data, len);
   } else {
-    if (len > s->pending_in_cap) {
-      uint8_t *grown = realloc(s->pending_in, len);
-      if (!grown)
-        return -1;
-      s->pending_in = grown;
-      set_pending_cap(s, (uint32_t)len);
-    }
-    memcpy(s->pending_in, data, len);
+    if ((!k || len > k->cap) && kept_resize(s, len) != 0)
+      return -1;
+    memcpy(s->kept->bytes, data, len);
   }
-  s->pending_in_len = (uint32_t)len;
+  s->kept->len = (uint32_t)len;
   return 0;
 }
 
@@ -637,24 +648,21 @@ static void deliver_input(session_t *s, const uint8_t *in, size_t n) {
   const service_options_t *o = opts_of(s);
   const uint8_t *data = in;
   size_t len = n;
-  int had_pending = s->pending_in_len > 0;
+  int had_pending = kept_len(s) > 0;
   int consumed = 0;
-  if (s->pending_in_len > 0) {
-    size_t need = (size_t)s->pending_in_len + n;
-    if (need > s->pending_in_cap) {
-      size_t cap = (size_t)s->pending_in_cap * 2;
+  if (had_pending) {
+    size_t need = (size_t)s->kept->len + n;
+    if (need > s->kept->cap) {
+      size_t cap = (size_t)s->kept->cap * 2;
       if (cap < need)
         cap = need;
-      uint8_t *grown = realloc(s->pending_in, cap);
-      if (!grown) {
+      if (kept_resize(s, cap) != 0) {
         begin_close(s, REASON_IO_ERROR, 0);
         return;
       }
-      s->pending_in = grown;
-      set_pending_cap(s, (uint32_t)cap);
     }
-    memcpy(s->pending_in + s->pending_in_len, in, n);
-    data = s->pending_in;
+    memcpy(s->kept->bytes + s->kept->len, in, n);
+    data = s->kept->bytes;
     len = need;
   }
   for (;;) {
@@ -694,10 +702,10 @@ static void deliver_input(session_t *s, const uint8_t *in, size_t n) {
   /* What is kept now started arriving in this read, unless nothing was
    * consumed from what was kept before. */
   if (!had_pending || consumed)
-    s->pending_since_ms = clock_now_ms();
+    s->kept->since_ms = clock_now_ms();
   if (o->incomplete_timeout_ms && !s->incomplete_armed) {
     uint64_t now = clock_now_ms();
-    uint64_t deadline = s->pending_since_ms + o->incomplete_timeout_ms;
+    uint64_t deadline = s->kept->since_ms + o->incomplete_timeout_ms;
     arm_incomplete(s, deadline > now ? deadline - now : 0);
   }
 }
@@ -986,7 +994,7 @@ static int enqueue(session_t *s, const session_buf_t *bufs, size_t count,
     return ENGINE_E_CLOSED;
   }
   session_buf_t wire;
-  if (s->has_transport) {
+  if (s->layers) {
     /* Before its handshake is done (on_connected) a transport session
      * takes no sends, nor after a layer ended the stream (a close frame
      * went out). Encoding under the lock keeps concurrent senders' frames
