@@ -75,6 +75,11 @@ typedef enum io_op_type {
 
 typedef void (*io_complete_fn)(io_op_t *op, int status, size_t bytes);
 
+/* What every op is: a post or a timer is this alone; a socket op embeds it
+ * first in the record of its type below, which carries its arguments, so
+ * each record is as large as its own type needs (an idle session's ops are
+ * counted, issue 18). The backend finds the record from the op by its
+ * type (io_recv_op and the like). */
 struct io_op {
 #ifdef _WIN32
   OVERLAPPED overlapped;
@@ -82,28 +87,47 @@ struct io_op {
   io_complete_fn complete;
   io_op_t *next;       /* backend queues */
   io_handle_t *handle; /* issued on; routes the op to its worker */
-  uint8_t type;        /* io_op_type_t */
   int status;          /* result, or for IO_OP_POST the status to deliver */
-  union {
-    struct {
-      io_socket_t socket; /* out: the accepted socket */
-      address_t *peer;    /* out: the peer's address */
-#ifdef _WIN32
-      void *addresses; /* AcceptEx's address block, owned by the backend */
-#endif
-    } accept;
-    struct {
-      const address_t *to;
-    } connect;
-    struct {
-      uint8_t *data; /* out: the bytes, valid during the completion */
-    } recv;
-    struct {
-      io_buf_t *bufs;
-      int count;
-    } send;
-  } u;
+  uint8_t type;        /* io_op_type_t */
 };
+
+typedef struct io_recv_op {
+  io_op_t op;
+  uint8_t *data; /* out: the bytes, valid during the completion */
+} io_recv_op_t;
+
+typedef struct io_send_op {
+  io_op_t op;
+  io_buf_t *bufs;
+  int count;
+} io_send_op_t;
+
+typedef struct io_accept_op {
+  io_op_t op;
+  io_socket_t socket; /* out: the accepted socket */
+  address_t *peer;    /* out: the peer's address */
+#ifdef _WIN32
+  void *addresses; /* AcceptEx's address block, owned by the backend */
+#endif
+} io_accept_op_t;
+
+typedef struct io_connect_op {
+  io_op_t op;
+  const address_t *to;
+} io_connect_op_t;
+
+static inline io_recv_op_t *io_recv_op(io_op_t *op) {
+  return container_of(op, io_recv_op_t, op);
+}
+static inline io_send_op_t *io_send_op(io_op_t *op) {
+  return container_of(op, io_send_op_t, op);
+}
+static inline io_accept_op_t *io_accept_op(io_op_t *op) {
+  return container_of(op, io_accept_op_t, op);
+}
+static inline io_connect_op_t *io_connect_op(io_op_t *op) {
+  return container_of(op, io_connect_op_t, op);
+}
 
 /* A socket (or, with IO_INVALID_SOCKET, just a place in a worker's serial
  * order for timers and posts). Embedded in its owner. The "worker" is the

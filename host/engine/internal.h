@@ -74,9 +74,12 @@ struct session {
   void *context;
   client_slot_t *slot; /* client sessions: the slot that keeps it */
   io_handle_t handle;
-  /* The receive; before the first one it carries the connect (a client
-   * session's), so an op exists for every moment of the session's life. */
-  io_op_t recv_op;
+  /* The receive; before the first one, a client session's connect (no
+   * receive is issued before the session opens). */
+  union {
+    io_recv_op_t recv_op;
+    io_connect_op_t connect_op;
+  };
   io_op_t kick_op; /* start, flush and close requests, in serial order */
   /* The send side (under lock): the queue, its send op and gather list,
    * allocated only while bytes wait (session.c); NULL when idle. */

@@ -45,7 +45,7 @@
 typedef struct listener listener_t;
 
 typedef struct accept_slot {
-  io_op_t op;
+  io_accept_op_t op;
   listener_t *listener;
   session_t *session; /* the session this accept will hand over */
   uint8_t waiting;    /* waits for the backoff timer */
@@ -386,13 +386,13 @@ static void issue_accept(listener_t *l, accept_slot_t *slot) {
     }
   }
   atomic_fetch_add_explicit(&l->refs, 1, memory_order_relaxed);
-  slot->op.type = IO_OP_ACCEPT;
-  slot->op.handle = &l->handle;
-  slot->op.status = 0;
-  slot->op.complete = on_accept_done;
-  slot->op.u.accept.socket = IO_INVALID_SOCKET;
-  slot->op.u.accept.peer = &slot->session->peer;
-  io_submit(&slot->op);
+  slot->op.op.type = IO_OP_ACCEPT;
+  slot->op.op.handle = &l->handle;
+  slot->op.op.status = 0;
+  slot->op.op.complete = on_accept_done;
+  slot->op.socket = IO_INVALID_SOCKET;
+  slot->op.peer = &slot->session->peer;
+  io_submit(&slot->op.op);
 }
 
 static void on_backoff(io_op_t *op, int status, size_t bytes) {
@@ -449,7 +449,7 @@ static int error_is_per_connection(int status) {
 }
 
 static void on_accept_done(io_op_t *op, int status, size_t bytes) {
-  accept_slot_t *slot = container_of(op, accept_slot_t, op);
+  accept_slot_t *slot = container_of(op, accept_slot_t, op.op);
   listener_t *l = slot->listener;
   service_t *svc = l->service;
   /* The service may be stopping before this listener's stop op arrives (on
@@ -459,7 +459,7 @@ static void on_accept_done(io_op_t *op, int status, size_t bytes) {
     l->stopped = 1;
   if (status == IO_ECANCELED || l->stopped) {
     if (status == 0)
-      io_socket_close(op->u.accept.socket);
+      io_socket_close(io_accept_op(op)->socket);
     listener_release(l);
     return;
   }
@@ -481,7 +481,7 @@ static void on_accept_done(io_op_t *op, int status, size_t bytes) {
     return;
   }
   l->backoff_ms = 0;
-  io_socket_t sock = op->u.accept.socket;
+  io_socket_t sock = io_accept_op(op)->socket;
   if (atomic_load(&svc->sessions_now) >= svc->opt.max_sessions) {
     io_socket_close(sock);
     atomic_fetch_add(&svc->rejected, 1);

@@ -66,7 +66,7 @@ struct send_chunk {
  * and holds its session (SPEC section 2), so the block is never freed under
  * it: on_send_done frees it, after the op completed. */
 struct send_state {
-  io_op_t op;
+  io_send_op_t op;
   send_chunk_t *head;
   send_chunk_t *tail;
   uint64_t queued_bytes;
@@ -510,7 +510,7 @@ int session__attach(session_t *s, io_socket_t sock, int worker_hint) {
 }
 
 static void on_connect_done(io_op_t *op, int status, size_t bytes) {
-  session_t *s = container_of(op, session_t, recv_op);
+  session_t *s = container_of(op, session_t, connect_op.op);
   engine_lock(&s->lock);
   if (status == 0 && s->close_request)
     status = IO_ECANCELED;
@@ -547,7 +547,7 @@ static void on_connect_done(io_op_t *op, int status, size_t bytes) {
 void session__connect(session_t *s, io_socket_t sock, int worker_hint) {
   /* The receive op carries the connect: no receive is issued before the
    * session opens, which is after the connect completed. */
-  s->recv_op.complete = on_connect_done;
+  s->connect_op.op.complete = on_connect_done;
   s->peer = opts_of(s)->address; /* a client session's peer is its target */
   session__ref(s); /* the connect's reference */
   int rc = io_handle_open(service_core(s->service)->io, &s->handle, sock,
@@ -556,14 +556,14 @@ void session__connect(session_t *s, io_socket_t sock, int worker_hint) {
     io_socket_close(sock);
     s->handle.socket = IO_INVALID_SOCKET;
     s->handle.closed = 1;
-    io_post(&s->handle, &s->recv_op, rc);
+    io_post(&s->handle, &s->connect_op.op, rc);
     return;
   }
-  s->recv_op.type = IO_OP_CONNECT;
-  s->recv_op.handle = &s->handle;
-  s->recv_op.status = 0;
-  s->recv_op.u.connect.to = &opts_of(s)->address;
-  io_submit(&s->recv_op);
+  s->connect_op.op.type = IO_OP_CONNECT;
+  s->connect_op.op.handle = &s->handle;
+  s->connect_op.op.status = 0;
+  s->connect_op.to = &opts_of(s)->address;
+  io_submit(&s->connect_op.op);
 }
 
 /* ---- receiving ---- */
@@ -571,7 +571,7 @@ void session__connect(session_t *s, io_socket_t sock, int worker_hint) {
 static void deliver_input(session_t *s, const uint8_t *in, size_t n);
 
 static void on_recv_done(io_op_t *op, int status, size_t bytes) {
-  session_t *s = container_of(op, session_t, recv_op);
+  session_t *s = container_of(op, session_t, recv_op.op);
   if (status == IO_ECANCELED) {
     session_release(s);
     return;
@@ -593,7 +593,7 @@ static void on_recv_done(io_op_t *op, int status, size_t bytes) {
     s->peer_eof = 1;
     begin_close(s, REASON_PEER_CLOSED, 1);
   } else {
-    session__receive(s, op->u.recv.data, bytes);
+    session__receive(s, io_recv_op(op)->data, bytes);
     /* Keep reading also once a close was asked for (here or from another
      * thread): input is no longer delivered, but the socket stays drained
      * and the linger after our FIN needs a receive to see the peer's. */
@@ -620,11 +620,11 @@ void session__receive(session_t *s, const uint8_t *data, size_t len) {
 
 static void start_recv(session_t *s) {
   session__ref(s);
-  s->recv_op.type = IO_OP_RECV;
-  s->recv_op.handle = &s->handle;
-  s->recv_op.status = 0;
-  s->recv_op.complete = on_recv_done;
-  io_submit(&s->recv_op);
+  s->recv_op.op.type = IO_OP_RECV;
+  s->recv_op.op.handle = &s->handle;
+  s->recv_op.op.status = 0;
+  s->recv_op.op.complete = on_recv_done;
+  io_submit(&s->recv_op.op);
 }
 
 static int keep_pending(session_t *s, const uint8_t *data, size_t len) {
@@ -750,18 +750,18 @@ static void flush(session_t *s) {
   }
   s->sending = 1;
   session__ref(s);
-  tx->op.type = IO_OP_SEND;
-  tx->op.handle = &s->handle;
-  tx->op.status = 0;
-  tx->op.complete = on_send_done;
-  tx->op.u.send.bufs = tx->bufs;
-  tx->op.u.send.count = count;
+  tx->op.op.type = IO_OP_SEND;
+  tx->op.op.handle = &s->handle;
+  tx->op.op.status = 0;
+  tx->op.op.complete = on_send_done;
+  tx->op.bufs = tx->bufs;
+  tx->op.count = count;
   engine_unlock(&s->lock);
-  io_submit(&tx->op);
+  io_submit(&tx->op.op);
 }
 
 static void on_send_done(io_op_t *op, int status, size_t bytes) {
-  send_state_t *tx = container_of(op, send_state_t, op);
+  send_state_t *tx = container_of(op, send_state_t, op.op);
   session_t *s = container_of(op->handle, session_t, handle);
   engine_lock(&s->lock);
   s->sending = 0;

@@ -364,7 +364,7 @@ static void serve_recv(uring_worker_t *w, uint32_t i) {
     if (s->head == NO_BUFFER)
       s->tail = NO_BUFFER;
     h->pending_read = NULL;
-    op->u.recv.data = buffer_at(w, id);
+    io_recv_op(op)->data = buffer_at(w, id);
     make_ready(w, op, (int)w->buffer_len[id]); /* bytes, until delivery */
     return;
   }
@@ -498,9 +498,9 @@ static void serve_accept(uring_worker_t *w, io_handle_t *h) {
       make_ready(w, op, -errno); /* the owner backs off */
       continue;
     }
-    op->u.accept.socket = fd;
-    if (op->u.accept.peer)
-      address_from_sockaddr(op->u.accept.peer, (struct sockaddr *)&ss, len);
+    io_accept_op(op)->socket = fd;
+    if (io_accept_op(op)->peer)
+      address_from_sockaddr(io_accept_op(op)->peer, (struct sockaddr *)&ss, len);
     make_ready(w, op, 0);
   }
 }
@@ -554,8 +554,8 @@ static void issue_send_op(uring_worker_t *w, uint32_t i, io_op_t *op) {
     return;
   }
   rec->slot = i;
-  rec->msg.msg_iov = op->u.send.bufs;
-  rec->msg.msg_iovlen = (size_t)op->u.send.count;
+  rec->msg.msg_iov = io_send_op(op)->bufs;
+  rec->msg.msg_iovlen = (size_t)io_send_op(op)->count;
   /* MSG_WAITALL: the kernel finishes a short write itself. */
   io_uring_prep_sendmsg(sqe, s->fd, &rec->msg, MSG_NOSIGNAL | MSG_WAITALL);
   io_uring_sqe_set_data64(sqe, user_data(i, KIND_SEND_OP));
@@ -934,7 +934,7 @@ static void start_op(uring_worker_t *w, io_op_t *op) {
       make_ready(w, op, -EBUSY);
       return;
     }
-    const address_t *to = op->u.connect.to;
+    const address_t *to = io_connect_op(op)->to;
     io_uring_prep_connect(sqe, s->fd, &to->u.sa, address_length(to));
     io_uring_sqe_set_data64(sqe, user_data(i, KIND_CONNECT));
     s->kernel_op = op;
@@ -1073,7 +1073,7 @@ static void deliver(uring_worker_t *w, io_op_t *op) {
   int is_socket_op = op->type == IO_OP_RECV || op->type == IO_OP_SEND ||
                      op->type == IO_OP_ACCEPT || op->type == IO_OP_CONNECT;
   unsigned id = op->type == IO_OP_RECV && status > 0
-                    ? buffer_of(w, op->u.recv.data)
+                    ? buffer_of(w, io_recv_op(op)->data)
                     : NO_BUFFER;
   if (is_socket_op && status != IO_ECANCELED && h->closed) {
     /* A result that came in before a close the owner made since: the
@@ -1081,7 +1081,7 @@ static void deliver(uring_worker_t *w, io_op_t *op) {
     if (id != NO_BUFFER)
       buffer_recycle(w, id);
     if (op->type == IO_OP_ACCEPT && status == 0)
-      close(op->u.accept.socket);
+      close(io_accept_op(op)->socket);
     cancel_op(w, op);
     return;
   }
