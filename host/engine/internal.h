@@ -92,7 +92,7 @@ struct session {
    * anywhere. connected_ms is set before the service lists the session. */
   atomic_uint_fast64_t bytes_in, bytes_out;
   uint64_t connected_ms;
-  session_t *service_prev, *service_next, *hash_next; /* service lock */
+  session_t *hash_next; /* the service's set of open sessions: its lock */
   /* extra state follows, aligned; then the transport layers' pointers */
 };
 
