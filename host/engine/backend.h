@@ -35,6 +35,7 @@ typedef SOCKET io_socket_t;
 #define IO_INVALID_SOCKET INVALID_SOCKET
 typedef WSABUF io_buf_t; /* ULONG len; CHAR *buf */
 #else
+#include <sys/socket.h>
 #include <sys/uio.h>
 typedef int io_socket_t;
 #define IO_INVALID_SOCKET (-1)
@@ -100,6 +101,9 @@ typedef struct io_send_op {
   io_op_t op;
   io_buf_t *bufs;
   int count;
+#ifndef _WIN32
+  struct msghdr msg; /* io_uring: the sendmsg the kernel reads (backend's) */
+#endif
 } io_send_op_t;
 
 typedef struct io_accept_op {
