@@ -137,20 +137,29 @@ static inline io_connect_op_t *io_connect_op(io_op_t *op) {
  * order for timers and posts). Embedded in its owner. The "worker" is the
  * serial order the handle's completions run in: a thread with epoll, a
  * strand that any of the core's threads may run with IOCP. */
+#ifndef _WIN32
+/* io_uring: a handle without an entry in its worker's table (yet). */
+#define IO_NO_SLOT 0xffffffu
+#endif
+
 struct io_handle {
   io_socket_t socket;
-  io_worker_t *worker;
-  uint8_t closed;
 #ifdef _WIN32
+  uint8_t closed;
   int family;
+  io_worker_t *worker;
 #else
+  /* Touched on the handle's worker only, so bits will do: the socket, the
+   * flags and the slot fill 8 bytes (a handle is in every session). */
+  uint32_t closed : 1;
   /* epoll: readiness; io_uring: its own flags (see io_uring.c). */
-  uint8_t readable;
-  uint8_t writable;
-  uint8_t hangup;         /* the peer closed or failed: reads won't block */
-  /* io_uring: the handle's entry in its worker's table, UINT32_MAX until
-   * its first socket op (it fits in what was padding: no byte more). */
-  uint32_t slot;
+  uint32_t readable : 1;
+  uint32_t writable : 1;
+  uint32_t hangup : 1; /* the peer closed or failed: reads won't block */
+  /* io_uring: the handle's entry in its worker's table, IO_NO_SLOT until
+   * its first socket op. */
+  uint32_t slot : 24;
+  io_worker_t *worker;
   io_op_t *pending_read;  /* accept or recv ops waiting for readiness */
   io_op_t *pending_write; /* send or connect op waiting for readiness */
 #endif

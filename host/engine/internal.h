@@ -50,21 +50,25 @@ struct session {
   _Atomic uint8_t close_request;
   uint8_t reason;          /* the reason on_disconnected gets */
   uint8_t registered;      /* counted in the service: its lock */
+  /* Flags, one bit each, in two groups that C11 keeps apart (the
+   * zero-width field between them): a thread may write one group while
+   * another writes the other. */
   /* Worker only. */
-  uint8_t close_started;
-  uint8_t peer_eof;        /* the peer sent FIN */
-  uint8_t lingering;       /* FIN sent, draining input */
-  uint8_t incomplete_armed; /* the incomplete-input check runs */
-  uint8_t opened;          /* on_connected has run */
-  /* Under lock. */
-  uint8_t sending;         /* a send op is in flight */
-  uint8_t kick_pending;    /* the kick op is queued */
-  uint8_t close_abort;     /* abort rather than flush */
-  /* Transports (engine.h), under lock; layers is fixed at creation, so a
-   * plain TCP session pays one predicted branch per receive and send. */
-  uint8_t transport_started; /* the layers are open: worker, under lock */
-  uint8_t transport_ready;   /* every layer's handshake is done */
-  uint8_t transport_closed;  /* a layer ended the stream */
+  uint8_t close_started : 1;
+  uint8_t peer_eof : 1;         /* the peer sent FIN */
+  uint8_t lingering : 1;        /* FIN sent, draining input */
+  uint8_t incomplete_armed : 1; /* the incomplete-input check runs */
+  uint8_t opened : 1;           /* on_connected has run */
+  uint8_t : 0;
+  /* Written under lock. */
+  uint8_t sending : 1;      /* a send op is in flight */
+  uint8_t kick_pending : 1; /* the kick op is queued */
+  uint8_t close_abort : 1;  /* abort rather than flush */
+  /* Transports (engine.h); layers is fixed at creation, so a plain TCP
+   * session pays one predicted branch per receive and send. */
+  uint8_t transport_started : 1; /* the layers are open (on the worker) */
+  uint8_t transport_ready : 1;   /* every layer's handshake is done */
+  uint8_t transport_closed : 1;  /* a layer ended the stream */
   engine_lock_t lock;
   uint32_t extra_size; /* bytes of extra state, as the factory asked */
   address_t peer;      /* 4-byte aligned: here it fills what would be holes */

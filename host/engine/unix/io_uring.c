@@ -71,7 +71,7 @@
 #define DELIVERIES_PER_ROUND 4096
 #define CQES_PER_BATCH 256
 #define STOP_DRAIN_MS 2000
-#define NO_SLOT UINT32_MAX
+#define NO_SLOT IO_NO_SLOT /* also ends the free list */
 #define NO_BUFFER 0xffffu
 
 /* What a completion is for. */
@@ -262,6 +262,8 @@ static uint32_t slot_alloc(uring_worker_t *w, io_handle_t *h) {
   if (i != NO_SLOT) {
     w->free_slot = slot_at(w, i)->next_free;
   } else {
+    if (w->slot_count == NO_SLOT)
+      return NO_SLOT; /* the handle's 24 bits are all used */
     if (w->slot_count == w->chunk_count * SLOTS_PER_CHUNK) {
       if (w->chunk_count == w->chunk_cap) {
         uint32_t cap = w->chunk_cap ? w->chunk_cap * 2 : 8;
