@@ -73,7 +73,7 @@ room_t *room_create(core_t *core, const room_handler_t *handler, size_t extra,
   r->context = context;
   r->extra_size = extra;
   engine_lock_init(&r->lock);
-  strand_init(&r->strand, &room_strand_ops);
+  strand_init(&r->strand);
   engine__live_add(1);
   return r;
 }
@@ -110,7 +110,7 @@ static void on_close_op(io_op_t *op, int status, size_t bytes) {
   (void)status;
   (void)bytes;
   room_t *r = container_of(op, room_t, close_op);
-  strand_cancel_timers(&r->strand);
+  strand_cancel_timers(&r->strand, &room_strand_ops);
   if (r->handler && r->handler->on_close)
     r->handler->on_close(r);
   room_release(r); /* the close op's reference */
@@ -139,7 +139,7 @@ int room_post(room_t *r, room_fn fn, room_fn done, void *arg, void *arg2) {
                         .done.room = done,
                         .arg = arg,
                         .arg2 = arg2};
-  return strand_post(&r->strand, &call, 0);
+  return strand_post(&r->strand, &room_strand_ops, &call, 0);
 }
 
 int room_post_always(room_t *r, room_fn fn, void *arg, void *arg2) {
@@ -147,7 +147,7 @@ int room_post_always(room_t *r, room_fn fn, void *arg, void *arg2) {
     return ENGINE_E_INVAL;
   strand_call_t call = {
       .kind = STRAND_ROOM, .fn.room = fn, .arg = arg, .arg2 = arg2};
-  return strand_post(&r->strand, &call, 1);
+  return strand_post(&r->strand, &room_strand_ops, &call, 1);
 }
 
 uint64_t room_timer_start(room_t *r, uint32_t delay_ms, uint32_t repeat_ms,
@@ -160,9 +160,10 @@ uint64_t room_timer_start(room_t *r, uint32_t delay_ms, uint32_t repeat_ms,
                         .done.room = done,
                         .arg = arg,
                         .arg2 = arg2};
-  return strand_timer_start(&r->strand, delay_ms, repeat_ms, &call, 0);
+  return strand_timer_start(&r->strand, &room_strand_ops, delay_ms, repeat_ms,
+                            &call, 0);
 }
 
 int room_timer_stop(room_t *r, uint64_t timer_id) {
-  return strand_timer_stop(&r->strand, timer_id);
+  return strand_timer_stop(&r->strand, &room_strand_ops, timer_id);
 }

@@ -233,7 +233,7 @@ session_t *session__new(service_t *svc) {
   s->handle.socket = IO_INVALID_SOCKET;
   s->kick_op.complete = on_kick;
   engine_lock_init(&s->lock);
-  strand_init(&s->strand, &session_strand_ops);
+  strand_init(&s->strand);
   engine__live_add(1);
   /* The service outlives its sessions: service_wait_closed waits for this
    * count, and destroy() still reads the service's options. */
@@ -287,7 +287,9 @@ static const strand_owner_ops_t session_strand_ops = {
 };
 
 /* Worker only: every timer stops (the engine's own too). */
-static void cancel_timers(session_t *s) { strand_cancel_timers(&s->strand); }
+static void cancel_timers(session_t *s) {
+  strand_cancel_timers(&s->strand, &session_strand_ops);
+}
 
 /* The engine's own timers: they run while closing too. */
 static uint64_t timer_start(session_t *s, uint32_t delay_ms,
@@ -295,7 +297,8 @@ static uint64_t timer_start(session_t *s, uint32_t delay_ms,
                             int internal) {
   strand_call_t call = {.kind = STRAND_SESSION1, .fn.session1 = fn,
                         .arg = arg};
-  return strand_timer_start(&s->strand, delay_ms, repeat_ms, &call, internal);
+  return strand_timer_start(&s->strand, &session_strand_ops, delay_ms,
+                            repeat_ms, &call, internal);
 }
 
 uint64_t session_timer_start(session_t *s, uint32_t delay_ms,
@@ -312,11 +315,12 @@ uint64_t session_timer_start2(session_t *s, uint32_t delay_ms,
     return 0;
   strand_call_t call = {.kind = STRAND_SESSION2, .fn.session2 = fn,
                         .done.session = done, .arg = arg, .arg2 = arg2};
-  return strand_timer_start(&s->strand, delay_ms, repeat_ms, &call, 0);
+  return strand_timer_start(&s->strand, &session_strand_ops, delay_ms,
+                            repeat_ms, &call, 0);
 }
 
 int session_timer_stop(session_t *s, uint64_t timer_id) {
-  return strand_timer_stop(&s->strand, timer_id);
+  return strand_timer_stop(&s->strand, &session_strand_ops, timer_id);
 }
 
 int session_post(session_t *s, session_fn fn, void *arg) {
@@ -324,7 +328,7 @@ int session_post(session_t *s, session_fn fn, void *arg) {
     return ENGINE_E_INVAL;
   strand_call_t call = {.kind = STRAND_SESSION1, .fn.session1 = fn,
                         .arg = arg};
-  return strand_post(&s->strand, &call, 0);
+  return strand_post(&s->strand, &session_strand_ops, &call, 0);
 }
 
 int session_post2(session_t *s, session_fn2 fn, session_fn2 done, void *arg,
@@ -333,7 +337,7 @@ int session_post2(session_t *s, session_fn2 fn, session_fn2 done, void *arg,
     return ENGINE_E_INVAL;
   strand_call_t call = {.kind = STRAND_SESSION2, .fn.session2 = fn,
                         .done.session = done, .arg = arg, .arg2 = arg2};
-  return strand_post(&s->strand, &call, 0);
+  return strand_post(&s->strand, &session_strand_ops, &call, 0);
 }
 
 int session_post_always(session_t *s, session_fn2 fn, void *arg, void *arg2) {
@@ -341,7 +345,7 @@ int session_post_always(session_t *s, session_fn2 fn, void *arg, void *arg2) {
     return ENGINE_E_INVAL;
   strand_call_t call = {.kind = STRAND_SESSION2, .fn.session2 = fn,
                         .arg = arg, .arg2 = arg2};
-  return strand_post(&s->strand, &call, 1);
+  return strand_post(&s->strand, &session_strand_ops, &call, 1);
 }
 
 /* ---- idle timeout ---- */
