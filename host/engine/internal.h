@@ -38,6 +38,14 @@ typedef struct kept_input {
   uint8_t bytes[];
 } kept_input_t;
 
+/* What only some sessions have, placed in the session's own block after
+ * the extra state: a client session's slot, a transport's layers. An
+ * accepted plain TCP session has none (tail NULL). */
+typedef struct session_tail {
+  client_slot_t *slot; /* client sessions: the slot that keeps it */
+  void *layers[];      /* each layer's state, socket's first */
+} session_tail_t;
+
 /* A session, laid out for what an idle one needs (issue 18: its bytes are
  * counted): what it uses only while busy (the send side, kept input,
  * timers) is allocated then, and what only some services use (transport
@@ -64,19 +72,21 @@ struct session {
   uint8_t sending : 1;      /* a send op is in flight */
   uint8_t kick_pending : 1; /* the kick op is queued */
   uint8_t close_abort : 1;  /* abort rather than flush */
-  /* Transports (engine.h); layers is fixed at creation, so a plain TCP
-   * session pays one predicted branch per receive and send. */
+  /* Transports (engine.h). */
   uint8_t transport_started : 1; /* the layers are open (on the worker) */
   uint8_t transport_ready : 1;   /* every layer's handshake is done */
   uint8_t transport_closed : 1;  /* a layer ended the stream */
+  /* Fixed at creation (read by any thread without the lock, so not a bit
+   * beside the others), so a plain TCP session pays one predicted branch
+   * per receive and send. */
+  uint8_t has_transport;
   engine_lock_t lock;
   uint32_t extra_size; /* bytes of extra state, as the factory asked */
   address_t peer;      /* 4-byte aligned: here it fills what would be holes */
-  void **layers; /* each layer's state, socket's first; NULL: no transport */
+  session_tail_t *tail; /* NULL: an accepted session without transport */
   uint64_t id;
   service_t *service;
   void *context;
-  client_slot_t *slot; /* client sessions: the slot that keeps it */
   io_handle_t handle;
   /* The receive; before the first one, a client session's connect (no
    * receive is issued before the session opens). */
@@ -97,7 +107,7 @@ struct session {
   atomic_uint_fast64_t bytes_in, bytes_out;
   uint64_t connected_ms;
   session_t *hash_next; /* the service's set of open sessions: its lock */
-  /* extra state follows, aligned; then the transport layers' pointers */
+  /* extra state follows, aligned; then the tail, when there is one */
 };
 
 /* service.c and session.c call into each other, and only each other: a

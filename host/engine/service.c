@@ -709,7 +709,7 @@ static void slot_connect(client_slot_t *slot) {
     atomic_fetch_add(&svc->connect_failures, 1);
     return;
   }
-  s->slot = slot;
+  s->tail->slot = slot; /* a client service's sessions have a tail */
   slot->session = s;
   slot->state = SLOT_CONNECTING;
   if (svc->opt.connect_timeout_ms)

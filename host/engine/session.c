@@ -34,7 +34,7 @@
  * both under the session's lock; on_connected waits until every layer's
  * handshake is done (bounded by handshake_timeout_ms), and a graceful close
  * lets each layer write its closing bytes before the FIN. Sessions of other
- * services test their layers once per receive and per send.
+ * services test has_transport once per receive and per send.
  */
 #include <errno.h>
 #include <limits.h>
@@ -185,7 +185,7 @@ static void destroy(session_t *s) {
   const session_handler_t *h = opts_of(s)->factory.handler;
   if (h && h->on_free)
     h->on_free(s);
-  if (s->layers)
+  if (s->has_transport)
     transport_free(s);
   tx_free_locked(s);
   kept_resize(s, 0);
@@ -216,16 +216,20 @@ session_t *session__new(service_t *svc) {
     if (extra == (size_t)-1)
       return NULL;
   }
-  /* One block: the session, the factory's extra state, and the transport
-   * layers' pointers (only for a service that has layers). */
-  size_t layers_at = extra_offset() + ((extra + 7) & ~(size_t)7);
-  session_t *s =
-      calloc(1, layers_at + o->transport_layers * sizeof(void *));
+  /* One block: the session, the factory's extra state, and the tail for
+   * a client session or one with transport layers. */
+  int has_tail = o->type == SERVICE_CLIENT || o->transport_layers > 0;
+  size_t tail_at = extra_offset() + ((extra + 7) & ~(size_t)7);
+  size_t size = has_tail ? tail_at + sizeof(session_tail_t) +
+                               o->transport_layers * sizeof(void *)
+                         : extra_offset() + extra;
+  session_t *s = calloc(1, size);
   if (!s)
     return NULL;
   s->extra_size = (uint32_t)extra;
-  if (o->transport_layers > 0)
-    s->layers = (void **)((char *)s + layers_at);
+  if (has_tail)
+    s->tail = (session_tail_t *)((char *)s + tail_at);
+  s->has_transport = o->transport_layers > 0;
   atomic_init(&s->refs, 1); /* the open reference */
   s->id = atomic_fetch_add_explicit(&next_session_id, 1, memory_order_relaxed);
   s->service = svc;
@@ -440,7 +444,7 @@ static void on_kick(io_op_t *op, int status, size_t bytes) {
   if (s->state == SESSION_OPENING && !request) {
     /* A transport's handshake runs first; on_connected follows when it is
      * done (transport_receive). Later kicks (its flushes) start nothing. */
-    if (!s->layers)
+    if (!s->has_transport)
       open_session(s, 1);
     else if (!s->transport_started)
       transport_start(s);
@@ -525,7 +529,7 @@ static void on_connect_done(io_op_t *op, int status, size_t bytes) {
     s->state = SESSION_CLOSED;
     engine_unlock(&s->lock);
     s->close_started = 1;
-    service__connect_done(s->slot, s, status);
+    service__connect_done(s->tail->slot, s, status);
     if (!s->handle.closed)
       drop_socket(s);
     else
@@ -541,7 +545,7 @@ static void on_connect_done(io_op_t *op, int status, size_t bytes) {
   engine_unlock(&s->lock);
   s->connected_ms = clock_now_ms();
   service__register(s->service, s);
-  service__connect_done(s->slot, s, 0);
+  service__connect_done(s->tail->slot, s, 0);
   engine_lock(&s->lock);
   post_kick_locked(s);
   engine_unlock(&s->lock);
@@ -608,7 +612,7 @@ static void on_recv_done(io_op_t *op, int status, size_t bytes) {
 }
 
 void session__receive(session_t *s, const uint8_t *data, size_t len) {
-  if (s->layers) {
+  if (s->has_transport) {
     transport_receive(s, data, len);
     return;
   }
@@ -998,7 +1002,7 @@ static int enqueue(session_t *s, const session_buf_t *bufs, size_t count,
     return ENGINE_E_CLOSED;
   }
   session_buf_t wire;
-  if (s->layers) {
+  if (s->has_transport) {
     /* Before its handshake is done (on_connected) a transport session
      * takes no sends, nor after a layer ended the stream (a close frame
      * went out). Encoding under the lock keeps concurrent senders' frames
@@ -1096,8 +1100,8 @@ static void finish_close(session_t *s, int graceful) {
   /* A transport session whose handshake failed never heard on_connected. */
   if (s->opened)
     o->factory.handler->on_disconnected(s, (session_reason_t)s->reason);
-  if (s->slot)
-    service__client_closed(s->slot, s);
+  if (s->tail && s->tail->slot)
+    service__client_closed(s->tail->slot, s);
   if (graceful && !s->peer_eof && s->handle.socket != IO_INVALID_SOCKET &&
       o->close_linger_ms > 0) {
     /* Our FIN is out; read until the peer's, bounded in time. (A session
@@ -1143,8 +1147,8 @@ static void begin_close(session_t *s, int reason, int graceful) {
       engine_unlock(&s->lock);
       cancel_timers(s);
       service__unregister(s->service, s, first);
-      if (s->slot)
-        service__client_closed(s->slot, s);
+      if (s->tail && s->tail->slot)
+        service__client_closed(s->tail->slot, s);
       drop_socket(s);
       return;
     }
@@ -1304,8 +1308,8 @@ static int sink_down(const transport_sink_t *sink, const session_buf_t *bufs,
 
 static transport_chain_t chain_of(session_t *s, transport_scratch_t *sc) {
   const service_options_t *o = opts_of(s);
-  transport_chain_t c = {o->transport, (int)o->transport_layers, s->layers,
-                         sc};
+  transport_chain_t c = {o->transport, (int)o->transport_layers,
+                         s->tail->layers, sc};
   return c;
 }
 
@@ -1313,7 +1317,7 @@ static transport_chain_t chain_of(session_t *s, transport_scratch_t *sc) {
 static int layers_ready(session_t *s) {
   const service_options_t *o = opts_of(s);
   for (size_t i = 0; i < o->transport_layers; i++)
-    if (!o->transport[i].ops->ready(s->layers[i]))
+    if (!o->transport[i].ops->ready(s->tail->layers[i]))
       return 0;
   return 1;
 }
@@ -1390,7 +1394,7 @@ static void check_handshake(session_t *s, void *arg) {
   const char *name = "transport";
   const service_options_t *o = opts_of(s);
   for (size_t i = 0; i < o->transport_layers; i++)
-    if (!o->transport[i].ops->ready(s->layers[i])) {
+    if (!o->transport[i].ops->ready(s->tail->layers[i])) {
       name = o->transport[i].ops->name;
       break;
     }
@@ -1416,7 +1420,7 @@ static void transport_opened(session_t *s, int start_receiving) {
   }
   for (size_t i = 0; i < o->transport_layers; i++)
     if (o->transport[i].ops->opened)
-      o->transport[i].ops->opened(s->layers[i]);
+      o->transport[i].ops->opened(s->tail->layers[i]);
   open_session(s, start_receiving);
 }
 
@@ -1439,7 +1443,7 @@ static void transport_start(session_t *s) {
   const service_options_t *o = opts_of(s);
   for (size_t i = 0; i < o->transport_layers; i++) {
     if (o->transport[i].ops->open(o->transport[i].config, s,
-                                  &s->layers[i]) != 0) {
+                                  &s->tail->layers[i]) != 0) {
       begin_close(s, REASON_IO_ERROR, 0);
       return;
     }
@@ -1463,7 +1467,7 @@ static void transport_start(session_t *s) {
     if (!o->transport[i].ops->start)
       continue;
     transport_sink_t down = {sink_down, &c, i - 1};
-    rc = o->transport[i].ops->start(s->layers[i], &down);
+    rc = o->transport[i].ops->start(s->tail->layers[i], &down);
   }
   qrc = queue_wire_locked(s, sc, &partial);
   if (rc != 0)
@@ -1554,7 +1558,7 @@ static int transport_close_locked(session_t *s, int reason) {
     if (!c.tl[i].ops->close)
       continue;
     transport_sink_t down = {sink_down, &c, i - 1};
-    c.tl[i].ops->close(s->layers[i], (session_reason_t)reason, &down);
+    c.tl[i].ops->close(s->tail->layers[i], (session_reason_t)reason, &down);
   }
   s->transport_closed = 1;
   int partial = 0;
@@ -1564,8 +1568,8 @@ static int transport_close_locked(session_t *s, int reason) {
 static void transport_free(session_t *s) {
   const service_options_t *o = opts_of(s);
   for (size_t i = 0; i < o->transport_layers; i++)
-    if (s->layers[i])
-      o->transport[i].ops->free(s->layers[i]);
+    if (s->tail->layers[i])
+      o->transport[i].ops->free(s->tail->layers[i]);
 }
 
 int session_transport_call(session_t *s, void *layer,
@@ -1575,7 +1579,7 @@ int session_transport_call(session_t *s, void *layer,
   const service_options_t *o = opts_of(s);
   int level = -1;
   for (size_t i = 0; i < o->transport_layers; i++)
-    if (layer && s->layers[i] == layer)
+    if (layer && s->tail->layers[i] == layer)
       level = (int)i;
   if (level < 0 || !fn)
     return ENGINE_E_INVAL;
