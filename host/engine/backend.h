@@ -35,6 +35,7 @@ typedef SOCKET io_socket_t;
 #define IO_INVALID_SOCKET INVALID_SOCKET
 typedef WSABUF io_buf_t; /* ULONG len; CHAR *buf */
 #else
+#include <sys/socket.h>
 #include <sys/uio.h>
 typedef int io_socket_t;
 #define IO_INVALID_SOCKET (-1)
@@ -75,6 +76,11 @@ typedef enum io_op_type {
 
 typedef void (*io_complete_fn)(io_op_t *op, int status, size_t bytes);
 
+/* What every op is: a post or a timer is this alone; a socket op embeds it
+ * first in the record of its type below, which carries its arguments, so
+ * each record is as large as its own type needs (an idle session's ops are
+ * counted, issue 18). The backend finds the record from the op by its
+ * type (io_recv_op and the like). */
 struct io_op {
 #ifdef _WIN32
   OVERLAPPED overlapped;
@@ -82,47 +88,78 @@ struct io_op {
   io_complete_fn complete;
   io_op_t *next;       /* backend queues */
   io_handle_t *handle; /* issued on; routes the op to its worker */
-  uint8_t type;        /* io_op_type_t */
   int status;          /* result, or for IO_OP_POST the status to deliver */
-  union {
-    struct {
-      io_socket_t socket; /* out: the accepted socket */
-      address_t *peer;    /* out: the peer's address */
-#ifdef _WIN32
-      void *addresses; /* AcceptEx's address block, owned by the backend */
-#endif
-    } accept;
-    struct {
-      const address_t *to;
-    } connect;
-    struct {
-      uint8_t *data; /* out: the bytes, valid during the completion */
-    } recv;
-    struct {
-      io_buf_t *bufs;
-      int count;
-    } send;
-  } u;
+  uint8_t type;        /* io_op_type_t */
 };
+
+typedef struct io_recv_op {
+  io_op_t op;
+  uint8_t *data; /* out: the bytes, valid during the completion */
+} io_recv_op_t;
+
+typedef struct io_send_op {
+  io_op_t op;
+  io_buf_t *bufs;
+  int count;
+#ifndef _WIN32
+  struct msghdr msg; /* io_uring: the sendmsg the kernel reads (backend's) */
+#endif
+} io_send_op_t;
+
+typedef struct io_accept_op {
+  io_op_t op;
+  io_socket_t socket; /* out: the accepted socket */
+  address_t *peer;    /* out: the peer's address */
+#ifdef _WIN32
+  void *addresses; /* AcceptEx's address block, owned by the backend */
+#endif
+} io_accept_op_t;
+
+typedef struct io_connect_op {
+  io_op_t op;
+  const address_t *to;
+} io_connect_op_t;
+
+static inline io_recv_op_t *io_recv_op(io_op_t *op) {
+  return container_of(op, io_recv_op_t, op);
+}
+static inline io_send_op_t *io_send_op(io_op_t *op) {
+  return container_of(op, io_send_op_t, op);
+}
+static inline io_accept_op_t *io_accept_op(io_op_t *op) {
+  return container_of(op, io_accept_op_t, op);
+}
+static inline io_connect_op_t *io_connect_op(io_op_t *op) {
+  return container_of(op, io_connect_op_t, op);
+}
 
 /* A socket (or, with IO_INVALID_SOCKET, just a place in a worker's serial
  * order for timers and posts). Embedded in its owner. The "worker" is the
  * serial order the handle's completions run in: a thread with epoll, a
  * strand that any of the core's threads may run with IOCP. */
+#ifndef _WIN32
+/* io_uring: a handle without an entry in its worker's table (yet). */
+#define IO_NO_SLOT 0xffffffu
+#endif
+
 struct io_handle {
   io_socket_t socket;
-  io_worker_t *worker;
-  uint8_t closed;
 #ifdef _WIN32
+  uint8_t closed;
   int family;
+  io_worker_t *worker;
 #else
+  /* Touched on the handle's worker only, so bits will do: the socket, the
+   * flags and the slot fill 8 bytes (a handle is in every session). */
+  uint32_t closed : 1;
   /* epoll: readiness; io_uring: its own flags (see io_uring.c). */
-  uint8_t readable;
-  uint8_t writable;
-  uint8_t hangup;         /* the peer closed or failed: reads won't block */
-  /* io_uring: the handle's entry in its worker's table, UINT32_MAX until
-   * its first socket op (it fits in what was padding: no byte more). */
-  uint32_t slot;
+  uint32_t readable : 1;
+  uint32_t writable : 1;
+  uint32_t hangup : 1; /* the peer closed or failed: reads won't block */
+  /* io_uring: the handle's entry in its worker's table, IO_NO_SLOT until
+   * its first socket op. */
+  uint32_t slot : 24;
+  io_worker_t *worker;
   io_op_t *pending_read;  /* accept or recv ops waiting for readiness */
   io_op_t *pending_write; /* send or connect op waiting for readiness */
 #endif

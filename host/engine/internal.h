@@ -18,6 +18,7 @@ struct core {
 };
 
 typedef struct send_chunk send_chunk_t;
+typedef struct send_state send_state_t;
 typedef struct client_slot client_slot_t;
 
 typedef enum session_state {
@@ -28,59 +29,85 @@ typedef enum session_state {
   SESSION_CLOSED = 4   /* on_disconnected has run */
 } session_state_t;
 
+/* The input a session keeps (unconsumed bytes), allocated only while there
+ * are some, header and bytes in one block. */
+typedef struct kept_input {
+  uint32_t len;
+  uint32_t cap;
+  uint64_t since_ms; /* when the oldest kept byte arrived */
+  uint8_t bytes[];
+} kept_input_t;
+
+/* What only some sessions have, placed in the session's own block after
+ * the extra state: a client session's slot, a transport's layers. An
+ * accepted plain TCP session has none (tail NULL). */
+typedef struct session_tail {
+  client_slot_t *slot; /* client sessions: the slot that keeps it */
+  void *layers[];      /* each layer's state, socket's first */
+} session_tail_t;
+
+/* A session, laid out for what an idle one needs (issue 18: its bytes are
+ * counted): what it uses only while busy (the send side, kept input,
+ * timers) is allocated then, and what only some services use (transport
+ * layers) is placed in the same block only for them. */
 struct session {
   atomic_int refs;
   uint8_t state;           /* session_state_t; written on the worker only */
-  uint8_t close_started;   /* worker only */
-  uint8_t sending;         /* under lock: a send op is in flight */
-  uint8_t kick_pending;    /* under lock: the kick op is queued */
-  uint8_t peer_eof;        /* worker only: the peer sent FIN */
-  uint8_t lingering;       /* worker only: FIN sent, draining input */
   /* Written under lock (a reason asked from any thread); atomic so that
    * the worker may read it without the lock. */
   _Atomic uint8_t close_request;
-  uint8_t close_abort;     /* under lock: abort rather than flush */
   uint8_t reason;          /* the reason on_disconnected gets */
-  uint8_t registered;      /* counted in the service */
-  uint8_t incomplete_armed; /* worker only: the incomplete-input check runs */
-  uint8_t opened;          /* worker only: on_connected has run */
-  /* Transports (engine.h): has_transport is fixed at creation, so a plain
-   * TCP session pays one predicted branch per receive and send. */
+  uint8_t registered;      /* counted in the service: its lock */
+  /* Flags, one bit each, in two groups that C11 keeps apart (the
+   * zero-width field between them): a thread may write one group while
+   * another writes the other. */
+  /* Worker only. */
+  uint8_t close_started : 1;
+  uint8_t peer_eof : 1;         /* the peer sent FIN */
+  uint8_t lingering : 1;        /* FIN sent, draining input */
+  uint8_t incomplete_armed : 1; /* the incomplete-input check runs */
+  uint8_t opened : 1;           /* on_connected has run */
+  uint8_t : 0;
+  /* Written under lock. */
+  uint8_t sending : 1;      /* a send op is in flight */
+  uint8_t kick_pending : 1; /* the kick op is queued */
+  uint8_t close_abort : 1;  /* abort rather than flush */
+  /* Transports (engine.h). */
+  uint8_t transport_started : 1; /* the layers are open (on the worker) */
+  uint8_t transport_ready : 1;   /* every layer's handshake is done */
+  uint8_t transport_closed : 1;  /* a layer ended the stream */
+  /* Fixed at creation (read by any thread without the lock, so not a bit
+   * beside the others), so a plain TCP session pays one predicted branch
+   * per receive and send. */
   uint8_t has_transport;
-  uint8_t transport_started; /* the layers are open: worker, under lock */
-  uint8_t transport_ready;   /* under lock: every layer's handshake is done */
-  uint8_t transport_closed;  /* under lock: a layer ended the stream */
-  void *layers[TRANSPORT_LAYERS_MAX]; /* each layer's state, socket's first */
+  engine_lock_t lock;
+  uint32_t extra_size; /* bytes of extra state, as the factory asked */
+  address_t peer;      /* 4-byte aligned: here it fills what would be holes */
+  session_tail_t *tail; /* NULL: an accepted session without transport */
   uint64_t id;
   service_t *service;
   void *context;
-  uint32_t extra_size; /* bytes of extra state, as the factory asked */
-  client_slot_t *slot; /* client sessions: the slot that keeps it */
   io_handle_t handle;
-  io_op_t recv_op;
-  io_op_t send_op; /* also carries the connect */
+  /* The receive; before the first one, a client session's connect (no
+   * receive is issued before the session opens). */
+  union {
+    io_recv_op_t recv_op;
+    io_connect_op_t connect_op;
+  };
   io_op_t kick_op; /* start, flush and close requests, in serial order */
-  pthread_mutex_t lock;
-  /* Send queue (under lock). */
-  send_chunk_t *queue_head;
-  send_chunk_t *queue_tail;
-  uint64_t queued_bytes;
+  /* The send side (under lock): the queue, its send op and gather list,
+   * allocated only while bytes wait (session.c); NULL when idle. */
+  send_state_t *tx;
   size_t sent_unreported; /* worker only: sent at once, on_sent still owed */
-  io_buf_t *send_bufs; /* gather list while a send is in flight */
-  /* Unconsumed received bytes, allocated only while there are some. */
-  uint8_t *pending_in;
-  uint32_t pending_in_len;
-  uint32_t pending_in_cap;
-  uint64_t pending_since_ms; /* when the oldest kept input byte arrived */
+  kept_input_t *kept;     /* worker only: unconsumed input, NULL when none */
   strand_t strand; /* timers and posts in the session's order */
   uint64_t last_recv_ms;
   /* For `sessions` (session_get_info): written on the worker, read from
    * anywhere. connected_ms is set before the service lists the session. */
   atomic_uint_fast64_t bytes_in, bytes_out;
   uint64_t connected_ms;
-  session_t *service_prev, *service_next, *hash_next; /* service lock */
-  address_t peer;
-  /* extra state follows, aligned */
+  session_t *hash_next; /* the service's set of open sessions: its lock */
+  /* extra state follows, aligned; then the tail, when there is one */
 };
 
 /* service.c and session.c call into each other, and only each other: a

@@ -24,7 +24,7 @@ struct room {
   const room_handler_t *handler;
   void *context;
   io_handle_t handle; /* no socket: a place in a worker's serial order */
-  pthread_mutex_t lock;
+  engine_lock_t lock;
   strand_t strand;
   uint8_t closing;  /* under lock: room_close was called */
   io_op_t close_op; /* the close, in the room's order (no allocation) */
@@ -50,6 +50,9 @@ static const strand_owner_ops_t room_strand_ops = {
     .may_start = strand_open,
     .may_run = strand_open,
     .room = 1,
+    .strand_at = offsetof(room_t, strand),
+    .handle_at = offsetof(room_t, handle),
+    .lock_at = offsetof(room_t, lock),
 };
 
 room_t *room_create(core_t *core, const room_handler_t *handler, size_t extra,
@@ -69,8 +72,8 @@ room_t *room_create(core_t *core, const room_handler_t *handler, size_t extra,
   r->handler = handler;
   r->context = context;
   r->extra_size = extra;
-  pthread_mutex_init(&r->lock, NULL);
-  strand_init(&r->strand, &r->handle, &r->lock, r, &room_strand_ops);
+  engine_lock_init(&r->lock);
+  strand_init(&r->strand);
   engine__live_add(1);
   return r;
 }
@@ -89,15 +92,15 @@ void room_release(room_t *r) {
     return;
   if (r->handler && r->handler->on_free)
     r->handler->on_free(r);
-  pthread_mutex_destroy(&r->lock);
+  engine_lock_destroy(&r->lock);
   free(r);
   engine__live_add(-1);
 }
 
 int room_is_open(room_t *r) {
-  pthread_mutex_lock(&r->lock);
+  engine_lock(&r->lock);
   int open = !r->closing;
-  pthread_mutex_unlock(&r->lock);
+  engine_unlock(&r->lock);
   return open;
 }
 
@@ -107,20 +110,20 @@ static void on_close_op(io_op_t *op, int status, size_t bytes) {
   (void)status;
   (void)bytes;
   room_t *r = container_of(op, room_t, close_op);
-  strand_cancel_timers(&r->strand);
+  strand_cancel_timers(&r->strand, &room_strand_ops);
   if (r->handler && r->handler->on_close)
     r->handler->on_close(r);
   room_release(r); /* the close op's reference */
 }
 
 int room_close(room_t *r) {
-  pthread_mutex_lock(&r->lock);
+  engine_lock(&r->lock);
   if (r->closing) {
-    pthread_mutex_unlock(&r->lock);
+    engine_unlock(&r->lock);
     return ENGINE_E_CLOSED;
   }
   r->closing = 1;
-  pthread_mutex_unlock(&r->lock);
+  engine_unlock(&r->lock);
   /* The room's own op: a close can never fail for want of memory. */
   room_acquire(r);
   r->close_op.complete = on_close_op;
@@ -136,7 +139,7 @@ int room_post(room_t *r, room_fn fn, room_fn done, void *arg, void *arg2) {
                         .done.room = done,
                         .arg = arg,
                         .arg2 = arg2};
-  return strand_post(&r->strand, &call, 0);
+  return strand_post(&r->strand, &room_strand_ops, &call, 0);
 }
 
 int room_post_always(room_t *r, room_fn fn, void *arg, void *arg2) {
@@ -144,7 +147,7 @@ int room_post_always(room_t *r, room_fn fn, void *arg, void *arg2) {
     return ENGINE_E_INVAL;
   strand_call_t call = {
       .kind = STRAND_ROOM, .fn.room = fn, .arg = arg, .arg2 = arg2};
-  return strand_post(&r->strand, &call, 1);
+  return strand_post(&r->strand, &room_strand_ops, &call, 1);
 }
 
 uint64_t room_timer_start(room_t *r, uint32_t delay_ms, uint32_t repeat_ms,
@@ -157,9 +160,10 @@ uint64_t room_timer_start(room_t *r, uint32_t delay_ms, uint32_t repeat_ms,
                         .done.room = done,
                         .arg = arg,
                         .arg2 = arg2};
-  return strand_timer_start(&r->strand, delay_ms, repeat_ms, &call, 0);
+  return strand_timer_start(&r->strand, &room_strand_ops, delay_ms, repeat_ms,
+                            &call, 0);
 }
 
 int room_timer_stop(room_t *r, uint64_t timer_id) {
-  return strand_timer_stop(&r->strand, timer_id);
+  return strand_timer_stop(&r->strand, &room_strand_ops, timer_id);
 }

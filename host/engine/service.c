@@ -1,7 +1,7 @@
 /*
  * Services: a server service owns a listener; a client service keeps N
- * outbound sessions alive. Both keep the set of their open sessions (a list
- * for broadcast and stop, a hash by id for lookup) and their counters.
+ * outbound sessions alive. Both keep the set of their open sessions (a hash
+ * by id, walked whole for broadcast and stop) and their counters.
  *
  * Listener: several accepts stay in flight (accepts_pending), each holding a
  * reference to the listener and the session it will hand over, so a burst of
@@ -27,7 +27,7 @@
  * lock before anything else, and a session that starts (its first kick)
  * from then on ends quietly instead of opening (session.c, on_kick). A
  * stop's sweep over the registered sessions therefore misses nobody:
- * whoever registered before the mark is in the list it walks, whoever
+ * whoever registered before the mark is in the set it walks, whoever
  * registers after ends at its start.
  */
 #include <errno.h>
@@ -45,7 +45,7 @@
 typedef struct listener listener_t;
 
 typedef struct accept_slot {
-  io_op_t op;
+  io_accept_op_t op;
   listener_t *listener;
   session_t *session; /* the session this accept will hand over */
   uint8_t waiting;    /* waits for the backoff timer */
@@ -102,7 +102,9 @@ struct service {
   long objects; /* sessions, the listener, slot ops in flight */
   long session_objects; /* of which sessions (allocated, not yet freed) */
   uint64_t open_sessions;
-  session_t *sessions;
+  /* The open sessions, chained through hash_next: found by id, and walked
+   * whole (FOR_EACH_SESSION) for broadcast and stop. Never empty of
+   * buckets (made with the service), so registering cannot fail. */
   session_t **buckets;
   size_t bucket_count;
   int started;
@@ -176,12 +178,21 @@ void *service_user(const service_t *svc) { return svc->user; }
 
 /* ---- the set of open sessions ---- */
 
+/* Under svc->lock. */
+#define FOR_EACH_SESSION(svc, s)                                               \
+  for (size_t bucket_ = 0; bucket_ < (svc)->bucket_count; bucket_++)          \
+    for (session_t *s = (svc)->buckets[bucket_]; s; s = s->hash_next)
+
+/* Buckets grow (doubling) when there are more than this many sessions per
+ * bucket: 8 bytes of table per 1 to 2 sessions, chains of 1 or 2. */
+#define SESSIONS_PER_BUCKET 2
+
 static size_t bucket_of(const service_t *svc, uint64_t id) {
   return (size_t)(id * 0x9E3779B97F4A7C15ULL >> 7) & (svc->bucket_count - 1);
 }
 
 static void rehash_locked(service_t *svc) {
-  size_t count = svc->bucket_count ? svc->bucket_count * 2 : 64;
+  size_t count = svc->bucket_count * 2;
   session_t **buckets = calloc(count, sizeof *buckets);
   if (!buckets)
     return; /* keep the old table: longer chains, still correct */
@@ -204,18 +215,11 @@ static void rehash_locked(service_t *svc) {
 
 void service__register(service_t *svc, session_t *s) {
   pthread_mutex_lock(&svc->lock);
-  if (svc->open_sessions + 1 > svc->bucket_count)
+  if (svc->open_sessions + 1 > svc->bucket_count * SESSIONS_PER_BUCKET)
     rehash_locked(svc);
-  if (svc->bucket_count) {
-    size_t b = bucket_of(svc, s->id);
-    s->hash_next = svc->buckets[b];
-    svc->buckets[b] = s;
-  }
-  s->service_prev = NULL;
-  s->service_next = svc->sessions;
-  if (svc->sessions)
-    svc->sessions->service_prev = s;
-  svc->sessions = s;
+  size_t b = bucket_of(svc, s->id);
+  s->hash_next = svc->buckets[b];
+  svc->buckets[b] = s;
   s->registered = 1;
   svc->open_sessions++;
   atomic_store(&svc->sessions_now, svc->open_sessions);
@@ -236,12 +240,6 @@ void service__unregister(service_t *svc, session_t *s, int reason) {
       p = &(*p)->hash_next;
     if (*p)
       *p = s->hash_next;
-    if (s->service_prev)
-      s->service_prev->service_next = s->service_next;
-    else
-      svc->sessions = s->service_next;
-    if (s->service_next)
-      s->service_next->service_prev = s->service_prev;
     svc->open_sessions--;
     atomic_store(&svc->sessions_now, svc->open_sessions);
     if (reason > 0 && reason < 10)
@@ -271,12 +269,10 @@ void service__count_buffers(service_t *svc, int64_t send_delta,
 session_t *service_find_session(service_t *svc, uint64_t id) {
   session_t *found = NULL;
   pthread_mutex_lock(&svc->lock);
-  if (svc->bucket_count) {
-    for (session_t *s = svc->buckets[bucket_of(svc, id)]; s; s = s->hash_next) {
-      if (s->id == id) {
-        found = session_acquire(s);
-        break;
-      }
+  for (session_t *s = svc->buckets[bucket_of(svc, id)]; s; s = s->hash_next) {
+    if (s->id == id) {
+      found = session_acquire(s);
+      break;
     }
   }
   pthread_mutex_unlock(&svc->lock);
@@ -287,16 +283,14 @@ int service_sessions(service_t *svc, session_t ***out, size_t *count) {
   *out = NULL;
   *count = 0;
   pthread_mutex_lock(&svc->lock);
-  size_t n = 0;
-  for (session_t *s = svc->sessions; s; s = s->service_next)
-    n++;
+  size_t n = (size_t)svc->open_sessions;
   session_t **list = n ? malloc(n * sizeof *list) : NULL;
   if (n && !list) {
     pthread_mutex_unlock(&svc->lock);
     return ENGINE_E_NOMEM;
   }
   size_t i = 0;
-  for (session_t *s = svc->sessions; s; s = s->service_next)
+  FOR_EACH_SESSION(svc, s)
     list[i++] = session_acquire(s);
   pthread_mutex_unlock(&svc->lock);
   *out = list;
@@ -311,7 +305,7 @@ int service_broadcast(service_t *svc, shared_buf_t *buf) {
   shared_buf_t *encoded =
       svc->opt.transport_layers ? session__transport_share(svc, buf) : NULL;
   pthread_mutex_lock(&svc->lock);
-  for (session_t *s = svc->sessions; s; s = s->service_next)
+  FOR_EACH_SESSION(svc, s)
     if ((encoded ? session__send_encoded(s, encoded)
                  : session_send_shared(s, buf)) == ENGINE_OK)
       count++;
@@ -323,14 +317,14 @@ int service_broadcast(service_t *svc, shared_buf_t *buf) {
 
 void service_disconnect_all(service_t *svc, session_reason_t reason) {
   pthread_mutex_lock(&svc->lock);
-  for (session_t *s = svc->sessions; s; s = s->service_next)
+  FOR_EACH_SESSION(svc, s)
     session_disconnect(s, reason);
   pthread_mutex_unlock(&svc->lock);
 }
 
 void service_abort_all(service_t *svc, session_reason_t reason) {
   pthread_mutex_lock(&svc->lock);
-  for (session_t *s = svc->sessions; s; s = s->service_next)
+  FOR_EACH_SESSION(svc, s)
     session_abort(s, reason);
   pthread_mutex_unlock(&svc->lock);
 }
@@ -386,13 +380,13 @@ static void issue_accept(listener_t *l, accept_slot_t *slot) {
     }
   }
   atomic_fetch_add_explicit(&l->refs, 1, memory_order_relaxed);
-  slot->op.type = IO_OP_ACCEPT;
-  slot->op.handle = &l->handle;
-  slot->op.status = 0;
-  slot->op.complete = on_accept_done;
-  slot->op.u.accept.socket = IO_INVALID_SOCKET;
-  slot->op.u.accept.peer = &slot->session->peer;
-  io_submit(&slot->op);
+  slot->op.op.type = IO_OP_ACCEPT;
+  slot->op.op.handle = &l->handle;
+  slot->op.op.status = 0;
+  slot->op.op.complete = on_accept_done;
+  slot->op.socket = IO_INVALID_SOCKET;
+  slot->op.peer = &slot->session->peer;
+  io_submit(&slot->op.op);
 }
 
 static void on_backoff(io_op_t *op, int status, size_t bytes) {
@@ -449,7 +443,7 @@ static int error_is_per_connection(int status) {
 }
 
 static void on_accept_done(io_op_t *op, int status, size_t bytes) {
-  accept_slot_t *slot = container_of(op, accept_slot_t, op);
+  accept_slot_t *slot = container_of(op, accept_slot_t, op.op);
   listener_t *l = slot->listener;
   service_t *svc = l->service;
   /* The service may be stopping before this listener's stop op arrives (on
@@ -459,7 +453,7 @@ static void on_accept_done(io_op_t *op, int status, size_t bytes) {
     l->stopped = 1;
   if (status == IO_ECANCELED || l->stopped) {
     if (status == 0)
-      io_socket_close(op->u.accept.socket);
+      io_socket_close(io_accept_op(op)->socket);
     listener_release(l);
     return;
   }
@@ -481,7 +475,7 @@ static void on_accept_done(io_op_t *op, int status, size_t bytes) {
     return;
   }
   l->backoff_ms = 0;
-  io_socket_t sock = op->u.accept.socket;
+  io_socket_t sock = io_accept_op(op)->socket;
   if (atomic_load(&svc->sessions_now) >= svc->opt.max_sessions) {
     io_socket_close(sock);
     atomic_fetch_add(&svc->rejected, 1);
@@ -715,7 +709,7 @@ static void slot_connect(client_slot_t *slot) {
     atomic_fetch_add(&svc->connect_failures, 1);
     return;
   }
-  s->slot = slot;
+  s->tail->slot = slot; /* a client service's sessions have a tail */
   slot->session = s;
   slot->state = SLOT_CONNECTING;
   if (svc->opt.connect_timeout_ms)
@@ -796,7 +790,14 @@ int service_create(core_t *core, const service_options_t *opt,
     }
   }
   service_t *svc = calloc(1, sizeof *svc);
-  if (!svc || !(svc->name = strdup(opt->name ? opt->name : "service"))) {
+  if (svc) {
+    svc->bucket_count = 64;
+    svc->buckets = calloc(svc->bucket_count, sizeof *svc->buckets);
+  }
+  if (!svc || !svc->buckets ||
+      !(svc->name = strdup(opt->name ? opt->name : "service"))) {
+    if (svc)
+      free(svc->buckets);
     free(svc);
     snprintf(err, err_len, "out of memory");
     return -1;
@@ -866,11 +867,16 @@ static void log_leftovers(service_t *svc, uint32_t waited_ms) {
   int listed = 0;
   pthread_mutex_lock(&svc->lock);
   long objects = svc->objects, sessions = svc->session_objects;
-  for (session_t *s = svc->sessions; s && listed < 5; s = s->service_next) {
+  int full = 0;
+  FOR_EACH_SESSION(svc, s) {
+    if (full || listed == 5)
+      break; /* this bucket's chain; the next ones stop here too */
     int n = snprintf(open_ids + used, sizeof open_ids - used, "%s%llu",
                      listed ? ", " : "", (unsigned long long)s->id);
-    if (n < 0 || (size_t)n >= sizeof open_ids - used)
+    if (n < 0 || (size_t)n >= sizeof open_ids - used) {
+      full = 1;
       break;
+    }
     used += (size_t)n;
     listed++;
   }

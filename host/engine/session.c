@@ -59,6 +59,20 @@ struct send_chunk {
   uint8_t bytes[];
 };
 
+/* What a session has only while bytes wait to be sent: allocated when the
+ * first byte is queued, freed (under the lock) once the queue is empty and
+ * no send is in flight. An idle session, and one whose sends go out at once
+ * (enqueue's try-write), holds none of it. The send op in flight lives here
+ * and holds its session (SPEC section 2), so the block is never freed under
+ * it: on_send_done frees it, after the op completed. */
+struct send_state {
+  io_send_op_t op;
+  send_chunk_t *head;
+  send_chunk_t *tail;
+  uint64_t queued_bytes;
+  io_buf_t bufs[SEND_BUFS_MAX]; /* the gather list of the send in flight */
+};
+
 struct shared_buf {
   atomic_int refs;
   size_t len;
@@ -114,6 +128,58 @@ static void free_chunk(send_chunk_t *c) {
   free(c);
 }
 
+/* Under the lock (or once nothing else can see the session): drops the
+ * send side, its queued bytes with it. Never while a send is in flight. */
+static void tx_free_locked(session_t *s) {
+  send_state_t *tx = s->tx;
+  if (!tx)
+    return;
+  send_chunk_t *c = tx->head;
+  while (c) {
+    send_chunk_t *next = c->next;
+    free_chunk(c);
+    c = next;
+  }
+  service__count_buffers(s->service, -(int64_t)tx->queued_bytes, 0);
+  free(tx);
+  s->tx = NULL;
+}
+
+/* Under the lock: the send side, allocated at the first byte queued. */
+static send_state_t *tx_get_locked(session_t *s) {
+  if (!s->tx)
+    s->tx = calloc(1, sizeof *s->tx);
+  return s->tx;
+}
+
+static uint64_t queued_bytes_locked(const session_t *s) {
+  return s->tx ? s->tx->queued_bytes : 0;
+}
+
+static uint32_t kept_len(const session_t *s) {
+  return s->kept ? s->kept->len : 0;
+}
+
+/* The kept input's capacity is counted in the service (metrics). Frees it
+ * when cap is 0. Returns 0, or -1 when memory ran out (nothing changed). */
+static int kept_resize(session_t *s, size_t cap) {
+  uint32_t old = s->kept ? s->kept->cap : 0;
+  if (cap == 0) {
+    free(s->kept);
+    s->kept = NULL;
+  } else {
+    kept_input_t *grown = realloc(s->kept, sizeof *grown + cap);
+    if (!grown)
+      return -1;
+    if (!s->kept)
+      grown->len = 0;
+    grown->cap = (uint32_t)cap;
+    s->kept = grown;
+  }
+  service__count_buffers(s->service, 0, (int64_t)cap - (int64_t)old);
+  return 0;
+}
+
 static void destroy(session_t *s) {
   service_t *svc = s->service;
   const session_handler_t *h = opts_of(s)->factory.handler;
@@ -121,17 +187,9 @@ static void destroy(session_t *s) {
     h->on_free(s);
   if (s->has_transport)
     transport_free(s);
-  send_chunk_t *c = s->queue_head;
-  while (c) {
-    send_chunk_t *next = c->next;
-    free_chunk(c);
-    c = next;
-  }
-  free(s->send_bufs);
-  free(s->pending_in);
-  service__count_buffers(svc, -(int64_t)s->queued_bytes,
-                         -(int64_t)s->pending_in_cap);
-  pthread_mutex_destroy(&s->lock);
+  tx_free_locked(s);
+  kept_resize(s, 0);
+  engine_lock_destroy(&s->lock);
   free(s);
   engine__live_add(-1);
   service__session_freed(svc);
@@ -158,10 +216,19 @@ session_t *session__new(service_t *svc) {
     if (extra == (size_t)-1)
       return NULL;
   }
-  session_t *s = calloc(1, extra_offset() + extra);
+  /* One block: the session, the factory's extra state, and the tail for
+   * a client session or one with transport layers. */
+  int has_tail = o->type == SERVICE_CLIENT || o->transport_layers > 0;
+  size_t tail_at = extra_offset() + ((extra + 7) & ~(size_t)7);
+  size_t size = has_tail ? tail_at + sizeof(session_tail_t) +
+                               o->transport_layers * sizeof(void *)
+                         : extra_offset() + extra;
+  session_t *s = calloc(1, size);
   if (!s)
     return NULL;
   s->extra_size = (uint32_t)extra;
+  if (has_tail)
+    s->tail = (session_tail_t *)((char *)s + tail_at);
   s->has_transport = o->transport_layers > 0;
   atomic_init(&s->refs, 1); /* the open reference */
   s->id = atomic_fetch_add_explicit(&next_session_id, 1, memory_order_relaxed);
@@ -169,8 +236,8 @@ session_t *session__new(service_t *svc) {
   s->context = context;
   s->handle.socket = IO_INVALID_SOCKET;
   s->kick_op.complete = on_kick;
-  pthread_mutex_init(&s->lock, NULL);
-  strand_init(&s->strand, &s->handle, &s->lock, s, &session_strand_ops);
+  engine_lock_init(&s->lock);
+  strand_init(&s->strand);
   engine__live_add(1);
   /* The service outlives its sessions: service_wait_closed waits for this
    * count, and destroy() still reads the service's options. */
@@ -218,10 +285,15 @@ static const strand_owner_ops_t session_strand_ops = {
     .may_start = strand_may_start,
     .may_run = strand_may_run,
     .room = 0,
+    .strand_at = offsetof(session_t, strand),
+    .handle_at = offsetof(session_t, handle),
+    .lock_at = offsetof(session_t, lock),
 };
 
 /* Worker only: every timer stops (the engine's own too). */
-static void cancel_timers(session_t *s) { strand_cancel_timers(&s->strand); }
+static void cancel_timers(session_t *s) {
+  strand_cancel_timers(&s->strand, &session_strand_ops);
+}
 
 /* The engine's own timers: they run while closing too. */
 static uint64_t timer_start(session_t *s, uint32_t delay_ms,
@@ -229,7 +301,8 @@ static uint64_t timer_start(session_t *s, uint32_t delay_ms,
                             int internal) {
   strand_call_t call = {.kind = STRAND_SESSION1, .fn.session1 = fn,
                         .arg = arg};
-  return strand_timer_start(&s->strand, delay_ms, repeat_ms, &call, internal);
+  return strand_timer_start(&s->strand, &session_strand_ops, delay_ms,
+                            repeat_ms, &call, internal);
 }
 
 uint64_t session_timer_start(session_t *s, uint32_t delay_ms,
@@ -246,11 +319,12 @@ uint64_t session_timer_start2(session_t *s, uint32_t delay_ms,
     return 0;
   strand_call_t call = {.kind = STRAND_SESSION2, .fn.session2 = fn,
                         .done.session = done, .arg = arg, .arg2 = arg2};
-  return strand_timer_start(&s->strand, delay_ms, repeat_ms, &call, 0);
+  return strand_timer_start(&s->strand, &session_strand_ops, delay_ms,
+                            repeat_ms, &call, 0);
 }
 
 int session_timer_stop(session_t *s, uint64_t timer_id) {
-  return strand_timer_stop(&s->strand, timer_id);
+  return strand_timer_stop(&s->strand, &session_strand_ops, timer_id);
 }
 
 int session_post(session_t *s, session_fn fn, void *arg) {
@@ -258,7 +332,7 @@ int session_post(session_t *s, session_fn fn, void *arg) {
     return ENGINE_E_INVAL;
   strand_call_t call = {.kind = STRAND_SESSION1, .fn.session1 = fn,
                         .arg = arg};
-  return strand_post(&s->strand, &call, 0);
+  return strand_post(&s->strand, &session_strand_ops, &call, 0);
 }
 
 int session_post2(session_t *s, session_fn2 fn, session_fn2 done, void *arg,
@@ -267,7 +341,7 @@ int session_post2(session_t *s, session_fn2 fn, session_fn2 done, void *arg,
     return ENGINE_E_INVAL;
   strand_call_t call = {.kind = STRAND_SESSION2, .fn.session2 = fn,
                         .done.session = done, .arg = arg, .arg2 = arg2};
-  return strand_post(&s->strand, &call, 0);
+  return strand_post(&s->strand, &session_strand_ops, &call, 0);
 }
 
 int session_post_always(session_t *s, session_fn2 fn, void *arg, void *arg2) {
@@ -275,7 +349,7 @@ int session_post_always(session_t *s, session_fn2 fn, void *arg, void *arg2) {
     return ENGINE_E_INVAL;
   strand_call_t call = {.kind = STRAND_SESSION2, .fn.session2 = fn,
                         .arg = arg, .arg2 = arg2};
-  return strand_post(&s->strand, &call, 1);
+  return strand_post(&s->strand, &session_strand_ops, &call, 1);
 }
 
 /* ---- idle timeout ---- */
@@ -302,15 +376,15 @@ static void arm_incomplete(session_t *s, uint64_t delay_ms) {
 }
 
 /* Fires at the earliest moment the oldest kept byte could be overdue; input
- * consumed meanwhile moved pending_since_ms on, so it re-arms for the rest
+ * consumed meanwhile moved kept->since_ms on, so it re-arms for the rest
  * (or not at all once nothing is kept). */
 static void check_incomplete(session_t *s, void *arg) {
   uint32_t limit = opts_of(s)->incomplete_timeout_ms;
   s->incomplete_armed = 0;
-  if (s->state != SESSION_OPEN || s->pending_in_len == 0 || !limit)
+  if (s->state != SESSION_OPEN || kept_len(s) == 0 || !limit)
     return;
   uint64_t now = clock_now_ms();
-  uint64_t deadline = s->pending_since_ms + limit;
+  uint64_t deadline = s->kept->since_ms + limit;
   if (now < deadline) {
     arm_incomplete(s, deadline - now);
     return;
@@ -322,7 +396,7 @@ static void check_incomplete(session_t *s, void *arg) {
             "incomplete packet or message) for longer than "
             "incomplete_timeout_ms %u: disconnecting (protocol_error)",
             service_name(s->service), (unsigned long long)s->id, peer,
-            s->pending_in_len, limit);
+            s->kept->len, limit);
   begin_close(s, REASON_PROTOCOL_ERROR, 1);
 }
 
@@ -331,9 +405,9 @@ static void check_incomplete(session_t *s, void *arg) {
 /* A transport session is receiving already (its handshake needed it). */
 static void open_session(session_t *s, int start_receiving) {
   const service_options_t *o = opts_of(s);
-  pthread_mutex_lock(&s->lock);
+  engine_lock(&s->lock);
   s->state = SESSION_OPEN;
-  pthread_mutex_unlock(&s->lock);
+  engine_unlock(&s->lock);
   s->last_recv_ms = clock_now_ms();
   if (o->idle_timeout_ms)
     timer_start(s, o->idle_timeout_ms, 0, check_idle, NULL, 1);
@@ -355,11 +429,11 @@ static void report_sent(session_t *s) {
 
 static void on_kick(io_op_t *op, int status, size_t bytes) {
   session_t *s = container_of(op, session_t, kick_op);
-  pthread_mutex_lock(&s->lock);
+  engine_lock(&s->lock);
   s->kick_pending = 0;
   int request = s->close_request;
   int abort_now = s->close_abort;
-  pthread_mutex_unlock(&s->lock);
+  engine_unlock(&s->lock);
   /* A session that was accepted or connected before its service's stop
    * began, and opens after: the stop has told the plugin (on_stopping), so
    * no on_connected may follow it. It ends quietly. */
@@ -374,10 +448,10 @@ static void on_kick(io_op_t *op, int status, size_t bytes) {
       open_session(s, 1);
     else if (!s->transport_started)
       transport_start(s);
-    pthread_mutex_lock(&s->lock);
+    engine_lock(&s->lock);
     request = s->close_request;
     abort_now = s->close_abort;
-    pthread_mutex_unlock(&s->lock);
+    engine_unlock(&s->lock);
   }
   if (request)
     begin_close(s, request, !abort_now);
@@ -389,12 +463,12 @@ static void on_kick(io_op_t *op, int status, size_t bytes) {
 static int request_close(session_t *s, int reason, int abort_now) {
   if (!reason)
     return ENGINE_E_INVAL;
-  pthread_mutex_lock(&s->lock);
+  engine_lock(&s->lock);
   if (s->state >= SESSION_CLOSED ||
       (s->close_request && (!abort_now || s->close_abort))) {
     /* Read the state before unlocking: the worker may be changing it. */
     int rc = s->state >= SESSION_CLOSED ? ENGINE_E_CLOSED : ENGINE_OK;
-    pthread_mutex_unlock(&s->lock);
+    engine_unlock(&s->lock);
     return rc;
   }
   if (!s->close_request)
@@ -407,7 +481,7 @@ static int request_close(session_t *s, int reason, int abort_now) {
     session__ref(s);
     io_post(&s->handle, &s->kick_op, 0);
   }
-  pthread_mutex_unlock(&s->lock);
+  engine_unlock(&s->lock);
   return ENGINE_OK;
 }
 
@@ -437,25 +511,25 @@ int session__attach(session_t *s, io_socket_t sock, int worker_hint) {
   s->state = SESSION_OPENING;
   s->connected_ms = clock_now_ms();
   service__register(s->service, s);
-  pthread_mutex_lock(&s->lock);
+  engine_lock(&s->lock);
   post_kick_locked(s);
-  pthread_mutex_unlock(&s->lock);
+  engine_unlock(&s->lock);
   return 0;
 }
 
 static void on_connect_done(io_op_t *op, int status, size_t bytes) {
-  session_t *s = container_of(op, session_t, send_op);
-  pthread_mutex_lock(&s->lock);
+  session_t *s = container_of(op, session_t, connect_op.op);
+  engine_lock(&s->lock);
   if (status == 0 && s->close_request)
     status = IO_ECANCELED;
-  pthread_mutex_unlock(&s->lock);
+  engine_unlock(&s->lock);
   if (status < 0) {
-    pthread_mutex_lock(&s->lock);
+    engine_lock(&s->lock);
     s->close_request = REASON_CONNECT_FAILED;
     s->state = SESSION_CLOSED;
-    pthread_mutex_unlock(&s->lock);
+    engine_unlock(&s->lock);
     s->close_started = 1;
-    service__connect_done(s->slot, s, status);
+    service__connect_done(s->tail->slot, s, status);
     if (!s->handle.closed)
       drop_socket(s);
     else
@@ -466,20 +540,22 @@ static void on_connect_done(io_op_t *op, int status, size_t bytes) {
   if (opts_of(s)->tcp_nodelay)
     io_socket_set_nodelay(s->handle.socket, 1);
   /* Other threads read the state under the lock (session_is_open). */
-  pthread_mutex_lock(&s->lock);
+  engine_lock(&s->lock);
   s->state = SESSION_OPENING;
-  pthread_mutex_unlock(&s->lock);
+  engine_unlock(&s->lock);
   s->connected_ms = clock_now_ms();
   service__register(s->service, s);
-  service__connect_done(s->slot, s, 0);
-  pthread_mutex_lock(&s->lock);
+  service__connect_done(s->tail->slot, s, 0);
+  engine_lock(&s->lock);
   post_kick_locked(s);
-  pthread_mutex_unlock(&s->lock);
+  engine_unlock(&s->lock);
   session_release(s);
 }
 
 void session__connect(session_t *s, io_socket_t sock, int worker_hint) {
-  s->send_op.complete = on_connect_done;
+  /* The receive op carries the connect: no receive is issued before the
+   * session opens, which is after the connect completed. */
+  s->connect_op.op.complete = on_connect_done;
   s->peer = opts_of(s)->address; /* a client session's peer is its target */
   session__ref(s); /* the connect's reference */
   int rc = io_handle_open(service_core(s->service)->io, &s->handle, sock,
@@ -488,14 +564,14 @@ void session__connect(session_t *s, io_socket_t sock, int worker_hint) {
     io_socket_close(sock);
     s->handle.socket = IO_INVALID_SOCKET;
     s->handle.closed = 1;
-    io_post(&s->handle, &s->send_op, rc);
+    io_post(&s->handle, &s->connect_op.op, rc);
     return;
   }
-  s->send_op.type = IO_OP_CONNECT;
-  s->send_op.handle = &s->handle;
-  s->send_op.status = 0;
-  s->send_op.u.connect.to = &opts_of(s)->address;
-  io_submit(&s->send_op);
+  s->connect_op.op.type = IO_OP_CONNECT;
+  s->connect_op.op.handle = &s->handle;
+  s->connect_op.op.status = 0;
+  s->connect_op.to = &opts_of(s)->address;
+  io_submit(&s->connect_op.op);
 }
 
 /* ---- receiving ---- */
@@ -503,7 +579,7 @@ void session__connect(session_t *s, io_socket_t sock, int worker_hint) {
 static void deliver_input(session_t *s, const uint8_t *in, size_t n);
 
 static void on_recv_done(io_op_t *op, int status, size_t bytes) {
-  session_t *s = container_of(op, session_t, recv_op);
+  session_t *s = container_of(op, session_t, recv_op.op);
   if (status == IO_ECANCELED) {
     session_release(s);
     return;
@@ -525,7 +601,7 @@ static void on_recv_done(io_op_t *op, int status, size_t bytes) {
     s->peer_eof = 1;
     begin_close(s, REASON_PEER_CLOSED, 1);
   } else {
-    session__receive(s, op->u.recv.data, bytes);
+    session__receive(s, io_recv_op(op)->data, bytes);
     /* Keep reading also once a close was asked for (here or from another
      * thread): input is no longer delivered, but the socket stays drained
      * and the linger after our FIN needs a receive to see the peer's. */
@@ -552,44 +628,27 @@ void session__receive(session_t *s, const uint8_t *data, size_t len) {
 
 static void start_recv(session_t *s) {
   session__ref(s);
-  s->recv_op.type = IO_OP_RECV;
-  s->recv_op.handle = &s->handle;
-  s->recv_op.status = 0;
-  s->recv_op.complete = on_recv_done;
-  io_submit(&s->recv_op);
-}
-
-/* The kept input buffer's capacity, counted in the service (metrics). */
-static void set_pending_cap(session_t *s, uint32_t cap) {
-  service__count_buffers(s->service, 0,
-                         (int64_t)cap - (int64_t)s->pending_in_cap);
-  s->pending_in_cap = cap;
+  s->recv_op.op.type = IO_OP_RECV;
+  s->recv_op.op.handle = &s->handle;
+  s->recv_op.op.status = 0;
+  s->recv_op.op.complete = on_recv_done;
+  io_submit(&s->recv_op.op);
 }
 
 static int keep_pending(session_t *s, const uint8_t *data, size_t len) {
-  if (len == 0) {
-    set_pending_cap(s, 0);
-    free(s->pending_in);
-    s->pending_in = NULL;
-    s->pending_in_len = 0;
-    return 0;
-  }
+  if (len == 0)
+    return kept_resize(s, 0);
   /* Is data inside the kept buffer (what was kept before, partly used)?
    * No buffer yet: then it cannot be (and NULL + 0 is undefined). */
-  if (s->pending_in && data >= s->pending_in &&
-      data < s->pending_in + s->pending_in_cap) {
-    memmove(s->pending_in, data, len);
+  kept_input_t *k = s->kept;
+  if (k && data >= k->bytes && data < k->bytes + k->cap) {
+    memmove(k->bytes, data, len);
   } else {
-    if (len > s->pending_in_cap) {
-      uint8_t *grown = realloc(s->pending_in, len);
-      if (!grown)
-        return -1;
-      s->pending_in = grown;
-      set_pending_cap(s, (uint32_t)len);
-    }
-    memcpy(s->pending_in, data, len);
+    if ((!k || len > k->cap) && kept_resize(s, len) != 0)
+      return -1;
+    memcpy(s->kept->bytes, data, len);
   }
-  s->pending_in_len = (uint32_t)len;
+  s->kept->len = (uint32_t)len;
   return 0;
 }
 
@@ -597,24 +656,21 @@ static void deliver_input(session_t *s, const uint8_t *in, size_t n) {
   const service_options_t *o = opts_of(s);
   const uint8_t *data = in;
   size_t len = n;
-  int had_pending = s->pending_in_len > 0;
+  int had_pending = kept_len(s) > 0;
   int consumed = 0;
-  if (s->pending_in_len > 0) {
-    size_t need = (size_t)s->pending_in_len + n;
-    if (need > s->pending_in_cap) {
-      size_t cap = (size_t)s->pending_in_cap * 2;
+  if (had_pending) {
+    size_t need = (size_t)s->kept->len + n;
+    if (need > s->kept->cap) {
+      size_t cap = (size_t)s->kept->cap * 2;
       if (cap < need)
         cap = need;
-      uint8_t *grown = realloc(s->pending_in, cap);
-      if (!grown) {
+      if (kept_resize(s, cap) != 0) {
         begin_close(s, REASON_IO_ERROR, 0);
         return;
       }
-      s->pending_in = grown;
-      set_pending_cap(s, (uint32_t)cap);
     }
-    memcpy(s->pending_in + s->pending_in_len, in, n);
-    data = s->pending_in;
+    memcpy(s->kept->bytes + s->kept->len, in, n);
+    data = s->kept->bytes;
     len = need;
   }
   for (;;) {
@@ -654,10 +710,10 @@ static void deliver_input(session_t *s, const uint8_t *in, size_t n) {
   /* What is kept now started arriving in this read, unless nothing was
    * consumed from what was kept before. */
   if (!had_pending || consumed)
-    s->pending_since_ms = clock_now_ms();
+    s->kept->since_ms = clock_now_ms();
   if (o->incomplete_timeout_ms && !s->incomplete_armed) {
     uint64_t now = clock_now_ms();
-    uint64_t deadline = s->pending_since_ms + o->incomplete_timeout_ms;
+    uint64_t deadline = s->kept->since_ms + o->incomplete_timeout_ms;
     arm_incomplete(s, deadline > now ? deadline - now : 0);
   }
 }
@@ -683,50 +739,43 @@ static int fill_buf(io_buf_t *b, const void *data, size_t len) {
 }
 
 static void flush(session_t *s) {
-  pthread_mutex_lock(&s->lock);
+  engine_lock(&s->lock);
   if (s->sending || s->handle.closed || s->state == SESSION_NEW) {
-    pthread_mutex_unlock(&s->lock);
+    engine_unlock(&s->lock);
     return;
   }
-  if (!s->queue_head) {
-    pthread_mutex_unlock(&s->lock);
+  send_state_t *tx = s->tx;
+  if (!tx) {
+    engine_unlock(&s->lock);
     if (s->state == SESSION_CLOSING && s->close_started)
       begin_close(s, s->reason, 1); /* drained: go on closing */
     return;
   }
-  if (!s->send_bufs) {
-    s->send_bufs = malloc(SEND_BUFS_MAX * sizeof *s->send_bufs);
-    if (!s->send_bufs) {
-      pthread_mutex_unlock(&s->lock);
-      begin_close(s, REASON_IO_ERROR, 0);
-      return;
-    }
-  }
   int count = 0;
-  for (send_chunk_t *c = s->queue_head; c && count < SEND_BUFS_MAX;
-       c = c->next) {
-    if (!fill_buf(&s->send_bufs[count++], c->data, c->len))
+  for (send_chunk_t *c = tx->head; c && count < SEND_BUFS_MAX; c = c->next) {
+    if (!fill_buf(&tx->bufs[count++], c->data, c->len))
       break;
   }
   s->sending = 1;
   session__ref(s);
-  s->send_op.type = IO_OP_SEND;
-  s->send_op.handle = &s->handle;
-  s->send_op.status = 0;
-  s->send_op.complete = on_send_done;
-  s->send_op.u.send.bufs = s->send_bufs;
-  s->send_op.u.send.count = count;
-  pthread_mutex_unlock(&s->lock);
-  io_submit(&s->send_op);
+  tx->op.op.type = IO_OP_SEND;
+  tx->op.op.handle = &s->handle;
+  tx->op.op.status = 0;
+  tx->op.op.complete = on_send_done;
+  tx->op.bufs = tx->bufs;
+  tx->op.count = count;
+  engine_unlock(&s->lock);
+  io_submit(&tx->op.op);
 }
 
 static void on_send_done(io_op_t *op, int status, size_t bytes) {
-  session_t *s = container_of(op, session_t, send_op);
-  pthread_mutex_lock(&s->lock);
+  send_state_t *tx = container_of(op, send_state_t, op.op);
+  session_t *s = container_of(op->handle, session_t, handle);
+  engine_lock(&s->lock);
   s->sending = 0;
   size_t left = status == 0 ? bytes : 0;
-  while (left > 0 && s->queue_head) {
-    send_chunk_t *c = s->queue_head;
+  while (left > 0 && tx->head) {
+    send_chunk_t *c = tx->head;
     if (left < c->len) {
       c->data += left;
       c->len -= left;
@@ -734,21 +783,21 @@ static void on_send_done(io_op_t *op, int status, size_t bytes) {
       break;
     }
     left -= c->len;
-    s->queue_head = c->next;
-    if (!s->queue_head)
-      s->queue_tail = NULL;
+    tx->head = c->next;
+    if (!tx->head)
+      tx->tail = NULL;
     free_chunk(c);
   }
   if (status == 0) {
-    s->queued_bytes -= bytes;
+    tx->queued_bytes -= bytes;
     service__count_buffers(s->service, -(int64_t)bytes, 0);
   }
-  int more = s->queue_head != NULL;
-  if (!more) {
-    free(s->send_bufs);
-    s->send_bufs = NULL;
-  }
-  pthread_mutex_unlock(&s->lock);
+  /* Drained: the send side goes until bytes wait again. (What an abort
+   * left behind a send in flight stays until destroy: flush sends no more
+   * once the socket is closed.) */
+  if (!tx->head)
+    tx_free_locked(s);
+  engine_unlock(&s->lock);
   if (status < 0) {
     if (status != IO_ECANCELED)
       begin_close(s, status == -EIO ? REASON_IO_ERROR : REASON_PEER_RESET, 0);
@@ -764,9 +813,9 @@ static void on_send_done(io_op_t *op, int status, size_t bytes) {
 }
 
 /* Appends under the lock; the caller has checked the limit. */
-static int append_locked(session_t *s, const session_buf_t *bufs, size_t count,
-                         size_t total) {
-  send_chunk_t *tail = s->queue_tail;
+static int append_locked(send_state_t *tx, const session_buf_t *bufs,
+                         size_t count, size_t total) {
+  send_chunk_t *tail = tx->tail;
   if (tail && !tail->shared && tail->room >= total) {
     uint8_t *end = tail->data + tail->len;
     for (size_t i = 0; i < count; i++) {
@@ -793,8 +842,8 @@ static int append_locked(session_t *s, const session_buf_t *bufs, size_t count,
   if (tail)
     tail->next = c;
   else
-    s->queue_head = c;
-  s->queue_tail = c;
+    tx->head = c;
+  tx->tail = c;
   return 0;
 }
 
@@ -814,7 +863,7 @@ static int enqueue_locked(session_t *s, const session_buf_t *bufs,
    * socket takes the excess. (A transport's handshake answer goes out the
    * same way, before the session is open.) */
   size_t sent = 0;
-  if (!s->queue_head && !s->sending &&
+  if (!s->tx && !s->sending &&
       (s->state == SESSION_OPEN ||
        (s->state == SESSION_OPENING && s->transport_started)) &&
       io_handle_on_worker(&s->handle)) {
@@ -845,10 +894,14 @@ static int enqueue_locked(session_t *s, const session_buf_t *bufs,
   if (sent == total)
     return ENGINE_OK;
   uint64_t limit = opts_of(s)->send_queue_limit_bytes;
-  if (total - sent > limit || s->queued_bytes > limit - (total - sent)) {
+  if (total - sent > limit ||
+      queued_bytes_locked(s) > limit - (total - sent)) {
     *partial = sent > 0;
     return ENGINE_E_QUEUE_FULL;
   }
+  send_state_t *tx = tx_get_locked(s);
+  if (!tx)
+    return ENGINE_E_NOMEM;
   int rc;
   if (shared && sent > 0) {
     /* A shared buffer the socket took part of: copy the rest. */
@@ -858,7 +911,7 @@ static int enqueue_locked(session_t *s, const session_buf_t *bufs,
     count = 1;
     total -= sent;
     sent = 0;
-    rc = append_locked(s, bufs, count, total);
+    rc = append_locked(tx, bufs, count, total);
   } else if (shared) {
     send_chunk_t *c = malloc(sizeof *c);
     rc = c ? 0 : -1;
@@ -869,11 +922,11 @@ static int enqueue_locked(session_t *s, const session_buf_t *bufs,
       c->data = shared->data;
       c->len = shared->len;
       c->room = 0;
-      if (s->queue_tail)
-        s->queue_tail->next = c;
+      if (tx->tail)
+        tx->tail->next = c;
       else
-        s->queue_head = c;
-      s->queue_tail = c;
+        tx->head = c;
+      tx->tail = c;
     }
   } else {
     /* Skip what the socket already took. */
@@ -890,11 +943,14 @@ static int enqueue_locked(session_t *s, const session_buf_t *bufs,
       count -= k;
       total -= sent;
     }
-    rc = append_locked(s, bufs, count, total);
+    rc = append_locked(tx, bufs, count, total);
   }
-  if (rc != 0)
+  if (rc != 0) {
+    if (!tx->head)
+      tx_free_locked(s); /* made for these bytes only */
     return ENGINE_E_NOMEM;
-  s->queued_bytes += total;
+  }
+  tx->queued_bytes += total;
   service__count_buffers(s->service, (int64_t)total, 0);
   post_kick_locked(s);
   return ENGINE_OK;
@@ -940,9 +996,9 @@ static int enqueue(session_t *s, const session_buf_t *bufs, size_t count,
   }
   if (total == 0)
     return ENGINE_OK;
-  pthread_mutex_lock(&s->lock);
+  engine_lock(&s->lock);
   if (s->close_request || s->state >= SESSION_CLOSING) {
-    pthread_mutex_unlock(&s->lock);
+    engine_unlock(&s->lock);
     return ENGINE_E_CLOSED;
   }
   session_buf_t wire;
@@ -952,13 +1008,13 @@ static int enqueue(session_t *s, const session_buf_t *bufs, size_t count,
      * went out). Encoding under the lock keeps concurrent senders' frames
      * (or records) whole and in the order they queue. */
     if (!s->transport_ready || s->transport_closed) {
-      pthread_mutex_unlock(&s->lock);
+      engine_unlock(&s->lock);
       return ENGINE_E_CLOSED;
     }
     if (!encoded) {
       int rc = transport_encode_locked(s, bufs, count, shared, &wire);
       if (rc != 0) {
-        pthread_mutex_unlock(&s->lock);
+        engine_unlock(&s->lock);
         return rc;
       }
       bufs = &wire;
@@ -969,7 +1025,7 @@ static int enqueue(session_t *s, const session_buf_t *bufs, size_t count,
   }
   int partial = 0;
   int rc = enqueue_locked(s, bufs, count, shared, total, &partial);
-  pthread_mutex_unlock(&s->lock);
+  engine_unlock(&s->lock);
   if (rc == ENGINE_E_QUEUE_FULL)
     queue_full(s, partial);
   return rc;
@@ -1010,9 +1066,9 @@ static void on_close_timeout(session_t *s, void *arg) {
     int reason = s->reason;
     if (claims_clean_end(reason)) {
       reason = REASON_SEND_QUEUE_FULL;
-      pthread_mutex_lock(&s->lock);
-      unsigned long long left = (unsigned long long)s->queued_bytes;
-      pthread_mutex_unlock(&s->lock);
+      engine_lock(&s->lock);
+      unsigned long long left = (unsigned long long)queued_bytes_locked(s);
+      engine_unlock(&s->lock);
       char peer[ADDRESS_TEXT_MAX] = "?";
       address_format(&s->peer, peer, sizeof peer);
       log_write(LOG_WARN, "session",
@@ -1033,9 +1089,9 @@ static void finish_close(session_t *s, int graceful) {
    * sends our FIN: a shutdown first would be one more system call. */
   if (graceful && !s->peer_eof)
     io_handle_shutdown_write(&s->handle);
-  pthread_mutex_lock(&s->lock);
+  engine_lock(&s->lock);
   s->state = SESSION_CLOSED;
-  pthread_mutex_unlock(&s->lock);
+  engine_unlock(&s->lock);
   cancel_timers(s);
   /* Out of the service's set (and counters) first: whoever sees
    * on_disconnected's effects must not still find the session open in
@@ -1044,8 +1100,8 @@ static void finish_close(session_t *s, int graceful) {
   /* A transport session whose handshake failed never heard on_connected. */
   if (s->opened)
     o->factory.handler->on_disconnected(s, (session_reason_t)s->reason);
-  if (s->slot)
-    service__client_closed(s->slot, s);
+  if (s->tail && s->tail->slot)
+    service__client_closed(s->tail->slot, s);
   if (graceful && !s->peer_eof && s->handle.socket != IO_INVALID_SOCKET &&
       o->close_linger_ms > 0) {
     /* Our FIN is out; read until the peer's, bounded in time. (A session
@@ -1059,7 +1115,7 @@ static void finish_close(session_t *s, int graceful) {
 }
 
 static void begin_close(session_t *s, int reason, int graceful) {
-  pthread_mutex_lock(&s->lock);
+  engine_lock(&s->lock);
   if (!s->close_request)
     s->close_request = (uint8_t)reason;
   /* A reason asked for earlier (from a callback or another thread, with
@@ -1068,7 +1124,7 @@ static void begin_close(session_t *s, int reason, int graceful) {
   int first = s->close_request;
   if (!graceful)
     s->close_abort = 1;
-  pthread_mutex_unlock(&s->lock);
+  engine_unlock(&s->lock);
   if (s->state >= SESSION_CLOSED)
     return;
   if (s->state == SESSION_NEW) {
@@ -1086,24 +1142,24 @@ static void begin_close(session_t *s, int reason, int graceful) {
       /* Never reached on_connected: end quietly, no callbacks. A timer
        * armed meanwhile (the session is findable by id from the moment it
        * is registered) dies with it rather than hold it for its delay. */
-      pthread_mutex_lock(&s->lock);
+      engine_lock(&s->lock);
       s->state = SESSION_CLOSED;
-      pthread_mutex_unlock(&s->lock);
+      engine_unlock(&s->lock);
       cancel_timers(s);
       service__unregister(s->service, s, first);
-      if (s->slot)
-        service__client_closed(s->slot, s);
+      if (s->tail && s->tail->slot)
+        service__client_closed(s->tail->slot, s);
       drop_socket(s);
       return;
     }
-    pthread_mutex_lock(&s->lock);
+    engine_lock(&s->lock);
     s->state = SESSION_CLOSING;
     /* The transport's closing bytes (a close frame, close_notify), after
      * everything queued and before the FIN. */
     if (graceful && s->transport_started &&
         transport_close_locked(s, first) != 0)
       graceful = 0;
-    pthread_mutex_unlock(&s->lock);
+    engine_unlock(&s->lock);
     cancel_timers(s);
     if (graceful)
       timer_start(s, opts_of(s)->close_timeout_ms, 0, on_close_timeout, NULL, 1);
@@ -1112,16 +1168,11 @@ static void begin_close(session_t *s, int reason, int graceful) {
     /* The queue is thrown away, but not under a send in flight: IOCP reads
      * those buffers until the send completes (cancelled, once the socket
      * is closed below). destroy() frees what is left. */
-    pthread_mutex_lock(&s->lock);
-    int lost = s->queue_head != NULL;
-    send_chunk_t *c = NULL;
-    if (!s->sending) {
-      c = s->queue_head;
-      s->queue_head = s->queue_tail = NULL;
-      service__count_buffers(s->service, -(int64_t)s->queued_bytes, 0);
-      s->queued_bytes = 0;
-    }
-    pthread_mutex_unlock(&s->lock);
+    engine_lock(&s->lock);
+    int lost = s->tx && s->tx->head;
+    if (!s->sending)
+      tx_free_locked(s);
+    engine_unlock(&s->lock);
     /* The first reason wins, except that accepted bytes thrown away here
      * were lost for this reason, and a reason that claims a clean end must
      * not stay (a reset while flushing after the peer's FIN is peer_reset,
@@ -1133,17 +1184,12 @@ static void begin_close(session_t *s, int reason, int graceful) {
      * EOF on). A reset says it was cut. */
     if (lost)
       io_handle_reset_on_close(&s->handle);
-    while (c) {
-      send_chunk_t *next = c->next;
-      free_chunk(c);
-      c = next;
-    }
     finish_close(s, 0);
     return;
   }
-  pthread_mutex_lock(&s->lock);
-  int drained = !s->queue_head && !s->sending;
-  pthread_mutex_unlock(&s->lock);
+  engine_lock(&s->lock);
+  int drained = !s->tx && !s->sending;
+  engine_unlock(&s->lock);
   if (drained)
     finish_close(s, 1);
 }
@@ -1262,8 +1308,8 @@ static int sink_down(const transport_sink_t *sink, const session_buf_t *bufs,
 
 static transport_chain_t chain_of(session_t *s, transport_scratch_t *sc) {
   const service_options_t *o = opts_of(s);
-  transport_chain_t c = {o->transport, (int)o->transport_layers, s->layers,
-                         sc};
+  transport_chain_t c = {o->transport, (int)o->transport_layers,
+                         s->tail->layers, sc};
   return c;
 }
 
@@ -1271,7 +1317,7 @@ static transport_chain_t chain_of(session_t *s, transport_scratch_t *sc) {
 static int layers_ready(session_t *s) {
   const service_options_t *o = opts_of(s);
   for (size_t i = 0; i < o->transport_layers; i++)
-    if (!o->transport[i].ops->ready(s->layers[i]))
+    if (!o->transport[i].ops->ready(s->tail->layers[i]))
       return 0;
   return 1;
 }
@@ -1343,16 +1389,16 @@ static void check_handshake(session_t *s, void *arg) {
    * cannot be stopped early; it holds a few bytes until then). */
   if (s->state != SESSION_OPENING || s->close_started)
     return;
-  pthread_mutex_lock(&s->lock);
+  engine_lock(&s->lock);
   int ready = s->transport_ready;
   const char *name = "transport";
   const service_options_t *o = opts_of(s);
   for (size_t i = 0; i < o->transport_layers; i++)
-    if (!o->transport[i].ops->ready(s->layers[i])) {
+    if (!o->transport[i].ops->ready(s->tail->layers[i])) {
       name = o->transport[i].ops->name;
       break;
     }
-  pthread_mutex_unlock(&s->lock);
+  engine_unlock(&s->lock);
   if (ready)
     return;
   char peer[ADDRESS_TEXT_MAX] = "?";
@@ -1374,7 +1420,7 @@ static void transport_opened(session_t *s, int start_receiving) {
   }
   for (size_t i = 0; i < o->transport_layers; i++)
     if (o->transport[i].ops->opened)
-      o->transport[i].ops->opened(s->layers[i]);
+      o->transport[i].ops->opened(s->tail->layers[i]);
   open_session(s, start_receiving);
 }
 
@@ -1397,15 +1443,15 @@ static void transport_start(session_t *s) {
   const service_options_t *o = opts_of(s);
   for (size_t i = 0; i < o->transport_layers; i++) {
     if (o->transport[i].ops->open(o->transport[i].config, s,
-                                  &s->layers[i]) != 0) {
+                                  &s->tail->layers[i]) != 0) {
       begin_close(s, REASON_IO_ERROR, 0);
       return;
     }
   }
   /* Under the lock: a sender on another thread reads it (enqueue_locked). */
-  pthread_mutex_lock(&s->lock);
+  engine_lock(&s->lock);
   s->transport_started = 1;
-  pthread_mutex_unlock(&s->lock);
+  engine_unlock(&s->lock);
   if (o->handshake_timeout_ms)
     timer_start(s, o->handshake_timeout_ms, 0, check_handshake, NULL, 1);
   transport_scratch_t *sc = scratch_get();
@@ -1415,20 +1461,20 @@ static void transport_start(session_t *s) {
   }
   transport_chain_t c = chain_of(s, sc);
   int rc = 0, qrc, partial = 0, ready = 0;
-  pthread_mutex_lock(&s->lock);
+  engine_lock(&s->lock);
   sc->wire.len = 0;
   for (int i = 0; i < c.count && rc == 0; i++) {
     if (!o->transport[i].ops->start)
       continue;
     transport_sink_t down = {sink_down, &c, i - 1};
-    rc = o->transport[i].ops->start(s->layers[i], &down);
+    rc = o->transport[i].ops->start(s->tail->layers[i], &down);
   }
   qrc = queue_wire_locked(s, sc, &partial);
   if (rc != 0)
     s->transport_closed = 1;
   else if (layers_ready(s))
     ready = s->transport_ready = 1;
-  pthread_mutex_unlock(&s->lock);
+  engine_unlock(&s->lock);
   if (transport_after(s, qrc, partial, rc) != 0)
     return;
   if (rc > 0) {
@@ -1457,9 +1503,9 @@ static void transport_receive(session_t *s, const uint8_t *data, size_t len) {
   transport_chain_t c = chain_of(s, sc);
   transport_sink_t first = {sink_up, &c, 0};
   int rc, qrc, partial = 0, ready = 0;
-  pthread_mutex_lock(&s->lock);
+  engine_lock(&s->lock);
   if (s->transport_closed) {
-    pthread_mutex_unlock(&s->lock);
+    engine_unlock(&s->lock);
     return;
   }
   sc->up.len = 0;
@@ -1470,7 +1516,7 @@ static void transport_receive(session_t *s, const uint8_t *data, size_t len) {
     s->transport_closed = 1;
   else if (!s->transport_ready && layers_ready(s))
     ready = s->transport_ready = 1;
-  pthread_mutex_unlock(&s->lock);
+  engine_unlock(&s->lock);
   if (transport_after(s, qrc, partial, rc) != 0)
     return;
   if (ready)
@@ -1512,7 +1558,7 @@ static int transport_close_locked(session_t *s, int reason) {
     if (!c.tl[i].ops->close)
       continue;
     transport_sink_t down = {sink_down, &c, i - 1};
-    c.tl[i].ops->close(s->layers[i], (session_reason_t)reason, &down);
+    c.tl[i].ops->close(s->tail->layers[i], (session_reason_t)reason, &down);
   }
   s->transport_closed = 1;
   int partial = 0;
@@ -1522,8 +1568,8 @@ static int transport_close_locked(session_t *s, int reason) {
 static void transport_free(session_t *s) {
   const service_options_t *o = opts_of(s);
   for (size_t i = 0; i < o->transport_layers; i++)
-    if (s->layers[i])
-      o->transport[i].ops->free(s->layers[i]);
+    if (s->tail->layers[i])
+      o->transport[i].ops->free(s->tail->layers[i]);
 }
 
 int session_transport_call(session_t *s, void *layer,
@@ -1533,7 +1579,7 @@ int session_transport_call(session_t *s, void *layer,
   const service_options_t *o = opts_of(s);
   int level = -1;
   for (size_t i = 0; i < o->transport_layers; i++)
-    if (layer && s->layers[i] == layer)
+    if (layer && s->tail->layers[i] == layer)
       level = (int)i;
   if (level < 0 || !fn)
     return ENGINE_E_INVAL;
@@ -1542,9 +1588,9 @@ int session_transport_call(session_t *s, void *layer,
     return ENGINE_E_NOMEM;
   transport_chain_t c = chain_of(s, sc);
   transport_sink_t down = {sink_down, &c, level - 1};
-  pthread_mutex_lock(&s->lock);
+  engine_lock(&s->lock);
   if (s->close_request || s->state >= SESSION_CLOSING || s->transport_closed) {
-    pthread_mutex_unlock(&s->lock);
+    engine_unlock(&s->lock);
     return ENGINE_E_CLOSED;
   }
   sc->wire.len = 0;
@@ -1553,7 +1599,7 @@ int session_transport_call(session_t *s, void *layer,
   int qrc = queue_wire_locked(s, sc, &partial);
   if (rc != 0)
     s->transport_closed = 1;
-  pthread_mutex_unlock(&s->lock);
+  engine_unlock(&s->lock);
   if (qrc == ENGINE_E_QUEUE_FULL) {
     queue_full(s, partial);
     return ENGINE_E_QUEUE_FULL;
@@ -1579,9 +1625,9 @@ void session_get_info(session_t *s, session_info_t *out) {
   out->connected_ms = s->connected_ms;
   out->bytes_in = atomic_load_explicit(&s->bytes_in, memory_order_relaxed);
   out->bytes_out = atomic_load_explicit(&s->bytes_out, memory_order_relaxed);
-  pthread_mutex_lock(&s->lock);
-  out->queued_bytes = s->queued_bytes;
-  pthread_mutex_unlock(&s->lock);
+  engine_lock(&s->lock);
+  out->queued_bytes = queued_bytes_locked(s);
+  engine_unlock(&s->lock);
 }
 
 uint64_t session_id(const session_t *s) { return s->id; }
@@ -1597,9 +1643,9 @@ int session_is_open(session_t *s) {
   if (io_handle_on_worker(&s->handle))
     return s->state == SESSION_OPEN &&
            !atomic_load_explicit(&s->close_request, memory_order_relaxed);
-  pthread_mutex_lock(&s->lock);
+  engine_lock(&s->lock);
   int open = s->state == SESSION_OPEN && !s->close_request;
-  pthread_mutex_unlock(&s->lock);
+  engine_unlock(&s->lock);
   return open;
 }
 

@@ -23,6 +23,7 @@
 struct strand_timer {
   io_timer_t timer;
   strand_t *strand;
+  const strand_owner_ops_t *ops;
   strand_timer_t *next;
   uint64_t id;
   strand_call_t call;
@@ -37,6 +38,7 @@ struct strand_timer {
 typedef struct strand_post_op {
   io_op_t op;
   strand_t *strand;
+  const strand_owner_ops_t *ops;
   strand_call_t call;
   uint8_t internal;
 } strand_post_op_t;
@@ -47,13 +49,20 @@ typedef struct strand_post_op {
 
 static atomic_uint_fast64_t next_timer_id = 1;
 
-void strand_init(strand_t *st, io_handle_t *handle, pthread_mutex_t *lock,
-                 void *owner, const strand_owner_ops_t *ops) {
-  st->handle = handle;
-  st->lock = lock;
-  st->owner = owner;
-  st->ops = ops;
-  st->timers = NULL;
+void strand_init(strand_t *st) { st->timers = NULL; }
+
+static void *owner_of(const strand_t *st, const strand_owner_ops_t *ops) {
+  return (char *)st - ops->strand_at;
+}
+
+static io_handle_t *handle_of(const strand_t *st,
+                              const strand_owner_ops_t *ops) {
+  return (io_handle_t *)((char *)owner_of(st, ops) + ops->handle_at);
+}
+
+static engine_lock_t *lock_of(const strand_t *st,
+                              const strand_owner_ops_t *ops) {
+  return (engine_lock_t *)((char *)owner_of(st, ops) + ops->lock_at);
 }
 
 static void invoke(const strand_call_t *c, void *owner,
@@ -76,52 +85,56 @@ static void invoke(const strand_call_t *c, void *owner,
   }
 }
 
-static void invoke_done(const strand_t *st, const strand_call_t *c) {
-  if (st->ops->room) {
+static void invoke_done(const strand_t *st, const strand_owner_ops_t *ops,
+                        const strand_call_t *c) {
+  if (ops->room) {
     if (c->done.room)
-      c->done.room(st->owner, c->arg, c->arg2);
+      c->done.room(owner_of(st, ops), c->arg, c->arg2);
   } else if (c->done.session) {
-    c->done.session(st->owner, c->arg, c->arg2);
+    c->done.session(owner_of(st, ops), c->arg, c->arg2);
   }
 }
 
 /* Under the owner's lock. */
-static int may_run(const strand_t *st, int internal) {
-  return internal || st->ops->may_run(st->owner);
+static int may_run(const strand_t *st, const strand_owner_ops_t *ops,
+                   int internal) {
+  return internal || ops->may_run(owner_of(st, ops));
 }
 
-static int may_start(const strand_t *st, int internal) {
-  return internal || st->ops->may_start(st->owner);
+static int may_start(const strand_t *st, const strand_owner_ops_t *ops,
+                     int internal) {
+  return internal || ops->may_start(owner_of(st, ops));
 }
 
 /* ---- timers ---- */
 
-void strand_cancel_timers(strand_t *st) {
-  pthread_mutex_lock(st->lock);
+void strand_cancel_timers(strand_t *st, const strand_owner_ops_t *ops) {
+  engine_lock(lock_of(st, ops));
   for (strand_timer_t *t = st->timers; t; t = t->next) {
     t->stopped = 1;
     io_timer_cancel(&t->timer);
   }
-  pthread_mutex_unlock(st->lock);
+  engine_unlock(lock_of(st, ops));
 }
 
-static void unlink_timer(strand_t *st, strand_timer_t *t) {
-  pthread_mutex_lock(st->lock);
+static void unlink_timer(strand_t *st, const strand_owner_ops_t *ops,
+                         strand_timer_t *t) {
+  engine_lock(lock_of(st, ops));
   for (strand_timer_t **p = &st->timers; *p; p = &(*p)->next) {
     if (*p == t) {
       *p = t->next;
       break;
     }
   }
-  pthread_mutex_unlock(st->lock);
+  engine_unlock(lock_of(st, ops));
 }
 
 static void timer_gone(strand_timer_t *t) {
   strand_t *st = t->strand;
-  void *owner = st->owner;
-  const strand_owner_ops_t *ops = st->ops;
-  unlink_timer(st, t);
-  invoke_done(st, &t->call);
+  const strand_owner_ops_t *ops = t->ops;
+  void *owner = owner_of(st, ops);
+  unlink_timer(st, ops, t);
+  invoke_done(st, ops, &t->call);
   free(t);
   engine__live_add(-1);
   ops->release(owner); /* st may be gone after this */
@@ -131,9 +144,10 @@ static void on_timer(io_op_t *op, int status, size_t bytes) {
   (void)bytes;
   strand_timer_t *t = container_of(op, strand_timer_t, timer.op);
   strand_t *st = t->strand;
-  pthread_mutex_lock(st->lock);
-  int run = status == 0 && !t->stopped && may_run(st, t->internal);
-  pthread_mutex_unlock(st->lock);
+  const strand_owner_ops_t *ops = t->ops;
+  engine_lock(lock_of(st, ops));
+  int run = status == 0 && !t->stopped && may_run(st, ops, t->internal);
+  engine_unlock(lock_of(st, ops));
   if (!run) {
     timer_gone(t);
     return;
@@ -146,10 +160,10 @@ static void on_timer(io_op_t *op, int status, size_t bytes) {
   } else {
     tick.late_count = t->late_count;
   }
-  invoke(&t->call, st->owner, &tick);
-  pthread_mutex_lock(st->lock);
-  int again = t->repeat_ms > 0 && !t->stopped && may_run(st, t->internal);
-  pthread_mutex_unlock(st->lock);
+  invoke(&t->call, owner_of(st, ops), &tick);
+  engine_lock(lock_of(st, ops));
+  int again = t->repeat_ms > 0 && !t->stopped && may_run(st, ops, t->internal);
+  engine_unlock(lock_of(st, ops));
   if (!again) {
     timer_gone(t);
     return;
@@ -164,12 +178,13 @@ static void on_timer(io_op_t *op, int status, size_t bytes) {
 static void on_timer_arm(io_op_t *op, int status, size_t bytes) {
   strand_timer_t *t = container_of(op, strand_timer_t, timer.op);
   strand_t *st = t->strand;
+  const strand_owner_ops_t *ops = t->ops;
   t->timer.op.complete = on_timer;
-  pthread_mutex_lock(st->lock);
+  engine_lock(lock_of(st, ops));
   /* Stopped, or its owner closed while it travelled here: cancelling marks
    * every listed timer, but only the gate says a close ran. */
-  int stopped = t->stopped || !may_start(st, t->internal);
-  pthread_mutex_unlock(st->lock);
+  int stopped = t->stopped || !may_start(st, ops, t->internal);
+  engine_unlock(lock_of(st, ops));
   if (stopped || status != 0) {
     on_timer(op, IO_ECANCELED, bytes);
     return;
@@ -178,48 +193,52 @@ static void on_timer_arm(io_op_t *op, int status, size_t bytes) {
   io_timer_start(&t->timer, t->due_ms > now ? t->due_ms - now : 0);
 }
 
-uint64_t strand_timer_start(strand_t *st, uint32_t delay_ms, uint32_t repeat_ms,
+uint64_t strand_timer_start(strand_t *st, const strand_owner_ops_t *ops,
+                            uint32_t delay_ms, uint32_t repeat_ms,
                             const strand_call_t *call, int internal) {
   strand_timer_t *t = calloc(1, sizeof *t);
   if (!t)
     return 0;
   t->strand = st;
+  t->ops = ops;
   t->call = *call;
   t->repeat_ms = repeat_ms;
   t->internal = (uint8_t)internal;
   t->id = atomic_fetch_add_explicit(&next_timer_id, 1, memory_order_relaxed);
-  io_timer_init(&t->timer, st->handle, on_timer);
-  pthread_mutex_lock(st->lock);
-  if (!may_start(st, internal)) {
-    pthread_mutex_unlock(st->lock);
+  io_timer_init(&t->timer, handle_of(st, ops), on_timer);
+  engine_lock(lock_of(st, ops));
+  if (!may_start(st, ops, internal)) {
+    engine_unlock(lock_of(st, ops));
     free(t);
     return 0;
   }
   t->next = st->timers;
   st->timers = t;
-  st->ops->ref(st->owner);
+  ops->ref(owner_of(st, ops));
   engine__live_add(1);
   uint64_t id = t->id;
   t->due_ms = clock_now_ms() + delay_ms;
-  if (io_handle_on_worker(st->handle)) {
+  if (io_handle_on_worker(handle_of(st, ops))) {
     io_timer_start(&t->timer, delay_ms);
   } else {
     t->timer.op.complete = on_timer_arm;
-    io_post(st->handle, &t->timer.op, 0);
+    io_post(handle_of(st, ops), &t->timer.op, 0);
   }
-  pthread_mutex_unlock(st->lock);
+  engine_unlock(lock_of(st, ops));
   return id;
 }
 
-static void cancel_timer_on_worker(strand_t *st, uint64_t id) {
-  pthread_mutex_lock(st->lock);
+static void cancel_timer_on_worker(strand_t *st,
+                                   const strand_owner_ops_t *ops,
+                                   uint64_t id) {
+  engine_lock(lock_of(st, ops));
   for (strand_timer_t *t = st->timers; t; t = t->next) {
     if (t->id == id) {
       io_timer_cancel(&t->timer);
       break;
     }
   }
-  pthread_mutex_unlock(st->lock);
+  engine_unlock(lock_of(st, ops));
 }
 
 /* The cancel, travelling to the worker: it needs no reference of its own
@@ -227,6 +246,7 @@ static void cancel_timer_on_worker(strand_t *st, uint64_t id) {
 typedef struct timer_cancel_op {
   io_op_t op;
   strand_t *strand;
+  const strand_owner_ops_t *ops;
   uint64_t id;
 } timer_cancel_op_t;
 
@@ -235,39 +255,41 @@ static void on_timer_cancel(io_op_t *op, int status, size_t bytes) {
   (void)bytes;
   timer_cancel_op_t *c = container_of(op, timer_cancel_op_t, op);
   strand_t *st = c->strand;
-  void *owner = st->owner;
-  const strand_owner_ops_t *ops = st->ops;
-  cancel_timer_on_worker(st, c->id);
+  const strand_owner_ops_t *ops = c->ops;
+  void *owner = owner_of(st, ops);
+  cancel_timer_on_worker(st, ops, c->id);
   free(c);
   engine__live_add(-1);
   ops->release(owner);
 }
 
-int strand_timer_stop(strand_t *st, uint64_t timer_id) {
-  pthread_mutex_lock(st->lock);
+int strand_timer_stop(strand_t *st, const strand_owner_ops_t *ops,
+                      uint64_t timer_id) {
+  engine_lock(lock_of(st, ops));
   strand_timer_t *t = st->timers;
   while (t && t->id != timer_id)
     t = t->next;
   if (!t || t->stopped || t->internal) {
-    pthread_mutex_unlock(st->lock);
+    engine_unlock(lock_of(st, ops));
     return ENGINE_E_NOTFOUND;
   }
   t->stopped = 1;
-  pthread_mutex_unlock(st->lock);
+  engine_unlock(lock_of(st, ops));
   /* Give the memory back now rather than when it would have fired. */
-  if (io_handle_on_worker(st->handle)) {
-    cancel_timer_on_worker(st, timer_id);
+  if (io_handle_on_worker(handle_of(st, ops))) {
+    cancel_timer_on_worker(st, ops, timer_id);
     return ENGINE_OK;
   }
   timer_cancel_op_t *c = calloc(1, sizeof *c);
   if (!c)
     return ENGINE_OK; /* stopped all the same: it frees itself when due */
   c->strand = st;
+  c->ops = ops;
   c->id = timer_id;
   c->op.complete = on_timer_cancel;
-  st->ops->ref(st->owner);
+  ops->ref(owner_of(st, ops));
   engine__live_add(1);
-  io_post(st->handle, &c->op, 0);
+  io_post(handle_of(st, ops), &c->op, 0);
   return ENGINE_OK;
 }
 
@@ -278,36 +300,38 @@ static void on_post(io_op_t *op, int status, size_t bytes) {
   (void)bytes;
   strand_post_op_t *p = container_of(op, strand_post_op_t, op);
   strand_t *st = p->strand;
-  void *owner = st->owner;
-  const strand_owner_ops_t *ops = st->ops;
-  pthread_mutex_lock(st->lock);
-  int run = may_run(st, p->internal);
-  pthread_mutex_unlock(st->lock);
+  const strand_owner_ops_t *ops = p->ops;
+  void *owner = owner_of(st, ops);
+  engine_lock(lock_of(st, ops));
+  int run = may_run(st, ops, p->internal);
+  engine_unlock(lock_of(st, ops));
   if (run)
     invoke(&p->call, owner, NULL);
-  invoke_done(st, &p->call);
+  invoke_done(st, ops, &p->call);
   free(p);
   engine__live_add(-1);
   ops->release(owner);
 }
 
-int strand_post(strand_t *st, const strand_call_t *call, int internal) {
+int strand_post(strand_t *st, const strand_owner_ops_t *ops,
+                const strand_call_t *call, int internal) {
   strand_post_op_t *p = calloc(1, sizeof *p);
   if (!p)
     return ENGINE_E_NOMEM;
   p->strand = st;
+  p->ops = ops;
   p->call = *call;
   p->internal = (uint8_t)internal;
   p->op.complete = on_post;
-  pthread_mutex_lock(st->lock);
-  if (!may_start(st, internal)) {
-    pthread_mutex_unlock(st->lock);
+  engine_lock(lock_of(st, ops));
+  if (!may_start(st, ops, internal)) {
+    engine_unlock(lock_of(st, ops));
     free(p);
     return ENGINE_E_CLOSED;
   }
-  st->ops->ref(st->owner);
+  ops->ref(owner_of(st, ops));
   engine__live_add(1);
-  io_post(st->handle, &p->op, 0);
-  pthread_mutex_unlock(st->lock);
+  io_post(handle_of(st, ops), &p->op, 0);
+  engine_unlock(lock_of(st, ops));
   return ENGINE_OK;
 }

@@ -18,7 +18,8 @@
  *  - a done callback per timer or post, called exactly once when it is
  *    gone, whether it ran or not (the host drops its hold on the plugin
  *    code there).
- * Engine internal: sessions and rooms wrap it in their public functions.
+ * Engine internal: sessions and rooms wrap it in their public functions,
+ * passing their kind's ops (strand_owner_ops_t) with every call.
  */
 #ifndef IOCPHOST_STRAND_H
 #define IOCPHOST_STRAND_H
@@ -28,6 +29,7 @@
 
 #include "engine/backend.h"
 #include "engine/engine.h"
+#include "engine/lock.h"
 
 typedef struct strand strand_t;
 typedef struct strand_timer strand_timer_t;
@@ -68,34 +70,38 @@ typedef struct strand_owner_ops {
   int (*may_start)(void *owner);
   int (*may_run)(void *owner);
   uint8_t room; /* the owner is a room (done callbacks are room_fn) */
+  /* Where the owner keeps its strand, its handle (the serial order) and
+   * its lock (which guards the timers), as offsetof: one table per kind of
+   * owner says it, instead of three pointers in every strand. */
+  size_t strand_at, handle_at, lock_at;
 } strand_owner_ops_t;
 
+/* What varies per owner: its timers. The owner's ops (one table per kind
+ * of owner) come with every call, so they cost an idle owner nothing. */
 struct strand {
-  io_handle_t *handle;   /* the serial order */
-  pthread_mutex_t *lock; /* the owner's lock: guards timers */
-  void *owner;
-  const strand_owner_ops_t *ops;
   strand_timer_t *timers;
 };
 
-void strand_init(strand_t *st, io_handle_t *handle, pthread_mutex_t *lock,
-                 void *owner, const strand_owner_ops_t *ops);
+void strand_init(strand_t *st);
 
 /* Starts a timer (from any thread): after delay_ms, then every repeat_ms
  * if repeat_ms > 0. Returns its id (> 0), or 0 when the gate is shut (and
  * internal is 0) or memory ran out: then done is not called. */
-uint64_t strand_timer_start(strand_t *st, uint32_t delay_ms, uint32_t repeat_ms,
+uint64_t strand_timer_start(strand_t *st, const strand_owner_ops_t *ops,
+                            uint32_t delay_ms, uint32_t repeat_ms,
                             const strand_call_t *call, int internal);
 /* Stops a timer of the owner's own; ENGINE_E_NOTFOUND if it is gone, was
  * stopped, or is internal. */
-int strand_timer_stop(strand_t *st, uint64_t timer_id);
+int strand_timer_stop(strand_t *st, const strand_owner_ops_t *ops,
+                      uint64_t timer_id);
 /* Worker only: stops every timer (internal ones too); each completes and
  * frees itself (done runs). */
-void strand_cancel_timers(strand_t *st);
+void strand_cancel_timers(strand_t *st, const strand_owner_ops_t *ops);
 
 /* Runs call soon in the serial order (from any thread). internal: runs
  * even when the gate is shut by then. ENGINE_OK, ENGINE_E_CLOSED (gate
  * shut now, not internal: done is not called) or ENGINE_E_NOMEM. */
-int strand_post(strand_t *st, const strand_call_t *call, int internal);
+int strand_post(strand_t *st, const strand_owner_ops_t *ops,
+                const strand_call_t *call, int internal);
 
 #endif

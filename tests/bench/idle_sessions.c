@@ -136,7 +136,7 @@ int main(void) {
   printf("idle sessions: %llu open of %ld\n",
          (unsigned long long)st.sessions_now, n);
   printf("sizeof(session_t): %zu bytes\n", sizeof(session_t));
-  printf("heap growth: %zu bytes, %.1f bytes per idle session (goal <= 512)\n",
+  printf("heap growth: %zu bytes, %.1f bytes per idle session (goal <= 256)\n",
          used_after - used_before, per);
   close(quit[1]);
   waitpid(child, NULL, 0);

@@ -56,8 +56,8 @@ static void harness_feed_on_worker(session_t *s, void *arg) {
     f->delivered++;
   }
   pthread_mutex_lock(&f->lock);
-  f->pending_len = s->pending_in_len;
-  f->pending_cap = s->pending_in_cap;
+  f->pending_len = s->kept ? s->kept->len : 0;
+  f->pending_cap = s->kept ? s->kept->cap : 0;
   f->open_after = session_is_open(s);
   f->done = 1;
   pthread_cond_broadcast(&f->cond);

@@ -492,8 +492,8 @@ typedef struct kept {
 
 static void read_kept(session_t *s, void *arg) {
   kept_t *k = arg;
-  k->len = s->pending_in_len;
-  k->cap = s->pending_in_cap;
+  k->len = s->kept ? s->kept->len : 0;
+  k->cap = s->kept ? s->kept->cap : 0;
   atomic_store(&k->done, 1);
 }
 

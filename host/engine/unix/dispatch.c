@@ -61,7 +61,7 @@ int io_handle_open(io_core_t *core, io_handle_t *h, io_socket_t socket,
   h->readable = h->writable = 0;
   h->hangup = 0;
   h->closed = 0;
-  h->slot = UINT32_MAX;
+  h->slot = IO_NO_SLOT;
   if (socket == IO_INVALID_SOCKET)
     return 0;
   return core->ops->handle_open(h);

@@ -161,7 +161,7 @@ static void start_op(epoll_worker_t *w, io_op_t *op) {
     }
     return;
   case IO_OP_CONNECT: {
-    const address_t *to = op->u.connect.to;
+    const address_t *to = io_connect_op(op)->to;
     if (connect(h->socket, &to->u.sa, address_length(to)) == 0) {
       make_ready(w, op, 0);
     } else if (errno == EINPROGRESS) {
@@ -234,7 +234,7 @@ static int perform(epoll_worker_t *w, io_op_t *op) {
        * same edge as the data: then no further edge will report it. */
       if (n < RECV_BUFFER_BYTES && !h->hangup)
         h->readable = 0;
-      op->u.recv.data = w->recv_buffer;
+      io_recv_op(op)->data = w->recv_buffer;
       op->status = (int)n; /* bytes, folded into status until delivery */
       return 1;
     }
@@ -250,16 +250,16 @@ static int perform(epoll_worker_t *w, io_op_t *op) {
   case IO_OP_SEND: {
     struct msghdr msg;
     memset(&msg, 0, sizeof msg);
-    msg.msg_iov = op->u.send.bufs;
-    msg.msg_iovlen = (size_t)op->u.send.count;
+    msg.msg_iov = io_send_op(op)->bufs;
+    msg.msg_iovlen = (size_t)io_send_op(op)->count;
     ssize_t n;
     do {
       n = sendmsg(h->socket, &msg, MSG_NOSIGNAL);
     } while (n < 0 && errno == EINTR);
     if (n >= 0) {
       size_t total = 0;
-      for (int i = 0; i < op->u.send.count; i++)
-        total += op->u.send.bufs[i].iov_len;
+      for (int i = 0; i < io_send_op(op)->count; i++)
+        total += io_send_op(op)->bufs[i].iov_len;
       if ((size_t)n < total)
         h->writable = 0;
       op->status = (int)n;
@@ -290,9 +290,9 @@ static int perform(epoll_worker_t *w, io_op_t *op) {
                    SOCK_NONBLOCK | SOCK_CLOEXEC);
     } while (fd < 0 && errno == EINTR);
     if (fd >= 0) {
-      op->u.accept.socket = fd;
-      if (op->u.accept.peer)
-        address_from_sockaddr(op->u.accept.peer, (struct sockaddr *)&ss, len);
+      io_accept_op(op)->socket = fd;
+      if (io_accept_op(op)->peer)
+        address_from_sockaddr(io_accept_op(op)->peer, (struct sockaddr *)&ss, len);
       return 1;
     }
     if (errno == EAGAIN || errno == EWOULDBLOCK) {

@@ -71,7 +71,7 @@
 #define DELIVERIES_PER_ROUND 4096
 #define CQES_PER_BATCH 256
 #define STOP_DRAIN_MS 2000
-#define NO_SLOT UINT32_MAX
+#define NO_SLOT IO_NO_SLOT /* also ends the free list */
 #define NO_BUFFER 0xffffu
 
 /* What a completion is for. */
@@ -91,37 +91,38 @@ typedef struct op_queue {
   io_op_t *tail;
 } op_queue_t;
 
-/* A send in the kernel: a staged copy (io_send_now) or a send op's gather
- * list. */
+/* A staged send in the kernel (io_send_now's copy). A send op needs no
+ * record of its own: its msghdr is in the op (io_send_op_t). */
 typedef struct send_rec {
-  io_timer_t orphan; /* staged, after a close: bounds the wait */
-  struct msghdr msg; /* send ops */
+  io_timer_t orphan; /* after a close: bounds the wait */
   uint32_t slot;
   uint32_t len;
   uint32_t off;
   uint8_t data[]; /* staged bytes */
 } send_rec_t;
 
-/* A socket's state in its worker, found from completions by index. */
+/* A socket's state in its worker, found from completions by index: one
+ * per socket, idle ones included (issue 18 counts it), so 56 bytes. The
+ * worker alone touches it, so its flags share a byte. */
 typedef struct uslot {
   io_handle_t *key; /* the handle; only compared once closing */
   io_op_t *held;    /* ops waiting for the drain, to complete cancelled */
   send_rec_t *staged;
-  send_rec_t *send_rec; /* of kernel_op, when a send */
-  io_op_t *kernel_op;   /* the send or connect op in the kernel */
+  io_op_t *kernel_op;   /* the send or connect op in the kernel (its type) */
   uint32_t inflight;    /* requests whose last completion has not come */
   uint32_t next_free;
-  uint16_t head, tail; /* received buffers waiting, by buffer id */
   int fd;              /* the socket, also once the handle forgot it */
-  int end;             /* with has_end: the receive side's last result */
-  int send_error;
-  uint8_t closing;
-  uint8_t has_end;
-  uint8_t recv_armed;
-  uint8_t starved;
-  uint8_t reset; /* the close resets: nothing staged survives it */
-  uint8_t shutdown_pending;
-  uint8_t fd_closed;
+  uint16_t head, tail; /* received buffers waiting, by buffer id */
+  /* -errno codes, which fit 16 bits (and 0). */
+  int16_t end;         /* with has_end: the receive side's last result */
+  int16_t send_error;
+  uint8_t closing : 1;
+  uint8_t has_end : 1;
+  uint8_t recv_armed : 1;
+  uint8_t starved : 1;
+  uint8_t reset : 1; /* the close resets: nothing staged survives it */
+  uint8_t shutdown_pending : 1;
+  uint8_t fd_closed : 1;
 } uslot_t;
 
 typedef struct uring_worker {
@@ -151,9 +152,11 @@ typedef struct uring_worker {
   unsigned buffers_free; /* in the ring now: taken by a CQE, back on recycle */
   uint16_t *buffer_next; /* a handle's queue of received buffers */
   uint32_t *buffer_len;
-  /* Slots. */
-  uslot_t *slots;
-  uint32_t slot_count, slot_cap, free_slot, live_slots;
+  /* Slots, in chunks: the table grows by a chunk, not by doubling (an
+   * idle socket's slot is counted, issue 18), and a slot never moves. */
+  uslot_t **slot_chunks;
+  uint32_t chunk_count, chunk_cap;
+  uint32_t slot_count, free_slot, live_slots;
   uint32_t *starved;
   uint32_t starved_count, starved_cap;
   /* Small staged records, kept: echo-like traffic then costs no malloc. */
@@ -248,22 +251,37 @@ static unsigned buffer_of(uring_worker_t *w, const uint8_t *data) {
 
 /* ---- slots ---- */
 
+#define SLOTS_PER_CHUNK 512
+
+static uslot_t *slot_at(uring_worker_t *w, uint32_t i) {
+  return &w->slot_chunks[i / SLOTS_PER_CHUNK][i % SLOTS_PER_CHUNK];
+}
+
 static uint32_t slot_alloc(uring_worker_t *w, io_handle_t *h) {
   uint32_t i = w->free_slot;
   if (i != NO_SLOT) {
-    w->free_slot = w->slots[i].next_free;
+    w->free_slot = slot_at(w, i)->next_free;
   } else {
-    if (w->slot_count == w->slot_cap) {
-      uint32_t cap = w->slot_cap ? w->slot_cap * 2 : 64;
-      uslot_t *grown = realloc(w->slots, (size_t)cap * sizeof *grown);
-      if (!grown)
+    if (w->slot_count == NO_SLOT)
+      return NO_SLOT; /* the handle's 24 bits are all used */
+    if (w->slot_count == w->chunk_count * SLOTS_PER_CHUNK) {
+      if (w->chunk_count == w->chunk_cap) {
+        uint32_t cap = w->chunk_cap ? w->chunk_cap * 2 : 8;
+        uslot_t **grown =
+            realloc(w->slot_chunks, (size_t)cap * sizeof *grown);
+        if (!grown)
+          return NO_SLOT;
+        w->slot_chunks = grown;
+        w->chunk_cap = cap;
+      }
+      uslot_t *chunk = malloc(SLOTS_PER_CHUNK * sizeof *chunk);
+      if (!chunk)
         return NO_SLOT;
-      w->slots = grown;
-      w->slot_cap = cap;
+      w->slot_chunks[w->chunk_count++] = chunk;
     }
     i = w->slot_count++;
   }
-  uslot_t *s = &w->slots[i];
+  uslot_t *s = slot_at(w, i);
   memset(s, 0, sizeof *s);
   s->key = h;
   s->head = s->tail = NO_BUFFER;
@@ -280,16 +298,16 @@ static uslot_t *slot_of(uring_worker_t *w, io_handle_t *h) {
     if (i == NO_SLOT)
       return NULL;
     h->slot = i;
-    w->slots[i].fd = h->socket;
+    slot_at(w, i)->fd = h->socket;
   }
-  return &w->slots[h->slot];
+  return slot_at(w, h->slot);
 }
 
 /* The slot of a closed handle that still drains, or NULL. */
 static uslot_t *draining_slot(uring_worker_t *w, const io_handle_t *h) {
   if (h->slot == NO_SLOT || h->slot >= w->slot_count)
     return NULL;
-  uslot_t *s = &w->slots[h->slot];
+  uslot_t *s = slot_at(w, h->slot);
   return s->key == h && s->closing ? s : NULL;
 }
 
@@ -300,7 +318,7 @@ static int kernel_done(const uslot_t *s) {
 }
 
 static void slot_check(uring_worker_t *w, uint32_t i) {
-  uslot_t *s = &w->slots[i];
+  uslot_t *s = slot_at(w, i);
   if (!s->closing)
     return;
   if (s->held && kernel_done(s)) {
@@ -335,7 +353,7 @@ static void cancel_op(uring_worker_t *w, io_op_t *op) {
 /* ---- receiving ---- */
 
 static void arm_recv(uring_worker_t *w, uint32_t i) {
-  uslot_t *s = &w->slots[i];
+  uslot_t *s = slot_at(w, i);
   struct io_uring_sqe *sqe = get_sqe(w);
   if (!sqe) {
     s->has_end = 1;
@@ -353,7 +371,7 @@ static void arm_recv(uring_worker_t *w, uint32_t i) {
 /* Hands the next received buffer (or the end) to the waiting receive op,
  * or arms the multishot receive when nothing is waiting. */
 static void serve_recv(uring_worker_t *w, uint32_t i) {
-  uslot_t *s = &w->slots[i];
+  uslot_t *s = slot_at(w, i);
   io_handle_t *h = s->key;
   io_op_t *op = h->pending_read;
   if (!op)
@@ -364,7 +382,7 @@ static void serve_recv(uring_worker_t *w, uint32_t i) {
     if (s->head == NO_BUFFER)
       s->tail = NO_BUFFER;
     h->pending_read = NULL;
-    op->u.recv.data = buffer_at(w, id);
+    io_recv_op(op)->data = buffer_at(w, id);
     make_ready(w, op, (int)w->buffer_len[id]); /* bytes, until delivery */
     return;
   }
@@ -390,14 +408,14 @@ static void starve(uring_worker_t *w, uint32_t i) {
     uint32_t *grown = realloc(w->starved, (size_t)cap * sizeof *grown);
     if (!grown) {
       /* Nowhere to wait: end the receive side rather than hang. */
-      w->slots[i].has_end = 1;
-      w->slots[i].end = -ENOBUFS;
+      slot_at(w, i)->has_end = 1;
+      slot_at(w, i)->end = -ENOBUFS;
       return;
     }
     w->starved = grown;
     w->starved_cap = cap;
   }
-  w->slots[i].starved = 1;
+  slot_at(w, i)->starved = 1;
   w->starved[w->starved_count++] = i;
 }
 
@@ -407,7 +425,7 @@ static void rearm_starved(uring_worker_t *w) {
     uint32_t i = w->starved[0];
     memmove(w->starved, w->starved + 1,
             (size_t)--w->starved_count * sizeof *w->starved);
-    uslot_t *s = &w->slots[i];
+    uslot_t *s = slot_at(w, i);
     if (!s->starved || s->closing || !s->key)
       continue;
     s->starved = 0;
@@ -419,7 +437,7 @@ static void rearm_starved(uring_worker_t *w) {
 
 static void on_recv_cqe(uring_worker_t *w, uint32_t i, int res,
                         unsigned flags) {
-  uslot_t *s = &w->slots[i];
+  uslot_t *s = slot_at(w, i);
   unsigned id = flags & IORING_CQE_F_BUFFER ? flags >> IORING_CQE_BUFFER_SHIFT
                                             : NO_BUFFER;
   if (id != NO_BUFFER)
@@ -498,9 +516,9 @@ static void serve_accept(uring_worker_t *w, io_handle_t *h) {
       make_ready(w, op, -errno); /* the owner backs off */
       continue;
     }
-    op->u.accept.socket = fd;
-    if (op->u.accept.peer)
-      address_from_sockaddr(op->u.accept.peer, (struct sockaddr *)&ss, len);
+    io_accept_op(op)->socket = fd;
+    if (io_accept_op(op)->peer)
+      address_from_sockaddr(io_accept_op(op)->peer, (struct sockaddr *)&ss, len);
     make_ready(w, op, 0);
   }
 }
@@ -545,21 +563,19 @@ static void on_listen_cqe(uring_worker_t *w, int res, unsigned flags) {
 static void close_fd(uring_worker_t *w, uint32_t i);
 
 static void issue_send_op(uring_worker_t *w, uint32_t i, io_op_t *op) {
-  uslot_t *s = &w->slots[i];
-  send_rec_t *rec = calloc(1, sizeof *rec);
-  struct io_uring_sqe *sqe = rec ? get_sqe(w) : NULL;
+  uslot_t *s = slot_at(w, i);
+  struct io_uring_sqe *sqe = get_sqe(w);
   if (!sqe) {
-    free(rec);
-    make_ready(w, op, rec ? -EBUSY : -ENOMEM);
+    make_ready(w, op, -EBUSY);
     return;
   }
-  rec->slot = i;
-  rec->msg.msg_iov = op->u.send.bufs;
-  rec->msg.msg_iovlen = (size_t)op->u.send.count;
+  io_send_op_t *send = io_send_op(op);
+  memset(&send->msg, 0, sizeof send->msg);
+  send->msg.msg_iov = send->bufs;
+  send->msg.msg_iovlen = (size_t)send->count;
   /* MSG_WAITALL: the kernel finishes a short write itself. */
-  io_uring_prep_sendmsg(sqe, s->fd, &rec->msg, MSG_NOSIGNAL | MSG_WAITALL);
+  io_uring_prep_sendmsg(sqe, s->fd, &send->msg, MSG_NOSIGNAL | MSG_WAITALL);
   io_uring_sqe_set_data64(sqe, user_data(i, KIND_SEND_OP));
-  s->send_rec = rec;
   s->kernel_op = op;
   s->inflight++;
 }
@@ -578,7 +594,7 @@ static void stage_free(uring_worker_t *w, send_rec_t *rec) {
 }
 
 static void submit_staged(uring_worker_t *w, uint32_t i) {
-  uslot_t *s = &w->slots[i];
+  uslot_t *s = slot_at(w, i);
   send_rec_t *rec = s->staged;
   struct io_uring_sqe *sqe = get_sqe(w);
   if (!sqe) {
@@ -648,7 +664,7 @@ static int uring_send_now(io_handle_t *h, const io_buf_t *bufs, int count) {
 /* A send failed after it was reported taken: end the receive side with
  * the error, so the session ends with a reason (SPEC section 3). */
 static void send_failed(uring_worker_t *w, uint32_t i, int status) {
-  uslot_t *s = &w->slots[i];
+  uslot_t *s = slot_at(w, i);
   s->send_error = status;
   if (!s->has_end) {
     s->has_end = 1;
@@ -659,7 +675,7 @@ static void send_failed(uring_worker_t *w, uint32_t i, int status) {
 
 /* The socket's sends are done: what waited behind them goes on. */
 static void after_send(uring_worker_t *w, uint32_t i) {
-  uslot_t *s = &w->slots[i];
+  uslot_t *s = slot_at(w, i);
   if (s->closing) {
     if (!s->staged && !s->fd_closed)
       close_fd(w, i);
@@ -681,7 +697,7 @@ static void after_send(uring_worker_t *w, uint32_t i) {
 }
 
 static void on_staged_cqe(uring_worker_t *w, uint32_t i, int res) {
-  uslot_t *s = &w->slots[i];
+  uslot_t *s = slot_at(w, i);
   send_rec_t *rec = s->staged;
   if (res > 0 && rec->off + (uint32_t)res < rec->len && !s->reset) {
     rec->off += (uint32_t)res; /* interrupted: send the rest */
@@ -698,10 +714,8 @@ static void on_staged_cqe(uring_worker_t *w, uint32_t i, int res) {
 }
 
 static void on_send_op_cqe(uring_worker_t *w, uint32_t i, int res) {
-  uslot_t *s = &w->slots[i];
+  uslot_t *s = slot_at(w, i);
   io_op_t *op = s->kernel_op;
-  free(s->send_rec);
-  s->send_rec = NULL;
   s->kernel_op = NULL;
   if (s->closing) {
     op->next = s->held;
@@ -718,7 +732,7 @@ static void on_send_op_cqe(uring_worker_t *w, uint32_t i, int res) {
 /* ---- closing ---- */
 
 static void close_fd(uring_worker_t *w, uint32_t i) {
-  uslot_t *s = &w->slots[i];
+  uslot_t *s = slot_at(w, i);
   struct io_uring_sqe *sqe = get_sqe(w);
   s->fd_closed = 1;
   if (!sqe) {
@@ -736,13 +750,13 @@ static void cancel_one(uring_worker_t *w, uint32_t i, int kind) {
     return;
   io_uring_prep_cancel64(sqe, user_data(i, kind), 0);
   io_uring_sqe_set_data64(sqe, user_data(i, KIND_CANCEL));
-  w->slots[i].inflight++;
+  slot_at(w, i)->inflight++;
 }
 
 /* Everything the kernel has on the socket, by descriptor: one request,
  * however many it finds. Then the close, after it. */
 static void cancel_all_and_close(uring_worker_t *w, uint32_t i) {
-  uslot_t *s = &w->slots[i];
+  uslot_t *s = slot_at(w, i);
   if (io_uring_sq_space_left(&w->ring) < 2)
     io_uring_submit(&w->ring);
   struct io_uring_sqe *sqe = get_sqe(w);
@@ -758,7 +772,7 @@ static void cancel_all_and_close(uring_worker_t *w, uint32_t i) {
 /* A closed socket's staged bytes go out like those in a socket's buffer
  * after close(2), but not for ever: after ORPHAN_MS the send is cancelled. */
 static void orphan_expired(uring_worker_t *w, send_rec_t *rec) {
-  uslot_t *s = &w->slots[rec->slot];
+  uslot_t *s = slot_at(w, rec->slot);
   s->reset = 1;
   cancel_one(w, rec->slot, KIND_STAGED);
 }
@@ -787,7 +801,7 @@ static void uring_handle_close(io_handle_t *h) {
     return;
   }
   uint32_t i = h->slot;
-  uslot_t *s = &w->slots[i];
+  uslot_t *s = slot_at(w, i);
   h->socket = IO_INVALID_SOCKET;
   s->closing = 1;
   /* Ops waiting here complete cancelled once the kernel let go. */
@@ -808,7 +822,6 @@ static void uring_handle_close(io_handle_t *h) {
     unsigned id = s->head;
     s->head = w->buffer_next[id];
     buffer_recycle(w, id);
-    s = &w->slots[i];
   }
   s->tail = NO_BUFFER;
   if (s->inflight == 0) {
@@ -821,7 +834,8 @@ static void uring_handle_close(io_handle_t *h) {
     if (s->recv_armed)
       cancel_one(w, i, KIND_RECV);
     if (s->kernel_op)
-      cancel_one(w, i, s->send_rec ? KIND_SEND_OP : KIND_CONNECT);
+      cancel_one(w, i, s->kernel_op->type == IO_OP_SEND ? KIND_SEND_OP
+                                                        : KIND_CONNECT);
     s->staged->orphan.op.handle = &w->internal;
     s->staged->orphan.due_ms = clock_now_ms() + ORPHAN_MS;
     if (timer_heap_insert(&w->timers, &s->staged->orphan) != 0)
@@ -837,7 +851,7 @@ static void uring_shutdown_write(io_handle_t *h) {
     return;
   uring_worker_t *w = worker_of(h);
   if (h->slot != NO_SLOT) {
-    uslot_t *s = &w->slots[h->slot];
+    uslot_t *s = slot_at(w, h->slot);
     if (s->staged || s->kernel_op) {
       /* After the bytes before it, not before them. */
       s->shutdown_pending = 1;
@@ -934,7 +948,7 @@ static void start_op(uring_worker_t *w, io_op_t *op) {
       make_ready(w, op, -EBUSY);
       return;
     }
-    const address_t *to = op->u.connect.to;
+    const address_t *to = io_connect_op(op)->to;
     io_uring_prep_connect(sqe, s->fd, &to->u.sa, address_length(to));
     io_uring_sqe_set_data64(sqe, user_data(i, KIND_CONNECT));
     s->kernel_op = op;
@@ -1025,7 +1039,7 @@ static void on_cqe(uring_worker_t *w, uint64_t data, int res, unsigned flags) {
     on_send_op_cqe(w, i, res);
     break;
   case KIND_CONNECT: {
-    uslot_t *s = &w->slots[i];
+    uslot_t *s = slot_at(w, i);
     io_op_t *op = s->kernel_op;
     s->kernel_op = NULL;
     if (s->closing) {
@@ -1040,7 +1054,7 @@ static void on_cqe(uring_worker_t *w, uint64_t data, int res, unsigned flags) {
     break;
   }
   if (!(flags & IORING_CQE_F_MORE)) {
-    w->slots[i].inflight--;
+    slot_at(w, i)->inflight--;
     slot_check(w, i);
   }
 }
@@ -1073,7 +1087,7 @@ static void deliver(uring_worker_t *w, io_op_t *op) {
   int is_socket_op = op->type == IO_OP_RECV || op->type == IO_OP_SEND ||
                      op->type == IO_OP_ACCEPT || op->type == IO_OP_CONNECT;
   unsigned id = op->type == IO_OP_RECV && status > 0
-                    ? buffer_of(w, op->u.recv.data)
+                    ? buffer_of(w, io_recv_op(op)->data)
                     : NO_BUFFER;
   if (is_socket_op && status != IO_ECANCELED && h->closed) {
     /* A result that came in before a close the owner made since: the
@@ -1081,7 +1095,7 @@ static void deliver(uring_worker_t *w, io_op_t *op) {
     if (id != NO_BUFFER)
       buffer_recycle(w, id);
     if (op->type == IO_OP_ACCEPT && status == 0)
-      close(op->u.accept.socket);
+      close(io_accept_op(op)->socket);
     cancel_op(w, op);
     return;
   }
@@ -1214,8 +1228,8 @@ static int worker_init(uring_worker_t *w) {
  * may still wait for a slow peer: those are cancelled now. */
 static void worker_drain(uring_worker_t *w) {
   for (uint32_t i = 0; i < w->slot_count; i++)
-    if (w->slots[i].key && w->slots[i].staged)
-      orphan_expired(w, w->slots[i].staged);
+    if (slot_at(w, i)->key && slot_at(w, i)->staged)
+      orphan_expired(w, slot_at(w, i)->staged);
   uint64_t deadline = clock_now_ms() + STOP_DRAIN_MS;
   while (w->live_slots > 0 && clock_now_ms() < deadline) {
     struct __kernel_timespec ts = {.tv_sec = 0, .tv_nsec = 10000000};
@@ -1260,7 +1274,9 @@ static void worker_release(uring_worker_t *w) {
   free(w->buffers);
   free(w->buffer_next);
   free(w->buffer_len);
-  free(w->slots);
+  for (uint32_t k = 0; k < w->chunk_count; k++)
+    free(w->slot_chunks[k]);
+  free(w->slot_chunks);
   free(w->starved);
   while (w->stage_cached)
     free(w->stage_cache[--w->stage_cached]);

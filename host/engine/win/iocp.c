@@ -408,18 +408,18 @@ static int issue_accept(io_op_t *op) {
                         WSA_FLAG_OVERLAPPED | WSA_FLAG_NO_HANDLE_INHERIT);
   if (s == INVALID_SOCKET)
     return map_error((DWORD)WSAGetLastError());
-  if (!op->u.accept.addresses)
-    op->u.accept.addresses = malloc(2 * ACCEPT_ADDRESS_BYTES);
-  if (!op->u.accept.addresses) {
+  if (!io_accept_op(op)->addresses)
+    io_accept_op(op)->addresses = malloc(2 * ACCEPT_ADDRESS_BYTES);
+  if (!io_accept_op(op)->addresses) {
     closesocket(s);
     return -ENOMEM;
   }
-  op->u.accept.socket = s;
+  io_accept_op(op)->socket = s;
   DWORD received = 0;
   memset(&op->overlapped, 0, sizeof op->overlapped);
   /* Zero receive bytes: the accept completes at connect, not at the first
    * data, so a silent peer cannot hold an accept. */
-  if (c->accept_ex(h->socket, s, op->u.accept.addresses, 0,
+  if (c->accept_ex(h->socket, s, io_accept_op(op)->addresses, 0,
                    ACCEPT_ADDRESS_BYTES, ACCEPT_ADDRESS_BYTES, &received,
                    &op->overlapped))
     return 0;
@@ -427,14 +427,14 @@ static int issue_accept(io_op_t *op) {
   if (err == ERROR_IO_PENDING)
     return 0;
   closesocket(s);
-  op->u.accept.socket = INVALID_SOCKET;
+  io_accept_op(op)->socket = INVALID_SOCKET;
   return map_error((DWORD)err);
 }
 
 static int issue_connect(io_op_t *op) {
   io_handle_t *h = op->handle;
   io_core_t *c = core_of(h);
-  const address_t *to = op->u.connect.to;
+  const address_t *to = io_connect_op(op)->to;
   /* ConnectEx needs a bound socket. */
   address_t any;
   memset(&any, 0, sizeof any);
@@ -452,7 +452,7 @@ static int issue_connect(io_op_t *op) {
 static int issue_send(io_op_t *op) {
   io_handle_t *h = op->handle;
   memset(&op->overlapped, 0, sizeof op->overlapped);
-  if (WSASend(h->socket, op->u.send.bufs, (DWORD)op->u.send.count, NULL, 0,
+  if (WSASend(h->socket, io_send_op(op)->bufs, (DWORD)io_send_op(op)->count, NULL, 0,
               &op->overlapped, NULL) == 0)
     return 0;
   int err = WSAGetLastError();
@@ -545,7 +545,7 @@ static void complete_op(io_op_t *op) {
       }
       int n = recv(h->socket, (char *)thread_buffer, RECV_BUFFER_BYTES, 0);
       if (n >= 0) {
-        op->u.recv.data = thread_buffer;
+        io_recv_op(op)->data = thread_buffer;
         delivered = (size_t)n;
       } else {
         int err = WSAGetLastError();
@@ -564,21 +564,21 @@ static void complete_op(io_op_t *op) {
   case IO_OP_ACCEPT:
     if (status == 0) {
       SOCKET listen_socket = h->socket;
-      setsockopt(op->u.accept.socket, SOL_SOCKET, SO_UPDATE_ACCEPT_CONTEXT,
+      setsockopt(io_accept_op(op)->socket, SOL_SOCKET, SO_UPDATE_ACCEPT_CONTEXT,
                  (const char *)&listen_socket, sizeof listen_socket);
       struct sockaddr *local = NULL, *remote = NULL;
       int local_len = 0, remote_len = 0;
-      c->get_accept_addresses(op->u.accept.addresses, 0, ACCEPT_ADDRESS_BYTES,
+      c->get_accept_addresses(io_accept_op(op)->addresses, 0, ACCEPT_ADDRESS_BYTES,
                               ACCEPT_ADDRESS_BYTES, &local, &local_len,
                               &remote, &remote_len);
-      if (op->u.accept.peer && remote)
-        address_from_sockaddr(op->u.accept.peer, remote, remote_len);
+      if (io_accept_op(op)->peer && remote)
+        address_from_sockaddr(io_accept_op(op)->peer, remote, remote_len);
       u_long nonblocking = 1;
-      ioctlsocket(op->u.accept.socket, FIONBIO, &nonblocking);
+      ioctlsocket(io_accept_op(op)->socket, FIONBIO, &nonblocking);
     } else {
-      if (op->u.accept.socket != INVALID_SOCKET) {
-        closesocket(op->u.accept.socket);
-        op->u.accept.socket = INVALID_SOCKET;
+      if (io_accept_op(op)->socket != INVALID_SOCKET) {
+        closesocket(io_accept_op(op)->socket);
+        io_accept_op(op)->socket = INVALID_SOCKET;
       }
       /* A connection that went away before it was accepted fails only that
        * accept: Windows says ERROR_NETNAME_DELETED, Wine WSAENOTCONN. The
@@ -588,8 +588,8 @@ static void complete_op(io_op_t *op) {
           status == -EHOSTUNREACH)
         status = -ECONNABORTED;
     }
-    free(op->u.accept.addresses);
-    op->u.accept.addresses = NULL;
+    free(io_accept_op(op)->addresses);
+    io_accept_op(op)->addresses = NULL;
     break;
   case IO_OP_CONNECT:
     if (status == 0)
