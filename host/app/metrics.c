@@ -295,6 +295,7 @@ static void *serve(void *arg) {
   metrics_server_t *m = arg;
   msock_poll_t set[2 + 64];
   conn_t *owner[2 + 64];
+  msock_thread_background();
   while (!atomic_load(&m->stop)) {
     size_t n = 0;
     set[n].sock = m->waker;

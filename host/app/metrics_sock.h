@@ -26,6 +26,11 @@ typedef struct msock_poll {
 } msock_poll_t;
 
 /* Around all other calls (Winsock's WSAStartup). 0, or -1. */
+/* Makes the calling thread (the endpoint's) yield to the cores' workers:
+ * a scrape renders a page of many kilobytes, and on a host with as many
+ * workers as CPUs it must not delay a game packet. Best effort. */
+void msock_thread_background(void);
+
 int msock_init(void);
 void msock_cleanup(void);
 

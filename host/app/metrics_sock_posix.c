@@ -3,6 +3,8 @@
 #include "metrics_sock.h"
 
 #include <errno.h>
+#include <sys/resource.h>
+#include <sys/syscall.h>
 #include <fcntl.h>
 #include <poll.h>
 #include <stdio.h>
@@ -123,6 +125,13 @@ void msock_waker_drain(msock_t waker) {
   char buf[64];
   while (recv((int)waker, buf, sizeof buf, 0) > 0) {
   }
+}
+
+void msock_thread_background(void) {
+  /* Nice 19 for this thread alone (Linux's nice is per thread): a worker
+   * that wakes preempts it, and a busy CPU still gives it a small share,
+   * so a scrape is late under full load but never starved. */
+  setpriority(PRIO_PROCESS, (id_t)syscall(SYS_gettid), 19);
 }
 
 #endif

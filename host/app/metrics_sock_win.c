@@ -142,4 +142,8 @@ void msock_waker_drain(msock_t waker) {
   }
 }
 
+void msock_thread_background(void) {
+  SetThreadPriority(GetCurrentThread(), THREAD_PRIORITY_LOWEST);
+}
+
 #endif
