@@ -42,6 +42,13 @@ static void restart_notes(const config_t *a, const config_t *b, char **out,
   DIFF_STR("config", a, b, runtime_dir);
   DIFF_STR("config", a, b, log_file);
   DIFF_NUM("config", a, b, drain_timeout_ms);
+  DIFF_NUM("config", a, b, work_threads);
+  DIFF_NUM("config", a, b, work_queue_limit);
+  DIFF_NUM("config", a, b, stall_warn_ms);
+  DIFF_STR("config", a, b, metrics_address_text);
+  DIFF_NUM("config", a, b, metrics_max_connections);
+  DIFF_NUM("config", a, b, metrics_timeout_ms);
+  DIFF_NUM("config", a, b, metrics_callback_sample);
   if (a->core_count != b->core_count || a->service_count != b->service_count ||
       a->plugin_count != b->plugin_count) {
     char before[64], after[64];
@@ -89,6 +96,21 @@ static void restart_notes(const config_t *a, const config_t *b, char **out,
     DIFF_NUM(label, x, y, reconnect_max_delay_ms);
     DIFF_NUM(label, x, y, reconnect_jitter);
     DIFF_NUM(label, x, y, tls.enabled);
+    DIFF_NUM(label, x, y, transport);
+    DIFF_NUM(label, x, y, handshake_timeout_ms);
+    DIFF_STR(label, x, y, websocket.path);
+    DIFF_STR(label, x, y, websocket.subprotocol);
+    DIFF_NUM(label, x, y, websocket.max_request_bytes);
+    DIFF_NUM(label, x, y, websocket.ping_interval_ms);
+    DIFF_STR(label, x, y, websocket.origin);
+    DIFF_STR(label, x, y, websocket.host);
+    int origins_differ = x->websocket.origin_count != y->websocket.origin_count;
+    for (size_t k = 0; !origins_differ && k < x->websocket.origin_count; k++)
+      origins_differ =
+          strcmp(x->websocket.origins[k], y->websocket.origins[k]) != 0;
+    if (origins_differ)
+      note(out, len, cap, label, "websocket.origins", "the old list",
+           "a new one");
   }
 }
 #undef DIFF_STR

@@ -360,15 +360,22 @@ class ReloadTest(HostTestCase):
         config = dict(self.host.config)
         config["plugins"] = [dict(config["plugins"][0],
                                   settings={"round": 2})]
-        service = dict(config["services"][0], max_sessions=5)
+        service = dict(config["services"][0], max_sessions=5,
+                       transport="websocket",
+                       websocket={"path": "/play"})
         config["services"] = [service]
+        config["work"] = {"threads": 2}
+        config["watchdog"] = {"stall_warn_ms": 250}
         import json
         with open(self.host.config_path, "w") as f:
             json.dump(config, f)
         reply = self.reload()
         self.assertIn("settings changed", reply)
         self.assertIn("needs a restart", reply)
-        self.assertIn("max_sessions", reply)
+        for field in ("max_sessions", "services[0].transport",
+                      "services[0].websocket.path", "config.work_threads",
+                      "config.stall_warn_ms"):
+            self.assertIn(field, reply)
         harness.wait_until(lambda: 'settings {"round":2}' in self.host.log(),
                            10, "the new generation's on_load")
         self.host.stop()
