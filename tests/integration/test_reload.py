@@ -242,8 +242,12 @@ class ReloadTest(HostTestCase):
               (rss_early, rss_late, maps_early, maps_late))
         self.assertEqual(maps_early, 1)
         self.assertEqual(maps_late, 1)
-        # Flat: allocator noise, not a generation's worth per reload.
-        self.assertLess(rss_late - rss_early, 4096)
+        # Flat: allocator noise, not a generation's worth per reload. A
+        # sanitizer build reports, does not assert: its allocator keeps
+        # freed memory in quarantine (4-5 MiB more over these 20 rounds
+        # under load; LeakSanitizer and the mappings above catch leaks).
+        if not hc.sanitized(hc.host_pid(self.host)):
+            self.assertLess(rss_late - rss_early, 4096)
         shadow_files = [n for n in os.listdir(os.path.dirname(
             self.host.control_path())) if n.startswith("plugins-")]
         self.assertEqual(len(shadow_files), 1)
