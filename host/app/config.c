@@ -1047,7 +1047,9 @@ static int parse_transport(loader_t *ld, const cJSON *item, const char *path,
     return -1;
   s->transport = transport == 1 ? CONFIG_TRANSPORT_WEBSOCKET
                                 : CONFIG_TRANSPORT_TCP;
-  if (get_u32(ld, item, path, "handshake_timeout_ms", 0, MS_MAX, 10000,
+  /* SPEC section 14: a handshake always has a deadline (a peer that never
+   * finishes one would hold its session and request buffer for good). */
+  if (get_u32(ld, item, path, "handshake_timeout_ms", 1, MS_MAX, 10000,
               &s->handshake_timeout_ms) != 0)
     return -1;
   const cJSON *ws;

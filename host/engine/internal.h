@@ -73,13 +73,16 @@ struct session {
   uint8_t kick_pending : 1; /* the kick op is queued */
   uint8_t close_abort : 1;  /* abort rather than flush */
   /* Transports (engine.h). */
-  uint8_t transport_started : 1; /* the layers are open (on the worker) */
   uint8_t transport_ready : 1;   /* every layer's handshake is done */
   uint8_t transport_closed : 1;  /* a layer ended the stream */
   /* Fixed at creation (read by any thread without the lock, so not a bit
    * beside the others), so a plain TCP session pays one predicted branch
    * per receive and send. */
   uint8_t has_transport;
+  /* The layers are open. Written once on the worker under lock; the worker
+   * reads it without the lock, other threads under it: a byte of its own,
+   * since the bits above are written under lock by other threads. */
+  uint8_t transport_started;
   engine_lock_t lock;
   uint32_t extra_size; /* bytes of extra state, as the factory asked */
   address_t peer;      /* 4-byte aligned: here it fills what would be holes */

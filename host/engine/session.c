@@ -849,8 +849,9 @@ static int append_locked(send_state_t *tx, const session_buf_t *bufs,
 
 /* Under the lock, with the session accepting sends: the bytes go to the
  * socket at once or into the queue. Returns ENGINE_OK, ENGINE_E_NOMEM, or
- * ENGINE_E_QUEUE_FULL (*partial: part of the bytes went out already): the
- * caller unlocks, then gives up the session (queue_full). */
+ * ENGINE_E_QUEUE_FULL; on either error *partial says part of the bytes
+ * went out already, and the caller unlocks, then gives up the session
+ * (queue_full, stream_broken). */
 static int enqueue_locked(session_t *s, const session_buf_t *bufs,
                           size_t count, shared_buf_t *shared, size_t total,
                           int *partial) {
@@ -899,6 +900,8 @@ static int enqueue_locked(session_t *s, const session_buf_t *bufs,
     *partial = sent > 0;
     return ENGINE_E_QUEUE_FULL;
   }
+  /* Out of memory below after part went out: the caller resets. */
+  *partial = sent > 0;
   send_state_t *tx = tx_get_locked(s);
   if (!tx)
     return ENGINE_E_NOMEM;
@@ -978,6 +981,20 @@ static int transport_encode_locked(session_t *s, const session_buf_t *bufs,
                                    size_t count, shared_buf_t *shared,
                                    session_buf_t *encoded);
 
+/* Memory ran out after part of a send went out, or after the layers had
+ * encoded it (a TLS record's sequence number moved on): the stream lacks
+ * bytes the peer would need, so it must not read what follows as whole. */
+static void stream_broken(session_t *s) {
+  char peer[ADDRESS_TEXT_MAX] = "?";
+  address_format(&s->peer, peer, sizeof peer);
+  log_write(LOG_ERROR, "session",
+            "service %s: session %llu (%s): out of memory queueing a send "
+            "that was partly written or already encoded: resetting",
+            service_name(s->service), (unsigned long long)s->id, peer);
+  io_handle_reset_on_close(&s->handle);
+  session_abort(s, REASON_LOCAL);
+}
+
 /* encoded: shared holds bytes session__transport_share encoded already. */
 static int enqueue(session_t *s, const session_buf_t *bufs, size_t count,
                    shared_buf_t *shared, int encoded) {
@@ -1015,6 +1032,8 @@ static int enqueue(session_t *s, const session_buf_t *bufs, size_t count,
       int rc = transport_encode_locked(s, bufs, count, shared, &wire);
       if (rc != 0) {
         engine_unlock(&s->lock);
+        if (rc == ENGINE_E_NOMEM)
+          stream_broken(s);
         return rc;
       }
       bufs = &wire;
@@ -1028,6 +1047,8 @@ static int enqueue(session_t *s, const session_buf_t *bufs, size_t count,
   engine_unlock(&s->lock);
   if (rc == ENGINE_E_QUEUE_FULL)
     queue_full(s, partial);
+  else if (rc == ENGINE_E_NOMEM && (partial || s->has_transport))
+    stream_broken(s);
   return rc;
 }
 
@@ -1431,6 +1452,10 @@ static int transport_after(session_t *s, int qrc, int partial, int rc) {
     return -1;
   }
   if (qrc != 0 || rc < 0) {
+    /* Bytes the layers produced (a handshake record) were lost: the peer
+     * must not read a FIN as the stream's whole end. */
+    if (qrc == ENGINE_E_NOMEM)
+      io_handle_reset_on_close(&s->handle);
     begin_close(s, REASON_IO_ERROR, 0);
     return -1;
   }
