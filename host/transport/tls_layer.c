@@ -11,6 +11,7 @@
 
 #include "engine/log.h"
 #include "tls_layer.h"
+#include "transport_log.h"
 
 /* One record's plaintext at most: a read never yields more at once. */
 #define TLS_PLAIN_MAX (16u * 1024u)
@@ -26,19 +27,10 @@ typedef struct tls_layer {
 } tls_layer_t;
 
 static void tls_log(const tls_layer_t *t, int level, const char *fmt, ...) {
-  char what[512];
   va_list ap;
   va_start(ap, fmt);
-  vsnprintf(what, sizeof what, fmt, ap);
+  transport_log(level, "tls", t->cfg->service, t->session, fmt, ap);
   va_end(ap);
-  char peer[ADDRESS_TEXT_MAX] = "?";
-  unsigned long long id = 0;
-  if (t->session) {
-    address_format(session_peer(t->session), peer, sizeof peer);
-    id = (unsigned long long)session_id(t->session);
-  }
-  log_write(level, "tls", "service %s: session %llu (%s) %s",
-            t->cfg->service ? t->cfg->service : "?", id, peer, what);
 }
 
 /* Sends what the codec has queued (records, alerts, close_notify). */

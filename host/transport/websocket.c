@@ -23,6 +23,7 @@
 #include <wslay/wslay.h>
 
 #include "engine/log.h"
+#include "transport_log.h"
 #include "websocket.h"
 
 #define WS_GUID "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
@@ -67,19 +68,10 @@ typedef struct ws_layer {
 /* ---- helpers ---- */
 
 static void ws_log(const ws_layer_t *w, int level, const char *fmt, ...) {
-  char what[512];
   va_list ap;
   va_start(ap, fmt);
-  vsnprintf(what, sizeof what, fmt, ap);
+  transport_log(level, "websocket", w->cfg->service, w->session, fmt, ap);
   va_end(ap);
-  char peer[ADDRESS_TEXT_MAX] = "?";
-  unsigned long long id = 0;
-  if (w->session) {
-    address_format(session_peer(w->session), peer, sizeof peer);
-    id = (unsigned long long)session_id(w->session);
-  }
-  log_write(level, "websocket", "service %s: session %llu (%s) %s",
-            w->cfg->service ? w->cfg->service : "?", id, peer, what);
 }
 
 uint16_t ws_close_code(int reason) {
