@@ -356,6 +356,9 @@ service_t *session_service(const session_t *s);
 void *session_extra(session_t *s);
 size_t session_extra_size(const session_t *s);
 void *session_context(const session_t *s);
+/* Replaces the context (the factory's, until then). The session's worker
+ * only: the context is read there without a lock. */
+void session_set_context(session_t *s, void *context);
 /* A session as an operator sees it (`iocphost sessions`). */
 typedef struct session_info {
   uint64_t id;

@@ -1662,6 +1662,8 @@ void *session_extra(session_t *s) { return (char *)s + extra_offset(); }
 size_t session_extra_size(const session_t *s) { return s->extra_size; }
 void *session_context(const session_t *s) { return s->context; }
 
+void session_set_context(session_t *s, void *context) { s->context = context; }
+
 int session_is_open(session_t *s) {
   /* The worker writes the state and may read it without the lock; a close
    * asked from another thread shows in close_request at once. */
