@@ -20,6 +20,11 @@
  *  - Receives read into a per-worker buffer that is valid only during the
  *    completion (IOCP: zero-byte WSARecv, then a non-blocking read into the
  *    same per-thread buffer). An idle session costs no receive buffer.
+ *
+ * A session's receive and its wake-up (the engine's "kick") are not op
+ * records but bits of its handle (io_recv_start, io_wake), reported to the
+ * core's io_handle_events_t: an idle session's bytes are counted (issue 18),
+ * and the two records cost it 72 bytes. Everything else is an op.
  */
 #ifndef IOCPHOST_BACKEND_H
 #define IOCPHOST_BACKEND_H
@@ -86,7 +91,10 @@ struct io_op {
   OVERLAPPED overlapped;
 #endif
   io_complete_fn complete;
-  io_op_t *next;       /* backend queues */
+  union {
+    io_op_t *next;  /* backend lists of ops */
+    uintptr_t link; /* Linux: a worker's delivery queue (dispatch.h) */
+  };
   io_handle_t *handle; /* issued on; routes the op to its worker */
   int status;          /* result, or for IO_OP_POST the status to deliver */
   uint8_t type;        /* io_op_type_t */
@@ -138,8 +146,6 @@ static inline io_connect_op_t *io_connect_op(io_op_t *op) {
  * serial order the handle's completions run in: a thread with epoll, a
  * strand that any of the core's threads may run with IOCP. */
 #ifndef _WIN32
-/* io_uring: a handle without an entry in its worker's table (yet). */
-#define IO_NO_SLOT 0xffffffu
 #endif
 
 struct io_handle {
@@ -148,6 +154,11 @@ struct io_handle {
   uint8_t closed;
   int family;
   io_worker_t *worker;
+  /* io_recv_start and io_wake are ops here: the zero-byte WSARecv needs
+   * its OVERLAPPED, and a strand runs ops (the records live in the handle,
+   * so neither ever needs memory). */
+  io_recv_op_t recv_op;
+  io_op_t wake_op;
 #else
   /* Touched on the handle's worker only, so bits will do: the socket, the
    * flags and the slot fill 8 bytes (a handle is in every session). */
@@ -156,12 +167,23 @@ struct io_handle {
   uint32_t readable : 1;
   uint32_t writable : 1;
   uint32_t hangup : 1; /* the peer closed or failed: reads won't block */
-  /* io_uring: the handle's entry in its worker's table, IO_NO_SLOT until
-   * its first socket op. */
-  uint32_t slot : 24;
+  uint32_t recv_armed : 1;  /* io_recv_start: a receive is awaited */
+  uint32_t recv_queued : 1; /* in the worker's delivery queue for it */
+  /* io_uring's own (io_uring.c). */
+  uint32_t backend_bits : 24;
   io_worker_t *worker;
-  io_op_t *pending_read;  /* accept or recv ops waiting for readiness */
+  /* Links in the worker's delivery queue (dispatch.h): to be woken, and
+   * to have its receive delivered. */
+  uintptr_t wake_link;
+  uintptr_t recv_link;
+  io_op_t *pending_read;  /* accept ops waiting for readiness */
   io_op_t *pending_write; /* send or connect op waiting for readiness */
+  /* io_uring's per-socket state (io_uring.c); epoll leaves it alone. */
+  struct {
+    void *staged;
+    uint16_t head, tail;
+    int16_t end, send_error;
+  } uring;
 #endif
 };
 
@@ -185,9 +207,25 @@ typedef enum io_backend {
  * io_uring refused with ENOSYS or EPERM): the caller may fall back. */
 #define IO_CORE_UNSUPPORTED (-2)
 
-/* Cores: threads workers (>= 1), each its own thread. Returns 0, -1 with a
- * reason in err, or IO_CORE_UNSUPPORTED (with the reason too). */
-int io_core_create(int threads, io_backend_t backend, io_core_t **out,
+/* What a handle's receive and wake-up report to: one table per core,
+ * since every handle that uses them is a session (a pointer per handle
+ * would cost every idle session 8 bytes). */
+typedef struct io_handle_events {
+  /* The receive io_recv_start armed has a result: status 0 with len bytes
+   * at data (valid during the call only; len 0 is the peer's FIN), or a
+   * negative code (IO_ECANCELED once the handle is closed). The receive is
+   * disarmed: io_recv_start asks for the next. */
+  void (*received)(io_handle_t *h, int status, const uint8_t *data,
+                   size_t len);
+  /* io_wake's call, in the handle's serial order. */
+  void (*woken)(io_handle_t *h);
+} io_handle_events_t;
+
+/* Cores: threads workers (>= 1), each its own thread. events may be NULL
+ * for a core whose handles never call io_recv_start or io_wake. Returns 0,
+ * -1 with a reason in err, or IO_CORE_UNSUPPORTED (with the reason too). */
+int io_core_create(int threads, io_backend_t backend,
+                   const io_handle_events_t *events, io_core_t **out,
                    char *err, size_t err_len);
 /* The backend the core runs on (never IO_BACKEND_DEFAULT). */
 io_backend_t io_core_backend(const io_core_t *core);
@@ -223,6 +261,17 @@ void io_handle_reset_on_close(io_handle_t *h);
 void io_submit(io_op_t *op);
 /* Delivers op's completion with status in h's serial order. */
 void io_post(io_handle_t *h, io_op_t *op, int status);
+
+/* Arms the handle's receive: events->received follows once, in its serial
+ * order, with the next bytes (or the FIN, an error, or IO_ECANCELED when
+ * the handle is closed meanwhile). The handle's worker only, with no
+ * receive armed. */
+void io_recv_start(io_handle_t *h);
+/* Runs events->woken once in h's serial order, also after a close; in
+ * order with io_post calls made by the same thread. From any thread; the
+ * caller keeps at most one wake pending per handle. Never fails and never
+ * needs memory: a close asked from another thread always gets through. */
+void io_wake(io_handle_t *h);
 
 /* Arms a timer on h's worker: completes after delay_ms. */
 void io_timer_init(io_timer_t *t, io_handle_t *h, io_complete_fn complete);

@@ -102,15 +102,15 @@ int core_create(const char *name, int threads, core_backend_t backend,
     return -1;
   }
   char reason[256];
-  int rc = io_core_create(threads, (io_backend_t)backend, &core->io, reason,
-                          sizeof reason);
+  int rc = io_core_create(threads, (io_backend_t)backend, &session__io_events,
+                          &core->io, reason, sizeof reason);
   if (rc == IO_CORE_UNSUPPORTED) {
     log_write(LOG_WARN, "core",
               "core %s: %s is not available here (%s): running on epoll "
               "instead",
               core->name, backend_name(backend), reason);
-    rc = io_core_create(threads, IO_BACKEND_DEFAULT, &core->io, reason,
-                        sizeof reason);
+    rc = io_core_create(threads, IO_BACKEND_DEFAULT, &session__io_events,
+                        &core->io, reason, sizeof reason);
   }
   if (rc != 0) {
     snprintf(err, err_len, "core %s: %s", core->name, reason);

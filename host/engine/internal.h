@@ -42,8 +42,9 @@ typedef struct kept_input {
  * the extra state: a client session's slot, a transport's layers. An
  * accepted plain TCP session has none (tail NULL). */
 typedef struct session_tail {
-  client_slot_t *slot; /* client sessions: the slot that keeps it */
-  void *layers[];      /* each layer's state, socket's first */
+  client_slot_t *slot;        /* client sessions: the slot that keeps it */
+  io_connect_op_t connect_op; /* client sessions: the connect */
+  void *layers[];             /* each layer's state, socket's first */
 } session_tail_t;
 
 /* A session, laid out for what an idle one needs (issue 18: its bytes are
@@ -86,25 +87,26 @@ struct session {
   engine_lock_t lock;
   uint32_t extra_size; /* bytes of extra state, as the factory asked */
   address_t peer;      /* 4-byte aligned: here it fills what would be holes */
+  /* Worker only: sent at once, on_sent still owed (reported at the end of
+   * the callback that sent it, so far below 4 GiB). */
+  uint32_t sent_unreported;
+  /* Worker only: clock_now_ms() of the last receive, its low 32 bits: the
+   * idle check compares it by wrapping difference, and runs at least once
+   * per idle_timeout_ms (a uint32_t), so it never sees it wrap. */
+  uint32_t last_recv_ms;
   session_tail_t *tail; /* NULL: an accepted session without transport */
   uint64_t id;
   service_t *service;
   void *context;
+  /* The socket, and with it the receive and the kick (start, flush and
+   * close requests, in serial order): bits of the handle, not op records
+   * (backend.h: io_recv_start, io_wake). */
   io_handle_t handle;
-  /* The receive; before the first one, a client session's connect (no
-   * receive is issued before the session opens). */
-  union {
-    io_recv_op_t recv_op;
-    io_connect_op_t connect_op;
-  };
-  io_op_t kick_op; /* start, flush and close requests, in serial order */
   /* The send side (under lock): the queue, its send op and gather list,
    * allocated only while bytes wait (session.c); NULL when idle. */
   send_state_t *tx;
-  size_t sent_unreported; /* worker only: sent at once, on_sent still owed */
-  kept_input_t *kept;     /* worker only: unconsumed input, NULL when none */
-  strand_t strand; /* timers and posts in the session's order */
-  uint64_t last_recv_ms;
+  kept_input_t *kept; /* worker only: unconsumed input, NULL when none */
+  strand_t strand;    /* timers and posts in the session's order */
   /* For `sessions` (session_get_info): written on the worker, read from
    * anywhere. connected_ms is set before the service lists the session. */
   atomic_uint_fast64_t bytes_in, bytes_out;
@@ -121,6 +123,10 @@ struct session {
  * pair of engine files is circular, and nothing above the engine calls
  * these double-underscore functions (but the tests and the fuzzer, which
  * stub the socket out). */
+
+/* session.c, for core.c: what a session's handle reports (its receive,
+ * its kick), given to every core. */
+extern const io_handle_events_t session__io_events;
 
 /* session.c, for service.c */
 session_t *session__new(service_t *svc);

@@ -86,7 +86,7 @@ static atomic_uint_fast64_t next_session_id = 1;
 static _Thread_local session_t *delivering;
 
 static void begin_close(session_t *s, int reason, int graceful);
-static void on_kick(io_op_t *op, int status, size_t bytes);
+static void on_kick(io_handle_t *h);
 static void flush(session_t *s);
 static void start_recv(session_t *s);
 static uint64_t timer_start(session_t *s, uint32_t delay_ms,
@@ -235,7 +235,6 @@ session_t *session__new(service_t *svc) {
   s->service = svc;
   s->context = context;
   s->handle.socket = IO_INVALID_SOCKET;
-  s->kick_op.complete = on_kick;
   engine_lock_init(&s->lock);
   strand_init(&s->strand);
   engine__live_add(1);
@@ -252,7 +251,7 @@ static void post_kick_locked(session_t *s) {
     return;
   s->kick_pending = 1;
   session__ref(s);
-  io_post(&s->handle, &s->kick_op, 0);
+  io_wake(&s->handle);
 }
 
 /* Drops the socket and the open reference; s may be gone afterwards. */
@@ -358,12 +357,11 @@ static void check_idle(session_t *s, void *arg) {
   uint32_t idle = opts_of(s)->idle_timeout_ms;
   if (s->state != SESSION_OPEN)
     return;
-  uint64_t now = clock_now_ms();
-  uint64_t deadline = s->last_recv_ms + idle;
-  if (now >= deadline)
+  uint32_t quiet = (uint32_t)clock_now_ms() - s->last_recv_ms; /* wraps */
+  if (quiet >= idle)
     begin_close(s, REASON_IDLE_TIMEOUT, 1);
   else
-    timer_start(s, (uint32_t)(deadline - now), 0, check_idle, NULL, 1);
+    timer_start(s, idle - quiet, 0, check_idle, NULL, 1);
 }
 
 /* ---- incomplete input ---- */
@@ -408,7 +406,7 @@ static void open_session(session_t *s, int start_receiving) {
   engine_lock(&s->lock);
   s->state = SESSION_OPEN;
   engine_unlock(&s->lock);
-  s->last_recv_ms = clock_now_ms();
+  s->last_recv_ms = (uint32_t)clock_now_ms();
   if (o->idle_timeout_ms)
     timer_start(s, o->idle_timeout_ms, 0, check_idle, NULL, 1);
   s->opened = 1;
@@ -427,8 +425,8 @@ static void report_sent(session_t *s) {
     opts_of(s)->factory.handler->on_sent(s, sent);
 }
 
-static void on_kick(io_op_t *op, int status, size_t bytes) {
-  session_t *s = container_of(op, session_t, kick_op);
+static void on_kick(io_handle_t *h) {
+  session_t *s = container_of(h, session_t, handle);
   engine_lock(&s->lock);
   s->kick_pending = 0;
   int request = s->close_request;
@@ -479,7 +477,7 @@ static int request_close(session_t *s, int reason, int abort_now) {
   if (!s->kick_pending) {
     s->kick_pending = 1;
     session__ref(s);
-    io_post(&s->handle, &s->kick_op, 0);
+    io_wake(&s->handle);
   }
   engine_unlock(&s->lock);
   return ENGINE_OK;
@@ -518,7 +516,9 @@ int session__attach(session_t *s, io_socket_t sock, int worker_hint) {
 }
 
 static void on_connect_done(io_op_t *op, int status, size_t bytes) {
-  session_t *s = container_of(op, session_t, connect_op.op);
+  /* The connect op is in the tail, at no fixed place: the handle it was
+   * issued on is the session's. */
+  session_t *s = container_of(op->handle, session_t, handle);
   engine_lock(&s->lock);
   if (status == 0 && s->close_request)
     status = IO_ECANCELED;
@@ -553,9 +553,9 @@ static void on_connect_done(io_op_t *op, int status, size_t bytes) {
 }
 
 void session__connect(session_t *s, io_socket_t sock, int worker_hint) {
-  /* The receive op carries the connect: no receive is issued before the
-   * session opens, which is after the connect completed. */
-  s->connect_op.op.complete = on_connect_done;
+  io_connect_op_t *c = &s->tail->connect_op;
+  c->op.complete = on_connect_done;
+  c->op.handle = &s->handle;
   s->peer = opts_of(s)->address; /* a client session's peer is its target */
   session__ref(s); /* the connect's reference */
   int rc = io_handle_open(service_core(s->service)->io, &s->handle, sock,
@@ -564,22 +564,22 @@ void session__connect(session_t *s, io_socket_t sock, int worker_hint) {
     io_socket_close(sock);
     s->handle.socket = IO_INVALID_SOCKET;
     s->handle.closed = 1;
-    io_post(&s->handle, &s->connect_op.op, rc);
+    io_post(&s->handle, &c->op, rc);
     return;
   }
-  s->connect_op.op.type = IO_OP_CONNECT;
-  s->connect_op.op.handle = &s->handle;
-  s->connect_op.op.status = 0;
-  s->connect_op.to = &opts_of(s)->address;
-  io_submit(&s->connect_op.op);
+  c->op.type = IO_OP_CONNECT;
+  c->op.status = 0;
+  c->to = &opts_of(s)->address;
+  io_submit(&c->op);
 }
 
 /* ---- receiving ---- */
 
 static void deliver_input(session_t *s, const uint8_t *in, size_t n);
 
-static void on_recv_done(io_op_t *op, int status, size_t bytes) {
-  session_t *s = container_of(op, session_t, recv_op.op);
+static void on_recv_done(io_handle_t *h, int status, const uint8_t *data,
+                         size_t bytes) {
+  session_t *s = container_of(h, session_t, handle);
   if (status == IO_ECANCELED) {
     session_release(s);
     return;
@@ -601,7 +601,7 @@ static void on_recv_done(io_op_t *op, int status, size_t bytes) {
     s->peer_eof = 1;
     begin_close(s, REASON_PEER_CLOSED, 1);
   } else {
-    session__receive(s, io_recv_op(op)->data, bytes);
+    session__receive(s, data, bytes);
     /* Keep reading also once a close was asked for (here or from another
      * thread): input is no longer delivered, but the socket stays drained
      * and the linger after our FIN needs a receive to see the peer's. */
@@ -619,7 +619,7 @@ void session__receive(session_t *s, const uint8_t *data, size_t len) {
   if (s->state != SESSION_OPEN || !session_is_open(s))
     return;
   count_bytes(s, len, 0);
-  s->last_recv_ms = clock_now_ms();
+  s->last_recv_ms = (uint32_t)clock_now_ms();
   delivering = s;
   deliver_input(s, data, len);
   delivering = NULL;
@@ -628,12 +628,10 @@ void session__receive(session_t *s, const uint8_t *data, size_t len) {
 
 static void start_recv(session_t *s) {
   session__ref(s);
-  s->recv_op.op.type = IO_OP_RECV;
-  s->recv_op.op.handle = &s->handle;
-  s->recv_op.op.status = 0;
-  s->recv_op.op.complete = on_recv_done;
-  io_submit(&s->recv_op.op);
+  io_recv_start(&s->handle);
 }
+
+const io_handle_events_t session__io_events = {on_recv_done, on_kick};
 
 static int keep_pending(session_t *s, const uint8_t *data, size_t len) {
   if (len == 0)
@@ -864,9 +862,13 @@ static int enqueue_locked(session_t *s, const session_buf_t *bufs,
    * socket takes the excess. (A transport's handshake answer goes out the
    * same way, before the session is open.) */
   size_t sent = 0;
+  /* What went out at once is owed to on_sent in a 32-bit count: a send
+   * that could overflow it (4 GiB unreported within one callback) takes
+   * the queue, whose completions report as they go. */
   if (!s->tx && !s->sending &&
       (s->state == SESSION_OPEN ||
        (s->state == SESSION_OPENING && s->transport_started)) &&
+      total <= UINT32_MAX - s->sent_unreported &&
       io_handle_on_worker(&s->handle)) {
     io_buf_t iov[SEND_NOW_BUFS];
     size_t n_iov = shared ? 1 : count;
@@ -884,7 +886,7 @@ static int enqueue_locked(session_t *s, const session_buf_t *bufs,
         if (opts_of(s)->factory.handler->on_sent) {
           /* Reported after the running callback: by session__receive
            * when it is this session's, otherwise by the kick. */
-          s->sent_unreported += sent;
+          s->sent_unreported += (uint32_t)sent;
           if (s != delivering)
             post_kick_locked(s);
         }
@@ -1519,7 +1521,7 @@ static void transport_receive(session_t *s, const uint8_t *data, size_t len) {
       atomic_load_explicit(&s->close_request, memory_order_relaxed))
     return;
   service__count_bytes(s->service, len, 0);
-  s->last_recv_ms = clock_now_ms();
+  s->last_recv_ms = (uint32_t)clock_now_ms();
   transport_scratch_t *sc = scratch_get();
   if (!sc) {
     begin_close(s, REASON_IO_ERROR, 0);

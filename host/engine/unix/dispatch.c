@@ -16,7 +16,8 @@
 
 _Thread_local io_worker_t *io__current_worker;
 
-int io_core_create(int threads, io_backend_t backend, io_core_t **out,
+int io_core_create(int threads, io_backend_t backend,
+                   const io_handle_events_t *events, io_core_t **out,
                    char *err, size_t err_len) {
   const io_backend_ops_t *ops;
   switch (backend) {
@@ -31,7 +32,8 @@ int io_core_create(int threads, io_backend_t backend, io_core_t **out,
     snprintf(err, err_len, "this platform has no such backend");
     return -1;
   }
-  return ops->core_create(threads < 1 ? 1 : threads, out, err, err_len);
+  return ops->core_create(threads < 1 ? 1 : threads, events, out, err,
+                          err_len);
 }
 
 void io_core_destroy(io_core_t *core) {
@@ -61,7 +63,10 @@ int io_handle_open(io_core_t *core, io_handle_t *h, io_socket_t socket,
   h->readable = h->writable = 0;
   h->hangup = 0;
   h->closed = 0;
-  h->slot = IO_NO_SLOT;
+  h->recv_armed = h->recv_queued = 0;
+  h->backend_bits = 0;
+  h->wake_link = h->recv_link = 0;
+  memset(&h->uring, 0, sizeof h->uring);
   if (socket == IO_INVALID_SOCKET)
     return 0;
   return core->ops->handle_open(h);
@@ -95,6 +100,10 @@ void io_post(io_handle_t *h, io_op_t *op, int status) {
   op->status = status;
   io_submit(op);
 }
+
+void io_recv_start(io_handle_t *h) { h->worker->ops->recv_start(h); }
+
+void io_wake(io_handle_t *h) { h->worker->ops->wake(h); }
 
 void io_timer_init(io_timer_t *t, io_handle_t *h, io_complete_fn complete) {
   memset(t, 0, sizeof *t);

@@ -19,9 +19,12 @@
  * A short read clears the readable flag (the socket is drained; edge
  * triggering reports the next arrival), which saves the EAGAIN round trip.
  *
- * Ops issued from another thread travel through the worker's mailbox (a
- * locked list and an eventfd); ops issued on the worker go straight to the
- * ready queue, which is drained until empty (bounded) after each wait.
+ * Ops and wake-ups issued from another thread travel through the worker's
+ * mailbox (a locked queue and an eventfd); those issued on the worker go
+ * straight to the ready queue, which is drained until empty (bounded)
+ * after each wait. A session's receive is a bit of its handle: readiness
+ * queues the handle itself (h->recv_link), and the read happens when it is
+ * delivered, like any op's.
  */
 #include "engine/unix/dispatch.h"
 
@@ -48,20 +51,15 @@
  * session from starving the sockets that became ready meanwhile. */
 #define DELIVERIES_PER_ROUND 4096
 
-typedef struct op_queue {
-  io_op_t *head;
-  io_op_t *tail;
-} op_queue_t;
-
 typedef struct epoll_worker {
   io_worker_t base; /* first: the dispatch head */
   int epoll_fd;
   int wake_fd;
   pthread_t thread;
-  op_queue_t ready;
-  /* Mailbox: ops handed over by other threads. */
+  io_fifo_t ready;
+  /* Mailbox: ops and wake-ups handed over by other threads. */
   pthread_mutex_t mailbox_lock;
-  op_queue_t mailbox;
+  io_fifo_t mailbox;
   int mailbox_signalled;
   timer_heap_t timers; /* this worker's own: no lock */
   int stopping;
@@ -77,29 +75,18 @@ static epoll_worker_t *worker_of(const io_handle_t *h) {
   return (epoll_worker_t *)h->worker;
 }
 
-static void queue_push(op_queue_t *q, io_op_t *op) {
-  op->next = NULL;
-  if (q->tail)
-    q->tail->next = op;
-  else
-    q->head = op;
-  q->tail = op;
-}
-
-static io_op_t *queue_pop(op_queue_t *q) {
-  io_op_t *op = q->head;
-  if (op) {
-    q->head = op->next;
-    if (!q->head)
-      q->tail = NULL;
-    op->next = NULL;
-  }
-  return op;
-}
-
 static void make_ready(epoll_worker_t *w, io_op_t *op, int status) {
   op->status = status;
-  queue_push(&w->ready, op);
+  io_fifo_push(&w->ready, op, IO_ENTRY_OP);
+}
+
+/* The handle's receive has something to deliver (bytes, or the close's
+ * cancellation): queue the handle, once. */
+static void recv_ready(epoll_worker_t *w, io_handle_t *h) {
+  if (h->recv_armed && !h->recv_queued) {
+    h->recv_queued = 1;
+    io_fifo_push(&w->ready, h, IO_ENTRY_RECV);
+  }
 }
 
 /* ---- timers ---- */
@@ -144,7 +131,6 @@ static void start_op(epoll_worker_t *w, io_op_t *op) {
   }
   switch (op->type) {
   case IO_OP_ACCEPT:
-  case IO_OP_RECV:
     if (h->readable) {
       make_ready(w, op, 0);
     } else {
@@ -187,10 +173,10 @@ static void wake_worker(epoll_worker_t *w) {
   } while (n < 0 && errno == EINTR);
 }
 
-static void hand_over(epoll_worker_t *w, io_op_t *op) {
+static void hand_over(epoll_worker_t *w, void *entry, io_entry_kind_t kind) {
   int signal;
   pthread_mutex_lock(&w->mailbox_lock);
-  queue_push(&w->mailbox, op);
+  io_fifo_push(&w->mailbox, entry, kind);
   signal = !w->mailbox_signalled;
   w->mailbox_signalled = 1;
   pthread_mutex_unlock(&w->mailbox_lock);
@@ -203,7 +189,21 @@ static void epoll_submit(io_op_t *op) {
   if (io__current_worker == &w->base)
     start_op(w, op);
   else
-    hand_over(w, op);
+    hand_over(w, op, IO_ENTRY_OP);
+}
+
+static void epoll_recv_start(io_handle_t *h) {
+  h->recv_armed = 1;
+  if (h->readable || h->closed)
+    recv_ready(worker_of(h), h);
+}
+
+static void epoll_wake(io_handle_t *h) {
+  epoll_worker_t *w = worker_of(h);
+  if (io__current_worker == &w->base)
+    io_fifo_push(&w->ready, h, IO_ENTRY_WAKE);
+  else
+    hand_over(w, h, IO_ENTRY_WAKE);
 }
 
 static void epoll_timer_cancel(io_timer_t *t) {
@@ -224,29 +224,6 @@ static int perform(epoll_worker_t *w, io_op_t *op) {
     return 1;
   }
   switch (op->type) {
-  case IO_OP_RECV: {
-    ssize_t n;
-    do {
-      n = recv(h->socket, w->recv_buffer, RECV_BUFFER_BYTES, 0);
-    } while (n < 0 && errno == EINTR);
-    if (n >= 0) {
-      /* A short read drained the socket, unless the peer's FIN came in the
-       * same edge as the data: then no further edge will report it. */
-      if (n < RECV_BUFFER_BYTES && !h->hangup)
-        h->readable = 0;
-      io_recv_op(op)->data = w->recv_buffer;
-      op->status = (int)n; /* bytes, folded into status until delivery */
-      return 1;
-    }
-    if (errno == EAGAIN || errno == EWOULDBLOCK) {
-      h->readable = 0;
-      op->next = h->pending_read;
-      h->pending_read = op;
-      return 0;
-    }
-    op->status = -errno;
-    return 1;
-  }
   case IO_OP_SEND: {
     struct msghdr msg;
     memset(&msg, 0, sizeof msg);
@@ -323,7 +300,7 @@ static void deliver(epoll_worker_t *w, io_op_t *op) {
     return;
   int status = op->status;
   size_t bytes = 0;
-  if ((op->type == IO_OP_RECV || op->type == IO_OP_SEND) && status >= 0) {
+  if (op->type == IO_OP_SEND && status >= 0) {
     bytes = (size_t)status;
     status = 0;
   }
@@ -332,11 +309,62 @@ static void deliver(epoll_worker_t *w, io_op_t *op) {
   op->complete(op, status, bytes);
 }
 
+/* A queued receive: read now, right before the owner sees the bytes (the
+ * buffer is the worker's). EAGAIN sends it back to wait for readiness. */
+static void deliver_recv(epoll_worker_t *w, io_handle_t *h) {
+  h->recv_queued = 0;
+  if (!h->recv_armed)
+    return;
+  int status = 0;
+  ssize_t n = 0;
+  if (h->closed) {
+    status = IO_ECANCELED;
+  } else {
+    do {
+      n = recv(h->socket, w->recv_buffer, RECV_BUFFER_BYTES, 0);
+    } while (n < 0 && errno == EINTR);
+    if (n >= 0) {
+      /* A short read drained the socket, unless the peer's FIN came in the
+       * same edge as the data: then no further edge will report it. */
+      if (n < RECV_BUFFER_BYTES && !h->hangup)
+        h->readable = 0;
+    } else if (errno == EAGAIN || errno == EWOULDBLOCK) {
+      h->readable = 0;
+      return; /* still armed: the next edge queues it again */
+    } else {
+      status = -errno;
+      n = 0;
+    }
+  }
+  h->recv_armed = 0;
+  atomic_fetch_add_explicit(&w->base.core->completions, 1,
+                            memory_order_relaxed);
+  w->base.core->events->received(h, status, w->recv_buffer, (size_t)n);
+}
+
+static void deliver_entry(epoll_worker_t *w, void *entry,
+                          io_entry_kind_t kind) {
+  switch (kind) {
+  case IO_ENTRY_RECV:
+    deliver_recv(w, entry);
+    return;
+  case IO_ENTRY_WAKE:
+    atomic_fetch_add_explicit(&w->base.core->completions, 1,
+                              memory_order_relaxed);
+    w->base.core->events->woken(entry);
+    return;
+  default:
+    deliver(w, entry);
+    return;
+  }
+}
+
 static void on_readiness(epoll_worker_t *w, io_handle_t *h, uint32_t events) {
   if (events & (EPOLLRDHUP | EPOLLHUP | EPOLLERR))
     h->hangup = 1;
   if (events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR)) {
     h->readable = 1;
+    recv_ready(w, h);
     io_op_t *op = h->pending_read;
     h->pending_read = NULL;
     while (op) {
@@ -361,14 +389,19 @@ static void drain_mailbox(epoll_worker_t *w) {
     n = read(w->wake_fd, &value, sizeof value);
   } while (n < 0 && errno == EINTR);
   pthread_mutex_lock(&w->mailbox_lock);
-  io_op_t *op = w->mailbox.head;
-  w->mailbox.head = w->mailbox.tail = NULL;
+  io_fifo_t arrived = w->mailbox;
+  w->mailbox.head = w->mailbox.tail = 0;
   w->mailbox_signalled = 0;
   pthread_mutex_unlock(&w->mailbox_lock);
-  while (op) {
-    io_op_t *next = op->next;
-    start_op(w, op);
-    op = next;
+  /* Wake-ups go to the ready queue as they are; ops start (a post is
+   * made ready there too), each in the order it arrived. */
+  io_entry_kind_t kind;
+  void *entry;
+  while ((entry = io_fifo_pop(&arrived, &kind)) != NULL) {
+    if (kind == IO_ENTRY_OP)
+      start_op(w, entry);
+    else
+      io_fifo_push(&w->ready, entry, kind);
   }
 }
 
@@ -404,10 +437,11 @@ static void *worker_main(void *arg) {
     }
     expire_timers(w);
     for (int budget = DELIVERIES_PER_ROUND; budget > 0; budget--) {
-      io_op_t *op = queue_pop(&w->ready);
-      if (!op)
+      io_entry_kind_t kind;
+      void *entry = io_fifo_pop(&w->ready, &kind);
+      if (!entry)
         break;
-      deliver(w, op);
+      deliver_entry(w, entry, kind);
     }
   }
   io__current_worker = NULL;
@@ -428,8 +462,8 @@ static void worker_release(epoll_worker_t *w) {
 
 static void epoll_core_destroy(io_core_t *base);
 
-static int epoll_core_create(int threads, io_core_t **out, char *err,
-                             size_t err_len) {
+static int epoll_core_create(int threads, const io_handle_events_t *events,
+                             io_core_t **out, char *err, size_t err_len) {
   epoll_core_t *core = calloc(1, sizeof *core);
   if (core) {
     core->workers = calloc((size_t)threads, sizeof *core->workers);
@@ -445,6 +479,7 @@ static int epoll_core_create(int threads, io_core_t **out, char *err,
     return -1;
   }
   core->base.ops = &io__epoll_ops;
+  core->base.events = events;
   int started = 0;
   for (int i = 0; i < threads; i++) {
     epoll_worker_t *w = &core->workers[i];
@@ -490,7 +525,7 @@ static void epoll_core_destroy(io_core_t *base) {
     handles[i].socket = IO_INVALID_SOCKET;
     stops[i].type = IO_OP_STOP;
     stops[i].handle = &handles[i];
-    hand_over(&core->workers[i], &stops[i]);
+    hand_over(&core->workers[i], &stops[i], IO_ENTRY_OP);
   }
   for (int i = 0; i < count; i++) {
     pthread_join(core->workers[i].thread, NULL);
@@ -533,6 +568,7 @@ static void epoll_handle_close(io_handle_t *h) {
     make_ready(w, h->pending_write, IO_ECANCELED);
     h->pending_write = NULL;
   }
+  recv_ready(w, h); /* an armed receive is cancelled when delivered */
 }
 
 static int epoll_send_now(io_handle_t *h, const io_buf_t *bufs, int count) {
@@ -591,4 +627,6 @@ const io_backend_ops_t io__epoll_ops = {
     .reset_on_close = epoll_reset_on_close,
     .submit = epoll_submit,
     .timer_cancel = epoll_timer_cancel,
+    .recv_start = epoll_recv_start,
+    .wake = epoll_wake,
 };
