@@ -83,6 +83,7 @@ struct io_worker { /* a strand */
 };
 
 struct io_core {
+  const io_handle_events_t *events; /* io_recv_start's and io_wake's */
   HANDLE port;
   int thread_count;
   HANDLE *threads;
@@ -716,7 +717,8 @@ io_backend_t io_core_backend(const io_core_t *core) {
   return IO_BACKEND_IOCP;
 }
 
-int io_core_create(int threads, io_backend_t backend, io_core_t **out,
+int io_core_create(int threads, io_backend_t backend,
+                   const io_handle_events_t *events, io_core_t **out,
                    char *err, size_t err_len) {
   WSADATA wsa;
   if (backend != IO_BACKEND_DEFAULT && backend != IO_BACKEND_IOCP) {
@@ -735,6 +737,7 @@ int io_core_create(int threads, io_backend_t backend, io_core_t **out,
     WSACleanup();
     return -1;
   }
+  c->events = events;
   InitializeSRWLock(&c->timer_lock);
   InitializeSRWLock(&c->orphan_lock);
   c->threads = calloc((size_t)threads, sizeof *c->threads);
@@ -827,6 +830,34 @@ int io_handle_open(io_core_t *core, io_handle_t *h, io_socket_t socket,
   SetFileCompletionNotificationModes((HANDLE)socket,
                                      FILE_SKIP_SET_EVENT_ON_HANDLE);
   return 0;
+}
+
+/* The handle's receive and wake-up are ops in the handle itself here (see
+ * backend.h): each completes into the core's events. */
+static void handle_received(io_op_t *op, int status, size_t bytes) {
+  io_handle_t *h = op->handle;
+  core_of(h)->events->received(h, status, io_recv_op(op)->data, bytes);
+}
+
+static void handle_woken(io_op_t *op, int status, size_t bytes) {
+  (void)status;
+  (void)bytes;
+  io_handle_t *h = op->handle;
+  core_of(h)->events->woken(h);
+}
+
+void io_recv_start(io_handle_t *h) {
+  io_op_t *op = &h->recv_op.op;
+  op->type = IO_OP_RECV;
+  op->handle = h;
+  op->status = 0;
+  op->complete = handle_received;
+  io_submit(op);
+}
+
+void io_wake(io_handle_t *h) {
+  h->wake_op.complete = handle_woken;
+  io_post(h, &h->wake_op, 0);
 }
 
 int io_handle_worker_index(const io_handle_t *h) { return h->worker->index; }
