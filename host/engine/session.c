@@ -868,8 +868,8 @@ static int enqueue_locked(session_t *s, const session_buf_t *bufs,
   if (!s->tx && !s->sending &&
       (s->state == SESSION_OPEN ||
        (s->state == SESSION_OPENING && s->transport_started)) &&
-      total <= UINT32_MAX - s->sent_unreported &&
-      io_handle_on_worker(&s->handle)) {
+      io_handle_on_worker(&s->handle) &&
+      total <= UINT32_MAX - s->sent_unreported) {
     io_buf_t iov[SEND_NOW_BUFS];
     size_t n_iov = shared ? 1 : count;
     if (n_iov <= SEND_NOW_BUFS) {
