@@ -76,6 +76,8 @@ struct session {
   /* Transports (engine.h). */
   uint8_t transport_ready : 1;   /* every layer's handshake is done */
   uint8_t transport_closed : 1;  /* a layer ended the stream */
+  uint8_t idle_check : 1;        /* the service's sweep asks the kick to
+                                    look at the session's last receive */
   /* Fixed at creation (read by any thread without the lock, so not a bit
    * beside the others), so a plain TCP session pays one predicted branch
    * per receive and send. */
@@ -90,10 +92,11 @@ struct session {
   /* Worker only: sent at once, on_sent still owed (reported at the end of
    * the callback that sent it, so far below 4 GiB). */
   uint32_t sent_unreported;
-  /* Worker only: clock_now_ms() of the last receive, its low 32 bits: the
-   * idle check compares it by wrapping difference, and runs at least once
-   * per idle_timeout_ms (a uint32_t), so it never sees it wrap. */
-  uint32_t last_recv_ms;
+  /* clock_now_ms() of the last receive (or the open), its low 32 bits,
+   * compared by wrapping difference: written on the worker, read by the
+   * service's idle sweep (service.c), which looks more often than every
+   * idle_timeout_ms (a uint32_t), so a difference never wraps unseen. */
+  _Atomic uint32_t last_recv_ms;
   session_tail_t *tail; /* NULL: an accepted session without transport */
   uint64_t id;
   service_t *service;
@@ -135,6 +138,10 @@ void session__free_unattached(session_t *s);
 int session__attach(session_t *s, io_socket_t sock, int worker_hint);
 void session__connect(session_t *s, io_socket_t sock, int worker_hint);
 void session__ref(session_t *s);
+/* The service's idle sweep, under its lock: if s has been quiet for idle
+ * ms by now (clock_now_ms, low 32 bits), its kick checks on its worker
+ * and ends it with idle_timeout. */
+void session__idle_check(session_t *s, uint32_t now, uint32_t idle);
 /* Runs the receive path on bytes just read: counts them, delivers them to
  * the handler, keeps what it did not consume. Worker only. on_recv_done
  * calls it; so do the tests and the fuzzer (tests/fuzz), which attach a

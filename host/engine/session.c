@@ -353,15 +353,39 @@ int session_post_always(session_t *s, session_fn2 fn, void *arg, void *arg2) {
 
 /* ---- idle timeout ---- */
 
-static void check_idle(session_t *s, void *arg) {
-  uint32_t idle = opts_of(s)->idle_timeout_ms;
-  if (s->state != SESSION_OPEN)
+/* No timer per session (its record would be 144 bytes in every idle
+ * session, issue 18): the service sweeps its sessions (service.c) and asks
+ * those that look quiet to check here, on their worker. */
+static uint32_t quiet_ms(const session_t *s) {
+  return (uint32_t)clock_now_ms() -
+         atomic_load_explicit(&s->last_recv_ms, memory_order_relaxed);
+}
+
+static void note_receive(session_t *s) {
+  atomic_store_explicit(&s->last_recv_ms, (uint32_t)clock_now_ms(),
+                        memory_order_relaxed);
+}
+
+void session__idle_check(session_t *s, uint32_t now, uint32_t idle) {
+  uint32_t last = atomic_load_explicit(&s->last_recv_ms, memory_order_relaxed);
+  if ((uint32_t)(now - last) < idle)
     return;
-  uint32_t quiet = (uint32_t)clock_now_ms() - s->last_recv_ms; /* wraps */
-  if (quiet >= idle)
+  engine_lock(&s->lock);
+  if (s->state == SESSION_OPEN && !s->close_request && !s->idle_check) {
+    s->idle_check = 1;
+    if (!s->kick_pending) {
+      s->kick_pending = 1;
+      session__ref(s);
+      io_wake(&s->handle);
+    }
+  }
+  engine_unlock(&s->lock);
+}
+
+/* Worker: the kick's part of the idle check. */
+static void check_idle(session_t *s) {
+  if (s->state == SESSION_OPEN && quiet_ms(s) >= opts_of(s)->idle_timeout_ms)
     begin_close(s, REASON_IDLE_TIMEOUT, 1);
-  else
-    timer_start(s, idle - quiet, 0, check_idle, NULL, 1);
 }
 
 /* ---- incomplete input ---- */
@@ -403,12 +427,10 @@ static void check_incomplete(session_t *s, void *arg) {
 /* A transport session is receiving already (its handshake needed it). */
 static void open_session(session_t *s, int start_receiving) {
   const service_options_t *o = opts_of(s);
+  note_receive(s); /* idle time counts from here (before the sweep sees it) */
   engine_lock(&s->lock);
   s->state = SESSION_OPEN;
   engine_unlock(&s->lock);
-  s->last_recv_ms = (uint32_t)clock_now_ms();
-  if (o->idle_timeout_ms)
-    timer_start(s, o->idle_timeout_ms, 0, check_idle, NULL, 1);
   s->opened = 1;
   o->factory.handler->on_connected(s);
   if (start_receiving)
@@ -431,6 +453,8 @@ static void on_kick(io_handle_t *h) {
   s->kick_pending = 0;
   int request = s->close_request;
   int abort_now = s->close_abort;
+  int idle_check = s->idle_check;
+  s->idle_check = 0;
   engine_unlock(&s->lock);
   /* A session that was accepted or connected before its service's stop
    * began, and opens after: the stop has told the plugin (on_stopping), so
@@ -453,6 +477,8 @@ static void on_kick(io_handle_t *h) {
   }
   if (request)
     begin_close(s, request, !abort_now);
+  else if (idle_check)
+    check_idle(s);
   report_sent(s);
   flush(s);
   session_release(s);
@@ -619,7 +645,7 @@ void session__receive(session_t *s, const uint8_t *data, size_t len) {
   if (s->state != SESSION_OPEN || !session_is_open(s))
     return;
   count_bytes(s, len, 0);
-  s->last_recv_ms = (uint32_t)clock_now_ms();
+  note_receive(s);
   delivering = s;
   deliver_input(s, data, len);
   delivering = NULL;
@@ -1521,7 +1547,7 @@ static void transport_receive(session_t *s, const uint8_t *data, size_t len) {
       atomic_load_explicit(&s->close_request, memory_order_relaxed))
     return;
   service__count_bytes(s->service, len, 0);
-  s->last_recv_ms = (uint32_t)clock_now_ms();
+  note_receive(s);
   transport_scratch_t *sc = scratch_get();
   if (!sc) {
     begin_close(s, REASON_IO_ERROR, 0);
