@@ -239,7 +239,7 @@ static void session_done(session_t *s, void *call, void *unused) {
   (void)unused;
   work_call_t *c = call;
   watch_mark_t mark = watch_session(
-      s, c->done_code ? c->done_code : host_session(s)->generation,
+      s, c->done_code ? c->done_code : session_generation(s),
       WATCH_SESSION_WORK_DONE, -1);
   c->done.session(PLUGIN_SESSION(s), plugin_state(s), c->arg,
                   c->skipped || !session_is_open(s));
