@@ -100,18 +100,37 @@ struct host_plugin {
 };
 
 /* The host's part of a session's extra state; the plugin's state follows
- * it when it fits (it is sized by the generation current at allocation). */
+ * it when it fits (it is sized by the generation current at allocation),
+ * else it is calloc'd at connect and kept in the engine session's context
+ * (plugin_state). */
 typedef struct host_session {
-  generation_t *generation; /* bound at connect; NULL before */
-  void *state;
-  struct membership *rooms; /* the rooms it is in: host->rooms_lock */
-  /* generation->number once bound, for `sessions` on another thread. */
-  atomic_uint generation_number;
-  uint8_t connected;   /* the plugin saw on_connected */
-  uint8_t rooms_ended; /* it left them all: host->rooms_lock */
-} host_session_t; /* 32 bytes: in every session (issue 18 counts them) */
+  /* Bound at connect once the plugin's state is in place; NULL before, and
+   * so non-NULL exactly when the plugin saw on_connected. Stored once on
+   * the session's worker (release); `sessions` reads it from the control
+   * thread (acquire). */
+  _Atomic(generation_t *) generation;
+  /* The rooms it is in, or ROOMS_ENDED once it left them all: only through
+   * session_rooms and session_rooms_ended, under host->rooms_lock. */
+  struct membership *rooms;
+} host_session_t;
+/* In every session: issue 18 counts the bytes of an idle session. */
+_Static_assert(sizeof(host_session_t) <= 16,
+               "host_session_t is in every session: keep it 16 bytes");
 
 #define HOST_SESSION_BYTES ((sizeof(host_session_t) + 15) & ~(size_t)15)
+
+/* A session's rooms list, once it ended, is this mark: no membership is
+ * ever at address 1, and an ended session joins nothing again. */
+#define ROOMS_ENDED ((struct membership *)(uintptr_t)1)
+
+/* The rooms a session is in (none once it ended); under rooms_lock. */
+static inline struct membership *session_rooms(const host_session_t *h) {
+  return h->rooms == ROOMS_ENDED ? NULL : h->rooms;
+}
+/* It left them all (rooms_session_ended); under rooms_lock. */
+static inline int session_rooms_ended(const host_session_t *h) {
+  return h->rooms == ROOMS_ENDED;
+}
 
 typedef struct host_service {
   host_t *host;
@@ -213,8 +232,23 @@ static inline host_service_t *host_service_of(session_t *s) {
 static inline host_session_t *host_session(session_t *s) {
   return session_extra(s);
 }
+/* The generation a session bound to at connect, on its own worker (which
+ * stored it, or is ordered after that by the session's serial order). */
+static inline generation_t *session_generation(session_t *s) {
+  return atomic_load_explicit(&host_session(s)->generation,
+                              memory_order_relaxed);
+}
+/* The plugin's state, on the session's worker; NULL until it is bound (a
+ * work's done or a call on a session found by id may come before, or
+ * without, on_connected). Calloc'd at connect when the generation bound
+ * then needed more than was reserved at allocation (its pointer is the
+ * engine session's context, else NULL), otherwise right after the host's
+ * record. */
 static inline void *plugin_state(session_t *s) {
-  return host_session(s)->state;
+  if (!session_generation(s))
+    return NULL;
+  void *outside = session_context(s);
+  return outside ? outside : (char *)session_extra(s) + HOST_SESSION_BYTES;
 }
 
 /* ---- generations.c ---- */

@@ -119,7 +119,14 @@ static const char *api_session_service_name(iocphost_session_t *s) {
 }
 
 static void *api_session_state(iocphost_session_t *s) {
-  return s ? plugin_state(SESSION(s)) : NULL;
+  if (!s)
+    return NULL;
+  /* Any thread: the acquire pairs with on_connected's release of the
+   * generation, after the state's place (the context) was set. */
+  if (!atomic_load_explicit(&host_session(SESSION(s))->generation,
+                            memory_order_acquire))
+    return NULL;
+  return plugin_state(SESSION(s));
 }
 
 static iocphost_session_t *api_session_acquire(iocphost_session_t *s) {
@@ -251,8 +258,7 @@ static void run_plugin_call(session_t *s, void *call, void *unused) {
   plugin_call_t *c = call;
   /* Its code's generation; the session's when fn is no plugin's code. */
   watch_mark_t mark = watch_session(
-      s, c->generation ? c->generation : host_session(s)->generation, c->kind,
-      -1);
+      s, c->generation ? c->generation : session_generation(s), c->kind, -1);
   c->fn(PLUGIN_SESSION(s), plugin_state(s), c->arg);
   watch_end(&mark);
 }

@@ -155,6 +155,7 @@ static void unlink_member(host_room_t *h, membership_t *m) {
   atomic_store(&h->members_now, h->member_count);
   pthread_mutex_lock(&h->host->rooms_lock);
   if (m->in_session_list) {
+    /* Listed: the session has not ended, its rooms are a list. */
     host_session_t *hs = host_session(m->session);
     membership_t **p = &hs->rooms;
     while (*p && *p != m)
@@ -194,7 +195,7 @@ static void join_in_order(room_t *r, void *session, void *unused) {
    * went out already. */
   pthread_mutex_lock(&h->host->rooms_lock);
   host_session_t *hs = host_session(s);
-  int ended = hs->rooms_ended;
+  int ended = session_rooms_ended(hs);
   if (!ended) {
     m->session_next = hs->rooms;
     hs->rooms = m;
@@ -239,20 +240,20 @@ void rooms_session_ended(session_t *s) {
   host_t *host = host_service_of(s)->host;
   host_session_t *hs = host_session(s);
   pthread_mutex_lock(&host->rooms_lock);
-  hs->rooms_ended = 1;
+  membership_t *rooms = session_rooms(hs);
+  hs->rooms = ROOMS_ENDED;
   size_t count = 0;
-  for (membership_t *m = hs->rooms; m; m = m->session_next)
+  for (membership_t *m = rooms; m; m = m->session_next)
     count++;
   /* Hold the rooms while posting: a room's own close may free its nodes as
    * soon as the lock is released. */
   room_t **held = count ? malloc(count * sizeof *held) : NULL;
   size_t n = 0;
-  for (membership_t *m = hs->rooms; m; m = m->session_next) {
+  for (membership_t *m = rooms; m; m = m->session_next) {
     m->in_session_list = 0;
     if (held)
       held[n++] = room_acquire(m->room->room);
   }
-  hs->rooms = NULL;
   pthread_mutex_unlock(&host->rooms_lock);
   if (count && !held)
     log_write(LOG_ERROR, "rooms",
@@ -756,7 +757,7 @@ void rooms_of_session(session_t *s, void (*fn)(void *arg, uint64_t room_id),
                       void *arg) {
   host_t *host = host_service_of(s)->host;
   pthread_mutex_lock(&host->rooms_lock);
-  for (membership_t *m = host_session(s)->rooms; m; m = m->session_next)
+  for (membership_t *m = session_rooms(host_session(s)); m; m = m->session_next)
     fn(arg, room_id(m->room->room));
   pthread_mutex_unlock(&host->rooms_lock);
 }

@@ -15,10 +15,6 @@
 
 /* ---- engine handler: forwards to the session's generation ---- */
 
-static const iocphost_plugin_t *desc_of(session_t *s) {
-  return host_session(s)->generation->desc;
-}
-
 watch_mark_t watch_session(session_t *s, generation_t *g, watch_kind_t kind,
                            int packet_id) {
   host_service_t *hs = host_service_of(s);
@@ -31,33 +27,35 @@ static void on_connected(session_t *s) {
   host_session_t *h = host_session(s);
   host_service_t *hs = host_service_of(s);
   generation_t *g = generation_acquire(hs->plugin);
-  h->generation = g;
   uint32_t size = g->desc->session_size;
-  if (size <= session_extra_size(s) - HOST_SESSION_BYTES) {
-    h->state = (char *)h + HOST_SESSION_BYTES;
-  } else {
+  if (size > session_extra_size(s) - HOST_SESSION_BYTES) {
     /* The generation changed since this session was allocated and needs
-     * more room than was reserved. */
-    h->state = calloc(1, size);
-    if (!h->state) {
+     * more room than was reserved: its state lives outside, in the engine
+     * session's context (plugin_state), freed by on_free. */
+    void *state = calloc(1, size);
+    if (!state) {
+      /* Unbound: the plugin never hears of this session. */
+      generation_release(g);
       session_abort(s, REASON_IO_ERROR);
       return;
     }
+    session_set_context(s, state);
   }
-  h->connected = 1;
-  atomic_store(&h->generation_number, g->number);
+  /* Bound only now, with the state in place: a bound generation means the
+   * plugin saw on_connected (on_disconnected, on_free and `sessions` rely
+   * on it). Release: `sessions` and session_state on other threads. */
+  atomic_store_explicit(&h->generation, g, memory_order_release);
   watch_mark_t mark = watch_session(s, g, WATCH_ON_CONNECTED, -1);
-  g->desc->on_connected(PLUGIN_SESSION(s), h->state);
+  g->desc->on_connected(PLUGIN_SESSION(s), plugin_state(s));
   watch_end(&mark);
 }
 
 static void on_disconnected(session_t *s, session_reason_t reason) {
-  host_session_t *h = host_session(s);
-  if (h->connected) {
-    watch_mark_t mark =
-        watch_session(s, h->generation, WATCH_ON_DISCONNECTED, -1);
-    desc_of(s)->on_disconnected(PLUGIN_SESSION(s), h->state,
-                                (iocphost_reason_t)reason);
+  generation_t *g = session_generation(s);
+  if (g) {
+    watch_mark_t mark = watch_session(s, g, WATCH_ON_DISCONNECTED, -1);
+    g->desc->on_disconnected(PLUGIN_SESSION(s), plugin_state(s),
+                             (iocphost_reason_t)reason);
     watch_end(&mark);
   }
   /* Then it leaves its rooms, each in its own order: no room keeps a
@@ -66,22 +64,25 @@ static void on_disconnected(session_t *s, session_reason_t reason) {
 }
 
 static void on_sent(session_t *s, size_t bytes) {
-  const iocphost_plugin_t *d = desc_of(s);
-  if (d->on_send) {
-    watch_mark_t mark =
-        watch_session(s, host_session(s)->generation, WATCH_ON_SEND, -1);
-    d->on_send(PLUGIN_SESSION(s), plugin_state(s), bytes);
+  /* Unbound (its state could not be allocated, the abort on its way): a
+   * transport session is open until the abort's kick, and a send queued
+   * while it was opening may complete first. The plugin never saw it. */
+  generation_t *g = session_generation(s);
+  if (g && g->desc->on_send) {
+    watch_mark_t mark = watch_session(s, g, WATCH_ON_SEND, -1);
+    g->desc->on_send(PLUGIN_SESSION(s), plugin_state(s), bytes);
     watch_end(&mark);
   }
 }
 
+/* Any thread, the last reference gone: ordered after the worker's stores
+ * by the reference count. */
 static void on_free(session_t *s) {
-  host_session_t *h = host_session(s);
-  if (!h->generation)
+  generation_t *g = session_generation(s);
+  if (!g)
     return;
-  if (h->state != (char *)h + HOST_SESSION_BYTES)
-    free(h->state);
-  generation_release(h->generation);
+  free(session_context(s)); /* the state, if it was calloc'd */
+  generation_release(g);
 }
 
 /* What every packet of one receive needs, looked up once per receive
@@ -110,8 +111,8 @@ static int deliver_packet(void *ctx, const framing_packet_t *packet) {
  * more than max_packet_bytes. */
 static size_t on_recv_packets(session_t *s, host_service_t *hs,
                               const uint8_t *data, size_t len) {
-  packet_delivery_t d = {s, host_session(s)->generation, desc_of(s),
-                         plugin_state(s), 0};
+  generation_t *g = session_generation(s);
+  packet_delivery_t d = {s, g, g->desc, plugin_state(s), 0};
   framing_result_t r =
       framing_split(data, len, hs->max_packet_bytes, deliver_packet, &d);
   if (d.packets)
@@ -134,10 +135,9 @@ static size_t on_recv(session_t *s, const uint8_t *data, size_t len) {
   host_service_t *hs = host_service_of(s);
   if (hs->packet_framing)
     return on_recv_packets(s, hs, data, len);
-  watch_mark_t mark =
-      watch_session(s, host_session(s)->generation, WATCH_ON_RECV, -1);
-  size_t used =
-      desc_of(s)->on_recv(PLUGIN_SESSION(s), plugin_state(s), data, len);
+  generation_t *g = session_generation(s);
+  watch_mark_t mark = watch_session(s, g, WATCH_ON_RECV, -1);
+  size_t used = g->desc->on_recv(PLUGIN_SESSION(s), plugin_state(s), data, len);
   watch_end(&mark);
   return used;
 }

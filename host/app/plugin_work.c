@@ -238,9 +238,9 @@ static void release_session(void *owner) { session_release(owner); }
 static void session_done(session_t *s, void *call, void *unused) {
   (void)unused;
   work_call_t *c = call;
-  watch_mark_t mark = watch_session(
-      s, c->done_code ? c->done_code : host_session(s)->generation,
-      WATCH_SESSION_WORK_DONE, -1);
+  watch_mark_t mark =
+      watch_session(s, c->done_code ? c->done_code : session_generation(s),
+                    WATCH_SESSION_WORK_DONE, -1);
   c->done.session(PLUGIN_SESSION(s), plugin_state(s), c->arg,
                   c->skipped || !session_is_open(s));
   watch_end(&mark); /* before work_call_end lets go of done_code */

@@ -35,10 +35,14 @@ static cJSON *session_json(host_service_t *hs, session_t *s,
   cJSON_AddNumberToObject(o, "bytes_in", (double)info.bytes_in);
   cJSON_AddNumberToObject(o, "bytes_out", (double)info.bytes_out);
   cJSON_AddNumberToObject(o, "queued_bytes", (double)info.queued_bytes);
-  /* 0 until the plugin's on_connected (the generation binds there). */
-  cJSON_AddNumberToObject(
-      o, "generation",
-      (double)atomic_load(&host_session(s)->generation_number));
+  /* 0 until the plugin's on_connected (the generation binds there). The
+   * acquire pairs with on_connected's release on the worker. The session
+   * holds its generation until on_free, and on_free cannot run while this
+   * listing holds the session (service_sessions acquired it while it was
+   * registered), so the generation is alive to read its number. */
+  generation_t *g =
+      atomic_load_explicit(&host_session(s)->generation, memory_order_acquire);
+  cJSON_AddNumberToObject(o, "generation", g ? (double)g->number : 0);
   cJSON *rooms = cJSON_AddArrayToObject(o, "rooms");
   rooms_of_session(s, add_room_id, rooms);
   return o;
