@@ -129,28 +129,32 @@ class NotifyTest(HostTestCase):
             [m[2] for m in manager.messages[at:] if "READY" in m[1]], [])
 
     def test_watchdog_pings_at_least_every_watchdog_usec(self):
-        host, manager = self.make_host(env={"WATCHDOG_USEC": "200000",
+        # 1 s: the host pings every half of it, so a gap of a whole second
+        # means a missed ping, while half a second of scheduling delay on a
+        # loaded machine (seen: 470 ms at load 12 on 2 CPUs, with 200 ms)
+        # does not fail the test.
+        host, manager = self.make_host(env={"WATCHDOG_USEC": "1000000",
                                             "WATCHDOG_PID": None})
         host.start(wait_ports=False)
         ready = manager.wait_for("READY", timeout=20)
         pings = []
-        for _ in range(6):
-            pings.append(manager.wait_for("WATCHDOG", timeout=2)[0])
+        for _ in range(4):
+            pings.append(manager.wait_for("WATCHDOG", timeout=5)[0])
         gaps = [b - a for a, b in zip([ready[0]] + pings, pings)]
         # systemd kills a service that stays silent for WATCHDOG_USEC.
-        self.assertLess(max(gaps), harness.scaled(0.2),
+        self.assertLess(max(gaps), harness.scaled(1.0),
                         "gaps between WATCHDOG=1: %r" % gaps)
         host.stop()
 
     def test_signals_do_not_starve_the_watchdog(self):
-        # SIGUSR1 (log reopen) every 50 ms, quicker than the ping interval:
-        # the pings must still come on time.
-        host, manager = self.make_host(env={"WATCHDOG_USEC": "200000",
+        # SIGUSR1 (log reopen) every 50 ms, quicker than the ping interval
+        # (500 ms, as above): the pings must still come on time.
+        host, manager = self.make_host(env={"WATCHDOG_USEC": "1000000",
                                             "WATCHDOG_PID": None})
         host.start(wait_ports=False)
         ready = manager.wait_for("READY", timeout=20)
         pings = [ready[0]]
-        end = time.monotonic() + 1.0
+        end = time.monotonic() + 2.0
         while time.monotonic() < end:
             host.process.send_signal(signal.SIGUSR1)
             # Paces the signals; datagrams are read meanwhile.
@@ -164,7 +168,7 @@ class NotifyTest(HostTestCase):
                     pings.append(message[0])
         pings.append(manager.wait_for("WATCHDOG", timeout=2)[0])
         gaps = [b - a for a, b in zip(pings, pings[1:])]
-        self.assertLess(max(gaps), harness.scaled(0.2),
+        self.assertLess(max(gaps), harness.scaled(1.0),
                         "gaps between WATCHDOG=1 during a signal storm: %r" %
                         gaps)
         self.assertTrue(host.running())
