@@ -86,6 +86,10 @@ int main(void) {
   address_parse("127.0.0.1:0", &o.address, err, sizeof err);
   o.factory.handler = &handler;
   o.max_sessions = (uint32_t)n + 1;
+  /* IOCPHOST_BENCH_IDLE_TIMEOUT_MS: the same with an idle timeout set (what
+   * the idle check costs per session). */
+  const char *idle = getenv("IOCPHOST_BENCH_IDLE_TIMEOUT_MS");
+  o.idle_timeout_ms = idle ? (uint32_t)strtoul(idle, NULL, 10) : 0;
   o.backlog = 4096;
   service_t *svc;
   if (service_create(core, &o, &svc, err, sizeof err) != 0 ||
