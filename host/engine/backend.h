@@ -161,7 +161,7 @@ struct io_handle {
   io_op_t wake_op;
 #else
   /* Touched on the handle's worker only, so bits will do: the socket, the
-   * flags and the slot fill 8 bytes (a handle is in every session). */
+   * flags fill 8 bytes (a handle is in every session). */
   uint32_t closed : 1;
   /* epoll: readiness; io_uring: its own flags (see io_uring.c). */
   uint32_t readable : 1;
@@ -178,14 +178,21 @@ struct io_handle {
   uintptr_t recv_link;
   io_op_t *pending_read;  /* accept ops waiting for readiness */
   io_op_t *pending_write; /* send or connect op waiting for readiness */
-  /* io_uring's per-socket state (io_uring.c); epoll leaves it alone. */
+  /* io_uring's per-socket state (io_uring.c); epoll leaves it alone. All
+   * zero (as io_handle_open leaves it) is an idle socket. */
   struct {
-    void *staged;
-    uint16_t head, tail;
-    int16_t end, send_error;
+    void *staged;        /* the staged send in the kernel, or NULL */
+    uint16_t head, tail; /* received buffers waiting: buffer id + 1, 0 none */
+    int16_t end;         /* the receive side's end (-errno, 0 the FIN) */
+    int16_t send_error;  /* a failed send's -errno: the next ones fail */
   } uring;
 #endif
 };
+
+#if !defined(_WIN32) && defined(__x86_64__)
+/* A handle is in every session, idle ones included (issue 18's budget). */
+_Static_assert(sizeof(io_handle_t) == 64, "io_handle_t must stay 64 bytes");
+#endif
 
 typedef struct io_timer {
   io_op_t op; /* completes with 0 when due, IO_ECANCELED when cancelled */

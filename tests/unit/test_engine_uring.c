@@ -20,6 +20,10 @@
 
 static atomic_int connected, disconnected, freed, ended_with_reason;
 static atomic_int abort_after_bytes; /* 0: echo; otherwise abort past it */
+/* Consume nothing: with max_recv_bytes 16 and no linger, the session is
+ * closed inside its received call (protocol_error), receive disarmed. */
+static atomic_int consume_nothing;
+static atomic_int protocol_errors;
 
 typedef struct state {
   uint64_t received;
@@ -38,6 +42,8 @@ static void on_connected(session_t *s) {
 
 static size_t on_recv(session_t *s, const uint8_t *data, size_t len) {
   state_t *st = session_extra(s);
+  if (atomic_load(&consume_nothing))
+    return 0;
   st->received += len;
   int limit = atomic_load(&abort_after_bytes);
   if (limit && st->received > (uint64_t)limit) {
@@ -53,6 +59,8 @@ static void on_disconnected(session_t *s, session_reason_t reason) {
   (void)s;
   if (reason >= REASON_PEER_CLOSED && reason <= REASON_IO_ERROR)
     atomic_fetch_add(&ended_with_reason, 1);
+  if (reason == REASON_PROTOCOL_ERROR)
+    atomic_fetch_add(&protocol_errors, 1);
   atomic_fetch_add(&disconnected, 1);
 }
 
@@ -79,6 +87,7 @@ static void rig_start(rig_t *r) {
   atomic_store(&disconnected, 0);
   atomic_store(&freed, 0);
   atomic_store(&ended_with_reason, 0);
+  atomic_store(&protocol_errors, 0);
   char err[256];
   io__uring_buffer_count(2);
   int rc = core_create("uring", 2, CORE_BACKEND_IO_URING, &r->core, err,
@@ -97,6 +106,10 @@ static void rig_start(rig_t *r) {
   o.factory.handler = &handler;
   o.factory.prepare = prepare;
   o.send_queue_limit_bytes = 4 * BYTES_EACH;
+  if (atomic_load(&consume_nothing)) {
+    o.max_recv_bytes = 16;
+    o.close_linger_ms = 0;
+  }
   ck_assert_msg(service_create(r->core, &o, &r->svc, err, sizeof err) == 0,
                 "%s", err);
   ck_assert_msg(service_start(r->svc, err, sizeof err) == 0, "%s", err);
@@ -225,6 +238,40 @@ START_TEST(test_closing_with_receives_in_flight_and_the_buffers_exhausted) {
 }
 END_TEST
 
+/* The session is closed inside its received call, so no receive is armed
+ * while the socket's multishot receive is still in the kernel: the close
+ * must not let the session (and its handle) be freed before the kernel's
+ * last completion naming the handle (ASan sees the use after free). */
+START_TEST(test_closing_inside_the_received_call) {
+  rig_t r;
+  atomic_store(&abort_after_bytes, 0);
+  atomic_store(&consume_nothing, 1);
+  rig_start(&r);
+  static const char junk[64] = "more than max_recv_bytes, consumed by nobody";
+  int rounds = 8, total = 0;
+  for (int round = 0; round < rounds; round++) {
+    int fds[CLIENTS];
+    for (int c = 0; c < CLIENTS; c++) {
+      fds[c] = tu_connect(r.port, 0);
+      ck_assert_int_ge(fds[c], 0);
+      ck_assert_int_eq(tu_write_all(fds[c], junk, sizeof junk), 0);
+    }
+    total += CLIENTS;
+    for (int c = 0; c < CLIENTS; c++) {
+      ck_assert_msg(tu_wait_closed(fds[c], 10000) != 0,
+                    "round %d: client %d was never closed", round, c);
+      tu_close(fds[c]);
+    }
+    ck_assert_msg(tu_wait_at_least(&freed, total, 10000),
+                  "round %d: %d of %d sessions freed", round,
+                  atomic_load(&freed), total);
+  }
+  ck_assert_int_eq(atomic_load(&protocol_errors), total);
+  atomic_store(&consume_nothing, 0);
+  rig_stop(&r);
+}
+END_TEST
+
 int main(void) {
   Suite *s = suite_create("engine_uring");
   TCase *tc = tcase_create("uring");
@@ -232,6 +279,7 @@ int main(void) {
   tcase_add_test(tc,
                  test_sessions_are_served_byte_for_byte_with_the_buffers_exhausted);
   tcase_add_test(tc, test_closing_with_receives_in_flight_and_the_buffers_exhausted);
+  tcase_add_test(tc, test_closing_inside_the_received_call);
   suite_add_tcase(s, tc);
   SRunner *sr = srunner_create(s);
   srunner_run_all(sr, CK_NORMAL);

@@ -10,36 +10,57 @@
  * before and waits for the next completions: the cost is paid per round,
  * not per message.
  *
- * Receiving: one multishot receive per socket, armed at the first receive
- * op and left armed, reads into a provided buffer ring that the worker's
- * sockets share. An idle session holds no buffer; a buffer that arrives
- * while no receive op waits queues on the handle (by buffer id, no
- * allocation) and goes back to the ring once its completion has run. When
- * the ring is empty the kernel ends the multishot (ENOBUFS); the socket
- * then waits in the worker's "starved" list and is armed again as soon as a
- * buffer comes back.
+ * A socket's state is in its handle (backend.h's uring fields and
+ * backend_bits), not in a table of the worker's: an idle session costs
+ * nothing here beyond its handle (issue 18).
+ *
+ * Receiving: one multishot receive per socket, armed at the first
+ * io_recv_start and left armed, reads into a provided buffer ring that the
+ * worker's sockets share. An idle session holds no buffer; a buffer that
+ * arrives while no receive is armed queues on the handle (by buffer id, no
+ * allocation) and goes back to the ring once the owner's received call has
+ * run. When the ring is empty the kernel ends the multishot (ENOBUFS); the
+ * socket then waits in the worker's "starved" list and is armed again as
+ * soon as a buffer comes back. Ops, wake-ups and handles whose receive has
+ * a result share one delivery queue (dispatch.h).
  *
  * Sending: io_send_now copies a small send (up to STAGE_SMALL; a larger
  * one goes out with sendmsg, whose cost is spread over its bytes) into a
  * staged send and returns; the send is submitted with the round's other
  * requests. That is epoll's send(2) without the system call, and like the
- * socket's own buffer the staged bytes reach the peer also when the handle is
- * closed after them (the close waits for them, bounded by ORPHAN_MS), unless
- * the close resets. While one staged send or send op is in the kernel, the next
- * waits (-EAGAIN, or the op is held): two sends on one socket in flight at
- * once could be written out of order. A staged send that fails ends the
- * receive side with its error, so the session ends with a reason.
+ * socket's own buffer the staged bytes reach the peer also when the handle
+ * is closed after them (the record then carries the descriptor and closes
+ * it after them, bounded by ORPHAN_MS), unless the close resets. While one
+ * staged send or send op is in the kernel, the next waits (-EAGAIN, or the
+ * op is held): two sends on one socket in flight at once could be written
+ * out of order. A staged send that fails ends the receive side with its
+ * error, so the session ends with a reason.
  *
  * Accepting: listeners stay out of the ring (see "accepting" below).
  *
- * Lifetime: a completion names a slot in its worker's table, never a
- * handle, so a handle may be freed while the kernel still has requests on
- * its socket. io_handle_close cancels them all (by descriptor, or one by one
- * when a staged send must survive), closes the descriptor through the ring,
- * and completes the handle's ops with IO_ECANCELED only after every
- * completion of its requests has arrived: when the owner sees the
- * cancellation, the kernel holds nothing of it. The slot itself is freed
- * when its last completion arrives.
+ * Lifetime. A completion's user_data is a pointer with its kind in the low
+ * 3 bits (handles, ops and records are 8-aligned): the multishot receive's
+ * names the handle, a send or connect op's names the op (whose owner keeps
+ * it, and so its handle, until its completion), a staged send's names its
+ * record (the backend's own memory). Cancels and closes name nothing.
+ * So the only request that names a handle is its multishot receive, and
+ * the invariant is: a handle whose multishot is in the kernel is alive,
+ * because either it is open, or its receive is armed (the owner holds a
+ * reference for that), or its close is still running. io_handle_close
+ * keeps it so:
+ *  - receive armed: its IO_ECANCELED is delivered only after the
+ *    multishot's final CQE (no IORING_CQE_F_MORE);
+ *  - receive not armed (the owner closes inside its received call, or
+ *    after an end of its own): the close cancels the multishot and waits
+ *    for its final CQE right there, reaping completions (queued, none
+ *    delivered). An owner that arms its next receive before it may close
+ *    never pays that wait; an end the backend makes itself (a failed staged
+ *    send) is delivered only after the multishot ended, for the same
+ *    reason.
+ * Every request queued is submitted before completions are reaped again,
+ * so a cancel by user_data always runs while what it names is alive: a
+ * cancel never finds a newer request at the same address. The starved list
+ * holds open handles only: the close takes the handle out of it.
  */
 #include <errno.h>
 #include <liburing.h>
@@ -71,59 +92,55 @@
 #define DELIVERIES_PER_ROUND 4096
 #define CQES_PER_BATCH 256
 #define STOP_DRAIN_MS 2000
-#define NO_SLOT IO_NO_SLOT /* also ends the free list */
-#define NO_BUFFER 0xffffu
+/* Buffer ids are kept plus one in 16 bits, so that 0 (what io_handle_open
+ * leaves) is "none": at most 65535 buffers per worker. */
+#define NO_BUFFER 0u
 
-/* What a completion is for. */
+/* What a completion is for: the low 3 bits of its user_data. */
 enum {
-  KIND_WAKE = 1,
-  KIND_RECV,
-  KIND_LISTEN,
-  KIND_STAGED,
-  KIND_SEND_OP,
-  KIND_CONNECT,
-  KIND_CANCEL,
-  KIND_CLOSE
+  KIND_NONE = 0, /* a cancel or a close: nothing to do with its result */
+  KIND_WAKE,     /* the mailbox's eventfd */
+  KIND_LISTEN,   /* the listeners' epoll */
+  KIND_RECV,     /* a handle's multishot receive: names the handle */
+  KIND_STAGED,   /* a staged send: names its send_rec_t */
+  KIND_OP        /* a send or connect op: names the op */
 };
+#define KIND_MASK ((uint64_t)7)
 
-typedef struct op_queue {
-  io_op_t *head;
-  io_op_t *tail;
-} op_queue_t;
+_Static_assert(_Alignof(io_handle_t) >= 8 && _Alignof(io_op_t) >= 8,
+               "a completion's kind lives in the low 3 bits of a pointer");
+
+/* The handle's backend_bits. The worker alone touches them. */
+#define UB_MULTISHOT (1u << 0)   /* the multishot receive is in the kernel */
+#define UB_HAS_END (1u << 1)     /* the receive side ended: uring.end */
+#define UB_STARVED (1u << 2)     /* in the worker's starved list */
+#define UB_RESET (1u << 3)       /* the close resets: nothing staged survives */
+#define UB_SHUTDOWN (1u << 4)    /* shutdown(SHUT_WR) after the sends in flight */
+#define UB_OP_IN_KERNEL (1u << 5) /* a send or connect op is in the kernel */
+
+static int has(const io_handle_t *h, unsigned bit) {
+  return (h->backend_bits & bit) != 0;
+}
+static void set_bit(io_handle_t *h, unsigned bit) {
+  h->backend_bits = h->backend_bits | bit;
+}
+static void clear_bit(io_handle_t *h, unsigned bit) {
+  h->backend_bits = h->backend_bits & ~bit;
+}
 
 /* A staged send in the kernel (io_send_now's copy). A send op needs no
- * record of its own: its msghdr is in the op (io_send_op_t). */
+ * record of its own: its msghdr is in the op (io_send_op_t). Once its
+ * handle is closed (handle NULL), the record is an "orphan": it finishes
+ * on its own and closes the descriptor after its bytes. */
 typedef struct send_rec {
-  io_timer_t orphan; /* after a close: bounds the wait */
-  uint32_t slot;
+  io_timer_t orphan;   /* after a close: bounds the wait */
+  io_handle_t *handle; /* NULL once the handle closed */
+  int fd;              /* the socket; an orphan's to close, or -1 */
   uint32_t len;
   uint32_t off;
+  uint8_t reset; /* stop at the next completion: the rest is not sent */
   uint8_t data[]; /* staged bytes */
 } send_rec_t;
-
-/* A socket's state in its worker, found from completions by index: one
- * per socket, idle ones included (issue 18 counts it), so 56 bytes. The
- * worker alone touches it, so its flags share a byte. */
-typedef struct uslot {
-  io_handle_t *key; /* the handle; only compared once closing */
-  io_op_t *held;    /* ops waiting for the drain, to complete cancelled */
-  send_rec_t *staged;
-  io_op_t *kernel_op;   /* the send or connect op in the kernel (its type) */
-  uint32_t inflight;    /* requests whose last completion has not come */
-  uint32_t next_free;
-  int fd;              /* the socket, also once the handle forgot it */
-  uint16_t head, tail; /* received buffers waiting, by buffer id */
-  /* -errno codes, which fit 16 bits (and 0). */
-  int16_t end;         /* with has_end: the receive side's last result */
-  int16_t send_error;
-  uint8_t closing : 1;
-  uint8_t has_end : 1;
-  uint8_t recv_armed : 1;
-  uint8_t starved : 1;
-  uint8_t reset : 1; /* the close resets: nothing staged survives it */
-  uint8_t shutdown_pending : 1;
-  uint8_t fd_closed : 1;
-} uslot_t;
 
 typedef struct uring_worker {
   io_worker_t base; /* first: the dispatch head */
@@ -135,9 +152,9 @@ typedef struct uring_worker {
   sem_t started;
   int start_rc; /* 0, -1 or IO_CORE_UNSUPPORTED */
   char start_err[200];
-  op_queue_t ready;
+  io_fifo_t ready;
   pthread_mutex_t mailbox_lock;
-  op_queue_t mailbox;
+  io_fifo_t mailbox;
   int mailbox_signalled;
   timer_heap_t timers;
   int stopping;
@@ -150,15 +167,13 @@ typedef struct uring_worker {
   uint8_t *buffers;
   unsigned buffer_count;
   unsigned buffers_free; /* in the ring now: taken by a CQE, back on recycle */
-  uint16_t *buffer_next; /* a handle's queue of received buffers */
+  uint16_t *buffer_next; /* a handle's queue of received buffers (id + 1) */
   uint32_t *buffer_len;
-  /* Slots, in chunks: the table grows by a chunk, not by doubling (an
-   * idle socket's slot is counted, issue 18), and a slot never moves. */
-  uslot_t **slot_chunks;
-  uint32_t chunk_count, chunk_cap;
-  uint32_t slot_count, free_slot, live_slots;
-  uint32_t *starved;
-  uint32_t starved_count, starved_cap;
+  /* Open handles whose multishot found no buffer, oldest first: a ring of
+   * pointers (a closed handle leaves a NULL behind). */
+  io_handle_t **starved;
+  uint32_t starved_head, starved_count, starved_cap;
+  uint32_t orphans; /* staged sends in the kernel whose handle closed */
   /* Small staged records, kept: echo-like traffic then costs no malloc. */
   send_rec_t *stage_cache[STAGE_CACHE];
   unsigned stage_cached;
@@ -179,35 +194,13 @@ static uring_worker_t *worker_of(const io_handle_t *h) {
   return (uring_worker_t *)h->worker;
 }
 
-/* A completion's user_data: the slot and the kind (the low 4 bits). */
-#define KIND_MASK 0xfu
-static uint64_t user_data(uint32_t slot, int kind) {
-  return ((uint64_t)slot << 4) | (uint64_t)kind;
-}
-
-static void queue_push(op_queue_t *q, io_op_t *op) {
-  op->next = NULL;
-  if (q->tail)
-    q->tail->next = op;
-  else
-    q->head = op;
-  q->tail = op;
-}
-
-static io_op_t *queue_pop(op_queue_t *q) {
-  io_op_t *op = q->head;
-  if (op) {
-    q->head = op->next;
-    if (!q->head)
-      q->tail = NULL;
-    op->next = NULL;
-  }
-  return op;
+static uint64_t tagged(const void *p, int kind) {
+  return (uint64_t)(uintptr_t)p | (uint64_t)kind;
 }
 
 static void make_ready(uring_worker_t *w, io_op_t *op, int status) {
   op->status = status;
-  queue_push(&w->ready, op);
+  io_fifo_push(&w->ready, op, IO_ENTRY_OP);
 }
 
 /* The kernel's own ECANCELED (a request it gave up) is not the engine's
@@ -241,231 +234,193 @@ static void buffer_recycle(uring_worker_t *w, unsigned id) {
     rearm_starved(w);
 }
 
-/* The buffer a delivered receive pointed into, or NO_BUFFER. */
-static unsigned buffer_of(uring_worker_t *w, const uint8_t *data) {
-  if (data < w->buffers ||
-      data >= w->buffers + (size_t)w->buffer_count * BUFFER_BYTES)
-    return NO_BUFFER;
-  return (unsigned)((size_t)(data - w->buffers) / BUFFER_BYTES);
-}
-
-/* ---- slots ---- */
-
-#define SLOTS_PER_CHUNK 512
-
-static uslot_t *slot_at(uring_worker_t *w, uint32_t i) {
-  return &w->slot_chunks[i / SLOTS_PER_CHUNK][i % SLOTS_PER_CHUNK];
-}
-
-static uint32_t slot_alloc(uring_worker_t *w, io_handle_t *h) {
-  uint32_t i = w->free_slot;
-  if (i != NO_SLOT) {
-    w->free_slot = slot_at(w, i)->next_free;
-  } else {
-    if (w->slot_count == NO_SLOT)
-      return NO_SLOT; /* the handle's 24 bits are all used */
-    if (w->slot_count == w->chunk_count * SLOTS_PER_CHUNK) {
-      if (w->chunk_count == w->chunk_cap) {
-        uint32_t cap = w->chunk_cap ? w->chunk_cap * 2 : 8;
-        uslot_t **grown =
-            realloc(w->slot_chunks, (size_t)cap * sizeof *grown);
-        if (!grown)
-          return NO_SLOT;
-        w->slot_chunks = grown;
-        w->chunk_cap = cap;
-      }
-      uslot_t *chunk = malloc(SLOTS_PER_CHUNK * sizeof *chunk);
-      if (!chunk)
-        return NO_SLOT;
-      w->slot_chunks[w->chunk_count++] = chunk;
-    }
-    i = w->slot_count++;
+/* The handle's queued buffers go back to the ring. */
+static void drop_queued(uring_worker_t *w, io_handle_t *h) {
+  while (h->uring.head != NO_BUFFER) {
+    unsigned id = h->uring.head - 1u;
+    h->uring.head = w->buffer_next[id];
+    buffer_recycle(w, id);
   }
-  uslot_t *s = slot_at(w, i);
-  memset(s, 0, sizeof *s);
-  s->key = h;
-  s->head = s->tail = NO_BUFFER;
-  s->next_free = NO_SLOT;
-  w->live_slots++;
-  return i;
+  h->uring.tail = NO_BUFFER;
 }
 
-/* The handle's slot, made at its first socket op (on the worker: the
- * table is the worker's alone). */
-static uslot_t *slot_of(uring_worker_t *w, io_handle_t *h) {
-  if (h->slot == NO_SLOT) {
-    uint32_t i = slot_alloc(w, h);
-    if (i == NO_SLOT)
-      return NULL;
-    h->slot = i;
-    slot_at(w, i)->fd = h->socket;
+/* ---- the starved list ---- */
+
+static int starved_push(uring_worker_t *w, io_handle_t *h) {
+  if (w->starved_count == w->starved_cap) {
+    uint32_t cap = w->starved_cap ? w->starved_cap * 2 : 64;
+    io_handle_t **grown = malloc((size_t)cap * sizeof *grown);
+    if (!grown)
+      return -1;
+    for (uint32_t k = 0; k < w->starved_count; k++)
+      grown[k] = w->starved[(w->starved_head + k) % w->starved_cap];
+    free(w->starved);
+    w->starved = grown;
+    w->starved_cap = cap;
+    w->starved_head = 0;
   }
-  return slot_at(w, h->slot);
+  w->starved[(w->starved_head + w->starved_count++) % w->starved_cap] = h;
+  return 0;
 }
 
-/* The slot of a closed handle that still drains, or NULL. */
-static uslot_t *draining_slot(uring_worker_t *w, const io_handle_t *h) {
-  if (h->slot == NO_SLOT || h->slot >= w->slot_count)
-    return NULL;
-  uslot_t *s = slot_at(w, h->slot);
-  return s->key == h && s->closing ? s : NULL;
+static io_handle_t *starved_pop(uring_worker_t *w) {
+  while (w->starved_count) {
+    io_handle_t *h = w->starved[w->starved_head];
+    w->starved_head = (w->starved_head + 1) % w->starved_cap;
+    w->starved_count--;
+    if (h)
+      return h;
+  }
+  return NULL;
 }
 
-/* Held ops complete once the kernel has nothing of the handle but a
- * staged send, which holds only the backend's own memory. */
-static int kernel_done(const uslot_t *s) {
-  return s->inflight == (s->staged ? 1u : 0u);
-}
-
-static void slot_check(uring_worker_t *w, uint32_t i) {
-  uslot_t *s = slot_at(w, i);
-  if (!s->closing)
-    return;
-  if (s->held && kernel_done(s)) {
-    io_op_t *op = s->held;
-    s->held = NULL;
-    while (op) {
-      io_op_t *next = op->next;
-      make_ready(w, op, IO_ECANCELED);
-      op = next;
+/* A closing handle leaves the list (a linear search: starving is rare,
+ * and only a starved handle's close pays it). */
+static void starved_remove(uring_worker_t *w, io_handle_t *h) {
+  for (uint32_t k = 0; k < w->starved_count; k++) {
+    uint32_t at = (w->starved_head + k) % w->starved_cap;
+    if (w->starved[at] == h) {
+      w->starved[at] = NULL;
+      return;
     }
   }
-  if (s->inflight == 0) {
-    s->key = NULL;
-    s->starved = 0;
-    s->next_free = w->free_slot;
-    w->free_slot = i;
-    w->live_slots--;
-  }
-}
-
-/* Cancels an op of a closed handle: at once, or when its slot has drained. */
-static void cancel_op(uring_worker_t *w, io_op_t *op) {
-  uslot_t *s = draining_slot(w, op->handle);
-  if (s && !kernel_done(s)) {
-    op->next = s->held;
-    s->held = op;
-    return;
-  }
-  make_ready(w, op, IO_ECANCELED);
 }
 
 /* ---- receiving ---- */
 
-static void arm_recv(uring_worker_t *w, uint32_t i) {
-  uslot_t *s = slot_at(w, i);
+/* The handle's receive has something to deliver: queue the handle, once. */
+static void recv_ready(uring_worker_t *w, io_handle_t *h) {
+  if (h->recv_armed && !h->recv_queued) {
+    h->recv_queued = 1;
+    io_fifo_push(&w->ready, h, IO_ENTRY_RECV);
+  }
+}
+
+/* Would deliver_recv deliver something now? A closed handle's
+ * cancellation and an end both wait for the multishot's final CQE. */
+static int recv_deliverable(const io_handle_t *h) {
+  if (h->closed)
+    return !has(h, UB_MULTISHOT);
+  if (h->uring.head != NO_BUFFER)
+    return 1;
+  return has(h, UB_HAS_END) && !has(h, UB_MULTISHOT);
+}
+
+static void recv_maybe_ready(uring_worker_t *w, io_handle_t *h) {
+  if (recv_deliverable(h))
+    recv_ready(w, h);
+}
+
+/* Cancels the multishot receive; the cancel's own CQE names nothing. */
+static void cancel_recv(uring_worker_t *w, io_handle_t *h) {
+  struct io_uring_sqe *sqe = get_sqe(w);
+  if (!sqe)
+    return;
+  io_uring_prep_cancel64(sqe, tagged(h, KIND_RECV), 0);
+  io_uring_sqe_set_data64(sqe, KIND_NONE);
+}
+
+/* Ends the receive side with status (0: the peer's FIN). Data that came
+ * before is delivered first. */
+static void end_recv(uring_worker_t *w, io_handle_t *h, int status) {
+  if (has(h, UB_HAS_END))
+    return;
+  set_bit(h, UB_HAS_END);
+  h->uring.end = (int16_t)status;
+  if (has(h, UB_MULTISHOT))
+    cancel_recv(w, h); /* the end is delivered after its final CQE */
+  recv_maybe_ready(w, h);
+}
+
+static void arm_recv(uring_worker_t *w, io_handle_t *h) {
   struct io_uring_sqe *sqe = get_sqe(w);
   if (!sqe) {
-    s->has_end = 1;
-    s->end = -EBUSY;
+    end_recv(w, h, -EBUSY);
     return;
   }
-  io_uring_prep_recv_multishot(sqe, s->fd, NULL, 0, 0);
+  io_uring_prep_recv_multishot(sqe, h->socket, NULL, 0, 0);
   sqe->flags |= IOSQE_BUFFER_SELECT;
   sqe->buf_group = BUFFER_GROUP;
-  io_uring_sqe_set_data64(sqe, user_data(i, KIND_RECV));
-  s->recv_armed = 1;
-  s->inflight++;
+  io_uring_sqe_set_data64(sqe, tagged(h, KIND_RECV));
+  set_bit(h, UB_MULTISHOT);
 }
 
-/* Hands the next received buffer (or the end) to the waiting receive op,
- * or arms the multishot receive when nothing is waiting. */
-static void serve_recv(uring_worker_t *w, uint32_t i) {
-  uslot_t *s = slot_at(w, i);
-  io_handle_t *h = s->key;
-  io_op_t *op = h->pending_read;
-  if (!op)
-    return;
-  if (s->head != NO_BUFFER) {
-    unsigned id = s->head;
-    s->head = w->buffer_next[id];
-    if (s->head == NO_BUFFER)
-      s->tail = NO_BUFFER;
-    h->pending_read = NULL;
-    io_recv_op(op)->data = buffer_at(w, id);
-    make_ready(w, op, (int)w->buffer_len[id]); /* bytes, until delivery */
-    return;
-  }
-  if (s->has_end) {
-    h->pending_read = NULL;
-    make_ready(w, op, s->end);
-    return;
-  }
-  if (!s->recv_armed && !s->starved)
-    arm_recv(w, i);
-}
-
-static void starve(uring_worker_t *w, uint32_t i) {
+/* No buffer for the handle's multishot: wait in the starved list. */
+static void starve(uring_worker_t *w, io_handle_t *h) {
   /* The kernel found the ring empty, but buffers may have come back since
    * (recycled before this CQE was read): then no recycle is left to wake
    * this socket, so it reads again now rather than wait forever. */
   if (w->buffers_free > 0) {
-    arm_recv(w, i);
+    arm_recv(w, h);
     return;
   }
-  if (w->starved_count == w->starved_cap) {
-    uint32_t cap = w->starved_cap ? w->starved_cap * 2 : 64;
-    uint32_t *grown = realloc(w->starved, (size_t)cap * sizeof *grown);
-    if (!grown) {
-      /* Nowhere to wait: end the receive side rather than hang. */
-      slot_at(w, i)->has_end = 1;
-      slot_at(w, i)->end = -ENOBUFS;
-      return;
-    }
-    w->starved = grown;
-    w->starved_cap = cap;
+  if (starved_push(w, h) != 0) {
+    end_recv(w, h, -ENOBUFS); /* nowhere to wait: end rather than hang */
+    return;
   }
-  slot_at(w, i)->starved = 1;
-  w->starved[w->starved_count++] = i;
+  set_bit(h, UB_STARVED);
 }
 
 /* A buffer came back: the longest-starved socket may read again. */
 static void rearm_starved(uring_worker_t *w) {
-  while (w->starved_count) {
-    uint32_t i = w->starved[0];
-    memmove(w->starved, w->starved + 1,
-            (size_t)--w->starved_count * sizeof *w->starved);
-    uslot_t *s = slot_at(w, i);
-    if (!s->starved || s->closing || !s->key)
-      continue;
-    s->starved = 0;
-    if (!s->recv_armed && !s->has_end)
-      arm_recv(w, i);
+  io_handle_t *h = starved_pop(w);
+  if (!h)
     return;
-  }
+  clear_bit(h, UB_STARVED);
+  if (!h->closed && !has(h, UB_MULTISHOT) && !has(h, UB_HAS_END))
+    arm_recv(w, h);
 }
 
-static void on_recv_cqe(uring_worker_t *w, uint32_t i, int res,
-                        unsigned flags) {
-  uslot_t *s = slot_at(w, i);
-  unsigned id = flags & IORING_CQE_F_BUFFER ? flags >> IORING_CQE_BUFFER_SHIFT
-                                            : NO_BUFFER;
-  if (id != NO_BUFFER)
-    w->buffers_free--;
-  if (!(flags & IORING_CQE_F_MORE))
-    s->recv_armed = 0;
-  if (s->closing || (s->has_end && res > 0)) {
-    if (id != NO_BUFFER)
-      buffer_recycle(w, id);
+static void uring_recv_start(io_handle_t *h) {
+  uring_worker_t *w = worker_of(h);
+  h->recv_armed = 1;
+  if (recv_deliverable(h)) {
+    recv_ready(w, h);
     return;
   }
-  if (res > 0 && id != NO_BUFFER) {
+  if (h->closed || h->socket == IO_INVALID_SOCKET || has(h, UB_HAS_END) ||
+      has(h, UB_MULTISHOT) || has(h, UB_STARVED))
+    return;
+  if (w->buffers_free == 0)
+    starve(w, h);
+  else
+    arm_recv(w, h);
+}
+
+static void on_recv_cqe(uring_worker_t *w, io_handle_t *h, int res,
+                        unsigned flags) {
+  unsigned id = flags & IORING_CQE_F_BUFFER
+                    ? flags >> IORING_CQE_BUFFER_SHIFT
+                    : 0xffffffffu;
+  if (id != 0xffffffffu)
+    w->buffers_free--;
+  if (!(flags & IORING_CQE_F_MORE))
+    clear_bit(h, UB_MULTISHOT);
+  if (h->closed || (has(h, UB_HAS_END) && res > 0)) {
+    if (id != 0xffffffffu)
+      buffer_recycle(w, id);
+  } else if (res > 0 && id != 0xffffffffu) {
     w->buffer_len[id] = (uint32_t)res;
     w->buffer_next[id] = NO_BUFFER;
-    if (s->tail != NO_BUFFER)
-      w->buffer_next[s->tail] = (uint16_t)id;
+    if (h->uring.tail != NO_BUFFER)
+      w->buffer_next[h->uring.tail - 1u] = (uint16_t)(id + 1);
     else
-      s->head = (uint16_t)id;
-    s->tail = (uint16_t)id;
+      h->uring.head = (uint16_t)(id + 1);
+    h->uring.tail = (uint16_t)(id + 1);
+    /* A multishot the kernel ended without an error is armed again by the
+     * next io_recv_start that finds nothing queued. */
   } else if (res == -ENOBUFS) {
-    starve(w, i);
-  } else if (res == -ECANCELED && !s->recv_armed) {
-    /* Not ours (we cancel only when closing): read on. */
+    /* An owner that has no receive armed arms it again itself. */
+    if (h->recv_armed && !has(h, UB_HAS_END))
+      starve(w, h);
+  } else if (res == -ECANCELED) {
+    /* Not ours (we cancel only when closing or ending): read on. */
+    if (h->recv_armed && !has(h, UB_HAS_END) && !has(h, UB_MULTISHOT))
+      arm_recv(w, h);
   } else if (res <= 0) {
-    s->has_end = 1;
-    s->end = res;
+    end_recv(w, h, res);
   }
-  serve_recv(w, i);
+  recv_maybe_ready(w, h);
 }
 
 /* ---- accepting ---- */
@@ -491,7 +446,7 @@ static int watch_listeners(uring_worker_t *w) {
     if (!sqe)
       return -EBUSY;
     io_uring_prep_poll_multishot(sqe, w->listen_epoll, POLLIN);
-    io_uring_sqe_set_data64(sqe, user_data(0, KIND_LISTEN));
+    io_uring_sqe_set_data64(sqe, KIND_LISTEN);
     w->listen_polled = 1;
   }
   return 0;
@@ -560,10 +515,9 @@ static void on_listen_cqe(uring_worker_t *w, int res, unsigned flags) {
 
 /* ---- sending ---- */
 
-static void close_fd(uring_worker_t *w, uint32_t i);
+static void close_fd(uring_worker_t *w, int fd);
 
-static void issue_send_op(uring_worker_t *w, uint32_t i, io_op_t *op) {
-  uslot_t *s = slot_at(w, i);
+static void issue_send_op(uring_worker_t *w, io_handle_t *h, io_op_t *op) {
   struct io_uring_sqe *sqe = get_sqe(w);
   if (!sqe) {
     make_ready(w, op, -EBUSY);
@@ -574,10 +528,9 @@ static void issue_send_op(uring_worker_t *w, uint32_t i, io_op_t *op) {
   send->msg.msg_iov = send->bufs;
   send->msg.msg_iovlen = (size_t)send->count;
   /* MSG_WAITALL: the kernel finishes a short write itself. */
-  io_uring_prep_sendmsg(sqe, s->fd, &send->msg, MSG_NOSIGNAL | MSG_WAITALL);
-  io_uring_sqe_set_data64(sqe, user_data(i, KIND_SEND_OP));
-  s->kernel_op = op;
-  s->inflight++;
+  io_uring_prep_sendmsg(sqe, h->socket, &send->msg, MSG_NOSIGNAL | MSG_WAITALL);
+  io_uring_sqe_set_data64(sqe, tagged(op, KIND_OP));
+  set_bit(h, UB_OP_IN_KERNEL);
 }
 
 static send_rec_t *stage_alloc(uring_worker_t *w, size_t len) {
@@ -593,34 +546,24 @@ static void stage_free(uring_worker_t *w, send_rec_t *rec) {
     free(rec);
 }
 
-static void submit_staged(uring_worker_t *w, uint32_t i) {
-  uslot_t *s = slot_at(w, i);
-  send_rec_t *rec = s->staged;
+/* Returns 0, or -1 when the kernel takes no request (the bytes are lost). */
+static int submit_staged(uring_worker_t *w, send_rec_t *rec) {
   struct io_uring_sqe *sqe = get_sqe(w);
-  if (!sqe) {
-    /* Cannot happen once the ring took what was queued; if it does, the
-     * bytes are lost, and the session must hear it. */
-    stage_free(w, rec);
-    s->staged = NULL;
-    s->send_error = -EBUSY;
-    return;
-  }
-  io_uring_prep_send(sqe, s->fd, rec->data + rec->off, rec->len - rec->off,
+  if (!sqe)
+    return -1;
+  io_uring_prep_send(sqe, rec->fd, rec->data + rec->off, rec->len - rec->off,
                      MSG_NOSIGNAL | MSG_WAITALL);
-  io_uring_sqe_set_data64(sqe, user_data(i, KIND_STAGED));
-  s->inflight++;
+  io_uring_sqe_set_data64(sqe, tagged(rec, KIND_STAGED));
+  return 0;
 }
 
 static int uring_send_now(io_handle_t *h, const io_buf_t *bufs, int count) {
   uring_worker_t *w = worker_of(h);
   if (h->closed || h->socket == IO_INVALID_SOCKET)
     return IO_ECANCELED;
-  uslot_t *s = slot_of(w, h);
-  if (!s)
-    return -ENOMEM;
-  if (s->send_error)
-    return s->send_error;
-  if (s->staged || s->kernel_op || h->pending_write)
+  if (h->uring.send_error)
+    return h->uring.send_error;
+  if (h->uring.staged || has(h, UB_OP_IN_KERNEL) || h->pending_write)
     return -EAGAIN;
   size_t total = 0;
   for (int k = 0; k < count && total <= STAGE_SMALL; k++)
@@ -635,7 +578,7 @@ static int uring_send_now(io_handle_t *h, const io_buf_t *bufs, int count) {
     msg.msg_iovlen = (size_t)count;
     ssize_t n;
     do {
-      n = sendmsg(s->fd, &msg, MSG_NOSIGNAL | MSG_DONTWAIT);
+      n = sendmsg(h->socket, &msg, MSG_NOSIGNAL | MSG_DONTWAIT);
     } while (n < 0 && errno == EINTR);
     if (n >= 0)
       return (int)n;
@@ -646,9 +589,11 @@ static int uring_send_now(io_handle_t *h, const io_buf_t *bufs, int count) {
   send_rec_t *rec = stage_alloc(w, total);
   if (!rec)
     return -EAGAIN; /* the op path will say why */
-  rec->slot = h->slot;
+  rec->handle = h;
+  rec->fd = h->socket;
   rec->len = (uint32_t)total;
   rec->off = 0;
+  rec->reset = 0;
   rec->orphan.heap_index = UINT32_MAX;
   size_t at = 0;
   for (int k = 0; k < count && at < total; k++) {
@@ -656,125 +601,147 @@ static int uring_send_now(io_handle_t *h, const io_buf_t *bufs, int count) {
     memcpy(rec->data + at, bufs[k].iov_base, n);
     at += n;
   }
-  s->staged = rec;
-  submit_staged(w, h->slot);
-  return s->staged ? (int)total : -EAGAIN;
+  if (submit_staged(w, rec) != 0) {
+    /* Cannot happen once the ring took what was queued; if it does, the
+     * session must hear it. */
+    stage_free(w, rec);
+    h->uring.send_error = -EBUSY;
+    return -EBUSY;
+  }
+  h->uring.staged = rec;
+  return (int)total;
 }
 
 /* A send failed after it was reported taken: end the receive side with
  * the error, so the session ends with a reason (SPEC section 3). */
-static void send_failed(uring_worker_t *w, uint32_t i, int status) {
-  uslot_t *s = slot_at(w, i);
-  s->send_error = status;
-  if (!s->has_end) {
-    s->has_end = 1;
-    s->end = status;
-  }
-  serve_recv(w, i);
+static void send_failed(uring_worker_t *w, io_handle_t *h, int status) {
+  h->uring.send_error = (int16_t)status;
+  end_recv(w, h, status);
 }
 
-/* The socket's sends are done: what waited behind them goes on. */
-static void after_send(uring_worker_t *w, uint32_t i) {
-  uslot_t *s = slot_at(w, i);
-  if (s->closing) {
-    if (!s->staged && !s->fd_closed)
-      close_fd(w, i);
+/* The open socket's send in the kernel is done: what waited behind it
+ * goes on. */
+static void after_send(uring_worker_t *w, io_handle_t *h) {
+  if (h->uring.staged || has(h, UB_OP_IN_KERNEL))
     return;
-  }
-  io_handle_t *h = s->key;
   io_op_t *op = h->pending_write;
-  if (op && !s->staged) {
+  if (op) {
     h->pending_write = NULL;
-    if (s->send_error)
-      make_ready(w, op, s->send_error);
+    if (h->uring.send_error)
+      make_ready(w, op, h->uring.send_error);
     else
-      issue_send_op(w, i, op);
+      issue_send_op(w, h, op);
   }
-  if (s->shutdown_pending && !s->staged && !s->kernel_op) {
-    s->shutdown_pending = 0;
+  if (has(h, UB_SHUTDOWN) && !has(h, UB_OP_IN_KERNEL)) {
+    clear_bit(h, UB_SHUTDOWN);
     shutdown(h->socket, SHUT_WR);
   }
 }
 
-static void on_staged_cqe(uring_worker_t *w, uint32_t i, int res) {
-  uslot_t *s = slot_at(w, i);
-  send_rec_t *rec = s->staged;
-  if (res > 0 && rec->off + (uint32_t)res < rec->len && !s->reset) {
+static void on_staged_cqe(uring_worker_t *w, send_rec_t *rec, int res) {
+  if (res > 0 && rec->off + (uint32_t)res < rec->len && !rec->reset) {
     rec->off += (uint32_t)res; /* interrupted: send the rest */
-    submit_staged(w, i);
-    return;
+    if (submit_staged(w, rec) == 0)
+      return;
+    res = -EBUSY;
   }
   if (rec->orphan.heap_index != UINT32_MAX)
     timer_heap_remove(&w->timers, &rec->orphan);
+  io_handle_t *h = rec->handle;
+  int fd = rec->fd;
   stage_free(w, rec);
-  s->staged = NULL;
-  if (res < 0 && !s->closing)
-    send_failed(w, i, kernel_status(res));
-  after_send(w, i);
+  if (!h) {
+    /* An orphan: the descriptor ends with its bytes. */
+    w->orphans--;
+    if (fd >= 0)
+      close_fd(w, fd);
+    return;
+  }
+  h->uring.staged = NULL;
+  if (res < 0)
+    send_failed(w, h, kernel_status(res));
+  after_send(w, h);
 }
 
-static void on_send_op_cqe(uring_worker_t *w, uint32_t i, int res) {
-  uslot_t *s = slot_at(w, i);
-  io_op_t *op = s->kernel_op;
-  s->kernel_op = NULL;
-  if (s->closing) {
-    op->next = s->held;
-    s->held = op;
-  } else {
-    int status = res < 0 ? kernel_status(res) : res;
-    if (status < 0)
-      s->send_error = status;
-    make_ready(w, op, status);
+/* A send or connect op's completion. Its owner keeps the op, and so the
+ * handle, until the op is delivered. */
+static void on_op_cqe(uring_worker_t *w, io_op_t *op, int res) {
+  io_handle_t *h = op->handle;
+  clear_bit(h, UB_OP_IN_KERNEL);
+  if (op->type != IO_OP_SEND) {
+    make_ready(w, op, kernel_status(res));
+    return;
   }
-  after_send(w, i);
+  int status = res < 0 ? kernel_status(res) : res;
+  if (status < 0 && !h->closed)
+    h->uring.send_error = (int16_t)status;
+  make_ready(w, op, status);
+  if (!h->closed)
+    after_send(w, h);
 }
 
 /* ---- closing ---- */
 
-static void close_fd(uring_worker_t *w, uint32_t i) {
-  uslot_t *s = slot_at(w, i);
+static void close_fd(uring_worker_t *w, int fd) {
   struct io_uring_sqe *sqe = get_sqe(w);
-  s->fd_closed = 1;
   if (!sqe) {
-    close(s->fd);
+    close(fd);
     return;
   }
-  io_uring_prep_close(sqe, s->fd);
-  io_uring_sqe_set_data64(sqe, user_data(i, KIND_CLOSE));
-  s->inflight++;
-}
-
-static void cancel_one(uring_worker_t *w, uint32_t i, int kind) {
-  struct io_uring_sqe *sqe = get_sqe(w);
-  if (!sqe)
-    return;
-  io_uring_prep_cancel64(sqe, user_data(i, kind), 0);
-  io_uring_sqe_set_data64(sqe, user_data(i, KIND_CANCEL));
-  slot_at(w, i)->inflight++;
+  io_uring_prep_close(sqe, fd);
+  io_uring_sqe_set_data64(sqe, KIND_NONE);
 }
 
 /* Everything the kernel has on the socket, by descriptor: one request,
- * however many it finds. Then the close, after it. */
-static void cancel_all_and_close(uring_worker_t *w, uint32_t i) {
-  uslot_t *s = slot_at(w, i);
+ * however many it finds. Then the close, after it (the descriptor stays
+ * ours until then, so the cancel cannot meet another socket's). */
+static void cancel_all_and_close(uring_worker_t *w, int fd) {
   if (io_uring_sq_space_left(&w->ring) < 2)
     io_uring_submit(&w->ring);
   struct io_uring_sqe *sqe = get_sqe(w);
   if (sqe) {
-    io_uring_prep_cancel_fd(sqe, s->fd, IORING_ASYNC_CANCEL_ALL);
-    io_uring_sqe_set_data64(sqe, user_data(i, KIND_CANCEL));
+    io_uring_prep_cancel_fd(sqe, fd, IORING_ASYNC_CANCEL_ALL);
+    io_uring_sqe_set_data64(sqe, KIND_NONE);
     sqe->flags |= IOSQE_IO_HARDLINK; /* the close runs after it, always */
-    s->inflight++;
   }
-  close_fd(w, i);
+  close_fd(w, fd);
 }
 
 /* A closed socket's staged bytes go out like those in a socket's buffer
- * after close(2), but not for ever: after ORPHAN_MS the send is cancelled. */
+ * after close(2), but not for ever: after ORPHAN_MS the send is cancelled
+ * (the record lives until its completion, which comes after the cancel
+ * ran: see "Lifetime"). */
 static void orphan_expired(uring_worker_t *w, send_rec_t *rec) {
-  uslot_t *s = slot_at(w, rec->slot);
-  s->reset = 1;
-  cancel_one(w, rec->slot, KIND_STAGED);
+  rec->reset = 1;
+  struct io_uring_sqe *sqe = get_sqe(w);
+  if (!sqe)
+    return;
+  io_uring_prep_cancel64(sqe, tagged(rec, KIND_STAGED), 0);
+  io_uring_sqe_set_data64(sqe, KIND_NONE);
+}
+
+static void reap(uring_worker_t *w);
+
+/* The owner closed the handle with no receive armed while its multishot
+ * is in the kernel (the cancel is queued): nothing of the owner's holds
+ * the handle until the final CQE, so the close waits for it here. The
+ * completions reaped meanwhile are queued, none delivered: the owner is
+ * not re-entered. */
+static void await_recv_end(uring_worker_t *w, io_handle_t *h) {
+  uint64_t started = clock_now_ms();
+  int logged = 0;
+  while (has(h, UB_MULTISHOT)) {
+    struct __kernel_timespec ts = {.tv_sec = 0, .tv_nsec = 100000000};
+    struct io_uring_cqe *cqe;
+    io_uring_submit_and_wait_timeout(&w->ring, &cqe, 1, &ts, NULL);
+    reap(w);
+    if (!logged && has(h, UB_MULTISHOT) && clock_now_ms() - started > 1000) {
+      log_write(LOG_ERROR, "core",
+                "io_uring: a closed socket's receive is not cancelled after "
+                "1 s; still waiting for the kernel");
+      logged = 1;
+    }
+  }
 }
 
 static void uring_handle_close(io_handle_t *h) {
@@ -782,81 +749,68 @@ static void uring_handle_close(io_handle_t *h) {
   if (h->closed)
     return;
   h->closed = 1;
-  if (h->socket == IO_INVALID_SOCKET)
-    return;
-  if (h->slot == NO_SLOT) {
-    /* Never had a request in the kernel: a listener (its accepts wait
-     * here, not in the kernel), or a socket that never did I/O. */
-    if (h->writable)
-      epoll_ctl(w->listen_epoll, EPOLL_CTL_DEL, h->socket, NULL);
-    close(h->socket);
-    h->socket = IO_INVALID_SOCKET;
-    io_op_t *op = h->pending_read;
-    h->pending_read = NULL;
-    while (op) {
-      io_op_t *next = op->next;
-      make_ready(w, op, IO_ECANCELED);
-      op = next;
-    }
-    return;
-  }
-  uint32_t i = h->slot;
-  uslot_t *s = slot_at(w, i);
-  h->socket = IO_INVALID_SOCKET;
-  s->closing = 1;
-  /* Ops waiting here complete cancelled once the kernel let go. */
+  /* Ops waiting here (accepts, a send behind a send in the kernel) are
+   * not in the kernel: they end at once. Ops in the kernel end with their
+   * own completions. */
   io_op_t *op = h->pending_read;
   h->pending_read = NULL;
   while (op) {
     io_op_t *next = op->next;
-    op->next = s->held;
-    s->held = op;
+    make_ready(w, op, IO_ECANCELED);
     op = next;
   }
   if (h->pending_write) {
-    h->pending_write->next = s->held;
-    s->held = h->pending_write;
+    make_ready(w, h->pending_write, IO_ECANCELED);
     h->pending_write = NULL;
   }
-  while (s->head != NO_BUFFER) {
-    unsigned id = s->head;
-    s->head = w->buffer_next[id];
-    buffer_recycle(w, id);
+  if (has(h, UB_STARVED)) {
+    starved_remove(w, h);
+    clear_bit(h, UB_STARVED);
   }
-  s->tail = NO_BUFFER;
-  if (s->inflight == 0) {
-    close(s->fd);
-    s->fd_closed = 1;
-  } else if (s->staged && !s->reset) {
-    /* The staged bytes were reported sent: they go out first, and the
-     * descriptor is closed after them (after_send). The rest is cancelled
-     * one by one. */
-    if (s->recv_armed)
-      cancel_one(w, i, KIND_RECV);
-    if (s->kernel_op)
-      cancel_one(w, i, s->kernel_op->type == IO_OP_SEND ? KIND_SEND_OP
-                                                        : KIND_CONNECT);
-    s->staged->orphan.op.handle = &w->internal;
-    s->staged->orphan.due_ms = clock_now_ms() + ORPHAN_MS;
-    if (timer_heap_insert(&w->timers, &s->staged->orphan) != 0)
-      orphan_expired(w, s->staged);
-  } else {
-    cancel_all_and_close(w, i);
+  drop_queued(w, h);
+  int fd = h->socket;
+  h->socket = IO_INVALID_SOCKET;
+  if (fd != IO_INVALID_SOCKET) {
+    send_rec_t *rec = h->uring.staged;
+    h->uring.staged = NULL;
+    if (h->writable) /* a listener, in the listeners' epoll */
+      epoll_ctl(w->listen_epoll, EPOLL_CTL_DEL, fd, NULL);
+    if (!rec && !has(h, UB_MULTISHOT) && !has(h, UB_OP_IN_KERNEL)) {
+      close(fd); /* nothing of it in the kernel */
+    } else if (rec && !has(h, UB_RESET)) {
+      /* The staged bytes were reported sent: they go out first, and the
+       * record closes the descriptor after them. Only the receive is
+       * cancelled: no send op is in the kernel beside a staged send. */
+      rec->handle = NULL;
+      w->orphans++;
+      if (has(h, UB_MULTISHOT))
+        cancel_recv(w, h);
+      rec->orphan.op.handle = &w->internal;
+      rec->orphan.due_ms = clock_now_ms() + ORPHAN_MS;
+      if (timer_heap_insert(&w->timers, &rec->orphan) != 0)
+        orphan_expired(w, rec);
+    } else {
+      if (rec) { /* cancelled with the rest; the ring closes the socket */
+        rec->handle = NULL;
+        rec->fd = -1;
+        rec->reset = 1;
+        w->orphans++;
+      }
+      cancel_all_and_close(w, fd);
+    }
   }
-  slot_check(w, i);
+  if (has(h, UB_MULTISHOT) && !h->recv_armed)
+    await_recv_end(w, h);
+  recv_maybe_ready(w, h); /* an armed receive ends cancelled */
 }
 
 static void uring_shutdown_write(io_handle_t *h) {
   if (h->closed || h->socket == IO_INVALID_SOCKET)
     return;
-  uring_worker_t *w = worker_of(h);
-  if (h->slot != NO_SLOT) {
-    uslot_t *s = slot_at(w, h->slot);
-    if (s->staged || s->kernel_op) {
-      /* After the bytes before it, not before them. */
-      s->shutdown_pending = 1;
-      return;
-    }
+  if (h->uring.staged || has(h, UB_OP_IN_KERNEL)) {
+    /* After the bytes before it, not before them. */
+    set_bit(h, UB_SHUTDOWN);
+    return;
   }
   shutdown(h->socket, SHUT_WR);
 }
@@ -866,10 +820,7 @@ static void uring_reset_on_close(io_handle_t *h) {
     return;
   struct linger reset = {.l_onoff = 1, .l_linger = 0};
   setsockopt(h->socket, SOL_SOCKET, SO_LINGER, &reset, sizeof reset);
-  uring_worker_t *w = worker_of(h);
-  uslot_t *s = slot_of(w, h);
-  if (s)
-    s->reset = 1;
+  set_bit(h, UB_RESET);
 }
 
 /* ---- timers ---- */
@@ -913,33 +864,21 @@ static void start_op(uring_worker_t *w, io_op_t *op) {
     break;
   }
   if (h->closed || h->socket == IO_INVALID_SOCKET) {
-    cancel_op(w, op);
+    make_ready(w, op, IO_ECANCELED);
     return;
   }
-  if (op->type == IO_OP_ACCEPT) {
+  switch (op->type) {
+  case IO_OP_ACCEPT:
     start_accept(w, op);
     return;
-  }
-  uslot_t *s = slot_of(w, h);
-  if (!s) {
-    make_ready(w, op, -ENOMEM);
-    return;
-  }
-  uint32_t i = h->slot;
-  switch (op->type) {
-  case IO_OP_RECV:
-    op->next = NULL;
-    h->pending_read = op;
-    serve_recv(w, i);
-    return;
   case IO_OP_SEND:
-    if (s->send_error) {
-      make_ready(w, op, s->send_error);
-    } else if (s->staged || s->kernel_op) {
+    if (h->uring.send_error) {
+      make_ready(w, op, h->uring.send_error);
+    } else if (h->uring.staged || has(h, UB_OP_IN_KERNEL)) {
       op->next = NULL;
       h->pending_write = op;
     } else {
-      issue_send_op(w, i, op);
+      issue_send_op(w, h, op);
     }
     return;
   case IO_OP_CONNECT: {
@@ -949,13 +888,12 @@ static void start_op(uring_worker_t *w, io_op_t *op) {
       return;
     }
     const address_t *to = io_connect_op(op)->to;
-    io_uring_prep_connect(sqe, s->fd, &to->u.sa, address_length(to));
-    io_uring_sqe_set_data64(sqe, user_data(i, KIND_CONNECT));
-    s->kernel_op = op;
-    s->inflight++;
+    io_uring_prep_connect(sqe, h->socket, &to->u.sa, address_length(to));
+    io_uring_sqe_set_data64(sqe, tagged(op, KIND_OP));
+    set_bit(h, UB_OP_IN_KERNEL);
     return;
   }
-  default:
+  default: /* IO_OP_RECV is io_recv_start's now */
     make_ready(w, op, -EINVAL);
     return;
   }
@@ -969,10 +907,10 @@ static void wake_worker(uring_worker_t *w) {
   } while (n < 0 && errno == EINTR);
 }
 
-static void hand_over(uring_worker_t *w, io_op_t *op) {
+static void hand_over(uring_worker_t *w, void *entry, io_entry_kind_t kind) {
   int signal;
   pthread_mutex_lock(&w->mailbox_lock);
-  queue_push(&w->mailbox, op);
+  io_fifo_push(&w->mailbox, entry, kind);
   signal = !w->mailbox_signalled;
   w->mailbox_signalled = 1;
   pthread_mutex_unlock(&w->mailbox_lock);
@@ -985,7 +923,15 @@ static void uring_submit(io_op_t *op) {
   if (io__current_worker == &w->base)
     start_op(w, op);
   else
-    hand_over(w, op);
+    hand_over(w, op, IO_ENTRY_OP);
+}
+
+static void uring_wake(io_handle_t *h) {
+  uring_worker_t *w = worker_of(h);
+  if (io__current_worker == &w->base)
+    io_fifo_push(&w->ready, h, IO_ENTRY_WAKE);
+  else
+    hand_over(w, h, IO_ENTRY_WAKE);
 }
 
 /* The mailbox's eventfd is read through the ring: a blocking descriptor,
@@ -995,67 +941,52 @@ static int arm_wake(uring_worker_t *w) {
   if (!sqe)
     return -1;
   io_uring_prep_read(sqe, w->wake_fd, &w->wake_value, sizeof w->wake_value, 0);
-  io_uring_sqe_set_data64(sqe, user_data(0, KIND_WAKE));
+  io_uring_sqe_set_data64(sqe, KIND_WAKE);
   return 0;
 }
 
 static void drain_mailbox(uring_worker_t *w) {
   pthread_mutex_lock(&w->mailbox_lock);
-  io_op_t *op = w->mailbox.head;
-  w->mailbox.head = w->mailbox.tail = NULL;
+  io_fifo_t arrived = w->mailbox;
+  w->mailbox.head = w->mailbox.tail = 0;
   w->mailbox_signalled = 0;
   pthread_mutex_unlock(&w->mailbox_lock);
-  while (op) {
-    io_op_t *next = op->next;
-    start_op(w, op);
-    op = next;
+  /* Wake-ups go to the ready queue as they are; ops start (a post is
+   * made ready there too), each in the order it arrived. */
+  io_entry_kind_t kind;
+  void *entry;
+  while ((entry = io_fifo_pop(&arrived, &kind)) != NULL) {
+    if (kind == IO_ENTRY_OP)
+      start_op(w, entry);
+    else
+      io_fifo_push(&w->ready, entry, kind);
   }
 }
 
 /* ---- completions ---- */
 
 static void on_cqe(uring_worker_t *w, uint64_t data, int res, unsigned flags) {
-  int kind = (int)(data & KIND_MASK);
-  uint32_t i = (uint32_t)(data >> 4);
-  if (kind == KIND_WAKE) {
+  void *p = (void *)(uintptr_t)(data & ~KIND_MASK);
+  switch ((int)(data & KIND_MASK)) {
+  case KIND_WAKE:
     drain_mailbox(w);
     if (arm_wake(w) != 0)
       log_write(LOG_ERROR, "core", "io_uring: cannot re-arm the wake-up");
     return;
-  }
-  if (kind == KIND_LISTEN) {
+  case KIND_LISTEN:
     on_listen_cqe(w, res, flags);
     return;
-  }
-  switch (kind) {
   case KIND_RECV:
-    on_recv_cqe(w, i, res, flags);
-    break;
-
+    on_recv_cqe(w, p, res, flags);
+    return;
   case KIND_STAGED:
-    on_staged_cqe(w, i, res);
-    break;
-  case KIND_SEND_OP:
-    on_send_op_cqe(w, i, res);
-    break;
-  case KIND_CONNECT: {
-    uslot_t *s = slot_at(w, i);
-    io_op_t *op = s->kernel_op;
-    s->kernel_op = NULL;
-    if (s->closing) {
-      op->next = s->held;
-      s->held = op;
-    } else {
-      make_ready(w, op, kernel_status(res));
-    }
-    break;
-  }
-  default: /* KIND_CANCEL, KIND_CLOSE: counted below */
-    break;
-  }
-  if (!(flags & IORING_CQE_F_MORE)) {
-    slot_at(w, i)->inflight--;
-    slot_check(w, i);
+    on_staged_cqe(w, p, res);
+    return;
+  case KIND_OP:
+    on_op_cqe(w, p, res);
+    return;
+  default: /* KIND_NONE: a cancel or a close */
+    return;
   }
 }
 
@@ -1084,31 +1015,70 @@ static void reap(uring_worker_t *w) {
 static void deliver(uring_worker_t *w, io_op_t *op) {
   io_handle_t *h = op->handle;
   int status = op->status;
-  int is_socket_op = op->type == IO_OP_RECV || op->type == IO_OP_SEND ||
-                     op->type == IO_OP_ACCEPT || op->type == IO_OP_CONNECT;
-  unsigned id = op->type == IO_OP_RECV && status > 0
-                    ? buffer_of(w, io_recv_op(op)->data)
-                    : NO_BUFFER;
+  int is_socket_op = op->type == IO_OP_SEND || op->type == IO_OP_ACCEPT ||
+                     op->type == IO_OP_CONNECT;
   if (is_socket_op && status != IO_ECANCELED && h->closed) {
     /* A result that came in before a close the owner made since: the
      * close wins, as with epoll. */
-    if (id != NO_BUFFER)
-      buffer_recycle(w, id);
     if (op->type == IO_OP_ACCEPT && status == 0)
       close(io_accept_op(op)->socket);
-    cancel_op(w, op);
-    return;
+    status = IO_ECANCELED;
   }
   size_t bytes = 0;
-  if ((op->type == IO_OP_RECV || op->type == IO_OP_SEND) && status >= 0) {
+  if (op->type == IO_OP_SEND && status >= 0) {
     bytes = (size_t)status;
     status = 0;
   }
   atomic_fetch_add_explicit(&w->base.core->completions, 1,
                             memory_order_relaxed);
   op->complete(op, status, bytes);
+}
+
+/* A queued receive: the next buffer, the end, or the close's
+ * cancellation. The buffer goes back to the ring after the call. */
+static void deliver_recv(uring_worker_t *w, io_handle_t *h) {
+  h->recv_queued = 0;
+  if (!h->recv_armed || !recv_deliverable(h))
+    return;
+  int status = 0;
+  const uint8_t *data = w->buffers;
+  size_t len = 0;
+  unsigned id = NO_BUFFER;
+  if (h->closed) {
+    status = IO_ECANCELED;
+  } else if (h->uring.head != NO_BUFFER) {
+    id = h->uring.head;
+    h->uring.head = w->buffer_next[id - 1u];
+    if (h->uring.head == NO_BUFFER)
+      h->uring.tail = NO_BUFFER;
+    data = buffer_at(w, id - 1u);
+    len = w->buffer_len[id - 1u];
+  } else {
+    status = h->uring.end; /* 0: the peer's FIN */
+  }
+  h->recv_armed = 0;
+  atomic_fetch_add_explicit(&w->base.core->completions, 1,
+                            memory_order_relaxed);
+  w->base.core->events->received(h, status, data, len);
   if (id != NO_BUFFER)
-    buffer_recycle(w, id); /* valid only during the completion */
+    buffer_recycle(w, id - 1u); /* valid only during the call */
+}
+
+static void deliver_entry(uring_worker_t *w, void *entry,
+                          io_entry_kind_t kind) {
+  switch (kind) {
+  case IO_ENTRY_RECV:
+    deliver_recv(w, entry);
+    return;
+  case IO_ENTRY_WAKE:
+    atomic_fetch_add_explicit(&w->base.core->completions, 1,
+                              memory_order_relaxed);
+    w->base.core->events->woken(entry);
+    return;
+  default:
+    deliver(w, entry);
+    return;
+  }
 }
 
 static struct __kernel_timespec *wait_timeout(uring_worker_t *w,
@@ -1140,10 +1110,11 @@ static void run_round(uring_worker_t *w, int may_wait) {
   reap(w);
   expire_timers(w);
   for (int budget = DELIVERIES_PER_ROUND; budget > 0; budget--) {
-    io_op_t *op = queue_pop(&w->ready);
-    if (!op)
+    io_entry_kind_t kind;
+    void *entry = io_fifo_pop(&w->ready, &kind);
+    if (!entry)
       break;
-    deliver(w, op);
+    deliver_entry(w, entry, kind);
   }
 }
 
@@ -1224,21 +1195,26 @@ static int worker_init(uring_worker_t *w) {
 }
 
 /* Stopping: every handle is closed (the contract), but closes may still
- * be on their way through the kernel, and staged bytes of closed sockets
- * may still wait for a slow peer: those are cancelled now. */
+ * be queued for the kernel, and staged bytes of closed sockets may still
+ * wait for a slow peer: those are cancelled now. */
 static void worker_drain(uring_worker_t *w) {
-  for (uint32_t i = 0; i < w->slot_count; i++)
-    if (slot_at(w, i)->key && slot_at(w, i)->staged)
-      orphan_expired(w, slot_at(w, i)->staged);
+  for (uint32_t k = 0; k < w->timers.count; k++) {
+    io_timer_t *t = w->timers.items[k];
+    if (t->op.handle == &w->internal)
+      orphan_expired(w, container_of(t, send_rec_t, orphan));
+  }
+  io_uring_submit(&w->ring); /* the queued closes, whatever follows */
   uint64_t deadline = clock_now_ms() + STOP_DRAIN_MS;
-  while (w->live_slots > 0 && clock_now_ms() < deadline) {
+  while (w->orphans > 0 && clock_now_ms() < deadline) {
     struct __kernel_timespec ts = {.tv_sec = 0, .tv_nsec = 10000000};
     struct io_uring_cqe *cqe;
     io_uring_submit_and_wait_timeout(&w->ring, &cqe, 1, &ts, NULL);
     reap(w);
-    while (queue_pop(&w->ready))
+    io_entry_kind_t kind;
+    while (io_fifo_pop(&w->ready, &kind))
       ; /* nothing is owed to anyone any more */
   }
+  io_uring_submit(&w->ring);
 }
 
 static void *worker_main(void *arg) {
@@ -1274,9 +1250,6 @@ static void worker_release(uring_worker_t *w) {
   free(w->buffers);
   free(w->buffer_next);
   free(w->buffer_len);
-  for (uint32_t k = 0; k < w->chunk_count; k++)
-    free(w->slot_chunks[k]);
-  free(w->slot_chunks);
   free(w->starved);
   while (w->stage_cached)
     free(w->stage_cache[--w->stage_cached]);
@@ -1292,7 +1265,7 @@ static void uring_core_destroy(io_core_t *base) {
     handles[i].socket = IO_INVALID_SOCKET;
     stops[i].type = IO_OP_STOP;
     stops[i].handle = &handles[i];
-    hand_over(&core->workers[i], &stops[i]);
+    hand_over(&core->workers[i], &stops[i], IO_ENTRY_OP);
   }
   for (int i = 0; i < count; i++) {
     pthread_join(core->workers[i].thread, NULL);
@@ -1305,8 +1278,8 @@ static void uring_core_destroy(io_core_t *base) {
   free(core);
 }
 
-static int uring_core_create(int threads, io_core_t **out, char *err,
-                             size_t err_len) {
+static int uring_core_create(int threads, const io_handle_events_t *events,
+                             io_core_t **out, char *err, size_t err_len) {
   uring_core_t *core = calloc(1, sizeof *core);
   if (core) {
     core->workers = calloc((size_t)threads, sizeof *core->workers);
@@ -1322,6 +1295,7 @@ static int uring_core_create(int threads, io_core_t **out, char *err,
     return -1;
   }
   core->base.ops = &io__uring_ops;
+  core->base.events = events;
   int started = 0, rc = 0;
   for (int i = 0; i < threads && rc == 0; i++) {
     uring_worker_t *w = &core->workers[i];
@@ -1330,8 +1304,6 @@ static int uring_core_create(int threads, io_core_t **out, char *err,
     w->base.index = i;
     w->internal.worker = &w->base;
     w->internal.socket = IO_INVALID_SOCKET;
-    w->internal.slot = NO_SLOT;
-    w->free_slot = NO_SLOT;
     w->listen_epoll = -1;
     core->base.workers[i] = &w->base;
     pthread_mutex_init(&w->mailbox_lock, NULL);
@@ -1367,7 +1339,7 @@ static int uring_core_create(int threads, io_core_t **out, char *err,
 }
 
 static int uring_handle_open(io_handle_t *h) {
-  (void)h; /* registered lazily, on the worker, at its first op */
+  (void)h; /* nothing to register: requests name the handle themselves */
   return 0;
 }
 
@@ -1383,4 +1355,6 @@ const io_backend_ops_t io__uring_ops = {
     .reset_on_close = uring_reset_on_close,
     .submit = uring_submit,
     .timer_cancel = uring_timer_cancel,
+    .recv_start = uring_recv_start,
+    .wake = uring_wake,
 };
