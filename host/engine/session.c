@@ -627,12 +627,16 @@ static void on_recv_done(io_handle_t *h, int status, const uint8_t *data,
     s->peer_eof = 1;
     begin_close(s, REASON_PEER_CLOSED, 1);
   } else {
+    /* The next receive is armed before these bytes are delivered, so an
+     * open session always has one (and the reference it holds), also when
+     * the handler closes it: a backend then never finds its handle with
+     * requests in the kernel and nothing to keep it alive (io_uring.c).
+     * The bytes stay valid: deliveries are serial, the next one comes
+     * after this call. Reading goes on once a close was asked for: input
+     * is no longer delivered, but the socket stays drained and the linger
+     * after our FIN needs a receive to see the peer's. */
+    start_recv(s);
     session__receive(s, data, bytes);
-    /* Keep reading also once a close was asked for (here or from another
-     * thread): input is no longer delivered, but the socket stays drained
-     * and the linger after our FIN needs a receive to see the peer's. */
-    if (!s->handle.closed)
-      start_recv(s);
   }
   session_release(s);
 }
