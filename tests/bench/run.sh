@@ -486,10 +486,10 @@ if [ "${SKIP_IDLE:-0}" != 1 ]; then
     case " $PEERS " in *" $peer "*) ;; *) continue ;; esac
     program=$(build_of "$peer")/tests/bench/idle_sessions
     [ -x "$program" ] || continue
-    log "idle: the engine of $peer in-process (idle_sessions, mallinfo2)"
+    log "idle: the engine of $peer in-process, with the host's 16-byte record (idle_sessions, mallinfo2)"
     backend=epoll
     [ "$peer" = uring ] && backend=io_uring
-    line=$(IOCPHOST_DEFAULT_BACKEND=$backend taskset -c "$SERVER_CPU,$CLIENT_CPU" "$program" 2>&1 |
+    line=$(IOCPHOST_DEFAULT_BACKEND=$backend IOCPHOST_BENCH_EXTRA_BYTES=16 taskset -c "$SERVER_CPU,$CLIENT_CPU" "$program" 2>&1 |
       awk '/per idle session/ {print $5}') || true
     echo "engine_idle peer=$peer heap_bytes_per_session=${line:-0}" >>"$RESULTS"
   done

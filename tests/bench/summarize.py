@@ -45,7 +45,7 @@ ROWS = [
     ("churn", "syscalls_per_msg", "churn: syscalls/connection", True),
     ("idle", "rss_bytes_per_conn", "idle 10k: RSS bytes/session", True),
     ("engine_idle", "heap_bytes_per_session",
-     "idle 10k: engine heap bytes/session (idle_sessions)", True),
+     "idle 10k: engine + host record heap bytes/session (idle_sessions)", True),
 ]
 
 # (workload, metric key, label, lower is better); the tick figures come from
@@ -274,7 +274,7 @@ def main():
     for peer in ("iocphost", "uring", "candidate"):
         for workload, metric, label in (("idle", "rss_bytes_per_conn", "RSS delta"),
                                         ("engine_idle", "heap_bytes_per_session",
-                                         "engine heap, idle_sessions")):
+                                         "engine + host record heap, idle_sessions")):
             v = med.get((peer, workload, metric))
             if v is not None:
                 print(f"- {TITLES[peer]} bytes per idle session ({label}): {v:.0f} "
