@@ -269,6 +269,9 @@ typedef struct service_stats {
   uint64_t sessions_max;
   uint64_t accepted;
   uint64_t rejected;
+  /* A client's connects, and those that failed; with a transport, a
+   * connect counts once its handshakes are done, and a failed handshake
+   * is a failed connect. */
   uint64_t connects;
   uint64_t connect_failures;
   uint64_t reconnect_delay_ms; /* the backoff chosen after the last failure,

@@ -166,6 +166,9 @@ void service__count_buffers(service_t *svc, int64_t send_delta,
                             int64_t recv_delta);
 void service__connect_done(client_slot_t *slot, session_t *s, int status);
 void service__client_closed(client_slot_t *slot, session_t *s);
+/* A client session's on_connected is about to run (its transport's
+ * handshakes are done). */
+void service__client_opened(client_slot_t *slot);
 void service__session_allocated(service_t *svc);
 void service__session_freed(service_t *svc);
 /* The service's stop has begun (service_stop_accepting). */

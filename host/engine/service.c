@@ -96,6 +96,10 @@ struct client_slot {
   uint64_t connected_ms; /* when the slot's session connected; 0 if none */
   uint8_t state;
   uint8_t stopping;
+  /* Connected, but the transport's handshake (TLS, the WebSocket upgrade)
+   * is not done: the connect counts, and the backoff may reset, only once
+   * it is; a handshake that fails counts as a failed connect. */
+  uint8_t handshaking;
   uint64_t rng;
   uint64_t log_last_ms, log_suppressed;
 };
@@ -679,18 +683,39 @@ void service__connect_done(client_slot_t *slot, session_t *s, int status) {
                                        : io_strerror(status));
     return;
   }
+  slot->state = SLOT_CONNECTED;
+  if (svc->opt.transport_layers) {
+    slot->handshaking = 1; /* service__client_opened counts it */
+    return;
+  }
   atomic_fetch_add(&svc->connects, 1);
   /* The backoff is reset when this session ends, if it stayed up long
    * enough to count as a healthy server (service__client_closed). */
   slot->connected_ms = clock_now_ms();
-  slot->state = SLOT_CONNECTED;
   log_write(LOG_DEBUG, "client", "service %s: connected to %s", svc->name,
             addr);
+}
+
+void service__client_opened(client_slot_t *slot) {
+  if (!slot->handshaking)
+    return;
+  slot->handshaking = 0;
+  atomic_fetch_add(&slot->service->connects, 1);
+  slot->connected_ms = clock_now_ms();
+  log_write(LOG_DEBUG, "client", "service %s: connected, handshake done",
+            slot->service->name);
 }
 
 void service__client_closed(client_slot_t *slot, session_t *s) {
   if (slot->session == s)
     slot->session = NULL;
+  if (slot->handshaking) {
+    /* The layer that failed has said why, once (its own log line). A
+     * handshake cut by the host's stop is no failure of the server's. */
+    slot->handshaking = 0;
+    if (s->reason != REASON_HOST_STOPPING)
+      atomic_fetch_add(&slot->service->connect_failures, 1);
+  }
   if (slot->connected_ms &&
       clock_now_ms() - slot->connected_ms >= reset_after_ms(slot->service))
     slot->backing_off = 0;

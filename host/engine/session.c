@@ -432,6 +432,8 @@ static void open_session(session_t *s, int start_receiving) {
   s->state = SESSION_OPEN;
   engine_unlock(&s->lock);
   s->opened = 1;
+  if (s->tail && s->tail->slot)
+    service__client_opened(s->tail->slot);
   o->factory.handler->on_connected(s);
   if (start_receiving)
     start_recv(s);

@@ -345,6 +345,12 @@ class TlsTest(HostTestCase):
             now = services_now()
             self.assertEqual(now["to_other"]["sessions"], 0)
             self.assertEqual(now["to_wrong"]["sessions"], 0)
+            # A refused handshake is a failed connect, not a connect.
+            for name in ("to_other", "to_wrong"):
+                self.assertEqual(now[name]["connects"], 0, name)
+                self.assertGreaterEqual(now[name]["connect_failures"], 1, name)
+            self.assertEqual(now["to_right"]["connects"], 1)
+            self.assertEqual(now["to_right"]["connect_failures"], 0)
 
     def test_slow_handshake_is_cut_at_its_deadline(self):
         self.start_host(self.bystander_services())

@@ -377,6 +377,15 @@ class WebSocketClientTest(HostTestCase):
                                                          ("closer", closer)]:
                 harness.wait_until(lambda: len(server.after) >= 4, 30,
                                    "%s: four attempts" % name)
+            # A refused upgrade is a failed connect, not a connect. (So is
+            # the masked frame: it comes with the upgrade's answer, and the
+            # session ends before it opens.)
+            stats = {s["name"]: s for s in host.status_json()["services"]}
+            for name in ("wrong_accept", "ok_200", "silent", "closer",
+                         "masked"):
+                self.assertEqual(stats[name]["connects"], 0, name)
+                self.assertGreaterEqual(stats[name]["connect_failures"], 3,
+                                        name)
             host.stop()
         finally:
             for server in list(servers.values()) + [silent, closer]:
