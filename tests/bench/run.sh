@@ -45,7 +45,7 @@
 # SERVER_CPU (0), CLIENT_CPU (1), BASE_PORT (17800), PEERS (all four,
 # space-separated), OTHER_MAX (25: foreign load, in % of a CPU, above which
 # a run is repeated), RETRIES (1), RT (0; 1: the game suite at SCHED_FIFO
-# priority, see pinned), SYSCALL_COUNTER (perf or strace; perf when
+# priority, see pinned), WORKLOADS (only these, e.g. "rate"), SYSCALL_COUNTER (perf or strace; perf when
 # its syscall tracepoints work), SKIP_BUILD=1, SKIP_SYSCALLS=1, SKIP_IDLE=1.
 set -euo pipefail
 
@@ -333,12 +333,18 @@ stop_peer() {
 # ---- workloads ----
 
 workloads_of() { # peer: the packet peers run what differs from raw
+  local all w
   case $1 in
-    bcast-epoll | rooms*) echo rooms ;;
-    *-work) echo work ;;
-    *-packet | metrics) echo "pingpong rate" ;;
-    *) echo "pingpong bulk rate churn" ;;
+    bcast-epoll | rooms*) all=rooms ;;
+    *-work) all=work ;;
+    *-packet | metrics) all="pingpong rate" ;;
+    *) all="pingpong bulk rate churn" ;;
   esac
+  [ -n "${WORKLOADS:-}" ] || { echo "$all"; return; }
+  for w in $all; do # WORKLOADS: only these (e.g. "rate")
+    case " $WORKLOADS " in *" $w "*) printf '%s ' "$w" ;; esac
+  done
+  echo
 }
 
 loadgen_args() { # workload peer port
