@@ -1,5 +1,6 @@
 /*
- * Linux backend: a proactor on io_uring (liburing 2.3, kernel 6.0 or later).
+ * Linux backend: a proactor on io_uring (liburing 2.3, kernel 6.0 or later;
+ * 6.12 or later for incremental receive buffers).
  *
  * One ring per worker thread, and every handle is bound to one worker for
  * its whole life, as with epoll (see epoll.c for why). The ring is created
@@ -16,13 +17,23 @@
  *
  * Receiving: one multishot receive per socket, armed at the first
  * io_recv_start and left armed, reads into a provided buffer ring that the
- * worker's sockets share. An idle session holds no buffer; a buffer that
- * arrives while no receive is armed queues on the handle (by buffer id, no
- * allocation) and goes back to the ring once the owner's received call has
- * run. When the ring is empty the kernel ends the multishot (ENOBUFS); the
- * socket then waits in the worker's "starved" list and is armed again as
- * soon as a buffer comes back. Ops, wake-ups and handles whose receive has
- * a result share one delivery queue (dispatch.h).
+ * worker's sockets share. Where the kernel has it (6.12), the ring is
+ * registered for incremental consumption (IOU_PBUF_RING_INC): a receive
+ * takes only the bytes it got, at the buffer's running offset, and the
+ * kernel keeps the rest of the buffer for the next receives, of any socket
+ * (IORING_CQE_F_BUF_MORE on the CQE), so the worker's 1 MiB is 16 buffers
+ * of 64 KiB and a 64 KiB message arrives in one receive. Older kernels
+ * refuse the flag (EINVAL): each receive then takes a whole buffer, 64 of
+ * 16 KiB. What a receive got is a "piece" (buffer, offset, length) in the
+ * worker's table, queued on its handle; an idle session holds no piece and
+ * no buffer. A buffer goes back to the ring only when both the kernel is
+ * done with it (a CQE without BUF_MORE) and every piece of it was
+ * delivered, in whatever order the sockets' owners take them: each piece
+ * stays valid until its owner's received call has run. When the ring is
+ * empty the kernel ends the multishot (ENOBUFS); the socket then waits in
+ * the worker's "starved" list and is armed again as soon as a buffer comes
+ * back. Ops, wake-ups and handles whose receive has a result share one
+ * delivery queue (dispatch.h).
  *
  * Sending: io_send_now copies a small send (up to STAGE_SMALL; a larger
  * one goes out with sendmsg, whose cost is spread over its bytes) into a
