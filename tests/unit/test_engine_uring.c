@@ -464,8 +464,9 @@ static void pieces_out_of_order(int whole) {
   ck_assert_msg(tu_wait_until(socket_drained, &a.server, 10000),
                 "the kernel never read socket A");
   ck_assert_int_eq(atomic_load(&a.got), 100);
-  /* B: eight times the ring's bytes, delivered as they come. */
-  size_t through = 8 * 2 * 64 * 1024;
+  /* B: eight times the ring's bytes (2 x 256 KiB), delivered as they
+   * come. */
+  size_t through = 8 * 2 * 256 * 1024;
   conn_send(&b, 0, through);
   ck_assert_msg(conn_got(&b, (int)through), "B: %d of %zu bytes",
                 atomic_load(&b.got), through);
@@ -497,9 +498,9 @@ START_TEST(test_pieces_out_of_order_with_whole_buffers) {
 }
 END_TEST
 
-/* 64 KiB messages, one at a time: with incremental buffers of 64 KiB each
- * arrives in one received call (while the buffer has room for it; at
- * least one of 16 does), with whole 16 KiB buffers never. */
+/* 64 KiB messages, one at a time: with incremental buffers (256 KiB) each
+ * arrives in one received call while the buffer has room for it (at least
+ * one of 16 does), with whole 16 KiB buffers never. */
 static int largest_receive(int whole) {
   io_core_t *core = conn_core(0, whole);
   static conn_t c;
