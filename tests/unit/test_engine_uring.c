@@ -498,6 +498,76 @@ START_TEST(test_pieces_out_of_order_with_whole_buffers) {
 }
 END_TEST
 
+static int fionread(int fd) {
+  int queued = -1;
+  return ioctl(fd, FIONREAD, &queued) == 0 ? queued : -1;
+}
+
+typedef struct unread {
+  int fd, want;
+} unread_t;
+
+static int unread_is(void *arg) {
+  unread_t *u = arg;
+  return fionread(u->fd) == u->want;
+}
+
+/* Sockets that found the ring empty wait for a buffer to come back. A
+ * buffer consumed incrementally serves many receives: when one comes
+ * back, every waiting socket must read again, not only as many as came
+ * back (the others would wait for a buffer that nobody fills and returns:
+ * 1,000 ping-pong sessions on a small ring hung that way). */
+static void starved_sockets_read_on(int whole) {
+  enum { WAITING = 8 };
+  int incremental = !whole && kernel_has_incremental_buffers();
+  int ring_bytes = 2 * (incremental ? 256 * 1024 : 16 * 1024);
+  io_core_t *core = conn_core(2, whole);
+  static conn_t a, s[WAITING];
+  conn_open(core, &a, 4);
+  for (int k = 0; k < WAITING; k++)
+    conn_open(core, &s[k], 10 + k);
+  /* A's owner takes nothing: its bytes fill both buffers and hold them. */
+  conn_command(&a, CMD_ARM);
+  conn_send(&a, 0, 100);
+  ck_assert(conn_got(&a, 100));
+  int rest = ring_bytes + 4096;
+  /* What the ring takes of them: its bytes, less the first 100 where they
+   * shared a buffer (the kernel takes that buffer's rest). */
+  int taken = incremental ? ring_bytes - 100 : ring_bytes;
+  conn_send(&a, 100, (size_t)rest);
+  unread_t u = {a.server, rest - taken};
+  ck_assert_msg(tu_wait_until(unread_is, &u, 10000),
+                "the kernel read %d of A's %d bytes, not the ring's %d",
+                rest - fionread(a.server), rest, taken);
+  /* The ring is empty: each socket armed now waits for a buffer. */
+  for (int k = 0; k < WAITING; k++) {
+    conn_send(&s[k], 0, 100);
+    atomic_store(&s[k].rearm, 1);
+    conn_command(&s[k], CMD_ARM);
+  }
+  /* A reads on: both buffers come back, and every waiting socket reads. */
+  atomic_store(&a.rearm, 1);
+  conn_command(&a, CMD_ARM);
+  ck_assert(conn_got(&a, 100 + rest));
+  for (int k = 0; k < WAITING; k++)
+    ck_assert_msg(conn_got(&s[k], 100),
+                  "socket %d of %d waiting for a buffer never read on", k,
+                  WAITING);
+  ck_assert_int_eq(atomic_load(&a.bad), 0);
+  for (int k = 0; k < WAITING; k++) {
+    ck_assert_int_eq(atomic_load(&s[k].bad), 0);
+    conn_close(&s[k]);
+  }
+  conn_close(&a);
+  io_core_destroy(core);
+}
+
+START_TEST(test_starved_sockets_all_read_on_when_a_buffer_comes_back) {
+  starved_sockets_read_on(0);
+  starved_sockets_read_on(1);
+}
+END_TEST
+
 /* 64 KiB messages, one at a time: with incremental buffers (256 KiB) each
  * arrives in one received call while the buffer has room for it (at least
  * one of 16 does), with whole 16 KiB buffers never. */
@@ -547,6 +617,7 @@ int main(void) {
   tcase_add_test(tc, test_pieces_of_one_buffer_delivered_out_of_order);
   tcase_add_test(tc, test_pieces_out_of_order_with_whole_buffers);
   tcase_add_test(tc, test_a_64k_message_arrives_in_one_received_call);
+  tcase_add_test(tc, test_starved_sockets_all_read_on_when_a_buffer_comes_back);
   suite_add_tcase(s, tc);
   SRunner *sr = srunner_create(s);
   srunner_run_all(sr, CK_NORMAL);

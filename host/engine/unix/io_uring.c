@@ -489,14 +489,19 @@ static void starve(uring_worker_t *w, io_handle_t *h) {
   set_bit(h, UB_STARVED);
 }
 
-/* A buffer came back: the longest-starved socket may read again. */
+/* A buffer came back. Consumed whole, it serves one receive: the
+ * longest-starved socket reads again. Consumed incrementally, it serves
+ * many: every starved socket reads again (one per buffer would leave the
+ * rest waiting for a buffer that no receive fills and returns). */
 static void rearm_starved(uring_worker_t *w) {
-  io_handle_t *h = starved_pop(w);
-  if (!h)
-    return;
-  clear_bit(h, UB_STARVED);
-  if (!h->closed && !has(h, UB_MULTISHOT) && !has(h, UB_HAS_END))
-    arm_recv(w, h);
+  do {
+    io_handle_t *h = starved_pop(w);
+    if (!h)
+      return;
+    clear_bit(h, UB_STARVED);
+    if (!h->closed && !has(h, UB_MULTISHOT) && !has(h, UB_HAS_END))
+      arm_recv(w, h);
+  } while (w->incremental);
 }
 
 static void uring_recv_start(io_handle_t *h) {
