@@ -320,14 +320,14 @@ enum { CMD_NONE, CMD_ARM, CMD_CLOSE };
 
 typedef struct conn {
   io_handle_t h;
-  int client;      /* the test's end */
-  int server;      /* the handle's socket */
-  int seed;        /* of the bytes the client sends */
-  atomic_int cmd;  /* what woken does on the worker */
+  int client;       /* the test's end */
+  int server;       /* the handle's socket */
+  int seed;         /* of the bytes the client sends */
+  atomic_int cmd;   /* what woken does on the worker */
   atomic_int rearm; /* received arms the next receive itself */
-  atomic_int got;  /* bytes received */
+  atomic_int got;   /* bytes received */
   atomic_int max_len;
-  atomic_int bad;  /* 1 + the offset of the first wrong byte, 0 none */
+  atomic_int bad;   /* 1 + the offset of the first wrong byte, 0 none */
   atomic_int ended; /* IO_ECANCELED (or an end) delivered */
 } conn_t;
 

@@ -216,7 +216,7 @@ typedef struct uring_worker {
   unsigned buffer_count;
   unsigned buffer_bytes;
   int incremental;       /* registered with IOU_PBUF_RING_INC */
-  unsigned buffers_free; /* in the ring now: out on a final CQE, back on recycle */
+  unsigned buffers_free; /* in the ring: out on a final CQE, back on recycle */
   buffer_state_t *buffer_state;
   /* Received pieces not yet delivered, each in a handle's queue; free
    * ones in a list. */
@@ -249,7 +249,9 @@ void io__uring_buffer_count(unsigned count) {
  * whole even where the kernel could do it incrementally (on = 1), to
  * prove the older kernels' path; 0 restores the default. */
 void io__uring_whole_buffers(int on);
-void io__uring_whole_buffers(int on) { atomic_store(&whole_buffers_forced, on); }
+void io__uring_whole_buffers(int on) {
+  atomic_store(&whole_buffers_forced, on);
+}
 
 static uring_worker_t *worker_of(const io_handle_t *h) {
   return (uring_worker_t *)h->worker;
