@@ -6,10 +6,15 @@
  * and sessions closed while their receive waits for a buffer (or is in
  * flight) must end with a reason and be freed, never hang. */
 #include <check.h>
+#include <liburing.h>
+#include <netinet/in.h>
 #include <stdatomic.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ioctl.h>
+#include <sys/mman.h>
 
 #include "engine/backend.h"
 #include "engine/engine.h"
@@ -272,6 +277,335 @@ START_TEST(test_closing_inside_the_received_call) {
 }
 END_TEST
 
+/* ---- the provided buffers themselves, below the session layer ----
+ *
+ * Where the kernel consumes provided buffers incrementally (6.12), one
+ * buffer holds receives of several sockets, each a "piece": the buffer may
+ * go back to the ring only when the kernel is done with it and every piece
+ * of it was delivered, in whatever order the sockets' owners take them. */
+
+/* Tests only (io_uring.c): cores created afterwards consume their receive
+ * buffers whole, as on kernels before 6.12. */
+void io__uring_whole_buffers(int on);
+
+/* Does this kernel take IOU_PBUF_RING_INC (kernel 6.12)? Asked directly,
+ * as io_uring.c does, so the tests know which mode they run in. */
+static int kernel_has_incremental_buffers(void) {
+  struct io_uring ring;
+  if (io_uring_queue_init(4, &ring, 0) != 0)
+    return 0;
+  size_t bytes = 4 * sizeof(struct io_uring_buf);
+  void *mem = mmap(NULL, bytes, PROT_READ | PROT_WRITE,
+                   MAP_ANONYMOUS | MAP_PRIVATE, -1, 0);
+  int ok = 0;
+  if (mem != MAP_FAILED) {
+    struct io_uring_buf_reg reg;
+    memset(&reg, 0, sizeof reg);
+    reg.ring_addr = (unsigned long)mem;
+    reg.ring_entries = 4;
+    reg.bgid = 0;
+    uint16_t inc = 2; /* IOU_PBUF_RING_INC, after bgid ("pad" in 2.3) */
+    memcpy((char *)&reg + offsetof(struct io_uring_buf_reg, bgid) +
+               sizeof reg.bgid,
+           &inc, sizeof inc);
+    ok = io_uring_register_buf_ring(&ring, &reg, 0) == 0;
+  }
+  io_uring_queue_exit(&ring);
+  if (mem != MAP_FAILED)
+    munmap(mem, bytes);
+  return ok;
+}
+
+enum { CMD_NONE, CMD_ARM, CMD_CLOSE };
+
+typedef struct conn {
+  io_handle_t h;
+  int client;       /* the test's end */
+  int server;       /* the handle's socket */
+  int seed;         /* of the bytes the client sends */
+  atomic_int cmd;   /* what woken does on the worker */
+  atomic_int rearm; /* received arms the next receive itself */
+  atomic_int got;   /* bytes received */
+  atomic_int max_len;
+  atomic_int bad;   /* 1 + the offset of the first wrong byte, 0 none */
+  atomic_int ended; /* IO_ECANCELED (or an end) delivered */
+} conn_t;
+
+static uint8_t conn_byte(int seed, size_t i) {
+  return (uint8_t)((size_t)seed * 29 + i * 13 + (i >> 8));
+}
+
+static void conn_received(io_handle_t *h, int status, const uint8_t *data,
+                          size_t len) {
+  conn_t *c = container_of(h, conn_t, h);
+  if (status != 0 || len == 0) {
+    atomic_store(&c->ended, 1);
+    return;
+  }
+  size_t at = (size_t)atomic_load(&c->got);
+  for (size_t i = 0; i < len; i++)
+    if (data[i] != conn_byte(c->seed, at + i) && !atomic_load(&c->bad))
+      atomic_store(&c->bad, (int)(at + i) + 1);
+  if ((int)len > atomic_load(&c->max_len))
+    atomic_store(&c->max_len, (int)len);
+  atomic_fetch_add(&c->got, (int)len);
+  if (atomic_load(&c->rearm))
+    io_recv_start(h);
+}
+
+static void conn_woken(io_handle_t *h) {
+  conn_t *c = container_of(h, conn_t, h);
+  switch (atomic_exchange(&c->cmd, CMD_NONE)) {
+  case CMD_ARM:
+    io_recv_start(h);
+    break;
+  case CMD_CLOSE:
+    io_handle_close(h);
+    break;
+  default:
+    break;
+  }
+}
+
+static const io_handle_events_t conn_events = {conn_received, conn_woken};
+
+/* A core of one worker on io_uring, buffers as asked. */
+static io_core_t *conn_core(unsigned buffers, int whole) {
+  char err[256];
+  io_core_t *core = NULL;
+  io__uring_buffer_count(buffers);
+  io__uring_whole_buffers(whole);
+  int rc = io_core_create(1, IO_BACKEND_IO_URING, &conn_events, &core, err,
+                          sizeof err);
+  io__uring_buffer_count(0);
+  io__uring_whole_buffers(0);
+  ck_assert_msg(rc == 0, "io_uring core: %s", err);
+  return core;
+}
+
+/* A loopback connection whose accepted end the core's handle owns. */
+static void conn_open(io_core_t *core, conn_t *c, int seed) {
+  memset(c, 0, sizeof *c);
+  c->seed = seed;
+  int lfd = tu_socket(AF_INET);
+  ck_assert_int_ge(lfd, 0);
+  struct sockaddr_in a;
+  memset(&a, 0, sizeof a);
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  socklen_t alen = sizeof a;
+  ck_assert_int_eq(bind(lfd, (struct sockaddr *)&a, sizeof a), 0);
+  ck_assert_int_eq(listen(lfd, 1), 0);
+  ck_assert_int_eq(getsockname(lfd, (struct sockaddr *)&a, &alen), 0);
+  c->client = tu_connect(ntohs(a.sin_port), 0);
+  ck_assert_int_ge(c->client, 0);
+  c->server = accept(lfd, NULL, NULL);
+  ck_assert_int_ge(c->server, 0);
+  tu_close(lfd);
+  tu_set_nonblocking(c->server);
+  ck_assert_int_eq(io_handle_open(core, &c->h, c->server, 0), 0);
+}
+
+static void conn_command(conn_t *c, int cmd) {
+  atomic_store(&c->cmd, cmd);
+  io_wake(&c->h);
+}
+
+static int conn_got(conn_t *c, int want) {
+  return tu_wait_at_least(&c->got, want, 20000);
+}
+
+/* Sends len bytes of the connection's pattern from offset at. */
+static void conn_send(conn_t *c, size_t at, size_t len) {
+  static uint8_t out[64 * 1024];
+  while (len > 0) {
+    size_t n = len < sizeof out ? len : sizeof out;
+    for (size_t i = 0; i < n; i++)
+      out[i] = conn_byte(c->seed, at + i);
+    ck_assert_int_eq(tu_write_all(c->client, out, n), 0);
+    at += n;
+    len -= n;
+  }
+}
+
+static int socket_drained(void *arg) {
+  int queued = -1;
+  return ioctl(*(int *)arg, FIONREAD, &queued) == 0 && queued == 0;
+}
+
+/* Closes the handle (its receive armed, so IO_ECANCELED ends it), then the
+ * client's socket. */
+static void conn_close(conn_t *c) {
+  atomic_store(&c->rearm, 1);
+  conn_command(c, CMD_CLOSE);
+  ck_assert_msg(tu_wait_at_least(&c->ended, 1, 10000),
+                "the closed handle's receive never ended");
+  tu_close(c->client);
+}
+
+/* Socket A's bytes wait, undelivered (its owner has no receive armed), in
+ * a buffer whose rest socket B fills; B's bytes are delivered and go on
+ * through the ring, many times round. A's bytes must be intact when its
+ * owner finally takes them: their buffer went back to the ring only after
+ * they were delivered. */
+static void pieces_out_of_order(int whole) {
+  io_core_t *core = conn_core(2, whole);
+  static conn_t a, b;
+  conn_open(core, &a, 1);
+  conn_open(core, &b, 2);
+  atomic_store(&b.rearm, 1);
+  conn_command(&a, CMD_ARM);
+  conn_command(&b, CMD_ARM);
+  /* A's first bytes are delivered; its owner does not read on. */
+  conn_send(&a, 0, 100);
+  ck_assert(conn_got(&a, 100));
+  /* A's next bytes: taken by the kernel (the socket drains), queued. */
+  conn_send(&a, 100, 1000);
+  ck_assert_msg(tu_wait_until(socket_drained, &a.server, 10000),
+                "the kernel never read socket A");
+  ck_assert_int_eq(atomic_load(&a.got), 100);
+  /* B: eight times the ring's bytes (2 x 256 KiB), delivered as they
+   * come. */
+  size_t through = 8 * 2 * 256 * 1024;
+  conn_send(&b, 0, through);
+  ck_assert_msg(conn_got(&b, (int)through), "B: %d of %zu bytes",
+                atomic_load(&b.got), through);
+  ck_assert_msg(atomic_load(&b.bad) == 0, "B: byte %d differs",
+                atomic_load(&b.bad) - 1);
+  /* Now A's owner reads on. */
+  atomic_store(&a.rearm, 1);
+  conn_command(&a, CMD_ARM);
+  ck_assert_msg(conn_got(&a, 1100), "A: %d of 1100 bytes",
+                atomic_load(&a.got));
+  ck_assert_msg(atomic_load(&a.bad) == 0,
+                "A: byte %d was overwritten while it waited in its buffer",
+                atomic_load(&a.bad) - 1);
+  conn_close(&a);
+  conn_close(&b);
+  io_core_destroy(core);
+}
+
+START_TEST(test_pieces_of_one_buffer_delivered_out_of_order) {
+  if (!kernel_has_incremental_buffers())
+    printf("test_engine_uring: this kernel consumes provided buffers whole "
+           "(before 6.12): the incremental mode is not tested here\n");
+  pieces_out_of_order(0);
+}
+END_TEST
+
+START_TEST(test_pieces_out_of_order_with_whole_buffers) {
+  pieces_out_of_order(1);
+}
+END_TEST
+
+static int fionread(int fd) {
+  int queued = -1;
+  return ioctl(fd, FIONREAD, &queued) == 0 ? queued : -1;
+}
+
+typedef struct unread {
+  int fd, want;
+} unread_t;
+
+static int unread_is(void *arg) {
+  unread_t *u = arg;
+  return fionread(u->fd) == u->want;
+}
+
+/* Sockets that found the ring empty wait for a buffer to come back. A
+ * buffer consumed incrementally serves many receives: when one comes
+ * back, every waiting socket must read again, not only as many as came
+ * back (the others would wait for a buffer that nobody fills and returns:
+ * 1,000 ping-pong sessions on a small ring hung that way). */
+static void starved_sockets_read_on(int whole) {
+  enum { WAITING = 8 };
+  int incremental = !whole && kernel_has_incremental_buffers();
+  int ring_bytes = 2 * (incremental ? 256 * 1024 : 16 * 1024);
+  io_core_t *core = conn_core(2, whole);
+  static conn_t a, s[WAITING];
+  conn_open(core, &a, 4);
+  for (int k = 0; k < WAITING; k++)
+    conn_open(core, &s[k], 10 + k);
+  /* A's owner takes nothing: its bytes fill both buffers and hold them. */
+  conn_command(&a, CMD_ARM);
+  conn_send(&a, 0, 100);
+  ck_assert(conn_got(&a, 100));
+  int rest = ring_bytes + 4096;
+  /* What the ring takes of them: its bytes, less the first 100 where they
+   * shared a buffer (the kernel takes that buffer's rest). */
+  int taken = incremental ? ring_bytes - 100 : ring_bytes;
+  conn_send(&a, 100, (size_t)rest);
+  unread_t u = {a.server, rest - taken};
+  ck_assert_msg(tu_wait_until(unread_is, &u, 10000),
+                "the kernel read %d of A's %d bytes, not the ring's %d",
+                rest - fionread(a.server), rest, taken);
+  /* The ring is empty: each socket armed now waits for a buffer. */
+  for (int k = 0; k < WAITING; k++) {
+    conn_send(&s[k], 0, 100);
+    atomic_store(&s[k].rearm, 1);
+    conn_command(&s[k], CMD_ARM);
+  }
+  /* A reads on: both buffers come back, and every waiting socket reads. */
+  atomic_store(&a.rearm, 1);
+  conn_command(&a, CMD_ARM);
+  ck_assert(conn_got(&a, 100 + rest));
+  for (int k = 0; k < WAITING; k++)
+    ck_assert_msg(conn_got(&s[k], 100),
+                  "socket %d of %d waiting for a buffer never read on", k,
+                  WAITING);
+  ck_assert_int_eq(atomic_load(&a.bad), 0);
+  for (int k = 0; k < WAITING; k++) {
+    ck_assert_int_eq(atomic_load(&s[k].bad), 0);
+    conn_close(&s[k]);
+  }
+  conn_close(&a);
+  io_core_destroy(core);
+}
+
+START_TEST(test_starved_sockets_all_read_on_when_a_buffer_comes_back) {
+  starved_sockets_read_on(0);
+  starved_sockets_read_on(1);
+}
+END_TEST
+
+/* 64 KiB messages, one at a time: with incremental buffers (256 KiB) each
+ * arrives in one received call while the buffer has room for it (at least
+ * one of 16 does), with whole 16 KiB buffers never. */
+static int largest_receive(int whole) {
+  io_core_t *core = conn_core(0, whole);
+  static conn_t c;
+  conn_open(core, &c, 3);
+  atomic_store(&c.rearm, 1);
+  conn_command(&c, CMD_ARM);
+  const int message = 64 * 1024;
+  for (int k = 0; k < 16; k++) {
+    conn_send(&c, (size_t)k * message, (size_t)message);
+    ck_assert_msg(conn_got(&c, (k + 1) * message), "message %d: %d bytes", k,
+                  atomic_load(&c.got));
+  }
+  ck_assert_msg(atomic_load(&c.bad) == 0, "byte %d differs",
+                atomic_load(&c.bad) - 1);
+  int largest = atomic_load(&c.max_len);
+  conn_close(&c);
+  io_core_destroy(core);
+  return largest;
+}
+
+START_TEST(test_a_64k_message_arrives_in_one_received_call) {
+  if (!kernel_has_incremental_buffers()) {
+    printf("test_engine_uring: skipped the 64 KiB receive: this kernel "
+           "consumes provided buffers whole (before 6.12)\n");
+    return;
+  }
+  int largest = largest_receive(0);
+  ck_assert_msg(largest >= 64 * 1024,
+                "the largest received call had %d bytes: a 64 KiB message "
+                "was split",
+                largest);
+  ck_assert_int_le(largest_receive(1), 16 * 1024);
+}
+END_TEST
+
 int main(void) {
   Suite *s = suite_create("engine_uring");
   TCase *tc = tcase_create("uring");
@@ -280,6 +614,10 @@ int main(void) {
                  test_sessions_are_served_byte_for_byte_with_the_buffers_exhausted);
   tcase_add_test(tc, test_closing_with_receives_in_flight_and_the_buffers_exhausted);
   tcase_add_test(tc, test_closing_inside_the_received_call);
+  tcase_add_test(tc, test_pieces_of_one_buffer_delivered_out_of_order);
+  tcase_add_test(tc, test_pieces_out_of_order_with_whole_buffers);
+  tcase_add_test(tc, test_a_64k_message_arrives_in_one_received_call);
+  tcase_add_test(tc, test_starved_sockets_all_read_on_when_a_buffer_comes_back);
   suite_add_tcase(s, tc);
   SRunner *sr = srunner_create(s);
   srunner_run_all(sr, CK_NORMAL);

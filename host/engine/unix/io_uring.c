@@ -1,5 +1,6 @@
 /*
- * Linux backend: a proactor on io_uring (liburing 2.3, kernel 6.0 or later).
+ * Linux backend: a proactor on io_uring (liburing 2.3, kernel 6.0 or later;
+ * 6.12 or later for incremental receive buffers).
  *
  * One ring per worker thread, and every handle is bound to one worker for
  * its whole life, as with epoll (see epoll.c for why). The ring is created
@@ -16,13 +17,23 @@
  *
  * Receiving: one multishot receive per socket, armed at the first
  * io_recv_start and left armed, reads into a provided buffer ring that the
- * worker's sockets share. An idle session holds no buffer; a buffer that
- * arrives while no receive is armed queues on the handle (by buffer id, no
- * allocation) and goes back to the ring once the owner's received call has
- * run. When the ring is empty the kernel ends the multishot (ENOBUFS); the
- * socket then waits in the worker's "starved" list and is armed again as
- * soon as a buffer comes back. Ops, wake-ups and handles whose receive has
- * a result share one delivery queue (dispatch.h).
+ * worker's sockets share. Where the kernel has it (6.12), the ring is
+ * registered for incremental consumption (IOU_PBUF_RING_INC): a receive
+ * takes only the bytes it got, at the buffer's running offset, and the
+ * kernel keeps the rest of the buffer for the next receives, of any socket
+ * (IORING_CQE_F_BUF_MORE on the CQE), so the worker's 1 MiB is 4 buffers
+ * of 256 KiB and a 64 KiB message arrives in one receive. Older kernels
+ * refuse the flag (EINVAL): each receive then takes a whole buffer, 64 of
+ * 16 KiB. What a receive got is a "piece" (buffer, offset, length) in the
+ * worker's table, queued on its handle; an idle session holds no piece and
+ * no buffer. A buffer goes back to the ring only when both the kernel is
+ * done with it (a CQE without BUF_MORE) and every piece of it was
+ * delivered, in whatever order the sockets' owners take them: each piece
+ * stays valid until its owner's received call has run. When the ring is
+ * empty the kernel ends the multishot (ENOBUFS); the socket then waits in
+ * the worker's "starved" list and is armed again as soon as a buffer comes
+ * back. Ops, wake-ups and handles whose receive has a result share one
+ * delivery queue (dispatch.h).
  *
  * Sending: io_send_now copies a small send (up to STAGE_SMALL; a larger
  * one goes out with sendmsg, whose cost is spread over its bytes) into a
@@ -68,6 +79,7 @@
 #include <pthread.h>
 #include <semaphore.h>
 #include <stdatomic.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -83,18 +95,39 @@
 
 #define SQ_ENTRIES 256
 #define CQ_ENTRIES 4096
-#define BUFFER_BYTES (16 * 1024)
-#define BUFFER_COUNT 64 /* per worker: 1 MiB, all touched in time (FIFO) */
+/* Receive buffers per worker, 1 MiB either way, all touched in time
+ * (FIFO). Consumed incrementally, a buffer holds many receives, and a
+ * 64 KiB message fits in one unless it meets the buffer's end (one in
+ * four: 64 KiB buffers split nearly every one, 2.1 against 1.6 system
+ * calls per echoed 64 KiB); consumed whole, each receive takes one. */
+#define BUFFER_BYTES_INC (256 * 1024)
+#define BUFFER_COUNT_INC 4
+#define BUFFER_BYTES_WHOLE (16 * 1024)
+#define BUFFER_COUNT_WHOLE 64
 #define BUFFER_GROUP 0
+#define PIECES_FIRST 256 /* the worker's table of received pieces, at first */
+#define PIECES_MAX 65535 /* ... at most: a handle's queue has 16-bit links */
 #define STAGE_SMALL 2048 /* staged records this size are kept for reuse */
 #define STAGE_CACHE 128  /* ... this many per worker */
 #define ORPHAN_MS 5000   /* a closed socket's staged bytes, at most */
 #define DELIVERIES_PER_ROUND 4096
 #define CQES_PER_BATCH 256
 #define STOP_DRAIN_MS 2000
-/* Buffer ids are kept plus one in 16 bits, so that 0 (what io_handle_open
- * leaves) is "none": at most 65535 buffers per worker. */
-#define NO_BUFFER 0u
+/* A handle's queue links pieces by index plus one in 16 bits, so that 0
+ * (what io_handle_open leaves) is "none". */
+#define NO_PIECE 0u
+
+/* Incremental consumption of provided buffers (kernel 6.12), from the
+ * kernel's include/uapi/linux/io_uring.h; liburing 2.3's copy predates it.
+ * IOU_PBUF_RING_INC: a flag of IORING_REGISTER_PBUF_RING's
+ * io_uring_buf_reg; IORING_CQE_F_BUF_MORE: the kernel keeps the rest of
+ * the CQE's buffer for more completions. */
+#ifndef IOU_PBUF_RING_INC
+#define IOU_PBUF_RING_INC 2
+#endif
+#ifndef IORING_CQE_F_BUF_MORE
+#define IORING_CQE_F_BUF_MORE (1U << 4)
+#endif
 
 /* What a completion is for: the low 3 bits of its user_data. */
 enum {
@@ -142,6 +175,21 @@ typedef struct send_rec {
   uint8_t data[]; /* staged bytes */
 } send_rec_t;
 
+/* A provided buffer, as the worker sees it. It goes back to the ring when
+ * the kernel is done with it (out) and each of its pieces was delivered. */
+typedef struct buffer_state {
+  uint32_t off;    /* incremental: where the kernel's next bytes go in it */
+  uint32_t pieces; /* received pieces of it not yet delivered */
+  uint8_t out;     /* the kernel is done with it: not in the ring */
+} buffer_state_t;
+
+/* Bytes one receive put in a buffer, waiting in a handle's queue. */
+typedef struct piece {
+  uint32_t off, len;
+  uint16_t buffer; /* its id */
+  uint16_t next;   /* the next in the queue (or the free list), index + 1 */
+} piece_t;
+
 typedef struct uring_worker {
   io_worker_t base; /* first: the dispatch head */
   struct io_uring ring;
@@ -161,14 +209,20 @@ typedef struct uring_worker {
   io_handle_t internal; /* no socket: the orphan timers' handle */
   int listen_epoll;     /* the listeners, see "accepting" */
   int listen_polled;
-  /* The provided buffers. */
+  /* The provided buffers (see "receiving"). */
   struct io_uring_buf_ring *buf_ring;
   size_t buf_ring_bytes;
   uint8_t *buffers;
   unsigned buffer_count;
-  unsigned buffers_free; /* in the ring now: taken by a CQE, back on recycle */
-  uint16_t *buffer_next; /* a handle's queue of received buffers (id + 1) */
-  uint32_t *buffer_len;
+  unsigned buffer_bytes;
+  int incremental;       /* registered with IOU_PBUF_RING_INC */
+  unsigned buffers_free; /* in the ring: out on a final CQE, back on recycle */
+  buffer_state_t *buffer_state;
+  /* Received pieces not yet delivered, each in a handle's queue; free
+   * ones in a list. */
+  piece_t *pieces;
+  uint32_t piece_cap;
+  uint16_t piece_free; /* index + 1, NO_PIECE: none */
   /* Open handles whose multishot found no buffer, oldest first: a ring of
    * pointers (a closed handle leaves a NULL behind). */
   io_handle_t **starved;
@@ -185,9 +239,18 @@ typedef struct uring_core {
 } uring_core_t;
 
 static atomic_uint buffer_count_override;
+static atomic_int whole_buffers_forced;
 
 void io__uring_buffer_count(unsigned count) {
   atomic_store(&buffer_count_override, count);
+}
+
+/* Tests only: cores created afterwards consume their receive buffers
+ * whole even where the kernel could do it incrementally (on = 1), to
+ * prove the older kernels' path; 0 restores the default. */
+void io__uring_whole_buffers(int on);
+void io__uring_whole_buffers(int on) {
+  atomic_store(&whole_buffers_forced, on);
 }
 
 static uring_worker_t *worker_of(const io_handle_t *h) {
@@ -219,13 +282,20 @@ static struct io_uring_sqe *get_sqe(uring_worker_t *w) {
 /* ---- provided buffers ---- */
 
 static uint8_t *buffer_at(uring_worker_t *w, unsigned id) {
-  return w->buffers + (size_t)id * BUFFER_BYTES;
+  return w->buffers + (size_t)id * w->buffer_bytes;
 }
 
 static void rearm_starved(uring_worker_t *w);
 
-static void buffer_recycle(uring_worker_t *w, unsigned id) {
-  io_uring_buf_ring_add(w->buf_ring, buffer_at(w, id), BUFFER_BYTES,
+/* The buffer goes back to the ring if nothing holds it any more: the
+ * kernel is done with it and every piece of it was delivered. */
+static void buffer_check(uring_worker_t *w, unsigned id) {
+  buffer_state_t *b = &w->buffer_state[id];
+  if (!b->out || b->pieces > 0)
+    return;
+  b->out = 0;
+  b->off = 0;
+  io_uring_buf_ring_add(w->buf_ring, buffer_at(w, id), w->buffer_bytes,
                         (unsigned short)id,
                         io_uring_buf_ring_mask(w->buffer_count), 0);
   io_uring_buf_ring_advance(w->buf_ring, 1);
@@ -234,14 +304,74 @@ static void buffer_recycle(uring_worker_t *w, unsigned id) {
     rearm_starved(w);
 }
 
-/* The handle's queued buffers go back to the ring. */
-static void drop_queued(uring_worker_t *w, io_handle_t *h) {
-  while (h->uring.head != NO_BUFFER) {
-    unsigned id = h->uring.head - 1u;
-    h->uring.head = w->buffer_next[id];
-    buffer_recycle(w, id);
+/* A free piece, index + 1; NO_PIECE when the table cannot grow. */
+static unsigned piece_alloc(uring_worker_t *w) {
+  if (w->piece_free == NO_PIECE) {
+    uint32_t cap = w->piece_cap ? w->piece_cap * 2 : PIECES_FIRST;
+    if (cap > PIECES_MAX)
+      cap = PIECES_MAX;
+    if (cap <= w->piece_cap)
+      return NO_PIECE;
+    piece_t *grown = realloc(w->pieces, (size_t)cap * sizeof *grown);
+    if (!grown)
+      return NO_PIECE;
+    for (uint32_t k = cap; k > w->piece_cap; k--) { /* k: index + 1 */
+      grown[k - 1u].next = w->piece_free;
+      w->piece_free = (uint16_t)k;
+    }
+    w->pieces = grown;
+    w->piece_cap = cap;
   }
-  h->uring.tail = NO_BUFFER;
+  unsigned p = w->piece_free;
+  w->piece_free = w->pieces[p - 1u].next;
+  return p;
+}
+
+static void piece_release(uring_worker_t *w, unsigned p) {
+  w->pieces[p - 1u].next = w->piece_free;
+  w->piece_free = (uint16_t)p;
+}
+
+/* Queues len bytes at off in buffer id on the handle. Bytes that follow
+ * the queue's last piece in the same buffer join it (one socket reading on
+ * while its owner is busy). Returns 0, or -1 when no piece is left. */
+static int queue_piece(uring_worker_t *w, io_handle_t *h, unsigned id,
+                       uint32_t off, uint32_t len) {
+  if (h->uring.tail != NO_PIECE) {
+    piece_t *last = &w->pieces[h->uring.tail - 1u];
+    if (last->buffer == id && last->off + last->len == off) {
+      last->len += len;
+      return 0;
+    }
+  }
+  unsigned p = piece_alloc(w);
+  if (p == NO_PIECE)
+    return -1;
+  piece_t *piece = &w->pieces[p - 1u];
+  piece->off = off;
+  piece->len = len;
+  piece->buffer = (uint16_t)id;
+  piece->next = NO_PIECE;
+  if (h->uring.tail != NO_PIECE)
+    w->pieces[h->uring.tail - 1u].next = (uint16_t)p;
+  else
+    h->uring.head = (uint16_t)p;
+  h->uring.tail = (uint16_t)p;
+  w->buffer_state[id].pieces++;
+  return 0;
+}
+
+/* The handle's queued pieces are dropped; their buffers may go back. */
+static void drop_queued(uring_worker_t *w, io_handle_t *h) {
+  while (h->uring.head != NO_PIECE) {
+    unsigned p = h->uring.head;
+    unsigned id = w->pieces[p - 1u].buffer;
+    h->uring.head = w->pieces[p - 1u].next;
+    piece_release(w, p);
+    w->buffer_state[id].pieces--;
+    buffer_check(w, id);
+  }
+  h->uring.tail = NO_PIECE;
 }
 
 /* ---- the starved list ---- */
@@ -301,7 +431,7 @@ static void recv_ready(uring_worker_t *w, io_handle_t *h) {
 static int recv_deliverable(const io_handle_t *h) {
   if (h->closed)
     return !has(h, UB_MULTISHOT);
-  if (h->uring.head != NO_BUFFER)
+  if (h->uring.head != NO_PIECE)
     return 1;
   return has(h, UB_HAS_END) && !has(h, UB_MULTISHOT);
 }
@@ -361,14 +491,19 @@ static void starve(uring_worker_t *w, io_handle_t *h) {
   set_bit(h, UB_STARVED);
 }
 
-/* A buffer came back: the longest-starved socket may read again. */
+/* A buffer came back. Consumed whole, it serves one receive: the
+ * longest-starved socket reads again. Consumed incrementally, it serves
+ * many: every starved socket reads again (one per buffer would leave the
+ * rest waiting for a buffer that no receive fills and returns). */
 static void rearm_starved(uring_worker_t *w) {
-  io_handle_t *h = starved_pop(w);
-  if (!h)
-    return;
-  clear_bit(h, UB_STARVED);
-  if (!h->closed && !has(h, UB_MULTISHOT) && !has(h, UB_HAS_END))
-    arm_recv(w, h);
+  do {
+    io_handle_t *h = starved_pop(w);
+    if (!h)
+      return;
+    clear_bit(h, UB_STARVED);
+    if (!h->closed && !has(h, UB_MULTISHOT) && !has(h, UB_HAS_END))
+      arm_recv(w, h);
+  } while (w->incremental);
 }
 
 static void uring_recv_start(io_handle_t *h) {
@@ -387,26 +522,43 @@ static void uring_recv_start(io_handle_t *h) {
     arm_recv(w, h);
 }
 
+/* The buffer a receive's CQE names: its bytes start at the buffer's
+ * running offset (0 when consumed whole), and without BUF_MORE the kernel
+ * is done with it. Returns the buffer's id, or -1 for none. The kernel
+ * hands a buffer back unused on a receive of no bytes (io_recv recycles
+ * it: no IORING_CQE_F_BUFFER then); the rules below are its commit rules
+ * (io_kbuf_commit) should a flag come with such a result anyway. */
+static int take_buffer(uring_worker_t *w, int res, unsigned flags,
+                       uint32_t *off) {
+  if (!(flags & IORING_CQE_F_BUFFER))
+    return -1;
+  unsigned id = flags >> IORING_CQE_BUFFER_SHIFT;
+  if (id >= w->buffer_count || res < 0 || (w->incremental && res == 0))
+    return -1; /* not consumed */
+  buffer_state_t *b = &w->buffer_state[id];
+  *off = b->off;
+  if (w->incremental && (flags & IORING_CQE_F_BUF_MORE)) {
+    b->off += (uint32_t)res;
+  } else {
+    b->out = 1;
+    w->buffers_free--;
+  }
+  return (int)id;
+}
+
 static void on_recv_cqe(uring_worker_t *w, io_handle_t *h, int res,
                         unsigned flags) {
-  unsigned id = flags & IORING_CQE_F_BUFFER
-                    ? flags >> IORING_CQE_BUFFER_SHIFT
-                    : 0xffffffffu;
-  if (id != 0xffffffffu)
-    w->buffers_free--;
+  uint32_t off = 0;
+  int id = take_buffer(w, res, flags, &off);
   if (!(flags & IORING_CQE_F_MORE))
     clear_bit(h, UB_MULTISHOT);
+  int queued = 0;
   if (h->closed || (has(h, UB_HAS_END) && res > 0)) {
-    if (id != 0xffffffffu)
-      buffer_recycle(w, id);
-  } else if (res > 0 && id != 0xffffffffu) {
-    w->buffer_len[id] = (uint32_t)res;
-    w->buffer_next[id] = NO_BUFFER;
-    if (h->uring.tail != NO_BUFFER)
-      w->buffer_next[h->uring.tail - 1u] = (uint16_t)(id + 1);
-    else
-      h->uring.head = (uint16_t)(id + 1);
-    h->uring.tail = (uint16_t)(id + 1);
+    /* Nobody reads these bytes. */
+  } else if (res > 0 && id >= 0) {
+    queued = queue_piece(w, h, (unsigned)id, off, (uint32_t)res) == 0;
+    if (!queued) /* 65535 pieces wait here: the owners do not keep up */
+      end_recv(w, h, -ENOBUFS);
     /* A multishot the kernel ended without an error is armed again by the
      * next io_recv_start that finds nothing queued. */
   } else if (res == -ENOBUFS) {
@@ -420,6 +572,8 @@ static void on_recv_cqe(uring_worker_t *w, io_handle_t *h, int res,
   } else if (res <= 0) {
     end_recv(w, h, res);
   }
+  if (id >= 0 && !queued)
+    buffer_check(w, (unsigned)id);
   recv_maybe_ready(w, h);
 }
 
@@ -1034,8 +1188,8 @@ static void deliver(uring_worker_t *w, io_op_t *op) {
   op->complete(op, status, bytes);
 }
 
-/* A queued receive: the next buffer, the end, or the close's
- * cancellation. The buffer goes back to the ring after the call. */
+/* A queued receive: the next piece, the end, or the close's
+ * cancellation. The piece's hold on its buffer ends after the call. */
 static void deliver_recv(uring_worker_t *w, io_handle_t *h) {
   h->recv_queued = 0;
   if (!h->recv_armed || !recv_deliverable(h))
@@ -1043,16 +1197,20 @@ static void deliver_recv(uring_worker_t *w, io_handle_t *h) {
   int status = 0;
   const uint8_t *data = w->buffers;
   size_t len = 0;
-  unsigned id = NO_BUFFER;
+  int id = -1;
   if (h->closed) {
     status = IO_ECANCELED;
-  } else if (h->uring.head != NO_BUFFER) {
-    id = h->uring.head;
-    h->uring.head = w->buffer_next[id - 1u];
-    if (h->uring.head == NO_BUFFER)
-      h->uring.tail = NO_BUFFER;
-    data = buffer_at(w, id - 1u);
-    len = w->buffer_len[id - 1u];
+  } else if (h->uring.head != NO_PIECE) {
+    /* Copied out: the table may grow (move) during the call. */
+    unsigned p = h->uring.head;
+    piece_t piece = w->pieces[p - 1u];
+    h->uring.head = piece.next;
+    if (h->uring.head == NO_PIECE)
+      h->uring.tail = NO_PIECE;
+    piece_release(w, p);
+    id = piece.buffer;
+    data = buffer_at(w, piece.buffer) + piece.off;
+    len = piece.len;
   } else {
     status = h->uring.end; /* 0: the peer's FIN */
   }
@@ -1060,8 +1218,10 @@ static void deliver_recv(uring_worker_t *w, io_handle_t *h) {
   atomic_fetch_add_explicit(&w->base.core->completions, 1,
                             memory_order_relaxed);
   w->base.core->events->received(h, status, data, len);
-  if (id != NO_BUFFER)
-    buffer_recycle(w, id - 1u); /* valid only during the call */
+  if (id >= 0) { /* the bytes were valid only during the call */
+    w->buffer_state[id].pieces--;
+    buffer_check(w, (unsigned)id);
+  }
 }
 
 static void deliver_entry(uring_worker_t *w, void *entry,
@@ -1120,6 +1280,41 @@ static void run_round(uring_worker_t *w, int may_wait) {
 
 /* ---- the worker's thread ---- */
 
+/* Registers the ring of provided buffers, consumed incrementally or whole
+ * (their count and size then follow). Returns 0 or -errno. */
+static int register_buffers(uring_worker_t *w, int incremental) {
+  unsigned count = atomic_load(&buffer_count_override);
+  w->buffer_count =
+      count ? count : incremental ? BUFFER_COUNT_INC : BUFFER_COUNT_WHOLE;
+  w->buffer_bytes = incremental ? BUFFER_BYTES_INC : BUFFER_BYTES_WHOLE;
+  w->incremental = incremental;
+  w->buf_ring_bytes = w->buffer_count * sizeof(struct io_uring_buf);
+  void *ring_mem = mmap(NULL, w->buf_ring_bytes, PROT_READ | PROT_WRITE,
+                        MAP_ANONYMOUS | MAP_PRIVATE, -1, 0);
+  if (ring_mem == MAP_FAILED)
+    return -ENOMEM;
+  struct io_uring_buf_reg reg;
+  memset(&reg, 0, sizeof reg);
+  reg.ring_addr = (unsigned long)ring_mem;
+  reg.ring_entries = w->buffer_count;
+  reg.bgid = BUFFER_GROUP;
+  if (incremental) {
+    /* The 16 bits after bgid: "flags" in the kernel's struct, "pad" in
+     * liburing 2.3's copy of it. */
+    uint16_t reg_flags = IOU_PBUF_RING_INC;
+    memcpy((char *)&reg + offsetof(struct io_uring_buf_reg, bgid) +
+               sizeof reg.bgid,
+           &reg_flags, sizeof reg_flags);
+  }
+  int rc = io_uring_register_buf_ring(&w->ring, &reg, 0);
+  if (rc < 0) {
+    munmap(ring_mem, w->buf_ring_bytes);
+    return rc;
+  }
+  w->buf_ring = ring_mem;
+  return 0;
+}
+
 static int worker_init(uring_worker_t *w) {
   struct io_uring_params p;
   memset(&p, 0, sizeof p);
@@ -1153,37 +1348,36 @@ static int worker_init(uring_worker_t *w) {
              "the kernel's io_uring predates multishot receive (6.0)");
     return IO_CORE_UNSUPPORTED;
   }
-  unsigned count = atomic_load(&buffer_count_override);
-  w->buffer_count = count ? count : BUFFER_COUNT;
-  w->buf_ring_bytes = w->buffer_count * sizeof(struct io_uring_buf);
-  void *ring_mem = mmap(NULL, w->buf_ring_bytes, PROT_READ | PROT_WRITE,
-                        MAP_ANONYMOUS | MAP_PRIVATE, -1, 0);
-  w->buffers = malloc((size_t)w->buffer_count * BUFFER_BYTES);
-  w->buffer_next = calloc(w->buffer_count, sizeof *w->buffer_next);
-  w->buffer_len = calloc(w->buffer_count, sizeof *w->buffer_len);
-  if (ring_mem == MAP_FAILED || !w->buffers || !w->buffer_next ||
-      !w->buffer_len) {
-    if (ring_mem != MAP_FAILED)
-      munmap(ring_mem, w->buf_ring_bytes);
+  /* Incremental consumption where the kernel has it (6.12); before, it
+   * refuses the flag with EINVAL and each receive takes a whole buffer. */
+  rc = -EINVAL;
+  if (!atomic_load(&whole_buffers_forced))
+    rc = register_buffers(w, 1);
+  if (rc == -EINVAL)
+    rc = register_buffers(w, 0);
+  if (rc < 0) {
+    snprintf(w->start_err, sizeof w->start_err, "%s: %s",
+             rc == -ENOMEM ? "no memory for the receive buffers"
+                           : "cannot register the receive buffers",
+             strerror(-rc));
+    return rc == -EINVAL ? IO_CORE_UNSUPPORTED : -1;
+  }
+  log_write(LOG_DEBUG, "core",
+            "io_uring worker %d: receive buffers %s (%u x %u KiB)",
+            w->base.index,
+            w->incremental ? "consumed incrementally"
+                           : "consumed whole (the kernel predates 6.12)",
+            w->buffer_count, w->buffer_bytes / 1024);
+  w->buffers = malloc((size_t)w->buffer_count * w->buffer_bytes);
+  w->buffer_state = calloc(w->buffer_count, sizeof *w->buffer_state);
+  if (!w->buffers || !w->buffer_state) {
     snprintf(w->start_err, sizeof w->start_err, "out of memory");
     return -1;
-  }
-  w->buf_ring = ring_mem;
-  struct io_uring_buf_reg reg;
-  memset(&reg, 0, sizeof reg);
-  reg.ring_addr = (unsigned long)ring_mem;
-  reg.ring_entries = w->buffer_count;
-  reg.bgid = BUFFER_GROUP;
-  rc = io_uring_register_buf_ring(&w->ring, &reg, 0);
-  if (rc < 0) {
-    snprintf(w->start_err, sizeof w->start_err,
-             "cannot register the receive buffers: %s", strerror(-rc));
-    return rc == -EINVAL ? IO_CORE_UNSUPPORTED : -1;
   }
   io_uring_buf_ring_init(w->buf_ring);
   int mask = io_uring_buf_ring_mask(w->buffer_count);
   for (unsigned k = 0; k < w->buffer_count; k++)
-    io_uring_buf_ring_add(w->buf_ring, buffer_at(w, k), BUFFER_BYTES,
+    io_uring_buf_ring_add(w->buf_ring, buffer_at(w, k), w->buffer_bytes,
                           (unsigned short)k, mask, (int)k);
   io_uring_buf_ring_advance(w->buf_ring, (int)w->buffer_count);
   w->buffers_free = w->buffer_count;
@@ -1248,8 +1442,8 @@ static void worker_release(uring_worker_t *w) {
   sem_destroy(&w->started);
   timer_heap_free(&w->timers);
   free(w->buffers);
-  free(w->buffer_next);
-  free(w->buffer_len);
+  free(w->buffer_state);
+  free(w->pieces);
   free(w->starved);
   while (w->stage_cached)
     free(w->stage_cache[--w->stage_cached]);
