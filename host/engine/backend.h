@@ -182,7 +182,7 @@ struct io_handle {
    * zero (as io_handle_open leaves it) is an idle socket. */
   struct {
     void *staged;        /* the staged send in the kernel, or NULL */
-    uint16_t head, tail; /* received buffers waiting: buffer id + 1, 0 none */
+    uint16_t head, tail; /* received pieces waiting: piece index + 1, 0 none */
     int16_t end;         /* the receive side's end (-errno, 0 the FIN) */
     int16_t send_error;  /* a failed send's -errno: the next ones fail */
   } uring;
@@ -295,6 +295,10 @@ void io__fail_next_wakeups(int count);
  * buffers per worker (a power of two; 0 restores the default), to prove
  * what a session does when the provided buffers run out. */
 void io__uring_buffer_count(unsigned count);
+/* Tests only (io_uring): cores created afterwards use whole provided
+ * buffers, as on kernels before 6.12, even where the kernel could consume
+ * them incrementally (on = 1; 0 restores the default). */
+void io__uring_whole_buffers(int on);
 #endif
 
 /* Sockets. */

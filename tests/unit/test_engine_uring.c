@@ -284,10 +284,6 @@ END_TEST
  * go back to the ring only when the kernel is done with it and every piece
  * of it was delivered, in whatever order the sockets' owners take them. */
 
-/* Tests only (io_uring.c): cores created afterwards consume their receive
- * buffers whole, as on kernels before 6.12. */
-void io__uring_whole_buffers(int on);
-
 /* Does this kernel take IOU_PBUF_RING_INC (kernel 6.12)? Asked directly,
  * as io_uring.c does, so the tests know which mode they run in. */
 static int kernel_has_incremental_buffers(void) {

@@ -248,7 +248,6 @@ void io__uring_buffer_count(unsigned count) {
 /* Tests only: cores created afterwards consume their receive buffers
  * whole even where the kernel could do it incrementally (on = 1), to
  * prove the older kernels' path; 0 restores the default. */
-void io__uring_whole_buffers(int on);
 void io__uring_whole_buffers(int on) {
   atomic_store(&whole_buffers_forced, on);
 }
