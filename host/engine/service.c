@@ -811,8 +811,9 @@ static int client_start(service_t *svc, char *err, size_t err_len) {
 
 /* ---- idle sweep ---- */
 
-/* The sweeper counts as one of the service's objects until its timer's last
- * completion has run (or its start found the service stopping). */
+/* The sweeper counts as one of the service's objects from its start until
+ * its stop op has run and its timer has nothing more to complete: its
+ * memory (freed with the service) is in use until then. */
 static void sweeper_done(idle_sweeper_t *sw) {
   sw->running = 0;
   objects_add(sw->service, -1);
@@ -847,10 +848,8 @@ static void on_sweeper_start(io_op_t *op, int status, size_t bytes) {
   (void)status;
   (void)bytes;
   idle_sweeper_t *sw = container_of(op, idle_sweeper_t, start_op);
-  if (atomic_load(&sw->service->stopping)) {
-    objects_add(sw->service, -1);
-    return;
-  }
+  if (atomic_load(&sw->service->stopping))
+    return; /* its stop op follows (service_stop_accepting) and ends it */
   sw->running = 1;
   io_timer_start(&sw->timer, sw->period_ms);
 }
@@ -861,16 +860,22 @@ static void on_sweeper_stop(io_op_t *op, int status, size_t bytes) {
   idle_sweeper_t *sw = container_of(op, idle_sweeper_t, stop_op);
   sw->stopped = 1;
   /* Armed: it completes cancelled. Due and queued: it completes and sees
-   * the stop. Either way its completion ends the sweeper. */
+   * the stop. Either way its completion ends the sweeper. Never started
+   * (the service was stopping already): it ends here. */
   if (sw->running)
     io_timer_cancel(&sw->timer);
+  else
+    objects_add(sw->service, -1);
 }
 
-static int sweeper_start(service_t *svc, char *err, size_t err_len) {
+/* Made before the listener or the slots start, so that running out of
+ * memory here leaves nothing to undo; posted once they have started, so
+ * that a start that fails leaves nothing in flight (it is just freed). */
+static idle_sweeper_t *sweeper_new(service_t *svc, char *err, size_t err_len) {
   idle_sweeper_t *sw = calloc(1, sizeof *sw);
   if (!sw) {
     snprintf(err, err_len, "service %s: out of memory", svc->name);
-    return -1;
+    return NULL;
   }
   uint32_t period = svc->opt.idle_timeout_ms / 8;
   sw->period_ms = period < 5 ? 5 : period > 1000 ? 1000 : period;
@@ -879,10 +884,13 @@ static int sweeper_start(service_t *svc, char *err, size_t err_len) {
   io_timer_init(&sw->timer, &sw->handle, on_sweep);
   sw->start_op.complete = on_sweeper_start;
   sw->stop_op.complete = on_sweeper_stop;
+  return sw;
+}
+
+static void sweeper_start(service_t *svc, idle_sweeper_t *sw) {
   svc->sweeper = sw;
-  objects_add(svc, 1);
+  objects_add(svc, 1); /* until on_sweeper_stop, or its timer, ends it */
   io_post(&sw->handle, &sw->start_op, 0);
-  return 0;
 }
 
 /* ---- lifecycle ---- */
@@ -941,14 +949,18 @@ int service_start(service_t *svc, char *err, size_t err_len) {
     snprintf(err, err_len, "service %s: already started", svc->name);
     return -1;
   }
-  if (svc->opt.idle_timeout_ms && sweeper_start(svc, err, err_len) != 0)
+  idle_sweeper_t *sweeper = NULL;
+  if (svc->opt.idle_timeout_ms && !(sweeper = sweeper_new(svc, err, err_len)))
     return -1;
   int rc = svc->opt.type == SERVICE_SERVER ? listener_start(svc, err, err_len)
                                            : client_start(svc, err, err_len);
-  if (rc == 0)
-    svc->started = 1;
-  else if (svc->sweeper)
-    io_post(&svc->sweeper->handle, &svc->sweeper->stop_op, 0);
+  if (rc != 0) {
+    free(sweeper); /* never posted: nothing of it is in flight */
+    return rc;
+  }
+  if (sweeper)
+    sweeper_start(svc, sweeper);
+  svc->started = 1;
   return rc;
 }
 

@@ -439,6 +439,68 @@ START_TEST(test_close_linger_ms_zero_releases_the_session_right_after_fin) {
 }
 END_TEST
 
+/* The idle sweeper (service.c) must stay counted, and so allocated, until
+ * its stop op has run. A service stopped while the sweeper's worker is
+ * busy has the sweeper's start and stop both queued there; its start
+ * then sees the service stopping. It used to drop the sweeper's count at
+ * once, so service_destroy could free the sweeper while its stop op was
+ * still queued: a use-after-free (ASan, with the worker preempted in
+ * between). Here the worker is held between the two: the service must not
+ * count as closed until the stop ran. Handles go round-robin over the
+ * core's two workers: room A on 0, room B on 1, then the sweeper on 0
+ * and the listener on 1, which stops freely. */
+typedef struct hold {
+  atomic_int entered;
+  atomic_int release;
+} hold_t;
+
+static void hold_worker(room_t *r, void *arg, void *arg2) {
+  (void)r;
+  (void)arg2;
+  hold_t *h = arg;
+  atomic_store(&h->entered, 1);
+  for (int i = 0; i < 10000 && !atomic_load(&h->release); i++)
+    tu_sleep_ms(1);
+}
+
+START_TEST(test_the_idle_sweeper_stays_until_its_stop_ran) {
+  char err[256];
+  core_t *core;
+  ck_assert_msg(core_create("edges", 2, CORE_BACKEND_DEFAULT, &core, err,
+                            sizeof err) == 0,
+                "%s", err);
+  room_t *a = room_create(core, NULL, 0, NULL);
+  room_t *b = room_create(core, NULL, 0, NULL);
+  ck_assert(a && b);
+  static hold_t first, second;
+  memset(&first, 0, sizeof first);
+  memset(&second, 0, sizeof second);
+  ck_assert_int_eq(room_post(a, hold_worker, NULL, &first, NULL), ENGINE_OK);
+  ck_assert(tu_wait_at_least(&first.entered, 1, 5000));
+  memset(&server_tally, 0, sizeof server_tally);
+  service_options_t o;
+  options(&o, SERVICE_SERVER, 0, &server_tally);
+  o.idle_timeout_ms = 1000;
+  service_t *server = start(core, &o); /* the sweeper's start is queued */
+  ck_assert_int_eq(room_post(a, hold_worker, NULL, &second, NULL), ENGINE_OK);
+  service_stop_accepting(server); /* its stop: queued after the hold */
+  atomic_store(&first.release, 1); /* the start runs, then the second hold */
+  ck_assert(tu_wait_at_least(&second.entered, 1, 5000));
+  /* The listener (other worker) has stopped by now or soon; the sweeper's
+   * stop has not run, so the service is not closed. */
+  ck_assert_msg(service_wait_closed(server, 200) != 0,
+                "the service counted as closed while its idle sweeper's "
+                "stop op was still queued");
+  atomic_store(&second.release, 1);
+  ck_assert_int_eq(service_destroy_within(server, 5000), 0);
+  room_close(a);
+  room_close(b);
+  room_release(a);
+  room_release(b);
+  core_destroy(core);
+}
+END_TEST
+
 int main(void) {
   Suite *s = suite_create("engine_edges");
   TCase *tc = tcase_create("edges");
@@ -456,6 +518,7 @@ int main(void) {
       tc, test_a_peer_that_never_closes_is_released_after_close_linger_ms);
   tcase_add_test(
       tc, test_close_linger_ms_zero_releases_the_session_right_after_fin);
+  tcase_add_test(tc, test_the_idle_sweeper_stays_until_its_stop_ran);
   suite_add_tcase(s, tc);
   SRunner *sr = srunner_create(s);
   srunner_run_all(sr, CK_NORMAL);
