@@ -246,12 +246,20 @@ session_t *session__new(service_t *svc) {
 
 void session__free_unattached(session_t *s) { session_release(s); }
 
-static void post_kick_locked(session_t *s) {
-  if (s->kick_pending || s->sending)
+/* Under the lock: the kick runs once more, holding a reference until it
+ * ran (on_kick releases it). */
+static void kick_locked(session_t *s) {
+  if (s->kick_pending)
     return;
   s->kick_pending = 1;
   session__ref(s);
   io_wake(&s->handle);
+}
+
+/* A flush or start: while a send is in flight, its completion flushes. */
+static void post_kick_locked(session_t *s) {
+  if (!s->sending)
+    kick_locked(s);
 }
 
 /* Drops the socket and the open reference; s may be gone afterwards. */
@@ -373,11 +381,7 @@ void session__idle_check(session_t *s, uint32_t now, uint32_t idle) {
   engine_lock(&s->lock);
   if (s->state == SESSION_OPEN && !s->close_request && !s->idle_check) {
     s->idle_check = 1;
-    if (!s->kick_pending) {
-      s->kick_pending = 1;
-      session__ref(s);
-      io_wake(&s->handle);
-    }
+    kick_locked(s);
   }
   engine_unlock(&s->lock);
 }
@@ -502,11 +506,7 @@ static int request_close(session_t *s, int reason, int abort_now) {
   if (abort_now)
     s->close_abort = 1;
   /* The kick must run even while a send is in flight. */
-  if (!s->kick_pending) {
-    s->kick_pending = 1;
-    session__ref(s);
-    io_wake(&s->handle);
-  }
+  kick_locked(s);
   engine_unlock(&s->lock);
   return ENGINE_OK;
 }

@@ -118,6 +118,22 @@ static inline void *io_fifo_pop(io_fifo_t *q, io_entry_kind_t *kind) {
   return (void *)(tagged & ~IO_ENTRY_KIND_MASK);
 }
 
+/* Both backends deliver a handle's receive and wake-up the same way: the
+ * receive is disarmed before its owner hears of it (who may arm the next
+ * one inside the call), and each counts as a completion. */
+static inline void io__deliver_received(io_worker_t *w, io_handle_t *h,
+                                        int status, const uint8_t *data,
+                                        size_t len) {
+  h->recv_armed = 0;
+  atomic_fetch_add_explicit(&w->core->completions, 1, memory_order_relaxed);
+  w->core->events->received(h, status, data, len);
+}
+
+static inline void io__deliver_woken(io_worker_t *w, io_handle_t *h) {
+  atomic_fetch_add_explicit(&w->core->completions, 1, memory_order_relaxed);
+  w->core->events->woken(h);
+}
+
 /* The worker running on this thread, set by each backend's thread. */
 extern _Thread_local io_worker_t *io__current_worker;
 

@@ -336,10 +336,7 @@ static void deliver_recv(epoll_worker_t *w, io_handle_t *h) {
       n = 0;
     }
   }
-  h->recv_armed = 0;
-  atomic_fetch_add_explicit(&w->base.core->completions, 1,
-                            memory_order_relaxed);
-  w->base.core->events->received(h, status, w->recv_buffer, (size_t)n);
+  io__deliver_received(&w->base, h, status, w->recv_buffer, (size_t)n);
 }
 
 static void deliver_entry(epoll_worker_t *w, void *entry,
@@ -349,9 +346,7 @@ static void deliver_entry(epoll_worker_t *w, void *entry,
     deliver_recv(w, entry);
     return;
   case IO_ENTRY_WAKE:
-    atomic_fetch_add_explicit(&w->base.core->completions, 1,
-                              memory_order_relaxed);
-    w->base.core->events->woken(entry);
+    io__deliver_woken(&w->base, entry);
     return;
   default:
     deliver(w, entry);

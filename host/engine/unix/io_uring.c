@@ -1213,10 +1213,7 @@ static void deliver_recv(uring_worker_t *w, io_handle_t *h) {
   } else {
     status = h->uring.end; /* 0: the peer's FIN */
   }
-  h->recv_armed = 0;
-  atomic_fetch_add_explicit(&w->base.core->completions, 1,
-                            memory_order_relaxed);
-  w->base.core->events->received(h, status, data, len);
+  io__deliver_received(&w->base, h, status, data, len);
   if (id >= 0) { /* the bytes were valid only during the call */
     w->buffer_state[id].pieces--;
     buffer_check(w, (unsigned)id);
@@ -1230,9 +1227,7 @@ static void deliver_entry(uring_worker_t *w, void *entry,
     deliver_recv(w, entry);
     return;
   case IO_ENTRY_WAKE:
-    atomic_fetch_add_explicit(&w->base.core->completions, 1,
-                              memory_order_relaxed);
-    w->base.core->events->woken(entry);
+    io__deliver_woken(&w->base, entry);
     return;
   default:
     deliver(w, entry);
