@@ -101,7 +101,16 @@ uring_stage() {
   done
 }
 
+stage_start=$SECONDS
+stage_times=()
+# Each stage's time, printed when all passed: what CI's budget goes to.
+stage_done() {
+  stage_times+=("$1: $((SECONDS - stage_start)) s")
+  stage_start=$SECONDS
+}
+
 for build in "${builds[@]}"; do
+  stage_start=$SECONDS
   case "$build" in
     normal) dir=build-test;  sanitize="" ; stress=100000 ;;
     asan)   dir=build-asan;  sanitize=address; stress=20000 ;;
@@ -110,10 +119,12 @@ for build in "${builds[@]}"; do
       echo "=== fuzzing (build-fuzz, clang) ==="
       # Five targets: 40 s each keeps the whole run well under 30 minutes.
       tests/fuzz/run.sh "${FUZZ_SECONDS:-40}" "$PWD/build-fuzz"
+      stage_done fuzz
       continue ;;
     uring)
       echo "=== io_uring as the default backend ==="
       uring_stage
+      stage_done uring
       continue ;;
     windows)
       echo "=== windows build (build-win, under Wine) ==="
@@ -121,6 +132,7 @@ for build in "${builds[@]}"; do
       windows_stage
       scripts/check_must_run.py "$(windows_build_dir)/ctest-junit.xml" windows
       echo "=== windows build: $((SECONDS - start)) s ==="
+      stage_done windows
       continue ;;
     *) echo "unknown build '$build' (normal, asan, tsan, uring, fuzz or windows)" >&2
        exit 2 ;;
@@ -137,4 +149,6 @@ for build in "${builds[@]}"; do
     ctest --test-dir "$dir" --output-on-failure -j "$jobs" \
           --output-junit "$PWD/$dir/ctest-junit.xml"
   scripts/check_must_run.py "$dir/ctest-junit.xml" linux
+  stage_done "$build"
 done
+echo "=== stage times: $(IFS=,; echo "${stage_times[*]}") ==="

@@ -35,8 +35,10 @@ class SessionsTest(HostTestCase):
 
     def sessions(self, *options):
         result = self.cli("sessions", "--json", *options)
-        self.assertEqual(result.returncode, 0, result.stderr)
-        self.assertEqual(result.stderr, "")
+        outcome = "exit %d, stdout %r, stderr %r" % (
+            result.returncode, result.stdout, result.stderr)
+        self.assertEqual(result.returncode, 0, outcome)
+        self.assertEqual(result.stderr, "", outcome)
         return result.stdout
 
     def by_peer(self, *options):
