@@ -43,9 +43,7 @@ class OutputTest(HostTestCase):
     def raw_cli(self, args, timeout=20.0):
         """The command's standard output as bytes, untranslated (under Wine
         the console's CRLF line ends arrive as they are)."""
-        return subprocess.run(harness.host_command() + list(args),
-                              stdin=subprocess.DEVNULL, capture_output=True,
-                              timeout=harness.scaled(timeout))
+        return harness.run_host_command(args, timeout, text=False)
 
     def assert_answer_only(self, result, what):
         out = result.stdout.decode("utf-8", "replace")
