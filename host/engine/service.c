@@ -26,7 +26,7 @@
  * Idle timeout: one sweep per service, not a timer per session (a timer
  * record is 144 bytes, and issue 18 counts an idle session's bytes). Every
  * idle_timeout_ms / 8 (5 ms to 1 s) it walks the open sessions under the
- * service's lock and asks each that has been quiet that long to check
+ * service's lock (a slice at a time) and asks each that has been quiet that long to check
  * itself on its worker (session__idle_check: a flag and its kick), where
  * its last receive is exact. A silent session is thus cut between
  * idle_timeout_ms and 1.125 times it after its last byte.
@@ -210,6 +210,8 @@ void *service_user(const service_t *svc) { return svc->user; }
 /* Buckets grow (doubling) when there are more than this many sessions per
  * bucket: 8 bytes of table per 1 to 2 sessions, chains of 1 or 2. */
 #define SESSIONS_PER_BUCKET 2
+/* The idle sweep's walk, per hold of the service's lock (on_sweep). */
+#define SWEEP_BUCKETS_PER_LOCK 512
 
 static size_t bucket_of(const service_t *svc, uint64_t id) {
   return (size_t)(id * 0x9E3779B97F4A7C15ULL >> 7) & (svc->bucket_count - 1);
@@ -835,11 +837,23 @@ static void on_sweep(io_op_t *op, int status, size_t bytes) {
               "(%s); retrying",
               svc->name, io_strerror(status));
   } else {
+    /* A few hundred buckets per hold of the lock, so that accepts,
+     * closes and broadcasts of a service with 100k sessions wait
+     * microseconds for the sweep, not the half millisecond of a whole
+     * walk. A rehash in between may make this sweep skip or look twice at
+     * a few sessions: looking twice is harmless, and one skipped is
+     * looked at by the next sweep, an eighth of the timeout later. */
     uint32_t now = (uint32_t)clock_now_ms();
-    pthread_mutex_lock(&svc->lock);
-    FOR_EACH_SESSION(svc, s)
-      session__idle_check(s, now, svc->opt.idle_timeout_ms);
-    pthread_mutex_unlock(&svc->lock);
+    size_t bucket = 0, more;
+    do {
+      pthread_mutex_lock(&svc->lock);
+      size_t end = bucket + SWEEP_BUCKETS_PER_LOCK;
+      for (; bucket < svc->bucket_count && bucket < end; bucket++)
+        for (session_t *s = svc->buckets[bucket]; s; s = s->hash_next)
+          session__idle_check(s, now, svc->opt.idle_timeout_ms);
+      more = bucket < svc->bucket_count;
+      pthread_mutex_unlock(&svc->lock);
+    } while (more);
   }
   io_timer_start(&sw->timer, sw->period_ms);
 }

@@ -501,6 +501,50 @@ START_TEST(test_the_idle_sweeper_stays_until_its_stop_ran) {
 }
 END_TEST
 
+/* ---- 7. the idle sweep walks a large service a slice at a time ---- */
+
+/* 3000 sessions fill about 2000 buckets, four of the sweep's slices (512
+ * buckets per hold of the service's lock): a walk that lost its place
+ * between two slices would leave some of them open. */
+START_TEST(test_the_idle_sweep_cuts_every_quiet_session_of_a_large_service) {
+  enum { SESSIONS = 3000 };
+  tu_raise_fd_limit();
+  char err[256];
+  core_t *core;
+  ck_assert_msg(core_create("edges", 2, CORE_BACKEND_DEFAULT, &core, err,
+                            sizeof err) == 0,
+                "%s", err);
+  memset(&server_tally, 0, sizeof server_tally);
+  service_options_t o;
+  options(&o, SERVICE_SERVER, 0, &server_tally);
+  o.backlog = 4096;
+  o.idle_timeout_ms = 2000;
+  service_t *server = start(core, &o);
+  address_t bound;
+  ck_assert_int_eq(service_local_address(server, &bound), 0);
+  static int fds[SESSIONS];
+  int opened = 0;
+  for (; opened < SESSIONS; opened++) {
+    fds[opened] = tu_connect(address_port(&bound), 0);
+    if (fds[opened] < 0)
+      break;
+  }
+  ck_assert_msg(opened == SESSIONS, "only %d of %d connections opened", opened,
+                SESSIONS);
+  ck_assert(tu_wait_at_least(&server_tally.connected, SESSIONS, 30000));
+  /* None talks: each is cut 2 to 2.25 s after it opened. */
+  ck_assert_msg(tu_wait_at_least(&server_tally.disconnected, SESSIONS, 30000),
+                "%d of %d quiet sessions cut by the idle sweep",
+                atomic_load(&server_tally.disconnected), SESSIONS);
+  ck_assert_int_eq(sessions_now(server), 0);
+  for (int i = 0; i < opened; i++)
+    tu_close(fds[i]);
+  service_stop_accepting(server);
+  ck_assert_int_eq(service_destroy_within(server, 10000), 0);
+  core_destroy(core);
+}
+END_TEST
+
 int main(void) {
   Suite *s = suite_create("engine_edges");
   TCase *tc = tcase_create("edges");
@@ -519,6 +563,8 @@ int main(void) {
   tcase_add_test(
       tc, test_close_linger_ms_zero_releases_the_session_right_after_fin);
   tcase_add_test(tc, test_the_idle_sweeper_stays_until_its_stop_ran);
+  tcase_add_test(tc,
+                 test_the_idle_sweep_cuts_every_quiet_session_of_a_large_service);
   suite_add_tcase(s, tc);
   SRunner *sr = srunner_create(s);
   srunner_run_all(sr, CK_NORMAL);
