@@ -421,19 +421,36 @@ class Host:
         """Starts the host and waits until every server port accepts. Each
         successful probe is one session the plugin sees (probe_connections).
         wait_ports=False returns at once, without probing."""
-        with open(self.stdout_path, "ab") as out, \
-                open(self.stderr_path, "ab") as err:
-            self.process = subprocess.Popen(
-                host_command() + ["run", "-c", self.config_path],
-                cwd=self.dir, stdin=subprocess.DEVNULL, stdout=out,
-                stderr=err, env=self.environment(),
-                preexec_fn=self.preexec_fn)
+        def launch():
+            with open(self.stdout_path, "ab") as out, \
+                    open(self.stderr_path, "ab") as err:
+                self.process = subprocess.Popen(
+                    host_command() + ["run", "-c", self.config_path],
+                    cwd=self.dir, stdin=subprocess.DEVNULL, stdout=out,
+                    stderr=err, env=self.environment(),
+                    preexec_fn=self.preexec_fn)
+            return self.output_size()
+
+        written_before = launch()
+        relaunched = False
         if not wait_ports:
             return self
         pending = list(self.ports())
 
         def ready():
+            nonlocal written_before, relaunched
             if self.process.poll() is not None:
+                # Wine's start failure (see run_host_command): exit 1
+                # before anything was written. Once only.
+                if WINDOWS and not relaunched and \
+                        self.process.returncode == 1 and \
+                        self.output_size() == written_before:
+                    sys.stderr.write("harness: %s exited 1 saying nothing "
+                                     "(a Wine start failure); starting it "
+                                     "again\n" % self.label)
+                    relaunched = True
+                    written_before = launch()
+                    return False
                 raise AssertionError(
                     "%s exited with %s before its ports accepted" %
                     (self.label, self.process.returncode))
@@ -445,6 +462,11 @@ class Host:
         wait_until(ready, timeout, "%s to accept on %s" %
                    (self.label, self.ports()))
         return self
+
+    def output_size(self):
+        """Bytes in the host's stdout and stderr files so far."""
+        return sum(os.path.getsize(path) if os.path.exists(path) else 0
+                   for path in (self.stdout_path, self.stderr_path))
 
     def running(self):
         return self.process is not None and self.process.poll() is None
