@@ -605,6 +605,39 @@ void session__connect(session_t *s, io_socket_t sock, int worker_hint) {
 
 static void deliver_input(session_t *s, const uint8_t *in, size_t n);
 
+/* A receive or send failed: the network's doing (a reset, an unreachable
+ * peer, a keepalive that timed out) is peer_reset; a shortage or fault of
+ * ours (no memory, no provided buffer, no submission slot, an I/O error)
+ * is io_error, and worth a line to the operator: the peer did nothing. */
+static uint64_t io_error_log_ms, io_error_log_suppressed;
+
+static int reason_of_failure(session_t *s, int status, const char *what) {
+  switch (-status) {
+  case EIO:
+  case ENOMEM:
+  case ENOBUFS:
+  case EBUSY:
+  case EBADF:
+  case EINVAL:
+  case EFAULT:
+  case EMFILE:
+  case ENFILE:
+    break;
+  default:
+    return REASON_PEER_RESET;
+  }
+  if (log_ratelimit(&io_error_log_ms, &io_error_log_suppressed)) {
+    char peer[ADDRESS_TEXT_MAX] = "?";
+    address_format(&s->peer, peer, sizeof peer);
+    log_write(LOG_WARN, "session",
+              "service %s: session %llu (%s): %s failed here, not at the "
+              "peer: %s; disconnecting (io_error)",
+              service_name(s->service), (unsigned long long)s->id, peer, what,
+              io_strerror(status));
+  }
+  return REASON_IO_ERROR;
+}
+
 static void on_recv_done(io_handle_t *h, int status, const uint8_t *data,
                          size_t bytes) {
   session_t *s = container_of(h, session_t, handle);
@@ -624,7 +657,7 @@ static void on_recv_done(io_handle_t *h, int status, const uint8_t *data,
     return;
   }
   if (status < 0) {
-    begin_close(s, status == -EIO ? REASON_IO_ERROR : REASON_PEER_RESET, 0);
+    begin_close(s, reason_of_failure(s, status, "a receive"), 0);
   } else if (bytes == 0) {
     s->peer_eof = 1;
     begin_close(s, REASON_PEER_CLOSED, 1);
@@ -830,7 +863,7 @@ static void on_send_done(io_op_t *op, int status, size_t bytes) {
   engine_unlock(&s->lock);
   if (status < 0) {
     if (status != IO_ECANCELED)
-      begin_close(s, status == -EIO ? REASON_IO_ERROR : REASON_PEER_RESET, 0);
+      begin_close(s, reason_of_failure(s, status, "a send"), 0);
     session_release(s);
     return;
   }

@@ -602,6 +602,62 @@ START_TEST(test_a_64k_message_arrives_in_one_received_call) {
 }
 END_TEST
 
+/* Sockets that arm their receive while the ring is empty, but have nothing
+ * to read, must not stand in the way of one that has bytes: with whole
+ * buffers a returned buffer re-armed only the longest-starved socket, and
+ * idle sockets starved at arm time came first, so the buffer sat unused in
+ * the ring while D's bytes waited for a return that never came (found in
+ * review; D got 0). */
+static void idle_starved_ahead(int whole) {
+  enum { IDLE = 8 };
+  int incremental = !whole && kernel_has_incremental_buffers();
+  int ring_bytes = 2 * (incremental ? 256 * 1024 : 16 * 1024);
+  io_core_t *core = conn_core(2, whole);
+  static conn_t a, d, idle[IDLE];
+  conn_open(core, &a, 4);
+  conn_open(core, &d, 5);
+  for (int k = 0; k < IDLE; k++)
+    conn_open(core, &idle[k], 20 + k);
+  conn_command(&a, CMD_ARM);
+  conn_send(&a, 0, 100);
+  ck_assert(conn_got(&a, 100));
+  int rest = ring_bytes + 4096;
+  int taken = incremental ? ring_bytes - 100 : ring_bytes;
+  conn_send(&a, 100, (size_t)rest);
+  unread_t u = {a.server, rest - taken};
+  ck_assert(tu_wait_until(unread_is, &u, 10000));
+  /* The ring is empty. Idle sockets arm first, then D, which has bytes. */
+  for (int k = 0; k < IDLE; k++) {
+    atomic_store(&idle[k].rearm, 1);
+    conn_command(&idle[k], CMD_ARM);
+  }
+  conn_send(&d, 0, 100);
+  atomic_store(&d.rearm, 1);
+  conn_command(&d, CMD_ARM);
+  atomic_store(&a.rearm, 1);
+  conn_command(&a, CMD_ARM);
+  ck_assert(conn_got(&a, 100 + rest));
+  ck_assert_msg(tu_wait_at_least(&d.got, 100, 3000),
+                "%s buffers: D's 100 bytes were never read, though the ring "
+                "has buffers again (D got %d)",
+                whole ? "whole" : "incremental", atomic_load(&d.got));
+  for (int k = 0; k < IDLE; k++)
+    conn_close(&idle[k]);
+  conn_close(&d);
+  conn_close(&a);
+  io_core_destroy(core);
+}
+
+START_TEST(test_idle_sockets_leave_buffers_to_one_with_bytes_incremental) {
+  idle_starved_ahead(0);
+}
+END_TEST
+
+START_TEST(test_idle_sockets_leave_buffers_to_one_with_bytes_whole) {
+  idle_starved_ahead(1);
+}
+END_TEST
+
 int main(void) {
   Suite *s = suite_create("engine_uring");
   TCase *tc = tcase_create("uring");
@@ -614,6 +670,9 @@ int main(void) {
   tcase_add_test(tc, test_pieces_out_of_order_with_whole_buffers);
   tcase_add_test(tc, test_a_64k_message_arrives_in_one_received_call);
   tcase_add_test(tc, test_starved_sockets_all_read_on_when_a_buffer_comes_back);
+  tcase_add_test(tc,
+                 test_idle_sockets_leave_buffers_to_one_with_bytes_incremental);
+  tcase_add_test(tc, test_idle_sockets_leave_buffers_to_one_with_bytes_whole);
   suite_add_tcase(s, tc);
   SRunner *sr = srunner_create(s);
   srunner_run_all(sr, CK_NORMAL);

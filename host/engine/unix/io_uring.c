@@ -490,19 +490,27 @@ static void starve(uring_worker_t *w, io_handle_t *h) {
   set_bit(h, UB_STARVED);
 }
 
-/* A buffer came back. Consumed whole, it serves one receive: the
- * longest-starved socket reads again. Consumed incrementally, it serves
- * many: every starved socket reads again (one per buffer would leave the
- * rest waiting for a buffer that no receive fills and returns). */
+/* A buffer came back, or a receive ended without taking one. Only sockets
+ * whose bytes found the ring empty wait here (uring_recv_start arms an idle
+ * one as usual), so each woken socket has bytes for a buffer. Consumed
+ * whole, a buffer serves one receive: as many starved sockets read again
+ * as there are buffers in the ring, longest-starved first. Consumed
+ * incrementally, a buffer serves many: every starved socket reads again
+ * (one per buffer would leave the rest waiting for a buffer that no
+ * receive fills and returns). An entry that reads no more (closed, ended,
+ * armed meanwhile) uses up nothing. */
 static void rearm_starved(uring_worker_t *w) {
-  do {
+  unsigned woken = 0;
+  while (w->incremental || woken < w->buffers_free) {
     io_handle_t *h = starved_pop(w);
     if (!h)
       return;
     clear_bit(h, UB_STARVED);
-    if (!h->closed && !has(h, UB_MULTISHOT) && !has(h, UB_HAS_END))
-      arm_recv(w, h);
-  } while (w->incremental);
+    if (h->closed || has(h, UB_MULTISHOT) || has(h, UB_HAS_END))
+      continue;
+    arm_recv(w, h);
+    woken++;
+  }
 }
 
 static void uring_recv_start(io_handle_t *h) {
@@ -515,10 +523,12 @@ static void uring_recv_start(io_handle_t *h) {
   if (h->closed || h->socket == IO_INVALID_SOCKET || has(h, UB_HAS_END) ||
       has(h, UB_MULTISHOT) || has(h, UB_STARVED))
     return;
-  if (w->buffers_free == 0)
-    starve(w, h);
-  else
-    arm_recv(w, h);
+  /* Armed even when the ring is empty: a socket with nothing to read then
+   * waits in the kernel as any idle one does, and one whose bytes find no
+   * buffer ends with ENOBUFS and starves (on_recv_cqe). Starving an idle
+   * socket here would let it take a returned buffer's re-arm from one
+   * with bytes, and make the list as long as the idle sessions. */
+  arm_recv(w, h);
 }
 
 /* The buffer a receive's CQE names: its bytes start at the buffer's
@@ -573,6 +583,12 @@ static void on_recv_cqe(uring_worker_t *w, io_handle_t *h, int res,
   }
   if (id >= 0 && !queued)
     buffer_check(w, (unsigned)id);
+  /* A receive woken for a buffer that ended without taking it (its peer's
+   * FIN or reset): the buffer is still in the ring, so the next starved
+   * socket reads now rather than wait for another buffer to come back. */
+  if (w->starved_count && id < 0 && !(flags & IORING_CQE_F_MORE) &&
+      w->buffers_free > 0)
+    rearm_starved(w);
   recv_maybe_ready(w, h);
 }
 
