@@ -376,7 +376,10 @@ static void note_receive(session_t *s) {
 
 void session__idle_check(session_t *s, uint32_t now, uint32_t idle) {
   uint32_t last = atomic_load_explicit(&s->last_recv_ms, memory_order_relaxed);
-  if ((uint32_t)(now - last) < idle)
+  /* A receive stamped after the sweep read its clock is "just now", not
+   * 49 days ago: the difference is negative, not huge. */
+  int32_t quiet = (int32_t)(now - last);
+  if (quiet < 0 || (uint32_t)quiet < idle)
     return;
   engine_lock(&s->lock);
   if (s->state == SESSION_OPEN && !s->close_request && !s->idle_check) {
