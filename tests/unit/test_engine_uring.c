@@ -659,6 +659,9 @@ START_TEST(test_idle_sockets_leave_buffers_to_one_with_bytes_whole) {
 END_TEST
 
 int main(void) {
+  /* These tests choose each core's buffer mode themselves (conn_core):
+   * the uring stage's whole-buffer run must not choose it for them. */
+  unsetenv("IOCPHOST_URING_WHOLE_BUFFERS");
   Suite *s = suite_create("engine_uring");
   TCase *tc = tcase_create("uring");
   tcase_set_timeout(tc, 120);

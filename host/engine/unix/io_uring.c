@@ -252,6 +252,14 @@ void io__uring_whole_buffers(int on) {
   atomic_store(&whole_buffers_forced, on);
 }
 
+/* IOCPHOST_URING_WHOLE_BUFFERS=1, for tests: every core consumes its
+ * buffers whole, as on Debian 12's 6.1 kernel, so a whole suite runs the
+ * older kernels' path on a newer one. */
+static int whole_buffers_asked(void) {
+  const char *env = getenv("IOCPHOST_URING_WHOLE_BUFFERS");
+  return env && strcmp(env, "1") == 0;
+}
+
 static uring_worker_t *worker_of(const io_handle_t *h) {
   return (uring_worker_t *)h->worker;
 }
@@ -1361,7 +1369,7 @@ static int worker_init(uring_worker_t *w) {
   /* Incremental consumption where the kernel has it (6.12); before, it
    * refuses the flag with EINVAL and each receive takes a whole buffer. */
   rc = -EINVAL;
-  if (!atomic_load(&whole_buffers_forced))
+  if (!atomic_load(&whole_buffers_forced) && !whole_buffers_asked())
     rc = register_buffers(w, 1);
   if (rc == -EINVAL)
     rc = register_buffers(w, 0);
@@ -1376,7 +1384,9 @@ static int worker_init(uring_worker_t *w) {
             "io_uring worker %d: receive buffers %s (%u x %u KiB)",
             w->base.index,
             w->incremental ? "consumed incrementally"
-                           : "consumed whole (the kernel predates 6.12)",
+            : whole_buffers_asked()
+                ? "consumed whole (IOCPHOST_URING_WHOLE_BUFFERS=1)"
+                : "consumed whole (the kernel predates 6.12)",
             w->buffer_count, w->buffer_bytes / 1024);
   w->buffers = malloc((size_t)w->buffer_count * w->buffer_bytes);
   w->buffer_state = calloc(w->buffer_count, sizeof *w->buffer_state);
