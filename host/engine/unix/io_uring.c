@@ -476,6 +476,11 @@ static void arm_recv(uring_worker_t *w, io_handle_t *h) {
     return;
   }
   io_uring_prep_recv_multishot(sqe, h->socket, NULL, 0, 0);
+  /* Wait for bytes before picking a buffer: the kernel picks one before it
+   * tries to read, so without this a socket armed while the ring is empty
+   * ends at once with ENOBUFS, bytes or not, and idle sockets would crowd
+   * the starved list ahead of the ones with bytes. */
+  sqe->ioprio |= IORING_RECVSEND_POLL_FIRST;
   sqe->flags |= IOSQE_BUFFER_SELECT;
   sqe->buf_group = BUFFER_GROUP;
   io_uring_sqe_set_data64(sqe, tagged(h, KIND_RECV));
@@ -532,10 +537,11 @@ static void uring_recv_start(io_handle_t *h) {
       has(h, UB_MULTISHOT) || has(h, UB_STARVED))
     return;
   /* Armed even when the ring is empty: a socket with nothing to read then
-   * waits in the kernel as any idle one does, and one whose bytes find no
-   * buffer ends with ENOBUFS and starves (on_recv_cqe). Starving an idle
-   * socket here would let it take a returned buffer's re-arm from one
-   * with bytes, and make the list as long as the idle sessions. */
+   * waits in the kernel as any idle one does (arm_recv: poll first), and
+   * one whose bytes find no buffer ends with ENOBUFS and starves
+   * (on_recv_cqe). Starving an idle socket here would let it take a
+   * returned buffer's re-arm from one with bytes, and make the list as
+   * long as the idle sessions. */
   arm_recv(w, h);
 }
 
