@@ -26,9 +26,9 @@
  * Idle timeout: one sweep per service, not a timer per session (a timer
  * record is 144 bytes, and issue 18 counts an idle session's bytes). Every
  * idle_timeout_ms / 8 (5 ms to 1 s) it walks the open sessions under the
- * service's lock (a slice at a time) and asks each that has been quiet that long to check
- * itself on its worker (session__idle_check: a flag and its kick), where
- * its last receive is exact. A silent session is thus cut between
+ * service's lock (a slice at a time) and asks each that has been quiet
+ * that long to check itself on its worker (session__idle_check: a flag and
+ * its kick), where its last receive is exact. A silent session is thus cut between
  * idle_timeout_ms and 1.125 times it after its last byte.
  *
  * Stopping: service_stop_accepting marks the service stopping under its
