@@ -8,6 +8,7 @@
  * sweep and the listener's or slot's own stop), so one round alone may
  * miss it, while several together did not once in twenty runs. */
 #include <check.h>
+#include <errno.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -21,6 +22,7 @@ typedef struct tally {
   atomic_int connected, disconnected, freed;
   atomic_int abort_on_connect;      /* the server drops every session at once */
   atomic_int disconnect_on_connect; /* ... or closes it gracefully (FIN) */
+  atomic_int reason;                /* the last on_disconnected's */
   _Atomic uint64_t disconnected_ms, freed_ms; /* when the last one was */
 } tally_t;
 
@@ -49,7 +51,7 @@ static size_t on_recv(session_t *s, const uint8_t *data, size_t len) {
 }
 
 static void on_disconnected(session_t *s, session_reason_t reason) {
-  (void)reason;
+  atomic_store(&tally_of(s)->reason, (int)reason);
   atomic_store(&tally_of(s)->disconnected_ms, tu_now_ms());
   atomic_fetch_add(&tally_of(s)->disconnected, 1);
 }
@@ -545,6 +547,57 @@ START_TEST(test_the_idle_sweep_cuts_every_quiet_session_of_a_large_service) {
 }
 END_TEST
 
+/* ---- 8. a failed receive: the peer's doing or ours ---- */
+
+/* On the session's worker, as its backend would: the armed receive's
+ * result is an error (the reference it holds is taken here, and dropped by
+ * the session's receive path). */
+static void fail_receive(session_t *s, void *arg) {
+  session__ref(s);
+  session__io_events.received(&s->handle, *(int *)arg, NULL, 0);
+}
+
+static session_reason_t reason_for_failed_receive(int status) {
+  char err[256];
+  core_t *core;
+  ck_assert_msg(core_create("edges", 1, CORE_BACKEND_DEFAULT, &core, err,
+                            sizeof err) == 0,
+                "%s", err);
+  memset(&server_tally, 0, sizeof server_tally);
+  service_options_t o;
+  options(&o, SERVICE_SERVER, 0, &server_tally);
+  service_t *svc;
+  ck_assert_msg(service_create(core, &o, &svc, err, sizeof err) == 0, "%s",
+                err);
+  session_t *s = session__new(svc);
+  ck_assert_ptr_nonnull(s);
+  ck_assert_int_eq(session__attach(s, IO_INVALID_SOCKET, 0), 0);
+  ck_assert(tu_wait_at_least(&server_tally.connected, 1, 5000));
+  static int posted;
+  posted = status;
+  ck_assert_int_eq(session_post(s, fail_receive, &posted), ENGINE_OK);
+  ck_assert(tu_wait_at_least(&server_tally.disconnected, 1, 5000));
+  ck_assert(tu_wait_at_least(&server_tally.freed, 1, 5000));
+  ck_assert_int_eq(service_destroy_within(svc, 5000), 0);
+  core_destroy(core);
+  return (session_reason_t)atomic_load(&server_tally.reason);
+}
+
+/* A reset or an unreachable peer is the peer's (peer_reset); no buffer or
+ * no memory is ours (io_error, with a line for the operator). */
+START_TEST(test_a_failed_receive_names_whose_failure_it_was) {
+  ck_assert_str_eq(session_reason_name(reason_for_failed_receive(-ECONNRESET)),
+                   "peer_reset");
+  ck_assert_str_eq(session_reason_name(reason_for_failed_receive(-ETIMEDOUT)),
+                   "peer_reset");
+  ck_assert_str_eq(session_reason_name(reason_for_failed_receive(-ENOBUFS)),
+                   "io_error");
+  ck_assert_str_eq(session_reason_name(reason_for_failed_receive(-ENOMEM)),
+                   "io_error");
+  ck_assert_int_eq(engine_live_objects(), 0);
+}
+END_TEST
+
 int main(void) {
   Suite *s = suite_create("engine_edges");
   TCase *tc = tcase_create("edges");
@@ -565,6 +618,7 @@ int main(void) {
   tcase_add_test(tc, test_the_idle_sweeper_stays_until_its_stop_ran);
   tcase_add_test(tc,
                  test_the_idle_sweep_cuts_every_quiet_session_of_a_large_service);
+  tcase_add_test(tc, test_a_failed_receive_names_whose_failure_it_was);
   suite_add_tcase(s, tc);
   SRunner *sr = srunner_create(s);
   srunner_run_all(sr, CK_NORMAL);
