@@ -539,10 +539,16 @@ int session__attach(session_t *s, io_socket_t sock, int worker_hint) {
     io_socket_set_nodelay(sock, 1);
   s->state = SESSION_OPENING;
   s->connected_ms = clock_now_ms();
+  /* Once registered, a stop on another thread may abort the session, and
+   * its close may release the open reference before we post the kick:
+   * hold one of our own across the gap (a connected client session holds
+   * its connect's reference there). */
+  session__ref(s);
   service__register(s->service, s);
   engine_lock(&s->lock);
   post_kick_locked(s);
   engine_unlock(&s->lock);
+  session_release(s);
   return 0;
 }
 
