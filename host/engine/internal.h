@@ -78,6 +78,8 @@ struct session {
   uint8_t transport_closed : 1;  /* a layer ended the stream */
   uint8_t idle_check : 1;        /* the service's sweep asks the kick to
                                     look at the session's last receive */
+  uint8_t reset_asked : 1;       /* end with a reset, not a FIN: asked from
+                                    any thread, done by the worker's close */
   /* Fixed at creation (read by any thread without the lock, so not a bit
    * beside the others), so a plain TCP session pays one predicted branch
    * per receive and send. */

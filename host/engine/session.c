@@ -1067,7 +1067,11 @@ static void stream_broken(session_t *s) {
             "service %s: session %llu (%s): out of memory queueing a send "
             "that was partly written or already encoded: resetting",
             service_name(s->service), (unsigned long long)s->id, peer);
-  io_handle_reset_on_close(&s->handle);
+  /* Any thread may be here (a plugin's send): the socket is the worker's,
+   * which may be closing it now, so the worker's close does the reset. */
+  engine_lock(&s->lock);
+  s->reset_asked = 1;
+  engine_unlock(&s->lock);
   session_abort(s, REASON_LOCAL);
 }
 
@@ -1267,6 +1271,7 @@ static void begin_close(session_t *s, int reason, int graceful) {
      * is closed below). destroy() frees what is left. */
     engine_lock(&s->lock);
     int lost = s->tx && s->tx->head;
+    int reset = lost || s->reset_asked;
     if (!s->sending)
       tx_free_locked(s);
     engine_unlock(&s->lock);
@@ -1279,7 +1284,7 @@ static void begin_close(session_t *s, int reason, int graceful) {
     /* Bytes the game was told were accepted will never arrive: a FIN would
      * tell the peer the stream ended whole (a gateway would pass a clean
      * EOF on). A reset says it was cut. */
-    if (lost)
+    if (reset)
       io_handle_reset_on_close(&s->handle);
     finish_close(s, 0);
     return;
