@@ -346,17 +346,17 @@ def make_config(plugins, services, threads=2, name="iocphost-test",
     }
 
 
-def run_host_command(args, timeout=20.0, cwd=None, text=True):
-    """Runs the host command to completion; returns CompletedProcess.
+def run_program(argv, timeout=20.0, cwd=None, text=True):
+    """Runs a program of ours to completion; returns CompletedProcess.
 
     Under Wine a process now and then ends with exit code 1 before its main
     runs, printing nothing: a plain hello-world .exe did so once in about
-    4000 starts here, two at a time. iocphost never exits non-zero without
-    saying why on stderr, so that one signature (exit 1, no output at all)
-    is Wine's, and the command runs once more, noted on the test's
-    stderr."""
+    4000 starts here, two at a time. Our programs (the host, the test tools)
+    never exit non-zero without saying why on stderr, so that one signature
+    (exit 1, no output at all) is Wine's, and the program runs once more,
+    noted on the test's stderr."""
     def run():
-        return subprocess.run(host_command() + list(args), cwd=cwd,
+        return subprocess.run(list(argv), cwd=cwd,
                               stdin=subprocess.DEVNULL, capture_output=True,
                               text=text, errors="replace" if text else None,
                               timeout=scaled(timeout))
@@ -365,9 +365,14 @@ def run_host_command(args, timeout=20.0, cwd=None, text=True):
             not result.stderr:
         sys.stderr.write("harness: %s exited 1 saying nothing (a Wine "
                          "start failure); running it again\n" %
-                         " ".join(args[:1]))
+                         " ".join(os.path.basename(a) for a in argv[:3]))
         result = run()
     return result
+
+
+def run_host_command(args, timeout=20.0, cwd=None, text=True):
+    """Runs the host command to completion (run_program)."""
+    return run_program(host_command() + list(args), timeout, cwd, text)
 
 
 def run_cli(args, timeout=20.0, cwd=None):

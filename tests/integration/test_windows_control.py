@@ -172,9 +172,8 @@ class WindowsControlHygieneTest(HostTestCase):
 
     def exchange(self, *args):
         """Runs pipe_client to its end; returns its stdout (bytes)."""
-        result = subprocess.run(
-            pipe_client_command(*args), stdin=subprocess.DEVNULL,
-            capture_output=True, timeout=harness.scaled(30))
+        result = harness.run_program(pipe_client_command(*args), timeout=30,
+                                     text=False)
         self.assertEqual(result.returncode, 0, result.stderr)
         return result.stdout
 

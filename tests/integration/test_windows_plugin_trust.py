@@ -25,7 +25,6 @@ test skips, saying so, where the DACL read back lacks it.
 import json
 import os
 import shutil
-import subprocess
 import unittest
 
 import harness
@@ -49,10 +48,7 @@ class WindowsPluginTrustTest(HostTestCase):
         tool = os.path.join(harness.BUILD_DIR, "tests", "windows",
                             "set_dacl.exe")
         wine = harness.host_command()[:-1] or ["wine"]
-        result = subprocess.run(
-            wine + [tool] + list(args), stdin=subprocess.DEVNULL,
-            capture_output=True, text=True, errors="replace",
-            timeout=harness.scaled(30))
+        result = harness.run_program(wine + [tool] + list(args), timeout=30)
         self.assertEqual(result.returncode, 0, result.stderr)
         return result.stdout.strip()
 
