@@ -346,7 +346,7 @@ def make_config(plugins, services, threads=2, name="iocphost-test",
     }
 
 
-def run_program(argv, timeout=20.0, cwd=None, text=True):
+def run_program(argv, timeout=20.0, cwd=None, text=True, env=None):
     """Runs a program of ours to completion; returns CompletedProcess.
 
     Under Wine a process now and then ends with exit code 1 before its main
@@ -356,7 +356,7 @@ def run_program(argv, timeout=20.0, cwd=None, text=True):
     (exit 1, no output at all) is Wine's, and the program runs once more,
     noted on the test's stderr."""
     def run():
-        return subprocess.run(list(argv), cwd=cwd,
+        return subprocess.run(list(argv), cwd=cwd, env=env,
                               stdin=subprocess.DEVNULL, capture_output=True,
                               text=text, errors="replace" if text else None,
                               timeout=scaled(timeout))
