@@ -46,14 +46,14 @@ typedef struct tracked_socket {
 static HANDLE port;
 static SOCKET listener;
 static struct sockaddr_in listen_address;
-static volatile LONG total_completions;
+static volatile LONG total_completions, acceptor_stopping;
 static tracked_socket_t *sockets;
 static long socket_count;
 
 static long ops_to_run(void) {
   const char *v = getenv("IOCPHOST_IOCP_CONTRACT_OPS");
-  long n = v ? strtol(v, NULL, 10) : 500;
-  return n > 0 && n <= 1000000 ? n : 500;
+  long n = v ? strtol(v, NULL, 10) : 1000;
+  return n > 0 && n <= 1000000 ? n : 1000;
 }
 
 static unsigned next_random(unsigned *state) {
@@ -87,15 +87,24 @@ static DWORD WINAPI dequeue_main(void *arg) {
     ULONG n = 0;
     if (!GetQueuedCompletionStatusEx(port, entries, 64, &n, INFINITE, FALSE))
       continue;
+    int stops = 0;
     for (ULONG i = 0; i < n; i++) {
-      if (!entries[i].lpOverlapped)
-        return 0; /* the test's stop packet */
+      if (!entries[i].lpOverlapped) {
+        stops++; /* the test's stop packet: one per thread */
+        continue;
+      }
       tracked_op_t *op = (tracked_op_t *)entries[i].lpOverlapped;
       InterlockedIncrement(&op->completions);
       InterlockedIncrement(&total_completions);
       tracked_socket_t *t = owner_of(entries[i].lpOverlapped);
       if (t->close_on_completion)
         close_once(t, 0);
+    }
+    if (stops) {
+      /* A batch may hold the other thread's stop too: hand it back. */
+      while (--stops > 0)
+        PostQueuedCompletionStatus(port, 0, 0, NULL);
+      return 0;
     }
   }
 }
@@ -110,6 +119,10 @@ static DWORD WINAPI accept_main(void *arg) {
     SOCKET a = accept(listener, NULL, NULL);
     if (a == INVALID_SOCKET)
       return 0;
+    if (acceptor_stopping) {
+      closesocket(a);
+      return 0;
+    }
     unsigned how = next_random(&rng) % 3;
     if (how == 0)
       send(a, hello, sizeof hello, 0);
@@ -145,6 +158,7 @@ static void start_rig(long count) {
     sockets[i].connect.completions = sockets[i].recv.completions =
         sockets[i].send.completions = NOT_ISSUED;
   total_completions = 0;
+  acceptor_stopping = 0;
   for (int i = 0; i < 2; i++)
     dequeuers[i] = CreateThread(NULL, 0, dequeue_main, NULL, 0, NULL);
   acceptor = CreateThread(NULL, 0, accept_main, NULL, 0, NULL);
@@ -175,8 +189,14 @@ static void check_and_stop_rig(long issued, const char *what) {
   for (int i = 0; i < 2; i++)
     PostQueuedCompletionStatus(port, 0, 0, NULL);
   WaitForMultipleObjects(2, dequeuers, TRUE, 10000);
-  closesocket(listener);
+  /* Wine's closesocket does not wake a blocking accept: one more
+   * connection does, and the acceptor sees it is the last. */
+  acceptor_stopping = 1;
+  SOCKET last = socket(AF_INET, SOCK_STREAM, IPPROTO_TCP);
+  connect(last, (struct sockaddr *)&listen_address, sizeof listen_address);
+  closesocket(last);
   WaitForSingleObject(acceptor, 10000);
+  closesocket(listener);
   for (long i = 0; i < socket_count; i++)
     if (!sockets[i].closed)
       closesocket(sockets[i].socket);
