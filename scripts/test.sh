@@ -130,8 +130,8 @@ for build in "${builds[@]}"; do
     tsan)   dir=build-tsan;  sanitize=thread;  stress=10000 ;;
     fuzz)
       echo "=== fuzzing (build-fuzz, clang) ==="
-      # Five targets: 40 s each keeps the whole run well under 30 minutes.
-      tests/fuzz/run.sh "${FUZZ_SECONDS:-40}" "$PWD/build-fuzz"
+      # Five targets: 30 s each keeps the whole run well under 30 minutes.
+      tests/fuzz/run.sh "${FUZZ_SECONDS:-30}" "$PWD/build-fuzz"
       stage_done fuzz
       continue ;;
     uring)
