@@ -29,6 +29,8 @@
 #include <windows.h>
 #include <ws2tcpip.h>
 
+#include "testutil.h"
+
 #define NOT_ISSUED (-1000000L)
 
 typedef struct tracked_op {
@@ -65,10 +67,8 @@ static unsigned next_random(unsigned *state) {
 static void close_once(tracked_socket_t *t, int reset) {
   if (InterlockedExchange(&t->closed, 1) != 0)
     return;
-  if (reset) {
-    struct linger l = {.l_onoff = 1, .l_linger = 0};
-    setsockopt(t->socket, SOL_SOCKET, SO_LINGER, (const char *)&l, sizeof l);
-  }
+  if (reset)
+    tu_set_reset_on_close((int)t->socket);
   CancelIoEx((HANDLE)t->socket, NULL);
   closesocket(t->socket);
 }
@@ -126,10 +126,8 @@ static DWORD WINAPI accept_main(void *arg) {
     unsigned how = next_random(&rng) % 3;
     if (how == 0)
       send(a, hello, sizeof hello, 0);
-    if (how == 1) {
-      struct linger l = {.l_onoff = 1, .l_linger = 0};
-      setsockopt(a, SOL_SOCKET, SO_LINGER, (const char *)&l, sizeof l);
-    }
+    if (how == 1)
+      tu_set_reset_on_close((int)a);
     closesocket(a);
   }
 }
